@@ -1,0 +1,66 @@
+"""Pretrained keys (`flava_full`) through the Hugging Face hub cache; fails fast offline."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from flava.checkpoints.io import CheckpointError
+
+PRETRAINED_KEYS: dict[str, str] = {
+    "flava_full": "facebook/flava-full",
+    "flava_image_codebook": "facebook/flava-image-codebook",
+}
+CODEBOOK_FOR_KEY: dict[str, str] = {"flava_full": "flava_image_codebook"}
+_PATTERNS = [
+    "config.json",
+    "*.safetensors",
+    "*.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+]
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    host = endpoint.split("://", 1)[-1].split("/", 1)[0]
+    port = 443 if endpoint.startswith("https") else 80
+    if ":" in host:
+        host, port_text = host.rsplit(":", 1)
+        port = int(port_text)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def resolve_pretrained(key: str) -> Path:
+    """Local directory for a pretrained key: the hub cache, downloading only when reachable."""
+    repo = PRETRAINED_KEYS[key]
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:  # pragma: no cover - huggingface_hub is a dependency
+        raise CheckpointError(
+            f"pretrained key {key!r} needs huggingface_hub; pip install huggingface_hub, or pass "
+            "a local directory"
+        ) from None
+    try:
+        return Path(snapshot_download(repo, allow_patterns=_PATTERNS, local_files_only=True))
+    except Exception:  # not cached (LocalEntryNotFoundError and friends)
+        pass
+    hint = (
+        f"pretrained key {key!r} needs {repo}, which is not in the Hugging Face cache and the hub "
+        f"cannot be reached; on a connected machine run `huggingface-cli download {repo}` and "
+        "copy ~/.cache/huggingface to this one (or set HF_HOME), or pass a local directory "
+        "instead (e.g. model.pretrained_model_key=/path/to/flava-full)"
+    )
+    if not _hub_reachable():
+        raise CheckpointError(hint)
+    try:
+        return Path(snapshot_download(repo, allow_patterns=_PATTERNS, etag_timeout=10))
+    except Exception as exc:
+        raise CheckpointError(f"{hint} (download failed: {type(exc).__name__})") from None

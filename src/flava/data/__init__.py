@@ -1,0 +1,1 @@
+"""Data pipeline for FLAVA: text tokenisation, image transforms and datasets."""

@@ -1,0 +1,1 @@
+"""Pretraining objectives for FLAVA: masking, losses and their heads."""
