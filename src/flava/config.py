@@ -1,0 +1,411 @@
+"""Run configuration: typed schema <- YAML file <- command-line dotlist.
+
+`load_config(argv)` takes the arguments users of the original release type:
+`config=flava/configs/pretraining/debug.yaml training.lightning.max_steps=1000`. Unknown keys,
+wrong types and bad values fail with one line naming the key and what is allowed
+(`ConfigError`, exit status 2 from the entry points).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A bad configuration; the message is one line naming the key or file and a hint."""
+
+
+@dataclass
+class LightningConfig:
+    """Arguments passed to `lightning.Trainer` (a typed subset)."""
+
+    max_steps: int = 1000
+    """Optimiser steps to train for (-1: until max_epochs / max_time)."""
+    max_epochs: int | None = None
+    """Passes over the data (None: unlimited; mixed sources are endless)."""
+    max_time: str | None = None
+    """Wall-clock limit "DD:HH:MM:SS" (None: none)."""
+    accelerator: str = "auto"
+    """cpu, gpu, cuda, mps or auto."""
+    devices: Any = "auto"
+    """Devices per node: an int, a list of ids, or auto."""
+    num_nodes: int = 1
+    """Number of nodes (torchrun / SLURM set the rest)."""
+    strategy: str = "auto"
+    """auto, ddp, fsdp, or another Lightning strategy name."""
+    precision: str = "32"
+    """32, bf16-mixed, 16-mixed (LayerNorm, softmax and losses stay fp32)."""
+    gradient_clip_val: float | None = 1.0
+    """Clip the gradient norm (None: no clipping)."""
+    accumulate_grad_batches: int = 1
+    """Batches per optimiser step."""
+    val_check_interval: int | None = None
+    """Validate every N training steps (None: only at the end)."""
+    limit_val_batches: int = 8
+    """Validation batches per source kind."""
+    num_sanity_val_steps: int = 0
+    """Validation batches run before training."""
+    log_every_n_steps: int = 10
+    """Logging interval."""
+    enable_progress_bar: bool = True
+    """Show a progress bar."""
+    deterministic: bool = False
+    """Ask PyTorch for deterministic kernels."""
+    gpus: Any = None
+    """Deprecated spelling of devices (kept for the original release's configs)."""
+
+
+@dataclass
+class CheckpointConfig:
+    """Arguments of Lightning's ModelCheckpoint."""
+
+    dirpath: str | None = None
+    """Where to write checkpoints (None: <run_dir>/checkpoints)."""
+    filename: str = "flava-{step}"
+    """Checkpoint file name pattern."""
+    every_n_train_steps: int | None = 500
+    """Write a checkpoint every N steps (None: only the last)."""
+    save_last: bool = True
+    """Keep last.ckpt up to date."""
+    save_top_k: int = -1
+    """How many periodic checkpoints to keep (-1: all)."""
+    save_on_train_epoch_end: bool = True
+    """Also write one at the end of an epoch."""
+    verbose: bool = False
+    """Log each write."""
+
+
+@dataclass
+class EvaluationConfig:
+    """Zero-shot evaluation callback (classification by prompts, retrieval with every caption)."""
+
+    enabled: bool = True
+    """Run zero-shot evaluation before and after training."""
+    every_n_steps: int | None = None
+    """Also evaluate every N steps (None: only before and after)."""
+    num_samples: int = 256
+    """Validation images (with all their captions) to evaluate on."""
+    batch_size: int = 64
+    """Embedding batch size."""
+
+
+@dataclass
+class TrainingConfig:
+    """Optimisation, run directory, checkpoints and Lightning."""
+
+    lightning: LightningConfig = field(default_factory=LightningConfig)
+    lightning_checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    lightning_load_from_checkpoint: str | None = None
+    """Resume from this Lightning checkpoint (model, optimiser, scheduler, step, data position)."""
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    run_dir: str = "runs/flava"
+    """Run directory: config.yaml, metrics.json, logs, checkpoints, curves.png."""
+    seed: int = 0
+    """Global seed (-1: draw one and record it)."""
+    batch_size: int = 8
+    """Per-process batch size."""
+    num_workers: int = 2
+    """DataLoader worker processes per process."""
+    learning_rate: float = 1e-3
+    """Peak AdamW learning rate (paper: 1e-3)."""
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """AdamW betas."""
+    adam_eps: float = 1e-8
+    """AdamW epsilon."""
+    adam_weight_decay: float = 0.1
+    """AdamW weight decay (not applied to biases, norms, embeddings of tokens/positions)."""
+    warmup_steps: int = 10000
+    """Linear warm-up steps."""
+    lr_schedule: str = "cosine"
+    """Decay after warm-up: cosine, linear or constant."""
+    min_lr_ratio: float = 0.0
+    """Final learning rate as a fraction of the peak."""
+
+
+@dataclass
+class LossConfig:
+    """Objective weights (0 switches an objective off) and ITM negatives."""
+
+    mim_weight: float = 1.0
+    mlm_weight: float = 1.0
+    mmm_image_weight: float = 1.0
+    mmm_text_weight: float = 1.0
+    itm_weight: float = 1.0
+    global_contrastive_weight: float = 1.0
+    itm_negative_probability: float = 0.5
+    """Fraction of pairs whose caption is swapped for another caption of the batch."""
+
+
+@dataclass
+class ModelConfig:
+    """Which model to build and how to get MIM targets."""
+
+    preset: str = "flava_full"
+    """flava_full, 900m, 1.8b, 2.7b, 4.8b, 10b or tiny."""
+    pretrained_model_key: str | None = None
+    """Start from weights: a pretrained key (flava_full), our checkpoint or a transformers dir."""
+    activation_checkpointing: bool = False
+    """Non-re-entrant activation checkpointing in every encoder."""
+    mim_target: str = "auto"
+    """dalle, kmeans or auto (dalle when codebook weights are given, else kmeans)."""
+    codebook: str | None = None
+    """DALL-E codebook weights: a pretrained key, a directory or OpenAI's encoder.pkl."""
+    kmeans_codes: int = 256
+    """k-means codebook size (used when mim_target is kmeans)."""
+    kmeans_images: int = 512
+    """Training images used to fit the k-means codebook."""
+    losses: LossConfig = field(default_factory=LossConfig)
+
+
+@dataclass
+class SourceConfig:
+    """One dataset. `type: embedded` is the built-in generated scenes (no download)."""
+
+    type: str = "embedded"
+    """embedded (generated scenes) or huggingface."""
+    key: str | None = None
+    """Hugging Face dataset key (type huggingface)."""
+    subset: str | None = None
+    """Hugging Face subset / configuration name."""
+    split: str | None = None
+    """Split to read (default: train / validation by role)."""
+    size: int = 10000
+    """Number of samples (embedded scenes)."""
+    seed: int = 0
+    """Seed of the generator (embedded scenes)."""
+    rename_columns: list[list[str]] = field(default_factory=list)
+    """[[old, new], ...] column renames (type huggingface)."""
+    split_key_mapping: dict[str, str] = field(default_factory=dict)
+    """Map the split a role asks for to the split the dataset has, e.g. {validation: train}."""
+    text_columns: list[str] = field(default_factory=lambda: ["text"])
+    """Columns holding text."""
+    image_column: str = "image"
+    """Column holding the image."""
+    weight: float = 1.0
+    """Sampling weight among datasets of the same kind."""
+
+
+@dataclass
+class KindConfig:
+    """Datasets of one kind for training and validation."""
+
+    train: list[SourceConfig] = field(default_factory=lambda: [SourceConfig()])
+    val: list[SourceConfig] = field(default_factory=lambda: [SourceConfig(size=512, seed=0)])
+
+
+@dataclass
+class DatasetsConfig:
+    """Data: which kinds, how they mix per step, text and image processing."""
+
+    selected: list[str] = field(default_factory=lambda: ["image", "text", "vl"])
+    """Kinds in use: image, text, vl (image-text pairs)."""
+    sampling: str = "probability"
+    """probability (each step draws its kind) or round_robin."""
+    probabilities: dict[str, float] = field(
+        default_factory=lambda: {"vl": 0.70, "image": 0.15, "text": 0.15}
+    )
+    """Per-step kind probabilities (the paper's: pairs 0.70, images 0.15, text 0.15)."""
+    image: KindConfig = field(default_factory=KindConfig)
+    text: KindConfig = field(default_factory=KindConfig)
+    vl: KindConfig = field(default_factory=KindConfig)
+    text_max_length: int = 77
+    """Tokens per text, [CLS] and [SEP] included."""
+    mlm_probability: float = 0.15
+    """Fraction of text tokens masked."""
+    whole_word_masking: bool = False
+    """Mask all pieces of a word together."""
+    image_mask_patches: int | None = None
+    """Patches masked per image (None: 75/196 of the grid)."""
+    crop_scale: list[float] = field(default_factory=lambda: [0.9, 1.0])
+    """Random resized crop scale range."""
+
+
+@dataclass
+class RunConfig:
+    """The whole run."""
+
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    datasets: DatasetsConfig = field(default_factory=DatasetsConfig)
+
+
+def _config_path(text: str) -> Path:
+    """A config path as typed: a file, or a name relative to the shipped configs."""
+    path = Path(text).expanduser()
+    if path.is_file():
+        return path
+    shipped = resources.files("flava") / "configs"
+    for prefix in ("flava/configs/", "configs/", "src/flava/configs/", ""):
+        if text.startswith(prefix):
+            rel = text[len(prefix) :]
+            for candidate in (rel, rel + ".yaml"):
+                item = shipped.joinpath(candidate)
+                if item.is_file():
+                    return Path(str(item))
+    raise ConfigError(
+        f"config file {text!r} not found; give a path or a shipped name such as "
+        f"pretraining/demo.yaml (shipped: {', '.join(shipped_configs())})"
+    )
+
+
+def shipped_configs() -> list[str]:
+    """Names of the configs shipped inside the package."""
+    root = resources.files("flava") / "configs"
+    names = []
+    for group in root.iterdir():
+        if group.is_dir():
+            names += [f"{group.name}/{f.name}" for f in group.iterdir() if f.name.endswith(".yaml")]
+    return sorted(names)
+
+
+def _one_line(exc: OmegaConfBaseException) -> str:
+    msg = str(exc).strip().splitlines()[0]
+    key = getattr(exc, "full_key", None)
+    return f"{key}: {msg}" if key and key not in msg else msg
+
+
+def load_config(argv: list[str], schema: type = RunConfig) -> DictConfig:
+    """Merge schema <- YAML (config=...) <- dotlist overrides; validate; return the config."""
+    file_args = [a for a in argv if a.startswith("config=")]
+    overrides = [a for a in argv if not a.startswith("config=")]
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(
+                f"argument {item!r} is not key=value; e.g. training.lightning.max_steps=1000"
+            )
+    merged = OmegaConf.structured(schema)
+    try:
+        for arg in file_args:
+            path = _config_path(arg.split("=", 1)[1])
+            try:
+                data = OmegaConf.load(path)
+            except Exception as exc:  # yaml.YAMLError and friends
+                first = str(exc).strip().splitlines()[0]
+                raise ConfigError(f"{path}: not valid YAML ({first})") from None
+            data = _legacy(data)
+            merged = OmegaConf.merge(merged, data)
+        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(overrides))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{_one_line(exc)} (see --help for the keys)") from None
+    validate(merged)
+    return merged
+
+
+def _legacy(data: Any) -> Any:
+    """Drop keys of the original release's configs that have no meaning here."""
+    if isinstance(data, DictConfig) and "datasets" in data and "_delete_" in data.datasets:
+        data.datasets.pop("_delete_")
+    return data
+
+
+def validate(cfg: DictConfig) -> None:
+    """Value checks that types alone cannot express."""
+    from flava.model.presets import PRESET_NAMES
+
+    t, m, d = cfg.training, cfg.model, cfg.datasets
+    checks = [
+        (t.learning_rate > 0, "training.learning_rate", "must be > 0"),
+        (t.batch_size > 0, "training.batch_size", "must be > 0"),
+        (t.num_workers >= 0, "training.num_workers", "must be >= 0"),
+        (t.warmup_steps >= 0, "training.warmup_steps", "must be >= 0"),
+        (t.adam_weight_decay >= 0, "training.adam_weight_decay", "must be >= 0"),
+        (
+            len(t.adam_betas) == 2 and all(0 <= b < 1 for b in t.adam_betas),
+            "training.adam_betas",
+            "must be two numbers in [0, 1)",
+        ),
+        (
+            t.lr_schedule in ("cosine", "linear", "constant"),
+            "training.lr_schedule",
+            "must be cosine, linear or constant",
+        ),
+        (
+            t.lightning.precision
+            in ("32", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "64", "64-true"),
+            "training.lightning.precision",
+            "must be 32, bf16-mixed or 16-mixed",
+        ),
+        (
+            t.lightning.accumulate_grad_batches >= 1,
+            "training.lightning.accumulate_grad_batches",
+            "must be >= 1",
+        ),
+        (m.preset in PRESET_NAMES, "model.preset", f"must be one of {', '.join(PRESET_NAMES)}"),
+        (
+            m.mim_target in ("auto", "dalle", "kmeans"),
+            "model.mim_target",
+            "must be auto, dalle or kmeans",
+        ),
+        (m.kmeans_codes >= 2, "model.kmeans_codes", "must be >= 2"),
+        (
+            0 <= m.losses.itm_negative_probability < 1,
+            "model.losses.itm_negative_probability",
+            "must be in [0, 1)",
+        ),
+        (0 < d.mlm_probability < 1, "datasets.mlm_probability", "must be in (0, 1)"),
+        (d.text_max_length >= 3, "datasets.text_max_length", "must be >= 3"),
+        (
+            d.sampling in ("probability", "round_robin"),
+            "datasets.sampling",
+            "must be probability or round_robin",
+        ),
+        (
+            len(d.selected) > 0 and set(d.selected) <= {"image", "text", "vl"},
+            "datasets.selected",
+            "must be a non-empty subset of [image, text, vl]",
+        ),
+    ]
+    for name in (
+        "mim_weight",
+        "mlm_weight",
+        "mmm_image_weight",
+        "mmm_text_weight",
+        "itm_weight",
+        "global_contrastive_weight",
+    ):
+        checks.append((m.losses[name] >= 0, f"model.losses.{name}", "must be >= 0"))
+    if d.sampling == "probability":
+        probs = {k: d.probabilities.get(k, 0.0) for k in d.selected}
+        checks.append(
+            (
+                all(p >= 0 for p in probs.values()) and sum(probs.values()) > 0,
+                "datasets.probabilities",
+                f"need a non-negative probability for each selected kind, got {probs}",
+            )
+        )
+    for ok, key, hint in checks:
+        if not ok:
+            value = OmegaConf.select(cfg, key)
+            raise ConfigError(f"{key}={value!r} is invalid: {hint}")
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    """The resolved config as YAML (what the run directory keeps)."""
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def as_dataclass(cfg: DictConfig) -> RunConfig:
+    """The config as typed dataclass objects."""
+    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+
+
+def describe(schema: type = RunConfig, prefix: str = "") -> list[str]:
+    """One line per key with its type and default (used for --help)."""
+    lines = []
+    for f in dataclasses.fields(schema):
+        name = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(f.type) or (
+            isinstance(f.type, str) and f.type.endswith("Config") and f.type in globals()
+        ):
+            sub = globals()[f.type] if isinstance(f.type, str) else f.type
+            lines += describe(sub, name + ".")
+        else:
+            lines.append(f"  {name}: {f.type}")
+    return lines

@@ -1,0 +1,164 @@
+"""FLAVA's pretraining step per source kind (paper section 3.2, figure 2).
+
+- image batch: MIM on the masked image (image encoder only);
+- text batch: MLM on the masked text (text encoder only);
+- pair batch: global contrastive on the unmasked pair; ITM, MMM-image and MMM-text on the
+  masked pair through the multimodal encoder. ITM negatives take another caption of the same
+  batch; MMM losses use matched pairs only.
+
+Each function returns a dict of exactly the losses (and accuracies) it computed, plus "loss",
+the weighted sum.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from flava.model.flava import FlavaForPreTraining
+from flava.objectives.losses import (
+    IGNORE_INDEX,
+    contrastive_loss,
+    itm_loss,
+    masked_prediction_loss,
+)
+
+Batch = dict[str, torch.Tensor]
+TargetFn = Callable[[Batch], torch.Tensor]
+
+
+@dataclass
+class LossWeights:
+    """Weight of each objective in the total loss (0 skips the objective)."""
+
+    mim: float = 1.0
+    mlm: float = 1.0
+    mmm_image: float = 1.0
+    mmm_text: float = 1.0
+    itm: float = 1.0
+    contrastive: float = 1.0
+
+
+def _total(losses: dict[str, torch.Tensor], weights: LossWeights) -> dict[str, torch.Tensor]:
+    total = sum(getattr(weights, k) * v for k, v in losses.items() if hasattr(weights, k))
+    return {**losses, "loss": total}
+
+
+def mim_labels(targets: torch.Tensor, bool_masked_pos: torch.Tensor) -> torch.Tensor:
+    """Target ids [B, N] kept at masked patches, IGNORE_INDEX elsewhere."""
+    mask = bool_masked_pos.reshape(targets.shape).bool()
+    return targets.masked_fill(~mask, IGNORE_INDEX)
+
+
+def image_step(
+    model: FlavaForPreTraining, batch: Batch, targets: TargetFn, weights: LossWeights
+) -> dict[str, torch.Tensor]:
+    """MIM on an image-only batch."""
+    labels = mim_labels(targets(batch), batch["bool_masked_pos"])
+    image = model.flava.image_encoder(batch["pixel_values"], batch["bool_masked_pos"])
+    patches = image.last_hidden_state[:, 1:]  # [B, N, D], CLS dropped
+    return _total({"mim": masked_prediction_loss(model.mim_head, patches, labels)}, weights)
+
+
+def text_step(
+    model: FlavaForPreTraining, batch: Batch, weights: LossWeights
+) -> dict[str, torch.Tensor]:
+    """MLM on a text-only batch."""
+    text = model.flava.text_encoder(
+        batch["input_ids_masked"], batch["attention_mask"], batch.get("token_type_ids")
+    )
+    loss = masked_prediction_loss(model.mlm_head, text.last_hidden_state, batch["mlm_labels"])
+    return _total({"mlm": loss}, weights)
+
+
+def itm_pairing(
+    batch_size: int,
+    negative_probability: float,
+    generator: torch.Generator | None,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(text index per image [B], ITM labels [B]): negatives take another caption of the batch."""
+    if batch_size < 2 or negative_probability <= 0:
+        return torch.arange(batch_size, device=device), torch.ones(
+            batch_size, dtype=torch.long, device=device
+        )
+    negative = torch.rand(batch_size, generator=generator) < negative_probability
+    shift = torch.randint(1, batch_size, (batch_size,), generator=generator)
+    index = torch.arange(batch_size)
+    index = torch.where(negative, (index + shift) % batch_size, index)
+    return index.to(device), (~negative).long().to(device)
+
+
+def pair_step(
+    model: FlavaForPreTraining,
+    batch: Batch,
+    targets: TargetFn | None,
+    weights: LossWeights,
+    negative_probability: float = 0.5,
+    generator: torch.Generator | None = None,
+) -> dict[str, torch.Tensor]:
+    """Contrastive on the unmasked pair; ITM + MMM on the masked pair."""
+    flava = model.flava
+    losses: dict[str, torch.Tensor] = {}
+    mask = batch["attention_mask"]
+    types = batch.get("token_type_ids")
+    if weights.contrastive:
+        image = flava.image_encoder(batch["pixel_values"])
+        text = flava.text_encoder(batch["input_ids"], mask, types)
+        losses.update(
+            contrastive_loss(
+                flava.image_embedding(image), flava.text_embedding(text), flava.logit_scale
+            )
+        )
+    if not (weights.itm or weights.mmm_image or weights.mmm_text):
+        return _total(losses, weights)
+    b = batch["pixel_values"].shape[0]
+    text_index, itm_labels = itm_pairing(
+        b, negative_probability if weights.itm else 0.0, generator, batch["pixel_values"].device
+    )
+    masked_pos = batch["bool_masked_pos"]
+    image_m = flava.image_encoder(batch["pixel_values"], masked_pos)
+    mask_m = mask[text_index]
+    text_m = flava.text_encoder(
+        batch["input_ids_masked"][text_index], mask_m, None if types is None else types[text_index]
+    )
+    fused = flava.fuse(image_m, text_m, mask_m).last_hidden_state  # [B, 1 + (1 + Ni) + Nt, D]
+    if weights.itm:
+        losses.update(itm_loss(model.itm_head(fused), itm_labels))
+    positive = itm_labels.bool()
+    if not bool(positive.any()):
+        return _total(losses, weights)
+    fused_pos = fused[positive]  # MMM on matched pairs only
+    n_image = image_m.last_hidden_state.shape[1] - 1
+    if weights.mmm_image and targets is not None:
+        labels = mim_labels(targets(batch), masked_pos)[positive]
+        image_part = fused_pos[:, 2 : 2 + n_image]  # skip mm CLS and image CLS
+        losses["mmm_image"] = masked_prediction_loss(model.mmm_image_head, image_part, labels)
+    if weights.mmm_text:
+        labels = batch["mlm_labels"][positive]
+        text_part = fused_pos[:, 2 + n_image :]
+        losses["mmm_text"] = masked_prediction_loss(model.mmm_text_head, text_part, labels)
+    return _total(losses, weights)
+
+
+def pretraining_step(
+    model: FlavaForPreTraining,
+    batch: Batch,
+    kind: str,
+    targets: TargetFn | None,
+    weights: LossWeights,
+    negative_probability: float = 0.5,
+    generator: torch.Generator | None = None,
+) -> dict[str, torch.Tensor]:
+    """Dispatch one batch to its objectives by source kind ("image", "text" or "pair")."""
+    if kind == "image":
+        if targets is None:
+            raise ValueError("an image batch needs MIM targets (a codebook or k-means)")
+        return image_step(model, batch, targets, weights)
+    if kind == "text":
+        return text_step(model, batch, weights)
+    if kind == "pair":
+        return pair_step(model, batch, targets, weights, negative_probability, generator)
+    raise ValueError(f"unknown batch kind {kind!r}; expected image, text or pair")

@@ -1,0 +1,1 @@
+"""Downstream tasks: zero-shot classification, retrieval, linear probe, fine-tuning."""

@@ -1,0 +1,66 @@
+"""Zero-shot image classification by prompt templates (paper section 5; CLIP protocol).
+
+Each class is embedded with every template ("a photo of a {}."), the normalised embeddings are
+averaged and renormalised; an image is assigned the class whose embedding is most similar.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from importlib import resources
+
+import torch
+import torch.nn.functional as F
+
+from flava.model.flava import FlavaModel
+from flava.tasks.retrieval import embed_texts
+
+
+def imagenet_classnames() -> list[str]:
+    """The 1,000 ImageNet-1k class names in label order (shipped with the package)."""
+    return json.loads(
+        (resources.files("flava") / "data/assets/imagenet_classnames.json").read_text()
+    )
+
+
+def imagenet_templates(count: int = 80) -> list[str]:
+    """The CLIP zero-shot prompt templates: the 80 published ones or the 7-template subset."""
+    if count not in (7, 80):
+        raise ValueError(f"there are 80 and 7 template sets, not {count}")
+    path = resources.files("flava") / f"data/assets/imagenet_templates_{count}.json"
+    return json.loads(path.read_text())
+
+
+@torch.no_grad()
+def class_embeddings(
+    model: FlavaModel,
+    tokenizer: Callable[..., dict[str, torch.Tensor]],
+    class_names: Sequence[str],
+    templates: Sequence[str],
+    max_length: int = 77,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """[C, P] normalised class embeddings averaged over templates."""
+    if not templates or any("{}" not in t for t in templates):
+        raise ValueError("every template must contain {} where the class name goes")
+    texts = [t.format(name) for name in class_names for t in templates]
+    emb = embed_texts(model, tokenizer, texts, max_length=max_length, device=device)
+    emb = emb.reshape(len(class_names), len(templates), -1).mean(dim=1)
+    return F.normalize(emb, dim=-1)
+
+
+def topk_accuracy(
+    image_embeddings: torch.Tensor,
+    class_embeds: torch.Tensor,
+    labels: torch.Tensor,
+    ks: Sequence[int] = (1, 5),
+) -> dict[str, float]:
+    """Top-k accuracy of nearest-class assignment; keys "top1", "top5" ..."""
+    logits = F.normalize(image_embeddings.float(), dim=-1) @ class_embeds.float().T  # [N, C]
+    out = {}
+    for k in ks:
+        k_eff = min(k, logits.shape[1])
+        top = logits.topk(k_eff, dim=1).indices
+        out[f"top{k}"] = (top == labels[:, None]).any(dim=1).float().mean().item()
+    return out

@@ -1,0 +1,160 @@
+"""`python -m flava.train config=PATH_OR_NAME [key=value ...]`: FLAVA pretraining.
+
+Examples (as in the original release):
+    python -m flava.train config=flava/configs/pretraining/debug.yaml \
+        training.lightning.max_steps=1000
+    python -m flava.train config=pretraining/demo.yaml
+Keys: `python -m flava.train --help`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from flava.checkpoints import CheckpointError
+from flava.config import ConfigError, describe, load_config
+from flava.training.run import (
+    Timer,
+    build_trainer,
+    loss_trends,
+    plot_curves,
+    prepare_run_dir,
+    read_logged,
+    write_metrics,
+)
+
+log = logging.getLogger("flava")
+
+
+def _flatten(prefix: str, values: dict[str, Any]) -> dict[str, Any]:
+    return {f"{prefix}/{k}": v for k, v in values.items()}
+
+
+def kmeans_fit_images(data: Any, count: int) -> torch.Tensor:
+    """Normalised training images [count, 3, S, S] to fit the k-means MIM codebook on."""
+    import numpy as np
+
+    streams = data.streams("train")
+    stream = streams.get("image") or streams.get("vl")
+    if stream is None:
+        raise ValueError("k-means MIM targets need image or vl training data")
+    source = stream.sources[0]
+    rng = np.random.default_rng(0)
+    picks = rng.choice(len(source), size=min(count, len(source)), replace=False)
+    items = [source.item(int(i), "image", rng) for i in picks]
+    return torch.stack([data.val_builder.transform(it.image)["pixel_values"] for it in items])
+
+
+def run(cfg: Any) -> dict[str, Any]:
+    """Train per `cfg`; returns the metrics written to metrics.json (rank 0)."""
+    import lightning as L
+
+    from flava.training.callbacks import ZeroShotEvaluation, scene_evaluation_set
+    from flava.training.data import PretrainingData
+    from flava.training.module import FlavaPretrainingModule
+
+    timer = Timer()
+    t = cfg.training
+    L.seed_everything(t.seed if t.seed >= 0 else None, workers=True, verbose=False)
+    run_dir = prepare_run_dir(cfg)
+    module = FlavaPretrainingModule(cfg)
+    data = PretrainingData(cfg, module.model.config, module.codebook_size)
+    module.kmeans_images = lambda: kmeans_fit_images(data, cfg.model.kmeans_images)
+    resume = t.lightning_load_from_checkpoint
+    if resume and not Path(resume).exists():
+        raise CheckpointError(f"training.lightning_load_from_checkpoint: {resume}: no such file")
+    callbacks = []
+    evaluation = None
+    ev = t.evaluation
+    embedded_val = any(s.type == "embedded" for s in cfg.datasets.vl.val)
+    if ev.enabled and embedded_val and "vl" in cfg.datasets.selected:
+        image = module.model.config.image
+        evaluation = ZeroShotEvaluation(
+            scene_evaluation_set(ev.num_samples, image.image_size, cfg.datasets.vl.val[0].seed),
+            data.tokenizer,
+            data.val_builder.transform,
+            ev.batch_size,
+            cfg.datasets.text_max_length,
+            ev.every_n_steps,
+        )
+        callbacks.append(evaluation)
+    trainer = build_trainer(cfg, run_dir, callbacks)
+    metrics: dict[str, Any] = {}
+    if not resume:
+        module.on_fit_start()  # fit the k-means codebook before the "before" validation
+        before = trainer.validate(module, datamodule=data, verbose=False)
+        metrics.update(_flatten("before", _merge(before)))
+    trainer.fit(module, datamodule=data, ckpt_path=resume)
+    after = trainer.validate(module, datamodule=data, verbose=False)
+    metrics.update(_flatten("after", _merge(after)))
+    if not trainer.is_global_zero:
+        return metrics
+    model_dir = run_dir / "model"
+    module.model.save_pretrained(model_dir)
+    if module.kmeans is not None:
+        from flava.checkpoints.io import save_weights
+
+        save_weights(model_dir / "kmeans_codebook.safetensors", module.kmeans.state_dict())
+    rows = read_logged(run_dir)
+    metrics.update(loss_trends(rows))
+    if evaluation is not None:
+        for when, values in evaluation.results.items():
+            metrics.update(_flatten(when, values))
+    metrics.update(
+        {"steps": trainer.global_step, "seconds": round(timer(), 1), "checkpoint": str(model_dir)}
+    )
+    write_metrics(run_dir, metrics)
+    plot_curves(run_dir, rows, evaluation.history if evaluation else [])
+    print(summary(metrics, run_dir))
+    return metrics
+
+
+def _merge(results: list[dict[str, float]]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for r in results:
+        out.update({k: float(v) for k, v in r.items()})
+    return out
+
+
+def summary(metrics: dict[str, Any], run_dir: Path) -> str:
+    """A short before/after table."""
+    lines = [
+        f"\nFLAVA pretraining: {metrics['steps']} steps in {metrics['seconds']:.0f} s -> {run_dir}",
+        f"{'metric':<42}{'before':>10}{'after':>10}",
+    ]
+    keys = sorted({k.split("/", 1)[1] for k in metrics if k.startswith(("before/", "after/"))})
+    for key in keys:
+        b, a = metrics.get(f"before/{key}"), metrics.get(f"after/{key}")
+        fmt = lambda v: f"{v:10.4f}" if isinstance(v, float) else f"{'-':>10}"  # noqa: E731
+        lines.append(f"{key:<42}{fmt(b)}{fmt(a)}")
+    lines.append(f"{'training loss (first -> last 10%)':<42}")
+    for key in sorted(k for k in metrics if k.endswith("/first")):
+        name = key[: -len("/first")]
+        lines.append(f"  {name:<40}{metrics[key]:10.4f}{metrics[name + '/last']:10.4f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status (2 for a bad configuration)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        print("\n".join(describe()))
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        cfg = load_config(argv)
+        run(cfg)
+    except (ConfigError, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""LightningDataModule for pretraining: builds sources, the batch builder and the mixed stream."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from omegaconf import DictConfig
+
+from flava.data.pretraining import (
+    KINDS,
+    BatchBuilder,
+    FixedBatches,
+    MixedBatches,
+    SceneSource,
+    Source,
+    Stream,
+)
+from flava.data.tokenizer import load_tokenizer
+from flava.data.transforms import image_transform
+from flava.model.config import FlavaConfig
+from flava.objectives.masking import BlockMaskGenerator
+
+
+def build_source(cfg: DictConfig, role: str, image_size: int) -> Source:
+    """One configured dataset for the "train" or "val" role."""
+    if cfg.type == "embedded":
+        split = cfg.split or ("train" if role == "train" else "val")
+        return SceneSource(split=split, size=cfg.size, image_size=image_size, seed=cfg.seed)
+    if cfg.type == "huggingface":
+        from flava.data.sources import HuggingFaceSource
+
+        return HuggingFaceSource.from_config(cfg, role)
+    raise ValueError(f"datasets source type {cfg.type!r} is not known; use embedded or huggingface")
+
+
+class PretrainingData(L.LightningDataModule):
+    """Mixed-kind training batches and fixed validation batches per kind."""
+
+    def __init__(
+        self, cfg: DictConfig, model_config: FlavaConfig, codebook_size: int | None
+    ) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.model_config = model_config
+        self.codebook_size = codebook_size
+        self.start_batch = 0
+        d = cfg.datasets
+        image = model_config.image
+        self.tokenizer = load_tokenizer()
+        masker = BlockMaskGenerator.for_image(
+            image.image_size, image.patch_size, num_masking_patches=d.image_mask_patches
+        )
+        common = dict(image_size=image.image_size, codebook_size=codebook_size)
+        self.train_builder = BatchBuilder(
+            self.tokenizer,
+            image_transform("pretrain", scale=tuple(d.crop_scale), **common),
+            masker,
+            d.text_max_length,
+            d.mlm_probability,
+            d.whole_word_masking,
+        )
+        self.val_builder = BatchBuilder(
+            self.tokenizer,
+            image_transform("eval", **common),
+            masker,
+            d.text_max_length,
+            d.mlm_probability,
+            d.whole_word_masking,
+        )
+        self._streams: dict[str, dict[str, Stream]] = {}
+
+    def streams(self, role: str) -> dict[str, Stream]:
+        """The configured streams per kind for "train" or "val" (built once)."""
+        if role not in self._streams:
+            d = self.cfg.datasets
+            size = self.model_config.image.image_size
+            out = {}
+            for kind in KINDS:
+                if kind not in d.selected:
+                    continue
+                entries = d[kind][role]
+                if not entries:
+                    continue
+                sources = [build_source(e, role, size) for e in entries]
+                out[kind] = Stream(kind, sources, [float(e.weight) for e in entries])
+            self._streams[role] = out
+        return self._streams[role]
+
+    def _rank(self) -> tuple[int, int]:
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 1
+        return trainer.global_rank, trainer.world_size
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        t, d = self.cfg.training, self.cfg.datasets
+        rank, world = self._rank()
+        dataset = MixedBatches(
+            self.streams("train"),
+            self.train_builder,
+            batch_size=t.batch_size,
+            seed=t.seed,
+            sampling=d.sampling,
+            probabilities=dict(d.probabilities),
+            rank=rank,
+            world_size=world,
+            start_batch=self.start_batch,
+        )
+        return _loader(dataset, t.num_workers)
+
+    def val_dataloader(self) -> list[torch.utils.data.DataLoader]:
+        t = self.cfg.training
+        rank, world = self._rank()
+        loaders = []
+        for stream in self.streams("val").values():
+            ds = FixedBatches(
+                stream,
+                self.val_builder,
+                t.batch_size,
+                t.lightning.limit_val_batches,
+                t.seed,
+                rank,
+                world,
+            )
+            loaders.append(_loader(ds, 0))
+        return loaders
+
+    def state_dict(self) -> dict[str, Any]:
+        """The data position: index of the next training batch (saved in every checkpoint)."""
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        return {"start_batch": int(getattr(module, "batches_seen", self.start_batch))}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.start_batch = int(state.get("start_batch", 0))
+
+
+def _loader(dataset: torch.utils.data.Dataset, workers: int) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=None,
+        num_workers=workers,
+        persistent_workers=False,
+        prefetch_factor=4 if workers else None,
+    )

@@ -1,0 +1,217 @@
+"""LightningModule for FLAVA pretraining: model + MIM targets + objectives + AdamW schedule."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import lightning as L
+import torch
+from omegaconf import DictConfig
+
+from flava.model.codebook import ImageCodebook
+from flava.model.flava import FlavaForPreTraining, MaskedPredictionHead
+from flava.model.presets import preset
+from flava.objectives.pretraining import LossWeights, pretraining_step
+from flava.objectives.targets import KMeansCodebook
+
+log = logging.getLogger(__name__)
+KIND_NAMES = {"vl": "pair", "image": "image", "text": "text"}
+
+
+def mim_target_kind(mcfg: DictConfig) -> str:
+    """ "dalle" or "kmeans" for this model config (auto: dalle when weights are given)."""
+    if mcfg.mim_target != "auto":
+        return mcfg.mim_target
+    return "dalle" if (mcfg.codebook or mcfg.pretrained_model_key) else "kmeans"
+
+
+def build_model(mcfg: DictConfig) -> tuple[FlavaForPreTraining, KMeansCodebook | None]:
+    """The pretraining model (preset or pretrained) and, for k-means targets, the codebook."""
+    target = mim_target_kind(mcfg)
+    codebook = None
+    if target == "dalle" and mcfg.codebook:
+        codebook = ImageCodebook.from_pretrained(mcfg.codebook)
+    if mcfg.pretrained_model_key:
+        model = FlavaForPreTraining.from_pretrained(
+            mcfg.pretrained_model_key, codebook=mcfg.codebook
+        )
+        if target == "dalle" and model.codebook is None:
+            log.warning(
+                "no codebook weights with %s: using k-means MIM targets", mcfg.pretrained_model_key
+            )
+            target = "kmeans"
+    else:
+        config = preset(mcfg.preset)
+        if target == "kmeans":
+            config.image.vocab_size = mcfg.kmeans_codes
+        elif codebook is not None:
+            config.codebook = codebook.config
+            config.image.vocab_size = codebook.config.vocab_size
+        model = FlavaForPreTraining(config, codebook=codebook)
+    if mcfg.activation_checkpointing:
+        for enc in (
+            model.flava.image_encoder,
+            model.flava.text_encoder,
+            model.flava.multimodal_encoder,
+        ):
+            enc.set_activation_checkpointing(True)
+    if target == "dalle":
+        if model.codebook is None:
+            raise ValueError("model.mim_target=dalle needs codebook weights: set model.codebook")
+        return model, None
+    model.codebook = None  # k-means targets: no DALL-E codebook in the model
+    image = model.config.image
+    if image.vocab_size != mcfg.kmeans_codes:  # pretrained heads sized for another codebook
+        image.vocab_size = mcfg.kmeans_codes
+        model.mim_head = MaskedPredictionHead(image, mcfg.kmeans_codes)
+        model.mmm_image_head = MaskedPredictionHead(model.config.multimodal, mcfg.kmeans_codes)
+    return model, KMeansCodebook(mcfg.kmeans_codes, image.patch_size)
+
+
+def lr_lambda(warmup: int, total: int, schedule: str, min_ratio: float):  # noqa: ANN201
+    """Linear warm-up to 1, then cosine / linear decay to min_ratio, or constant."""
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant" or total <= warmup:
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        if schedule == "linear":
+            return min_ratio + (1 - min_ratio) * (1 - progress)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+class FlavaPretrainingModule(L.LightningModule):
+    """Runs the pretraining step per batch kind and logs every loss separately."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.model, self.kmeans = build_model(cfg.model)
+        losses = cfg.model.losses
+        self.weights = LossWeights(
+            mim=losses.mim_weight,
+            mlm=losses.mlm_weight,
+            mmm_image=losses.mmm_image_weight,
+            mmm_text=losses.mmm_text_weight,
+            itm=losses.itm_weight,
+            contrastive=losses.global_contrastive_weight,
+        )
+        self.batches_seen = 0
+        self.kmeans_images: Any = None  # set by the run: callable returning fitting images
+
+    @property
+    def codebook_size(self) -> int | None:
+        """Side of the codebook view the data must provide (DALL-E: 8 px per patch), or None."""
+        if self.model.codebook is None:
+            return None
+        return self.model.config.image.grid_size * 8
+
+    def targets(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """MIM target ids [B, N] for a batch holding images."""
+        if self.kmeans is not None:
+            return self.kmeans(batch["pixel_values"])
+        return self.model.codebook.get_codebook_indices(batch["codebook_pixel_values"])
+
+    def on_fit_start(self) -> None:
+        if self.kmeans is not None and not bool(self.kmeans.fitted):
+            if self.kmeans_images is None:
+                raise RuntimeError("k-means MIM targets need training images to fit on")
+            pixels = self.kmeans_images()
+            inertia = self.kmeans.fit(
+                pixels.to(self.kmeans.centroids.device), seed=self.cfg.training.seed
+            )
+            log.info(
+                "fitted a %d-code k-means MIM codebook on %d images (inertia %.4f)",
+                self.kmeans.num_codes,
+                pixels.shape[0],
+                inertia,
+            )
+
+    def _step(
+        self, batch: dict[str, Any], generator: torch.Generator | None
+    ) -> dict[str, torch.Tensor]:
+        kind = KIND_NAMES[batch["kind"]]
+        tensors = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        return pretraining_step(
+            self.model,
+            tensors,
+            kind,
+            self.targets,
+            self.weights,
+            self.cfg.model.losses.itm_negative_probability,
+            generator,
+        )
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        self.batches_seen = int(batch["batch_index"]) + 1
+        generator = torch.Generator().manual_seed(
+            int(batch["batch_index"]) * 7919 + self.cfg.training.seed
+        )
+        out = self._step(batch, generator)
+        size = next(v.shape[0] for v in batch.values() if isinstance(v, torch.Tensor))
+        for name, value in out.items():
+            if name != "loss":
+                self.log(f"train/{name}", value, on_step=True, batch_size=size)
+        self.log(
+            f"train/loss_{KIND_NAMES[batch['kind']]}", out["loss"], on_step=True, batch_size=size
+        )
+        self.log("train/loss", out["loss"], on_step=True, prog_bar=True, batch_size=size)
+        self.log(
+            "train/logit_scale",
+            self.model.flava.logit_scale.detach(),
+            on_step=True,
+            batch_size=size,
+        )
+        return out["loss"]
+
+    def validation_step(
+        self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        generator = torch.Generator().manual_seed(batch_idx)
+        out = self._step(batch, generator)
+        size = next(v.shape[0] for v in batch.values() if isinstance(v, torch.Tensor))
+        for name, value in out.items():
+            if name != "loss":
+                self.log(
+                    f"val/{name}",
+                    value,
+                    on_epoch=True,
+                    batch_size=size,
+                    add_dataloader_idx=False,
+                    sync_dist=True,
+                )
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        t = self.cfg.training
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            skip = p.ndim < 2 or name.endswith(("cls_token", "mask_token", "pos_embed"))
+            (no_decay if skip else decay).append(p)
+        groups = [
+            {"params": decay, "weight_decay": t.adam_weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        fused = self.device.type == "cuda"
+        optimizer = torch.optim.AdamW(
+            groups,
+            lr=t.learning_rate,
+            betas=tuple(t.adam_betas),
+            eps=t.adam_eps,
+            fused=fused or None,
+        )
+        total = max(1, self.trainer.max_steps) if self.trainer.max_steps > 0 else 10**9
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lr_lambda(t.warmup_steps, total, t.lr_schedule, t.min_lr_ratio)
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
