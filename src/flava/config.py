@@ -127,6 +127,8 @@ class TrainingConfig:
     """Decay after warm-up: cosine, linear or constant."""
     min_lr_ratio: float = 0.0
     """Final learning rate as a fraction of the peak."""
+    lr_decay_steps: int | None = None
+    """Length of the schedule in steps (None: training.lightning.max_steps)."""
 
 
 @dataclass

@@ -29,7 +29,7 @@ def _scaled(width: int, unimodal_layers: int, multimodal_layers: int) -> FlavaCo
 def _tiny() -> FlavaConfig:
     shape = dict(hidden_size=128, num_attention_heads=4, intermediate_size=512)
     return FlavaConfig(
-        image=ImageEncoderConfig(num_hidden_layers=4, image_size=64, patch_size=8, **shape),
+        image=ImageEncoderConfig(num_hidden_layers=4, image_size=64, patch_size=16, **shape),
         text=TextEncoderConfig(num_hidden_layers=4, max_position_embeddings=128, **shape),
         multimodal=MultimodalEncoderConfig(num_hidden_layers=2, **shape),
         codebook=CodebookConfig(hidden_size=16, num_blocks_per_group=1),

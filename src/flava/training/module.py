@@ -207,7 +207,8 @@ class FlavaPretrainingModule(L.LightningModule):
             eps=t.adam_eps,
             fused=fused or None,
         )
-        total = max(1, self.trainer.max_steps) if self.trainer.max_steps > 0 else 10**9
+        total = t.lr_decay_steps or self.trainer.max_steps
+        total = total if total and total > 0 else 10**9
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lr_lambda(t.warmup_steps, total, t.lr_schedule, t.min_lr_ratio)
         )

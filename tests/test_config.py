@@ -1,0 +1,57 @@
+"""Every shipped config validates; malformed configs fail with one line and exit status 2."""
+
+from __future__ import annotations
+
+import pytest
+
+from flava.config import ConfigError, load_config, shipped_configs
+from flava.train import main
+
+
+def test_every_shipped_pretraining_config_validates():
+    names = [n for n in shipped_configs() if n.startswith("pretraining/")]
+    assert "pretraining/demo.yaml" in names
+    for name in names:
+        cfg = load_config([f"config={name}"])
+        assert cfg.training.learning_rate > 0
+
+
+def test_original_release_paths_resolve():
+    for spelling in (
+        "flava/configs/pretraining/demo.yaml",
+        "configs/pretraining/demo.yaml",
+        "pretraining/demo",
+    ):
+        cfg = load_config([f"config={spelling}", "training.lightning.max_steps=7"])
+        assert cfg.training.lightning.max_steps == 7 and cfg.model.preset == "tiny"
+
+
+BAD = [
+    (["training.lightning.max_stepz=3"], "max_stepz"),
+    (["training.batch_size=many"], "batch_size"),
+    (["training.learning_rate=-0.1"], "learning_rate"),
+    (["model.preset=giant"], "model.preset"),
+    (["config=does/not/exist.yaml"], "not found"),
+    (["training.lightning.precision=8"], "precision"),
+    (["datasets.selected=[audio]"], "datasets.selected"),
+    (["model.losses.itm_weight=-1"], "itm_weight"),
+    (["nonsense"], "key=value"),
+]
+
+
+@pytest.mark.parametrize(("argv", "needle"), BAD)
+def test_bad_configs_fail_in_one_line(argv, needle, capsys):
+    with pytest.raises(ConfigError, match=needle) as info:
+        load_config(argv)
+    assert "\n" not in str(info.value)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and needle in err and len(err.splitlines()) == 1
+
+
+def test_yaml_syntax_error(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("training: [unclosed\n")
+    assert main([f"config={bad}"]) == 2
+    err = capsys.readouterr().err
+    assert "bad.yaml" in err and "YAML" in err and len(err.strip().splitlines()) == 1
