@@ -34,6 +34,9 @@ def _tiny() -> FlavaConfig:
         multimodal=MultimodalEncoderConfig(num_hidden_layers=2, **shape),
         codebook=CodebookConfig(hidden_size=16, num_blocks_per_group=1),
         projection_dim=128,
+        # std^2 * width as in flava_full (0.02^2 * 768): sublayer outputs are not drowned by
+        # the residual stream at init, so a few hundred steps from scratch are enough.
+        initializer_range=0.05,
     )
 
 
