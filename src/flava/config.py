@@ -129,6 +129,8 @@ class TrainingConfig:
     """Final learning rate as a fraction of the peak."""
     lr_decay_steps: int | None = None
     """Length of the schedule in steps (None: training.lightning.max_steps)."""
+    nonfinite_patience: int = 20
+    """Stop (with a checkpoint) after this many optimiser steps in a row with non-finite values."""
 
 
 @dataclass
@@ -171,7 +173,7 @@ class SourceConfig:
     """One dataset. `type: embedded` is the built-in generated scenes (no download)."""
 
     type: str = "embedded"
-    """embedded (generated scenes) or huggingface."""
+    """embedded, huggingface, webdataset, image_folder, captions or text_files."""
     key: str | None = None
     """Hugging Face dataset key (type huggingface)."""
     subset: str | None = None
@@ -192,6 +194,34 @@ class SourceConfig:
     """Column holding the image."""
     weight: float = 1.0
     """Sampling weight among datasets of the same kind."""
+    path: str | None = None
+    """Local data: folder (image_folder, captions), text files, or a save_to_disk dataset."""
+    shards: list[str] = field(default_factory=list)
+    """webdataset shards: files, folders of *.tar, {000000..000009} patterns, globs, URLs."""
+    captions_file: str | None = None
+    """captions: JSONL or CSV file under path (default: captions.jsonl / captions.csv)."""
+    label_column: str = "label"
+    """Column / field holding an integer class label (optional)."""
+    remove_columns: list[str] = field(default_factory=list)
+    """Columns to drop (type huggingface; unused columns are dropped anyway)."""
+    data_files: list[str] = field(default_factory=list)
+    """Data files for a packaged Hugging Face builder key (parquet, json, csv, ...)."""
+    streaming: bool = False
+    """Read a Hugging Face dataset as a stream (large sets: nothing downloaded up front)."""
+    stream_shards: int = 16
+    """Shards a dataset saved on disk is split into when streamed (path + streaming)."""
+    shuffle_buffer: int = 1000
+    """Sample shuffle buffer of a streamed source (webdataset, streaming; <= 1: none)."""
+    resampled: bool = False
+    """Streamed sources: draw shards with replacement per reader (multi-node), no epochs."""
+    preview_size: int = 1024
+    """Samples from the start of a stream for validation batches and the k-means fit."""
+    cache_dir: str | None = None
+    """Hugging Face datasets cache directory (None: HF_DATASETS_CACHE)."""
+    gated: bool = False
+    """Needs your Hugging Face token (hf auth login / HF_TOKEN; never written anywhere)."""
+    timeout: float = 5.0
+    """Seconds to wait for a remote dataset or shard before failing."""
 
 
 @dataclass

@@ -31,6 +31,10 @@ from flava.training.run import (
 log = logging.getLogger("flava")
 
 
+class TrainingStopped(RuntimeError):
+    """The run stopped early (e.g. too many non-finite steps); the message says why."""
+
+
 def _flatten(prefix: str, values: dict[str, Any]) -> dict[str, Any]:
     return {f"{prefix}/{k}": v for k, v in values.items()}
 
@@ -90,6 +94,13 @@ def run(cfg: Any) -> dict[str, Any]:
         before = trainer.validate(module, datamodule=data, verbose=False)
         metrics.update(_flatten("before", _merge(before)))
     trainer.fit(module, datamodule=data, ckpt_path=resume)
+    if module.stopped_nonfinite:
+        path = run_dir / "checkpoints" / "nonfinite-stop.ckpt"
+        trainer.save_checkpoint(path)
+        if trainer.is_global_zero:
+            counts = {f"nonfinite_skipped/{k}": v for k, v in module.nonfinite.items()}
+            write_metrics(run_dir, counts)
+        raise TrainingStopped(f"{module.stopped_nonfinite}; checkpoint written to {path}")
     after = trainer.validate(module, datamodule=data, verbose=False)
     metrics.update(_flatten("after", _merge(after)))
     if not trainer.is_global_zero:
@@ -102,6 +113,7 @@ def run(cfg: Any) -> dict[str, Any]:
         save_weights(model_dir / "kmeans_codebook.safetensors", module.kmeans.state_dict())
     rows = read_logged(run_dir)
     metrics.update(loss_trends(rows))
+    metrics.update({f"nonfinite_skipped/{k}": v for k, v in module.nonfinite.items()})
     if evaluation is not None:
         for when, values in evaluation.results.items():
             metrics.update(_flatten(when, values))
@@ -153,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except TrainingStopped as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

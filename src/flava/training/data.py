@@ -8,13 +8,13 @@ import lightning as L
 import torch
 from omegaconf import DictConfig
 
+from flava.config import ConfigError
 from flava.data.pretraining import (
     KINDS,
     BatchBuilder,
     FixedBatches,
     MixedBatches,
     SceneSource,
-    Source,
     Stream,
 )
 from flava.data.tokenizer import load_tokenizer
@@ -23,16 +23,44 @@ from flava.model.config import FlavaConfig
 from flava.objectives.masking import BlockMaskGenerator
 
 
-def build_source(cfg: DictConfig, role: str, image_size: int) -> Source:
-    """One configured dataset for the "train" or "val" role."""
+def build_source(cfg: DictConfig, role: str, image_size: int, kind: str | None = None) -> Any:
+    """One configured dataset for the "train" or "val" role (`kind`: the stream it serves)."""
     if cfg.type == "embedded":
         split = cfg.split or ("train" if role == "train" else "val")
         return SceneSource(split=split, size=cfg.size, image_size=image_size, seed=cfg.seed)
-    if cfg.type == "huggingface":
-        from flava.data.sources import HuggingFaceSource
+    from flava.data import sources
 
-        return HuggingFaceSource.from_config(cfg, role)
-    raise ValueError(f"datasets source type {cfg.type!r} is not known; use embedded or huggingface")
+    if cfg.type not in sources.SOURCE_TYPES:
+        raise ConfigError(sources.unknown_type(cfg.type))
+    source = sources.build(cfg, role)
+    if kind is not None and isinstance(source, sources.StreamingSource):
+        source.preview_kind = kind
+    return source
+
+
+def _where(kind: str, role: str, index: int, entry: DictConfig) -> str:
+    name = entry.key or entry.path or (entry.shards[0] if entry.shards else "")
+    return f"datasets.{kind}.{role}[{index}] ({entry.type}{' ' + str(name) if name else ''})"
+
+
+def check_sources(cfg: DictConfig) -> None:
+    """Fail within seconds, with one line, if a configured dataset cannot be reached.
+
+    Checks every selected kind's train and val entries without reading data: local paths and
+    shards exist, Hugging Face sets are cached (offline) or answer on the Hub (short timeout).
+    """
+    from flava.data import sources
+
+    d = cfg.datasets
+    for kind in KINDS:
+        if kind not in d.selected:
+            continue
+        for role in ("train", "val"):
+            for i, entry in enumerate(d[kind][role]):
+                try:
+                    sources.check(entry)
+                except ConfigError as exc:
+                    raise sources.SourceError(f"{_where(kind, role, i, entry)}: {exc}") from None
 
 
 class PretrainingData(L.LightningDataModule):
@@ -70,6 +98,7 @@ class PretrainingData(L.LightningDataModule):
             d.whole_word_masking,
         )
         self._streams: dict[str, dict[str, Stream]] = {}
+        check_sources(cfg)  # unreachable data fails here, before any data is read
 
     def streams(self, role: str) -> dict[str, Stream]:
         """The configured streams per kind for "train" or "val" (built once)."""
@@ -83,7 +112,18 @@ class PretrainingData(L.LightningDataModule):
                 entries = d[kind][role]
                 if not entries:
                     continue
-                sources = [build_source(e, role, size) for e in entries]
+                sources = []
+                for i, entry in enumerate(entries):
+                    try:
+                        source = build_source(entry, role, size, kind)
+                    except ConfigError as exc:
+                        raise type(exc)(f"{_where(kind, role, i, entry)}: {exc}") from None
+                    if kind not in source.kinds:
+                        gives = "/".join(sorted(source.kinds))
+                        raise ConfigError(
+                            f"{_where(kind, role, i, entry)}: gives {gives} samples, not {kind}"
+                        )
+                    sources.append(source)
                 out[kind] = Stream(kind, sources, [float(e.weight) for e in entries])
             self._streams[role] = out
         return self._streams[role]
@@ -114,16 +154,19 @@ class PretrainingData(L.LightningDataModule):
         t = self.cfg.training
         rank, world = self._rank()
         loaders = []
-        for stream in self.streams("val").values():
-            ds = FixedBatches(
-                stream,
-                self.val_builder,
-                t.batch_size,
-                t.lightning.limit_val_batches,
-                t.seed,
-                rank,
-                world,
-            )
+        for kind, stream in self.streams("val").items():
+            try:
+                ds = FixedBatches(
+                    stream,
+                    self.val_builder,
+                    t.batch_size,
+                    t.lightning.limit_val_batches,
+                    t.seed,
+                    rank,
+                    world,
+                )
+            except ValueError as exc:
+                raise ConfigError(f"datasets.{kind}.val: {exc}") from None
             loaders.append(_loader(ds, 0))
         return loaders
 

@@ -103,6 +103,10 @@ class FlavaPretrainingModule(L.LightningModule):
             contrastive=losses.global_contrastive_weight,
         )
         self.batches_seen = 0
+        self.nonfinite: dict[str, int] = {}  # skipped steps per batch kind
+        self.nonfinite_in_row = 0
+        self.stopped_nonfinite: str | None = None
+        self._kind = "pair"
         self.kmeans_images: Any = None  # set by the run: callable returning fitting images
 
     @property
@@ -150,6 +154,7 @@ class FlavaPretrainingModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         self.batches_seen = int(batch["batch_index"]) + 1
+        self._kind = KIND_NAMES[batch["kind"]]
         generator = torch.Generator().manual_seed(
             int(batch["batch_index"]) * 7919 + self.cfg.training.seed
         )
@@ -169,6 +174,41 @@ class FlavaPretrainingModule(L.LightningModule):
             batch_size=size,
         )
         return out["loss"]
+
+    def optimizer_step(
+        self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None
+    ) -> None:
+        """Skip the update when the loss or a gradient is not finite; stop after too many."""
+
+        def closure() -> Any:
+            loss = optimizer_closure()
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+            finite = bool(torch.isfinite(norm)) and (loss is None or bool(torch.isfinite(loss)))
+            if not finite:  # DDP has averaged the gradients: every process agrees
+                optimizer.zero_grad(set_to_none=True)  # AdamW skips parameters without grads
+                self._record_nonfinite()
+            else:
+                self.nonfinite_in_row = 0
+            return loss
+
+        optimizer.step(closure=closure)
+
+    def _record_nonfinite(self) -> None:
+        self.nonfinite[self._kind] = self.nonfinite.get(self._kind, 0) + 1
+        self.nonfinite_in_row += 1
+        log.warning(
+            "step %d: non-finite loss or gradient on a %s batch; update skipped",
+            self.global_step,
+            self._kind,
+        )
+        if self.nonfinite_in_row >= self.cfg.training.nonfinite_patience:
+            self.stopped_nonfinite = (
+                f"stopped after {self.nonfinite_in_row} steps in a row with non-finite loss or "
+                f"gradients (skipped per kind: {self.nonfinite}); lower training.learning_rate, "
+                "use bf16-mixed instead of 16-mixed, or check the data"
+            )
+            self.trainer.should_stop = True
 
     def validation_step(
         self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0

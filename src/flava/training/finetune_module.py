@@ -1,0 +1,261 @@
+"""Lightning pieces of fine-tuning: batch collation, resumable data, the LightningModule."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import nn
+
+from flava.data.tokenizer import FlavaTokenizer
+from flava.data.transforms import ImageTransform
+from flava.tasks.finetuning import FlavaClassifier, TaskMetrics
+from flava.tasks.task_data import Example
+from flava.training.module import lr_lambda
+
+INPUT_KEYS = ("pixel_values", "input_ids", "attention_mask", "token_type_ids")
+
+
+class Collator:
+    """Examples -> a model batch (pixels and / or tokens) with `targets`."""
+
+    def __init__(
+        self,
+        modality: str,
+        task_type: str,
+        num_outputs: int,
+        tokenizer: FlavaTokenizer,
+        transform: ImageTransform,
+        max_length: int = 128,
+    ) -> None:
+        self.modality, self.task_type, self.num_outputs = modality, task_type, num_outputs
+        self.tokenizer, self.transform, self.max_length = tokenizer, transform, max_length
+
+    def __call__(
+        self, examples: Sequence[Example], generator: torch.Generator | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Collate; `generator` drives random crops / flips of training images."""
+        batch: dict[str, torch.Tensor] = {}
+        if self.modality in ("image", "multimodal"):
+            views = [self.transform(e.image, generator=generator) for e in examples]
+            batch["pixel_values"] = torch.stack([v["pixel_values"] for v in views])
+        if self.modality in ("text", "multimodal"):
+            texts = [e.text or "" for e in examples]
+            pairs = [e.text_pair for e in examples]
+            second = None if all(p is None for p in pairs) else [p or "" for p in pairs]
+            tok = self.tokenizer(texts, second, max_length=self.max_length)
+            for key in ("input_ids", "attention_mask", "token_type_ids"):
+                batch[key] = tok[key]
+        batch["targets"] = self.targets([e.target for e in examples])
+        return batch
+
+    def targets(self, values: list[Any]) -> torch.Tensor:
+        """Class indices [B], regression values [B] or soft answer scores [B, A]."""
+        if self.task_type == "regression":
+            return torch.tensor(values, dtype=torch.float32)
+        if self.task_type == "vqa":
+            out = torch.zeros(len(values), self.num_outputs)
+            for row, scores in enumerate(values):
+                for index, score in scores.items():
+                    out[row, index] = score
+            return out
+        return torch.tensor(values, dtype=torch.long)
+
+
+class EpochBatches(torch.utils.data.IterableDataset):
+    """Endless training batches: global batch b reads positions b*B*W + rank*B ... of a
+    per-epoch permutation, so the stream position is the batch index (exact resume) and each
+    process and DataLoader worker takes its own share without communicating."""
+
+    def __init__(
+        self,
+        dataset: Any,
+        collate: Collator,
+        batch_size: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        start_batch: int = 0,
+    ) -> None:
+        super().__init__()
+        if len(dataset) == 0:
+            raise ValueError("the training set is empty")
+        self.dataset, self.collate = dataset, collate
+        self.batch_size, self.seed = batch_size, seed
+        self.rank, self.world_size, self.start_batch = rank, world_size, start_batch
+
+    def indices(self, batch_index: int) -> np.ndarray:
+        """Dataset indices of this process's share of global batch `batch_index`."""
+        n = len(self.dataset)
+        start = (batch_index * self.world_size + self.rank) * self.batch_size
+        positions = np.arange(start, start + self.batch_size)
+        epochs = positions // n
+        out = np.empty(self.batch_size, dtype=np.int64)
+        for epoch in np.unique(epochs):
+            order = np.random.default_rng([self.seed, int(epoch)]).permutation(n)
+            sel = epochs == epoch
+            out[sel] = order[positions[sel] % n]
+        return out
+
+    def batch(self, batch_index: int) -> dict[str, Any]:
+        """Global batch `batch_index` (this process's share), collated."""
+        generator = torch.Generator().manual_seed(
+            int(np.random.default_rng([self.seed, batch_index, self.rank]).integers(2**62))
+        )
+        examples = [self.dataset[int(i)] for i in self.indices(batch_index)]
+        out = self.collate(examples, generator)
+        out["batch_index"] = torch.tensor(batch_index)
+        return out
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = torch.utils.data.get_worker_info()
+        workers, worker = (1, 0) if info is None else (info.num_workers, info.id)
+        b = self.start_batch + worker
+        while True:
+            yield self.batch(b)
+            b += workers
+
+
+class FinetuneData(L.LightningDataModule):
+    """Training batches by global index (resumable) and one validation loader per split."""
+
+    def __init__(
+        self,
+        cfg: DictConfig,
+        train: Any,
+        vals: list[tuple[str, Any]],
+        train_collate: Collator,
+        eval_collate: Collator,
+    ) -> None:
+        super().__init__()
+        self.cfg, self.train, self.vals = cfg, train, vals
+        self.train_collate, self.eval_collate = train_collate, eval_collate
+        self.start_batch = 0
+
+    def _rank(self) -> tuple[int, int]:
+        if self.trainer is None:
+            return 0, 1
+        return self.trainer.global_rank, self.trainer.world_size
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        t = self.cfg.training
+        rank, world = self._rank()
+        dataset = EpochBatches(
+            self.train, self.train_collate, t.batch_size, t.seed, rank, world, self.start_batch
+        )
+        workers = t.num_workers
+        return torch.utils.data.DataLoader(
+            dataset, batch_size=None, num_workers=workers, prefetch_factor=4 if workers else None
+        )
+
+    def val_dataloader(self) -> list[torch.utils.data.DataLoader]:
+        t = self.cfg.training
+        return [
+            torch.utils.data.DataLoader(
+                ds,
+                batch_size=t.batch_size,
+                shuffle=False,
+                num_workers=t.num_workers,
+                collate_fn=self.eval_collate,
+            )
+            for _, ds in self.vals
+        ]
+
+    def state_dict(self) -> dict[str, Any]:
+        """The data position: index of the next training batch (saved in every checkpoint)."""
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        return {"start_batch": int(getattr(module, "batches_seen", self.start_batch))}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.start_batch = int(state.get("start_batch", 0))
+
+
+def task_loss(logits: torch.Tensor, targets: torch.Tensor, task_type: str) -> torch.Tensor:
+    """Cross-entropy, MSE (one output) or soft-label BCE summed over answers (mean over batch)."""
+    logits = logits.float()
+    if task_type == "regression":
+        return F.mse_loss(logits[:, 0], targets.float())
+    if task_type == "vqa":
+        bce = F.binary_cross_entropy_with_logits(logits, targets.float(), reduction="sum")
+        return bce / logits.shape[0]
+    return F.cross_entropy(logits, targets)
+
+
+class FinetuneModule(L.LightningModule):
+    """Trains the classifier; validation metrics per split, logged as <prefix>/<metric>."""
+
+    def __init__(self, cfg: DictConfig, model: FlavaClassifier, prefixes: list[str]) -> None:
+        super().__init__()
+        self.cfg, self.model, self.prefixes = cfg, model, prefixes
+        k = cfg.task
+        outputs = model.settings["num_outputs"]
+        self.metrics = nn.ModuleList(
+            TaskMetrics(list(k.metrics), k.type, outputs) for _ in prefixes
+        )
+        self.batches_seen = 0
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits for a collated batch."""
+        return self.model(**{key: batch[key] for key in INPUT_KEYS if key in batch})
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        self.batches_seen = int(batch["batch_index"]) + 1
+        loss = task_loss(self(batch), batch["targets"], self.cfg.task.type)
+        size = batch["targets"].shape[0]
+        self.log("train/loss", loss, on_step=True, prog_bar=True, batch_size=size)
+        return loss
+
+    def validation_step(
+        self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        logits = self(batch)
+        targets = batch["targets"]
+        loss = task_loss(logits, targets, self.cfg.task.type)
+        self.metrics[dataloader_idx].update(logits, targets)
+        self.log(
+            f"{self.prefixes[dataloader_idx]}/loss",
+            loss,
+            on_epoch=True,
+            batch_size=targets.shape[0],
+            add_dataloader_idx=False,
+            sync_dist=True,
+        )
+
+    def on_validation_epoch_end(self) -> None:
+        for prefix, metrics in zip(self.prefixes, self.metrics, strict=True):
+            for name, value in metrics.compute().items():  # synced across processes
+                self.log(f"{prefix}/{name}", value, add_dataloader_idx=False)
+            metrics.reset()
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        t = self.cfg.training
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            skip = p.ndim < 2 or name.endswith(("cls_token", "mask_token", "pos_embed"))
+            (no_decay if skip else decay).append(p)
+        optimizer = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": t.adam_weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=t.learning_rate,
+            betas=tuple(t.adam_betas),
+            eps=t.adam_eps,
+            fused=(self.device.type == "cuda") or None,
+        )
+        total = t.lr_decay_steps or self.trainer.max_steps
+        total = total if total and total > 0 else 10**9
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lr_lambda(t.warmup_steps, total, t.lr_schedule, t.min_lr_ratio)
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
