@@ -1,4 +1,4 @@
-"""Non-finite losses: the update is skipped and counted; too many in a row stop with a checkpoint."""
+"""Non-finite losses: the update is skipped and counted; too many in a row stop the run."""
 
 from __future__ import annotations
 

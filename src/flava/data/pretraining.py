@@ -7,13 +7,25 @@ agrees on it without communicating. Within a kind, samples are read in a per-epo
 and each process takes its own slice of every batch, so processes see distinct samples. The
 position of the stream is the batch index, which makes exact resume a matter of starting at
 the right `b`.
+
+Sources come in two flavours. A `Source` is random access (`item(index, kind, rng)`); its
+samples follow the per-epoch permutations above. An `IterableSource` can only be read in order
+(tar shards, streamed Hugging Face sets): its shards are split first by process (rank), then by
+reader (the residue class `b mod num_workers` that a DataLoader worker serves), each reader
+streams its own shards through a shuffle buffer and pulls `batch_size` items whenever one of its
+batches draws that source. Shards are reshuffled every epoch with a seed all readers share, so
+within an epoch the readers' shards are disjoint and one pass reads every sample exactly once
+(with fewer shards than readers, readers share a shard and split its samples). `resampled`
+sources instead draw shards with replacement per reader (multi-node, no epochs). Resuming at
+batch `b` replays each reader's stream up to the records it had consumed (read, not decoded).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -23,16 +35,28 @@ from flava.data.tokenizer import FlavaTokenizer
 from flava.data.transforms import ImageTransform
 from flava.objectives.masking import BlockMaskGenerator, mask_tokens
 
+log = logging.getLogger(__name__)
+
 KINDS = ("image", "text", "vl")
 _CHUNK = 1024
+# Consecutive epochs without a single record after which a reader gives up on a stream.
+_EMPTY_EPOCHS = 3
 
 
 @dataclass
 class Item:
-    """One raw sample: an image, a text, or both."""
+    """One raw sample: an image, a text, or both (a pair), with an optional class label."""
 
     image: Image.Image | None = None
     text: str | None = None
+    label: int | None = None
+
+    @property
+    def kind(self) -> str:
+        """ "vl" (pair), "image" or "text"."""
+        if self.image is not None:
+            return "vl" if self.text is not None else "image"
+        return "text"
 
 
 class Source(Protocol):
@@ -43,6 +67,125 @@ class Source(Protocol):
     def __len__(self) -> int: ...
 
     def item(self, index: int, kind: str, rng: np.random.Generator) -> Item: ...
+
+
+@runtime_checkable
+class IterableSource(Protocol):
+    """A dataset read in order from shards (tar files, streamed Hugging Face sets).
+
+    `records(shards, kind)` yields the raw records of `kind` of the given shards in order;
+    `decode(record, kind, rng)` turns one into an `Item` (raising OSError / ValueError for a
+    corrupt record, which is then skipped). `shuffle_buffer` is the size of the sample shuffle
+    buffer (<= 1: none); `resampled` draws shards with replacement instead of epochs.
+    """
+
+    kinds: frozenset[str]
+    shuffle_buffer: int
+    resampled: bool
+
+    def num_shards(self) -> int: ...
+
+    def records(self, shards: Sequence[int], kind: str) -> Iterator[Any]: ...
+
+    def decode(self, record: Any, kind: str, rng: np.random.Generator) -> Item: ...
+
+
+def is_iterable(source: Any) -> bool:
+    """Whether `source` is read as a stream (an `IterableSource`) rather than by index."""
+    return isinstance(source, IterableSource)
+
+
+def reader_shards(
+    order: Sequence[int], rank: int, world_size: int, reader: int, readers: int
+) -> list[int]:
+    """The shards of one reader: split by process (rank) first, then by reader (worker)."""
+    return list(order[rank::world_size][reader::readers])
+
+
+def shuffle_buffer(records: Iterator[Any], size: int, rng: np.random.Generator) -> Iterator[Any]:
+    """Yield `records` in a locally shuffled order through a buffer of `size` records."""
+    if size <= 1:
+        yield from records
+        return
+    buffer: list[Any] = []
+    for record in records:
+        if len(buffer) < size:
+            buffer.append(record)
+            continue
+        j = int(rng.integers(size))
+        out, buffer[j] = buffer[j], record
+        yield out
+    for j in rng.permutation(len(buffer)):
+        yield buffer[int(j)]
+
+
+def source_records(
+    source: IterableSource,
+    kind: str,
+    seed: int,
+    stream_key: tuple[int, int],
+    rank: int = 0,
+    world_size: int = 1,
+    reader: int = 0,
+    readers: int = 1,
+    epochs: int | None = None,
+) -> Iterator[Any]:
+    """Endless (or `epochs`) records of one reader of an iterable source, shuffled per epoch.
+
+    Shard order is permuted every epoch from (seed, stream_key, epoch), identical for all
+    readers, then split by rank and reader. With fewer shards than readers (processes x
+    workers), reader p reads shard p mod n and keeps its share of the records of the readers
+    that share it. `resampled` sources draw their shards with replacement from
+    (seed, stream_key, rank, reader, epoch).
+    """
+    n = source.num_shards()
+    if n < 1:
+        raise ValueError(f"{_describe(source)} has no shards")
+    parts, part = world_size * readers, rank * readers + reader
+    shared = not source.resampled and n < parts
+    if shared and part == 0:
+        log.warning(
+            "%s has %d shard(s) for %d readers (processes x workers): readers share shards and "
+            "each reads only its part; write at least %d shards for a shard per reader",
+            _describe(source),
+            n,
+            parts,
+            parts,
+        )
+    sharers = len(range(part % n, parts, n))  # readers of the same shard (when shared)
+    epoch, empty = 0, 0
+    while epochs is None or epoch < epochs:
+        if source.resampled:
+            draw = np.random.default_rng([seed, 0x5A3D, *stream_key, rank, reader, epoch])
+            shards = [int(i) for i in draw.integers(n, size=max(1, n // parts))]
+        else:
+            order = [
+                int(i)
+                for i in np.random.default_rng([seed, 0x5A3D, *stream_key, epoch]).permutation(n)
+            ]
+            if shared:
+                shards = [order[part % n]]
+            else:
+                shards = reader_shards(order, rank, world_size, reader, readers)
+        records = source.records(shards, kind)
+        if shared and sharers > 1:
+            records = (r for i, r in enumerate(records) if i % sharers == part // n)
+        rng = np.random.default_rng([seed, 0xB0F, *stream_key, rank, reader, epoch])
+        count = 0
+        for record in shuffle_buffer(records, int(source.shuffle_buffer), rng):
+            count += 1
+            yield record
+        empty = 0 if count else empty + 1
+        if empty >= _EMPTY_EPOCHS:
+            raise ValueError(
+                f"{_describe(source)} yields no {kind} samples for rank {rank} reader {reader}"
+            )
+        epoch += 1
+
+
+def _describe(source: Any) -> str:
+    describe = getattr(source, "describe", None)
+    return describe() if callable(describe) else type(source).__name__
 
 
 class SceneSource:
@@ -135,7 +278,8 @@ class Stream:
     """The datasets of one kind with their sampling weights."""
 
     kind: str
-    sources: list[Source]
+    sources: list[Any]
+    """`Source`s and / or `IterableSource`s."""
     weights: list[float]
 
 
@@ -207,8 +351,14 @@ class MixedBatches(torch.utils.data.IterableDataset):
         return out
 
     def batches(self, start: int = 0, step: int = 1, offset: int = 0) -> Iterator[dict[str, Any]]:
-        """Batches start, start+... for which (b - offset) % step == 0 (one worker's share)."""
+        """Batches start, start+... for which (b - offset) % step == 0 (one worker's share).
+
+        Iterable sources are read by reader `offset % step` of `step` (the residue class of the
+        batches served, so a resumed worker continues the stream of the same batches).
+        """
         used: dict[tuple[int, int], int] = {}
+        mine: dict[tuple[int, int], int] = {}  # batches of this reader per (kind, source)
+        readers: dict[tuple[int, int], Iterator[Any]] = {}
         b = 0
         while True:
             kinds, sources = self.plan(b // _CHUNK)
@@ -217,18 +367,50 @@ class MixedBatches(torch.utils.data.IterableDataset):
                 count = used.get(key, 0)
                 used[key] = count + 1
                 index = b + j
-                if index >= start and (index - offset) % step == 0:
-                    yield self._build(index, self.kinds[key[0]], key[1], count)
+                if (index - offset) % step:
+                    continue
+                kind = self.kinds[key[0]]
+                source = self.streams[kind].sources[key[1]]
+                if not is_iterable(source):
+                    if index >= start:
+                        yield self._build(index, kind, key[1], count)
+                    continue
+                if index < start:
+                    mine[key] = mine.get(key, 0) + 1
+                    continue
+                if key not in readers:
+                    readers[key] = self._reader(key, offset % step, step, mine.get(key, 0))
+                yield self._build(index, kind, key[1], count, readers[key])
             b += _CHUNK
 
-    def _build(self, index: int, kind: str, source: int, used: int) -> dict[str, Any]:
+    def _reader(self, key: tuple[int, int], reader: int, readers: int, batches: int) -> Iterator:
+        """Records of one iterable source for this reader, past the `batches` already consumed."""
+        kind = self.kinds[key[0]]
+        source = self.streams[kind].sources[key[1]]
+        records = source_records(
+            source, kind, self.seed, key, self.rank, self.world_size, reader, readers
+        )
+        for _ in range(batches * self.batch_size):
+            next(records)
+        return records
+
+    def _build(
+        self, index: int, kind: str, source: int, used: int, records: Iterator | None = None
+    ) -> dict[str, Any]:
         rng = np.random.default_rng([self.seed, index, self.rank])
         generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
         stream = self.streams[kind]
-        items = [
-            stream.sources[source].item(int(i), kind, rng)
-            for i in self._indices(kind, source, used)
-        ]
+        src = stream.sources[source]
+        if records is None:
+            items = [src.item(int(i), kind, rng) for i in self._indices(kind, source, used)]
+        else:
+            items = []
+            while len(items) < self.batch_size:
+                record = next(records)
+                try:
+                    items.append(src.decode(record, kind, rng))
+                except (OSError, ValueError) as exc:  # a corrupt record: skip it
+                    log.warning("skipping a %s record of %s: %s", kind, _describe(src), exc)
         batch = self.builder(items, kind, generator, rng)
         batch["batch_index"] = index
         return batch
