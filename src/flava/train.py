@@ -62,8 +62,11 @@ def run(cfg: Any) -> dict[str, Any]:
     from flava.training.data import PretrainingData
     from flava.training.module import FlavaPretrainingModule
 
+    from flava.training.data import check_sources
+
     timer = Timer()
     t = cfg.training
+    check_sources(cfg)  # unreachable datasets fail here, in seconds, before the model is built
     L.seed_everything(t.seed if t.seed >= 0 else None, workers=True, verbose=False)
     run_dir = prepare_run_dir(cfg)
     module = FlavaPretrainingModule(cfg)

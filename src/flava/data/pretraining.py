@@ -17,7 +17,8 @@ batches draws that source. Shards are reshuffled every epoch with a seed all rea
 within an epoch the readers' shards are disjoint and one pass reads every sample exactly once
 (with fewer shards than readers, readers share a shard and split its samples). `resampled`
 sources instead draw shards with replacement per reader (multi-node, no epochs). Resuming at
-batch `b` replays each reader's stream up to the records it had consumed (read, not decoded).
+batch `b` replays each reader's stream up to the records it had consumed (read, not decoded);
+resampled streams just start fresh draws.
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ KINDS = ("image", "text", "vl")
 _CHUNK = 1024
 # Consecutive epochs without a single record after which a reader gives up on a stream.
 _EMPTY_EPOCHS = 3
+# Consecutive records that fail to decode after which a stream is declared broken.
+_MAX_FAILURES = 1000
+# Replacement draws for a random-access sample that cannot be read.
+_MAX_REPLACEMENTS = 8
 
 
 @dataclass
@@ -129,6 +134,7 @@ def source_records(
     reader: int = 0,
     readers: int = 1,
     epochs: int | None = None,
+    restart: int = 0,
 ) -> Iterator[Any]:
     """Endless (or `epochs`) records of one reader of an iterable source, shuffled per epoch.
 
@@ -136,7 +142,7 @@ def source_records(
     readers, then split by rank and reader. With fewer shards than readers (processes x
     workers), reader p reads shard p mod n and keeps its share of the records of the readers
     that share it. `resampled` sources draw their shards with replacement from
-    (seed, stream_key, rank, reader, epoch).
+    (seed, stream_key, rank, reader, restart, epoch); `restart` gives a resumed run fresh draws.
     """
     n = source.num_shards()
     if n < 1:
@@ -156,7 +162,7 @@ def source_records(
     epoch, empty = 0, 0
     while epochs is None or epoch < epochs:
         if source.resampled:
-            draw = np.random.default_rng([seed, 0x5A3D, *stream_key, rank, reader, epoch])
+            draw = np.random.default_rng([seed, 0x5A3D, *stream_key, rank, reader, restart, epoch])
             shards = [int(i) for i in draw.integers(n, size=max(1, n // parts))]
         else:
             order = [
@@ -170,7 +176,7 @@ def source_records(
         records = source.records(shards, kind)
         if shared and sharers > 1:
             records = (r for i, r in enumerate(records) if i % sharers == part // n)
-        rng = np.random.default_rng([seed, 0xB0F, *stream_key, rank, reader, epoch])
+        rng = np.random.default_rng([seed, 0xB0F, *stream_key, rank, reader, restart, epoch])
         count = 0
         for record in shuffle_buffer(records, int(source.shuffle_buffer), rng):
             count += 1
@@ -181,6 +187,17 @@ def source_records(
                 f"{_describe(source)} yields no {kind} samples for rank {rank} reader {reader}"
             )
         epoch += 1
+
+
+def robust_item(source: Source, index: int, kind: str, rng: np.random.Generator) -> Item:
+    """`source.item(index)`, replacing an unreadable sample (dead URL, bad file) by a drawn one."""
+    for _ in range(_MAX_REPLACEMENTS):
+        try:
+            return source.item(index, kind, rng)
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            log.warning("skipping sample %d of %s: %s", index, _describe(source), exc)
+            index = int(rng.integers(len(source)))
+    return source.item(index, kind, rng)
 
 
 def _describe(source: Any) -> str:
@@ -379,19 +396,27 @@ class MixedBatches(torch.utils.data.IterableDataset):
                     mine[key] = mine.get(key, 0) + 1
                     continue
                 if key not in readers:
-                    readers[key] = self._reader(key, offset % step, step, mine.get(key, 0))
+                    readers[key] = self._reader(key, offset % step, step, mine.get(key, 0), start)
                 yield self._build(index, kind, key[1], count, readers[key])
             b += _CHUNK
 
-    def _reader(self, key: tuple[int, int], reader: int, readers: int, batches: int) -> Iterator:
-        """Records of one iterable source for this reader, past the `batches` already consumed."""
+    def _reader(
+        self, key: tuple[int, int], reader: int, readers: int, batches: int, start: int
+    ) -> Iterator:
+        """Records of one iterable source for this reader, past the `batches` already consumed.
+
+        Epoch-based sources replay (read, not decode) the records consumed before a resume, so
+        the run continues exactly; resampled sources start fresh draws instead (no replay).
+        """
         kind = self.kinds[key[0]]
         source = self.streams[kind].sources[key[1]]
+        restart = start if source.resampled else 0
         records = source_records(
-            source, kind, self.seed, key, self.rank, self.world_size, reader, readers
+            source, kind, self.seed, key, self.rank, self.world_size, reader, readers, None, restart
         )
-        for _ in range(batches * self.batch_size):
-            next(records)
+        if not source.resampled:
+            for _ in range(batches * self.batch_size):
+                next(records)
         return records
 
     def _build(
@@ -402,15 +427,22 @@ class MixedBatches(torch.utils.data.IterableDataset):
         stream = self.streams[kind]
         src = stream.sources[source]
         if records is None:
-            items = [src.item(int(i), kind, rng) for i in self._indices(kind, source, used)]
+            indices = self._indices(kind, source, used)
+            items = [robust_item(src, int(i), kind, rng) for i in indices]
         else:
-            items = []
+            items, failures = [], 0
             while len(items) < self.batch_size:
                 record = next(records)
                 try:
                     items.append(src.decode(record, kind, rng))
-                except (OSError, ValueError) as exc:  # a corrupt record: skip it
+                    failures = 0
+                except (OSError, ValueError, Image.DecompressionBombError) as exc:
+                    failures += 1  # a corrupt record: skip it
                     log.warning("skipping a %s record of %s: %s", kind, _describe(src), exc)
+                    if failures >= _MAX_FAILURES:
+                        raise ValueError(
+                            f"{_describe(src)}: {failures} bad records in a row"
+                        ) from exc
         batch = self.builder(items, kind, generator, rng)
         batch["batch_index"] = index
         return batch
@@ -455,6 +487,7 @@ class FixedBatches(torch.utils.data.Dataset):
         start = (index * self.world_size + self.rank) * self.batch_size
         source = self.stream.sources[0]
         items = [
-            source.item(i, self.stream.kind, rng) for i in range(start, start + self.batch_size)
+            robust_item(source, i, self.stream.kind, rng)
+            for i in range(start, start + self.batch_size)
         ]
         return self.builder(items, self.stream.kind, generator, rng)
