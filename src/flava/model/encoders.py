@@ -12,7 +12,7 @@ from flava.model.config import (
     MultimodalEncoderConfig,
     TextEncoderConfig,
 )
-from flava.model.transformer import Encoder, EncoderOutput, padding_mask
+from flava.model.transformer import Encoder, EncoderOutput, LayerNorm, padding_mask
 
 
 class Pooler(nn.Module):
@@ -33,7 +33,7 @@ class _EncoderBase(nn.Module):
     def __init__(self, config: EncoderConfig) -> None:
         super().__init__()
         self.encoder = Encoder(config)
-        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.norm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.pooler = Pooler(config)
 
     def _run(
@@ -121,7 +121,7 @@ class TextEncoder(_EncoderBase):
         self.word_embed = nn.Embedding(config.vocab_size, d, padding_idx=config.pad_token_id)
         self.pos_embed = nn.Embedding(config.max_position_embeddings, d)
         self.type_embed = nn.Embedding(config.type_vocab_size, d)
-        self.embed_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.embed_norm = LayerNorm(d, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def embed(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:

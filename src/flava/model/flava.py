@@ -12,7 +12,7 @@ from torch import nn
 
 from flava.model.config import EncoderConfig, FlavaConfig
 from flava.model.encoders import ImageEncoder, MultimodalEncoder, Pooler, TextEncoder
-from flava.model.transformer import EncoderOutput, activation
+from flava.model.transformer import EncoderOutput, LayerNorm, activation
 
 if TYPE_CHECKING:
     from flava.model.codebook import ImageCodebook
@@ -171,7 +171,7 @@ class MaskedPredictionHead(nn.Module):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.act = activation(config.hidden_act)
-        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.norm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.decoder = nn.Linear(config.hidden_size, vocab_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -30,6 +30,20 @@ class _QuickGELU(nn.Module):
         return x * torch.sigmoid(1.702 * x)
 
 
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in fp32 even under bf16/fp16 autocast; returns the input dtype."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[..., D] -> [..., D]."""
+        if x.dtype == torch.float32:
+            return super().forward(x)
+        w = None if self.weight is None else self.weight.float()
+        b = None if self.bias is None else self.bias.float()
+        with torch.autocast(x.device.type, enabled=False):
+            out = F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps)
+        return out.to(x.dtype)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with a fused QKV projection and SDPA."""
 
@@ -81,9 +95,9 @@ class Layer(nn.Module):
 
     def __init__(self, config: EncoderConfig) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.norm1 = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.attn = Attention(config)
-        self.norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.norm2 = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.mlp = MLP(config)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
