@@ -68,9 +68,10 @@ class Collator:
 
 
 class EpochBatches(torch.utils.data.IterableDataset):
-    """Endless training batches: global batch b reads positions b*B*W + rank*B ... of a
-    per-epoch permutation, so the stream position is the batch index (exact resume) and each
-    process and DataLoader worker takes its own share without communicating."""
+    """Endless training batches indexed by global batch number (exact resume, no communication)."""
+
+    # Global batch b reads positions b*B*W + rank*B ... of a per-epoch permutation, so the stream
+    # position is the batch index and each process and DataLoader worker takes its own share.
 
     def __init__(
         self,

@@ -1,0 +1,161 @@
+"""`python -m flava.linear_probe [config=...] [key=value ...]`: linear probe on frozen features.
+
+Frozen image features (`probe.features`: `encoder_cls`, the image encoder's final-LayerNorm
+CLS, which the paper probes; or `projection`, the contrastive projection of it), multinomial
+logistic regression with L2 fitted by full-batch L-BFGS; the L2 strength lambda is swept on a
+validation split over a log grid (probe.l2_min ... l2_max, l2_points), the final probe fitted on
+train + validation and its test accuracy reported. Lambda multiplies (1/2)||W||^2 added to the
+*mean* cross-entropy: scikit-learn's C = 1 / (n * lambda) (see flava.tasks.linear_probe).
+
+Examples:
+    python -m flava.linear_probe                              # embedded scenes, tiny preset
+    python -m flava.linear_probe model.pretrained_model_key=runs/demo/model
+    python -m flava.linear_probe model.pretrained_model_key=flava_full data.kind=torchvision \\
+        data.name=cifar10 data.root=/data probe.val_split=null      # val held out of train
+    python -m flava.linear_probe data.kind=image_folder data.root=D   # D/train, D/val, D/test
+Writes <run.run_dir>/metrics.json. Keys: `python -m flava.linear_probe --help`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from flava.checkpoints import CheckpointError
+from flava.config import ConfigError
+from flava.tasks.eval_config import (
+    LinearProbeRunConfig,
+    load_flava,
+    print_table,
+    resolve_device,
+    save_results,
+    validate_linear_probe,
+)
+from flava.tasks.finetune_config import describe_schema, load_schema_config
+
+log = logging.getLogger("flava")
+
+
+def _has_split(cfg: DictConfig, split: str | None) -> bool:
+    d = cfg.data
+    if not split:
+        return False
+    if d.kind == "embedded":
+        return True
+    if d.kind == "image_folder":
+        return bool(d.root) and (Path(d.root) / split).is_dir()
+    return d.name == "rendered_sst2" and split in ("val", "validation")
+
+
+def load_splits(cfg: DictConfig, image_size: int) -> tuple[list[tuple[Any, list[int]]], list[str]]:
+    """[(dataset, indices)] for train, val, test and the class names."""
+    from flava.tasks.task_data import image_classification_split
+
+    d, p = cfg.data, cfg.probe
+    embedded = d.kind == "embedded"
+
+    def split(name: str, embedded_size: int, classes: list[str] | None = None) -> Any:
+        size = embedded_size if embedded else d.size
+        return image_classification_split(
+            d.kind, name, image_size, d.root, d.name, size, d.seed, d.download, classes
+        )
+
+    train = split(p.train_split, p.train_size)
+    classes = list(train.class_names)
+    test = split(p.test_split, p.test_size, classes)
+    all_train = list(range(len(train)))
+    if _has_split(cfg, p.val_split):
+        val = split(p.val_split, p.val_size, classes)
+        return [
+            (train, all_train),
+            (val, list(range(len(val)))),
+            (test, list(range(len(test)))),
+        ], classes
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.run.seed))
+    held = max(1, int(round(p.val_fraction * len(train))))
+    val_idx, train_idx = sorted(order[:held].tolist()), sorted(order[held:].tolist())
+    log.info("no validation split: holding out %d of %d training images", held, len(train))
+    return [(train, train_idx), (train, val_idx), (test, list(range(len(test))))], classes
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Probe per `cfg`; returns the metrics written to metrics.json."""
+    from flava.data.transforms import image_transform
+    from flava.tasks.linear_probe import image_features, l2_grid, sweep_and_fit
+
+    start = time.perf_counter()
+    r, p = cfg.run, cfg.probe
+    device = resolve_device(r.device)
+    if cfg.data.kind == "embedded":
+        model = load_flava(cfg.model, r.seed).to(device).eval()
+        splits, classes = load_splits(cfg, model.config.image.image_size)
+    else:  # external files first: a missing dataset fails before the model loads
+        splits, classes = load_splits(cfg, 0)
+        model = load_flava(cfg.model, r.seed).to(device).eval()
+    transform = image_transform("eval", image_size=model.config.image.image_size)
+    sets = []
+    for dataset, indices in splits:
+        x = image_features(
+            model,
+            lambda i, ds=dataset, idx=indices: ds[idx[i]].image,
+            len(indices),
+            transform,
+            p.features,
+            r.batch_size,
+            device,
+            r.progress,
+            r.num_workers,
+        )
+        y = torch.tensor([int(dataset.target(i)) for i in indices])
+        sets.append((x, y))
+    dtype = torch.float64 if p.dtype == "float64" else torch.float32
+    grid = l2_grid(p.l2_min, p.l2_max, p.l2_points)
+    result = sweep_and_fit(*sets, len(classes), grid, p.max_iter, dtype, device)
+    counts = torch.bincount(sets[0][1], minlength=len(classes))
+    majority = int(counts.argmax())
+    metrics: dict[str, Any] = {
+        "probe/test_accuracy": result.test_accuracy,
+        "probe/val_accuracy": result.val_accuracy,
+        "probe/train_accuracy": result.train_accuracy,
+        "probe/l2": result.l2,
+        "probe/sklearn_C": 1.0 / ((len(sets[0][1]) + len(sets[1][1])) * result.l2),
+        "baseline/majority_test_accuracy": float((sets[2][1] == majority).float().mean()),
+        "features": p.features,
+        "feature_dim": int(sets[0][0].shape[1]),
+        "classes": len(classes),
+        "train_images": len(sets[0][1]),
+        "val_images": len(sets[1][1]),
+        "test_images": len(sets[2][1]),
+        "sweep": [{"l2": l2, "val_accuracy": acc} for l2, acc in result.sweep],
+        "model": cfg.model.pretrained_model_key or f"preset {cfg.model.preset} (random init)",
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    run_dir = save_results(cfg.run.run_dir, cfg, metrics)
+    print_table(f"linear probe ({cfg.data.kind}, {p.features}) -> {run_dir}", metrics)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status (2 for a bad configuration or missing data)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        print("\n".join(describe_schema(LinearProbeRunConfig)))
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        run(load_schema_config(argv, LinearProbeRunConfig, validate_linear_probe))
+    except (ConfigError, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""`python -m flava.retrieval [config=...] [key=value ...]`: zero-shot image-text retrieval.
+
+Every caption of every image is used: image -> text R@k counts an image as found when any of
+its captions is among the k nearest texts; text -> image R@k when a caption's own image is
+among the k nearest images (flava.tasks.retrieval.recall_at_k).
+
+Examples:
+    python -m flava.retrieval                                  # embedded scenes, tiny preset
+    python -m flava.retrieval model.pretrained_model_key=flava_full data.kind=coco \\
+        data.root=/data/coco            # dataset_coco.json + val2014/ (Karpathy test, 5k)
+    python -m flava.retrieval model.pretrained_model_key=flava_full data.kind=flickr30k \\
+        data.root=/data/flickr30k       # dataset_flickr30k.json + flickr30k-images/ (test, 1k)
+    python -m flava.retrieval data.kind=captions data.root=DIR   # DIR/captions.jsonl
+Embeddings are cached in <run_dir>/cache (retrieval.cache_dir) as a .pt file keyed by the
+model, the dataset and a hash of the settings, and reused by later runs.
+Writes <run.run_dir>/metrics.json. Keys: `python -m flava.retrieval --help`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from flava.checkpoints import CheckpointError
+from flava.config import ConfigError
+from flava.tasks.eval_config import (
+    RetrievalRunConfig,
+    load_flava,
+    model_tag,
+    print_table,
+    resolve_device,
+    save_results,
+    validate_retrieval,
+)
+from flava.tasks.finetune_config import describe_schema, load_schema_config
+
+log = logging.getLogger("flava")
+KARPATHY_FILES = {"coco": "dataset_coco.json", "flickr30k": "dataset_flickr30k.json"}
+
+
+def load_captioned(cfg: DictConfig, image_size: int) -> tuple[Any, str]:
+    """(CaptionedImages, split) for data.kind embedded / coco / flickr30k / captions."""
+    from flava.tasks.task_data import CaptionedImages, captions_folder, karpathy_split
+
+    d = cfg.data
+    split = d.split or "test"
+    if d.kind == "embedded":
+        from flava.data.scenes import SceneDataset
+
+        scenes = SceneDataset(split=split, size=d.size or 512, image_size=image_size, seed=d.seed)
+        items = [scenes[i] for i in range(len(scenes))]
+        return CaptionedImages([s.image for s in items], [list(s.captions) for s in items]), split
+    if d.kind == "captions":
+        if not d.root:
+            raise ConfigError("data.root is required for captions data (DIR/captions.jsonl)")
+        return captions_folder(Path(d.root), d.size), "all"
+    if not (d.root or d.annotations):
+        raise ConfigError(f"data.root (or data.annotations) is required for {d.kind} data")
+    root = Path(d.root or Path(d.annotations).parent)
+    annotations = Path(d.annotations) if d.annotations else root / KARPATHY_FILES[d.kind]
+    image_root = Path(d.image_root) if d.image_root else root
+    if not d.image_root and d.kind == "flickr30k" and (root / "flickr30k-images").is_dir():
+        image_root = root / "flickr30k-images"
+    return karpathy_split(annotations, image_root, split, d.size), split
+
+
+def cache_file(cfg: DictConfig, data: Any, split: str, image_size: int) -> Path | None:
+    """Where this model + dataset + settings' embeddings are cached (None: caching off)."""
+    rc = cfg.retrieval
+    if not rc.use_cache:
+        return None
+    directory = Path(rc.cache_dir) if rc.cache_dir else Path(cfg.run.run_dir) / "cache"
+    model = model_tag(cfg.model, cfg.run.seed)
+    content = hashlib.sha256()
+    for image, captions in zip(data.images, data.captions, strict=True):
+        content.update(str(image if isinstance(image, (str, Path)) else "").encode())
+        content.update(json.dumps(captions).encode())
+    d = cfg.data
+    key = json.dumps(
+        {
+            "model": model,
+            "data": [d.kind, d.seed, d.size, split, str(d.root), str(d.annotations)],
+            "content": content.hexdigest(),
+            "image_size": image_size,
+            "text_max_length": cfg.run.text_max_length,
+        },
+        sort_keys=True,
+    )
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    name = cfg.model.pretrained_model_key or f"{cfg.model.preset}-random"
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(name).name or name)[:40]
+    return directory / f"{slug}-{d.kind}-{split}-{digest}.pt"
+
+
+def embeddings(
+    cfg: DictConfig, model: Any, data: Any, device: torch.device, path: Path | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+    """(image embeddings, caption embeddings, caption -> image, whether the cache was used)."""
+    from flava.data.tokenizer import load_tokenizer
+    from flava.data.transforms import image_transform
+    from flava.tasks.retrieval import embed_images, embed_texts
+    from flava.tasks.task_data import LazyImages
+
+    if path is not None and path.is_file():
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        log.info("reusing cached embeddings %s", path)
+        return saved["images"], saved["texts"], saved["text_to_image"], True
+    r = cfg.run
+    transform = image_transform("eval", image_size=model.config.image.image_size)
+    images = LazyImages(len(data.images), data.load)
+    texts = [c for caps in data.captions for c in caps]
+    owner = torch.tensor([i for i, caps in enumerate(data.captions) for _ in caps])
+    with torch.no_grad():
+        image_emb = embed_images(model, images, transform, r.batch_size, device, r.progress)
+        text_emb = embed_texts(
+            model, load_tokenizer(), texts, 4 * r.batch_size, r.text_max_length, device, r.progress
+        )
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"images": image_emb, "texts": text_emb, "text_to_image": owner}, path)
+        log.info("cached embeddings in %s", path)
+    return image_emb, text_emb, owner, False
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate per `cfg`; returns the metrics written to metrics.json."""
+    from flava.tasks.retrieval import recall_at_k
+
+    start = time.perf_counter()
+    device = resolve_device(cfg.run.device)
+    if cfg.data.kind == "embedded":
+        model = load_flava(cfg.model, cfg.run.seed).to(device).eval()
+        data, split = load_captioned(cfg, model.config.image.image_size)
+    else:  # external files first: a missing file fails before the model loads
+        data, split = load_captioned(cfg, 0)
+        model = load_flava(cfg.model, cfg.run.seed).to(device).eval()
+    image_size = model.config.image.image_size
+    path = cache_file(cfg, data, split, image_size)
+    image_emb, text_emb, owner, cached = embeddings(cfg, model, data, device, path)
+    recall = recall_at_k(image_emb, text_emb, owner, ks=list(cfg.retrieval.ks))
+    metrics: dict[str, Any] = {f"retrieval/{k}": v for k, v in sorted(recall.items())}
+    metrics.update(
+        {
+            "images": len(data.images),
+            "captions": int(owner.numel()),
+            "split": split,
+            "model": cfg.model.pretrained_model_key or f"preset {cfg.model.preset} (random init)",
+            "cache": str(path) if path else None,
+            "cache_hit": cached,
+            "seconds": round(time.perf_counter() - start, 1),
+        }
+    )
+    run_dir = save_results(cfg.run.run_dir, cfg, metrics)
+    print_table(f"retrieval ({cfg.data.kind}, {split}, every caption) -> {run_dir}", metrics)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status (2 for a bad configuration or missing data)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        print("\n".join(describe_schema(RetrievalRunConfig)))
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        run(load_schema_config(argv, RetrievalRunConfig, validate_retrieval))
+    except (ConfigError, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

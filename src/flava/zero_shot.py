@@ -1,0 +1,166 @@
+"""`python -m flava.zero_shot [config=...] [key=value ...]`: zero-shot image classification.
+
+Each class name is put in every prompt template, the text embeddings are averaged per class,
+and each image takes the class whose embedding is most similar (top-1 / top-5 reported).
+
+Examples:
+    python -m flava.zero_shot                                   # embedded scenes, tiny preset
+    python -m flava.zero_shot model.pretrained_model_key=runs/demo/model
+    python -m flava.zero_shot model.pretrained_model_key=flava_full data.kind=image_folder \\
+        data.root=/data/imagenet data.split=val                  # ImageNet names + 80 templates
+    python -m flava.zero_shot data.kind=torchvision data.name=cifar10 data.root=/data
+    python -m flava.zero_shot data.kind=image_folder data.root=D \\
+        zero_shot.class_names=names.json zero_shot.templates=templates.json
+Class names: the dataset's (image folders: folder names, "_" read as spaces), ImageNet's 1000
+when the folder holds the 1000 WordNet-id folders (n01440764 ...), or a JSON list file.
+Templates: the scenes' own for embedded data, CLIP's 80 for ImageNet, "a photo of a {}."
+otherwise; or a JSON list file, or `imagenet80` / `imagenet7`.
+Writes <run.run_dir>/metrics.json. Keys: `python -m flava.zero_shot --help`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import time
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from flava.checkpoints import CheckpointError
+from flava.config import ConfigError
+from flava.tasks.eval_config import (
+    ZeroShotRunConfig,
+    load_flava,
+    print_table,
+    read_json_list,
+    resolve_device,
+    save_results,
+    validate_zero_shot,
+)
+from flava.tasks.finetune_config import describe_schema, load_schema_config
+
+log = logging.getLogger("flava")
+DEFAULT_TEMPLATES = ["a photo of a {}."]
+_WNID = re.compile(r"^n\d{8}$")
+
+
+def is_imagenet_style(class_dirs: list[str]) -> bool:
+    """Whether the class folders are ImageNet-1k's 1000 WordNet ids."""
+    return len(class_dirs) == 1000 and all(_WNID.match(c) for c in class_dirs)
+
+
+def class_names_and_templates(
+    cfg: DictConfig, dataset_classes: list[str]
+) -> tuple[list[str], list[str]]:
+    """Names in label order and templates, from the files given or the dataset's defaults."""
+    from flava.tasks.zero_shot import imagenet_classnames, imagenet_templates
+
+    z, kind = cfg.zero_shot, cfg.data.kind
+    imagenet = kind == "image_folder" and is_imagenet_style(dataset_classes)
+    if z.class_names:
+        names = read_json_list(z.class_names, "zero_shot.class_names")
+    elif imagenet:
+        names = imagenet_classnames()
+    elif kind == "image_folder":
+        names = [c.replace("_", " ") for c in dataset_classes]
+    else:
+        names = list(dataset_classes)
+    if len(names) != len(dataset_classes):
+        raise ConfigError(
+            f"zero_shot.class_names has {len(names)} names but the dataset has "
+            f"{len(dataset_classes)} classes"
+        )
+    if z.templates in ("imagenet80", "imagenet7"):
+        templates = imagenet_templates(int(z.templates.removeprefix("imagenet")))
+    elif z.templates:
+        templates = read_json_list(z.templates, "zero_shot.templates")
+    elif kind == "embedded":
+        from flava.data.scenes import ZERO_SHOT_TEMPLATES
+
+        templates = list(ZERO_SHOT_TEMPLATES)
+    elif imagenet:
+        templates = imagenet_templates(80)
+    else:
+        templates = list(DEFAULT_TEMPLATES)
+    if not templates or any("{}" not in t for t in templates):
+        raise ConfigError("zero_shot.templates: every template must contain {}")
+    return names, templates
+
+
+def load_data_and_model(cfg: DictConfig, split: str, device: torch.device) -> tuple[Any, Any]:
+    """The labelled split and the model; external data is opened first, so it fails fast."""
+    from flava.tasks.task_data import image_classification_split
+
+    d = cfg.data
+
+    def data(image_size: int) -> Any:
+        args = (d.root, d.name, d.size, d.seed, d.download)
+        return image_classification_split(d.kind, split, image_size, *args)
+
+    if d.kind != "embedded":
+        dataset = data(0)
+        return dataset, load_flava(cfg.model, cfg.run.seed).to(device).eval()
+    model = load_flava(cfg.model, cfg.run.seed).to(device).eval()
+    return data(model.config.image.image_size), model
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate per `cfg`; returns the metrics written to metrics.json."""
+    from flava.data.tokenizer import load_tokenizer
+    from flava.data.transforms import image_transform
+    from flava.tasks.retrieval import embed_images
+    from flava.tasks.task_data import LazyImages
+    from flava.tasks.zero_shot import class_embeddings, topk_accuracy
+
+    start = time.perf_counter()
+    r, d = cfg.run, cfg.data
+    device = resolve_device(r.device)
+    split = d.split or ("val" if d.kind != "torchvision" or d.name == "rendered_sst2" else "test")
+    data, model = load_data_and_model(cfg, split, device)
+    image_size = model.config.image.image_size
+    names, templates = class_names_and_templates(cfg, list(data.class_names))
+    tokenizer = load_tokenizer()
+    transform = image_transform("eval", image_size=image_size)
+    images = LazyImages(len(data), lambda i: data[i].image)
+    labels = torch.tensor([int(data.target(i)) for i in range(len(data))])
+    with torch.no_grad():
+        image_emb = embed_images(model, images, transform, r.batch_size, device, r.progress)
+        classes = class_embeddings(model, tokenizer, names, templates, r.text_max_length, device)
+    acc = topk_accuracy(image_emb, classes, labels, ks=list(cfg.zero_shot.topk))
+    metrics: dict[str, Any] = {f"zero_shot/{k}": v for k, v in acc.items()}
+    metrics.update(
+        {
+            "images": len(data),
+            "classes": len(names),
+            "templates": len(templates),
+            "split": split,
+            "model": cfg.model.pretrained_model_key or f"preset {cfg.model.preset} (random init)",
+            "seconds": round(time.perf_counter() - start, 1),
+        }
+    )
+    run_dir = save_results(cfg.run.run_dir, cfg, metrics)
+    print_table(f"zero-shot classification ({d.kind}, {split}) -> {run_dir}", metrics)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status (2 for a bad configuration or missing data)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        print("\n".join(describe_schema(ZeroShotRunConfig)))
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        run(load_schema_config(argv, ZeroShotRunConfig, validate_zero_shot))
+    except (ConfigError, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
