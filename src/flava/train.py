@@ -59,10 +59,8 @@ def run(cfg: Any) -> dict[str, Any]:
     import lightning as L
 
     from flava.training.callbacks import ZeroShotEvaluation, scene_evaluation_set
-    from flava.training.data import PretrainingData
+    from flava.training.data import PretrainingData, check_sources
     from flava.training.module import FlavaPretrainingModule
-
-    from flava.training.data import check_sources
 
     timer = Timer()
     t = cfg.training
