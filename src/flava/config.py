@@ -9,6 +9,9 @@ wrong types and bad values fail with one line naming the key and what is allowed
 from __future__ import annotations
 
 import dataclasses
+import logging
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -441,3 +444,35 @@ def describe(schema: type = RunConfig, prefix: str = "") -> list[str]:
         else:
             lines.append(f"  {name}: {f.type}")
     return lines
+
+
+def cli_main(
+    argv: list[str] | None,
+    doc: str | None,
+    help_lines: Callable[[], list[str]],
+    load: Callable[[list[str]], Any],
+    run: Callable[[Any], object],
+    stop_errors: tuple[type[BaseException], ...] = (),
+) -> int:
+    """Body shared by the entry points: --help, logging, and one-line errors.
+
+    Exit status 2 for a bad configuration or unreachable data/weights, 1 for a run that
+    stopped early (`stop_errors`), 0 otherwise.
+    """
+    from flava.checkpoints.io import CheckpointError
+
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in argv):
+        print(doc)
+        print("\n".join(help_lines()))
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        run(load(argv))
+    except (ConfigError, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except stop_errors as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -11,11 +11,9 @@ task.json). Keys: `python -m flava.finetune --help`.
 
 from __future__ import annotations
 
-import logging
 import sys
 
-from flava.checkpoints import CheckpointError
-from flava.config import ConfigError
+from flava.config import cli_main
 from flava.tasks.finetune_config import (
     FinetuneConfig,
     describe_schema,
@@ -24,23 +22,21 @@ from flava.tasks.finetune_config import (
 )
 
 
+def _run(cfg: object) -> object:
+    from flava.tasks.finetuning import run
+
+    return run(cfg)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (2 for a bad configuration or missing data)."""
-    argv = sys.argv[1:] if argv is None else argv
-    if any(a in ("-h", "--help") for a in argv):
-        print(__doc__)
-        print("\n".join(describe_schema(FinetuneConfig)))
-        return 0
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        cfg = load_schema_config(argv, FinetuneConfig, validate_finetune)
-        from flava.tasks.finetuning import run
-
-        run(cfg)
-    except (ConfigError, CheckpointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return cli_main(
+        argv,
+        __doc__,
+        lambda: describe_schema(FinetuneConfig),
+        lambda a: load_schema_config(a, FinetuneConfig, validate_finetune),
+        _run,
+    )
 
 
 if __name__ == "__main__":

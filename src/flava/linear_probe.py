@@ -27,8 +27,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from flava.checkpoints import CheckpointError
-from flava.config import ConfigError
+from flava.config import cli_main
 from flava.tasks.eval_config import (
     LinearProbeRunConfig,
     load_flava,
@@ -143,18 +142,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (2 for a bad configuration or missing data)."""
-    argv = sys.argv[1:] if argv is None else argv
-    if any(a in ("-h", "--help") for a in argv):
-        print(__doc__)
-        print("\n".join(describe_schema(LinearProbeRunConfig)))
-        return 0
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        run(load_schema_config(argv, LinearProbeRunConfig, validate_linear_probe))
-    except (ConfigError, CheckpointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return cli_main(
+        argv,
+        __doc__,
+        lambda: describe_schema(LinearProbeRunConfig),
+        lambda a: load_schema_config(a, LinearProbeRunConfig, validate_linear_probe),
+        run,
+    )
 
 
 if __name__ == "__main__":

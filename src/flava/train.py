@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from flava.checkpoints import CheckpointError
-from flava.config import ConfigError, describe, load_config
+from flava.config import cli_main, describe, load_config
 from flava.training.run import (
     Timer,
     build_trainer,
@@ -153,23 +153,8 @@ def summary(metrics: dict[str, Any], run_dir: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit status (2 for a bad configuration)."""
-    argv = sys.argv[1:] if argv is None else argv
-    if any(a in ("-h", "--help") for a in argv):
-        print(__doc__)
-        print("\n".join(describe()))
-        return 0
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        cfg = load_config(argv)
-        run(cfg)
-    except (ConfigError, CheckpointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except TrainingStopped as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    """Entry point; returns the exit status (2 for a bad configuration, 1 for a stopped run)."""
+    return cli_main(argv, __doc__, describe, load_config, run, stop_errors=(TrainingStopped,))
 
 
 if __name__ == "__main__":
