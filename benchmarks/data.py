@@ -1,0 +1,263 @@
+"""Samples per second per core of the pretraining input pipeline, against a decode+resize floor.
+
+    python benchmarks/data.py                     # 224 px (flava_full), 384 samples per source
+    python benchmarks/data.py --samples 128 --files 128
+
+The pipeline is `flava.data.pretraining.BatchBuilder` as the training DataModule builds it:
+decode, random resized crop + flip at 224 px plus the 112 px codebook view, BEiT block
+masking, WordPiece tokenising, 15% text masking and collation into a pair ("vl") batch. It
+runs on one core (torch and PIL single-threaded, no worker processes) over two sources: the
+embedded generated scenes (`SceneSource`; generating a scene is its "decode") and real JPEG /
+PNG files written from scikit-image's sample photographs (random crops and sizes; generated
+textures when scikit-image is missing). The floor is decode + one resize to 224x224 per
+sample, the least any pipeline must do; the table also splits the pipeline into its stages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as F
+
+from flava.data.pretraining import BatchBuilder, Item, SceneSource
+from flava.data.tokenizer import load_tokenizer
+from flava.data.transforms import image_transform
+from flava.objectives.masking import BlockMaskGenerator
+
+WORDS = (
+    "a photo of the {} next to a {} on a sunny day",
+    "close-up of a {} with a blurry {} in the background",
+    "an old {} and a small {} seen from above",
+    "two {} sitting beside a {} in the evening light",
+)
+NOUNS = ("cat", "coffee cup", "rocket", "astronaut", "horse", "street", "window", "tree", "boat")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--image-size", type=int, default=224, help="model input side (default 224)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--samples", type=int, default=384, help="samples timed per source")
+    p.add_argument("--files", type=int, default=300, help="image files written (JPEG + PNG)")
+    p.add_argument("--scene-size", type=int, default=256, help="side of the generated scenes")
+    p.add_argument("--repeats", type=int, default=3, help="timed passes (best is reported)")
+    p.add_argument("--json", type=Path)
+    return p.parse_args(argv)
+
+
+def _photos() -> list[np.ndarray]:
+    """scikit-image's RGB sample photographs (uint8 HxWx3), or generated textures without it."""
+    try:
+        from skimage import data
+    except ImportError:
+        data = None
+    out = []
+    if data is not None:
+        for name in ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry"):
+            with _quiet():
+                img = getattr(data, name)()
+            if img.ndim == 3 and img.shape[2] == 3:
+                out.append(np.ascontiguousarray(img))
+    if not out:
+        rng = np.random.default_rng(0)
+        for _ in range(4):
+            base = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
+            img = Image.fromarray(base).resize((512, 512), Image.Resampling.BICUBIC)
+            noise = rng.normal(0, 12, (512, 512, 3))
+            out.append(np.clip(np.asarray(img) + noise, 0, 255).astype(np.uint8))
+    return out
+
+
+class _quiet:
+    """Silence scikit-image's download / cache messages on stderr."""
+
+    def __enter__(self) -> None:
+        self._err = sys.stderr
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115
+
+    def __exit__(self, *exc: object) -> None:
+        sys.stderr.close()
+        sys.stderr = self._err
+
+
+def write_files(directory: Path, count: int, seed: int = 0) -> list[tuple[Path, str]]:
+    """`count` images (every other one JPEG q90 / PNG), random crops 320-640 px, with captions."""
+    rng = np.random.default_rng(seed)
+    photos = _photos()
+    files = []
+    for i in range(count):
+        photo = photos[i % len(photos)]
+        h, w = photo.shape[:2]
+        ch, cw = int(rng.integers(h // 2, h + 1)), int(rng.integers(w // 2, w + 1))
+        top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+        img = Image.fromarray(photo[top : top + ch, left : left + cw])
+        side = int(rng.integers(320, 641))
+        scale = side / max(img.size)
+        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))))
+        path = directory / (f"{i:05d}.jpg" if i % 2 == 0 else f"{i:05d}.png")
+        if path.suffix == ".jpg":
+            img.save(path, quality=90)
+        else:
+            img.save(path)
+        words = rng.choice(NOUNS, 2, replace=False)
+        files.append((path, WORDS[i % len(WORDS)].format(*words)))
+    return files
+
+
+def decode(path: Path) -> Image.Image:
+    """Open and fully decode one image file."""
+    img = Image.open(path)
+    img.load()
+    return img
+
+
+def floor_resize(img: Image.Image, size: int) -> torch.Tensor:
+    """The floor's one resize: to size x size, as the pipeline resizes (bicubic, antialiased)."""
+    rgb = img if img.mode == "RGB" else img.convert("RGB")
+    return F.resize(F.pil_to_tensor(rgb), [size, size], InterpolationMode.BICUBIC, antialias=True)
+
+
+def best_rate(fn: Callable[[], int], repeats: int) -> float:
+    """Best samples/s of `repeats` calls of `fn` (which returns the samples it processed)."""
+    fn()  # warm-up
+    best = 0.0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        n = fn()
+        best = max(best, n / (time.perf_counter() - start))
+    return best
+
+
+def measure(
+    name: str,
+    items: Callable[[Sequence[int]], list[Item]],
+    n: int,
+    builder: BatchBuilder,
+    args: argparse.Namespace,
+) -> dict[str, float]:
+    """Pipeline, floor and per-stage rates (samples/s on one core) for one source."""
+    batches = [range(i, min(i + args.batch_size, n)) for i in range(0, n, args.batch_size)]
+    size = args.image_size
+
+    def pipeline() -> int:
+        g, rng = torch.Generator().manual_seed(0), np.random.default_rng(0)
+        for idx in batches:
+            builder(items(idx), "vl", g, rng)
+        return n
+
+    def floor() -> int:
+        for idx in batches:
+            torch.stack([floor_resize(item.image, size) for item in items(idx)])
+        return n
+
+    def decode_only() -> int:
+        for idx in batches:
+            items(idx)
+        return n
+
+    decoded = [items(idx) for idx in batches]  # stage timings on already decoded samples
+
+    def transforms() -> int:
+        g = torch.Generator().manual_seed(0)
+        for batch in decoded:
+            views = [builder.transform(i.image, generator=g) for i in batch]
+            {k: torch.stack([v[k] for v in views]) for k in views[0]}
+        return n
+
+    def masks() -> int:
+        rng = np.random.default_rng(0)
+        for batch in decoded:
+            builder.mask_generator.batch(len(batch), rng)
+        return n
+
+    def texts() -> int:
+        g = torch.Generator().manual_seed(0)
+        for batch in decoded:
+            builder.texts([i.text for i in batch], g)
+        return n
+
+    rates = {
+        "pipeline": best_rate(pipeline, args.repeats),
+        "floor_decode_resize": best_rate(floor, args.repeats),
+        "stage_decode": best_rate(decode_only, args.repeats),
+        "stage_transforms_and_collate": best_rate(transforms, args.repeats),
+        "stage_block_masks": best_rate(masks, args.repeats),
+        "stage_tokenise_and_text_masking": best_rate(texts, args.repeats),
+    }
+    rates["pipeline_over_floor"] = rates["pipeline"] / rates["floor_decode_resize"]
+    print(
+        f"{name:<10}{rates['pipeline']:>10.1f}{rates['floor_decode_resize']:>10.1f}"
+        f"{rates['pipeline_over_floor']:>8.2f}x{rates['stage_decode']:>10.1f}"
+        f"{rates['stage_transforms_and_collate']:>11.1f}{rates['stage_block_masks']:>10.0f}"
+        f"{rates['stage_tokenise_and_text_masking']:>10.0f}"
+    )
+    return rates
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Measure both sources, print a table, optionally write JSON."""
+    args = parse_args(argv)
+    torch.set_num_threads(1)
+    grid = args.image_size // 16
+    builder = BatchBuilder(
+        load_tokenizer(),
+        image_transform("pretrain", image_size=args.image_size, codebook_size=grid * 8),
+        BlockMaskGenerator(grid),
+        text_max_length=77,
+        mlm_probability=0.15,
+    )
+    print(
+        f"input pipeline, one core: {args.image_size} px + {grid * 8} px codebook view, "
+        f"{BlockMaskGenerator(grid).num_masking_patches}/{grid * grid} masked patches, "
+        f"77 tokens, batch {args.batch_size}, best of {args.repeats}"
+    )
+    print(
+        f"{'source':<10}{'pipeline':>10}{'floor':>10}{'ratio':>9}{'decode':>10}"
+        f"{'transform':>11}{'masks':>10}{'text':>10}   (samples/s per core)"
+    )
+    results = {}
+    scenes = SceneSource("train", size=args.samples, image_size=args.scene_size)
+    rng = np.random.default_rng(0)
+    results["scenes"] = measure(
+        "scenes", lambda idx: [scenes.item(i, "vl", rng) for i in idx], args.samples, builder, args
+    )
+    with tempfile.TemporaryDirectory(prefix="flava-data-bench-") as tmp:
+        files = write_files(Path(tmp), args.files)
+        n = min(args.samples, len(files))
+
+        def file_items(idx: Sequence[int]) -> list[Item]:
+            return [Item(image=decode(files[i][0]), text=files[i][1]) for i in idx]
+
+        results["files"] = measure("jpeg+png", file_items, n, builder, args)
+        sizes = [os.path.getsize(p) for p, _ in files]
+    report = {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "command": " ".join(["python", "benchmarks/data.py", *(argv or sys.argv[1:])]),
+        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "load_average": os.getloadavg(),
+        "files_mean_kib": statistics.mean(sizes) / 1024,
+        "rates_samples_per_s_per_core": results,
+    }
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.json}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

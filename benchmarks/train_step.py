@@ -1,0 +1,653 @@
+"""Time FLAVA's full pretraining step (forward, backward, AdamW) against transformers'.
+
+    python benchmarks/train_step.py --preset flava_full --batch-size 8 --steps 3
+    python benchmarks/train_step.py --preset tiny --steps 5 --precision bf16-mixed --json out.json
+
+Both sides get the same weights (transformers' FlavaForPreTraining randomly initialised from
+the preset's transformers config, converted into ours with the checkpoint mapping), the same
+image-text pair batch (75/196-scaled masked patches, 15% masked tokens, all ITM labels
+positive) and the same objectives: global contrastive on the unmasked pair, ITM, MMM-image and
+MMM-text on the masked pair, MIM targets from a forward pass of the DALL-E codebook on both
+sides. Each (side, round) runs in its own subprocess so that its peak memory is its own; rounds
+alternate ours/theirs (ABBA...) in one invocation so that a shared machine's load hits both.
+The machine's matrix-product peak is measured in the same invocation and FLOPs are counted
+with FlopCounterMode (codebook forward included) to give model-FLOPs utilisation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+SIDES = ("ours", "transformers", "torchmultimodal")
+MASK_ID, CLS_ID, SEP_ID, PAD_ID = 103, 101, 102, 0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options (the `--_*` ones are internal to the worker subprocesses)."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--preset", default="flava_full", help="model preset (default flava_full)")
+    p.add_argument("--batch-size", type=int, default=8, help="pairs per step (default 8)")
+    p.add_argument("--steps", type=int, default=3, help="timed steps per run, after 1 warm-up")
+    p.add_argument("--rounds", type=int, default=1, help="runs per side, alternating ABBA")
+    p.add_argument("--text-length", type=int, default=40, help="padded text length (default 40)")
+    p.add_argument("--precision", choices=("32", "bf16-mixed"), default="32")
+    p.add_argument("--activation-checkpointing", action="store_true", help="on both sides")
+    p.add_argument("--compile", action="store_true", help="torch.compile the encoders")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument(
+        "--optimizer",
+        choices=("fused", "foreach", "for-loop"),
+        default="fused",
+        help="AdamW implementation on both sides (default fused)",
+    )
+    p.add_argument(
+        "--sides",
+        default="ours,transformers,torchmultimodal",
+        help="comma-separated sides; torchmultimodal is skipped unless importable",
+    )
+    p.add_argument(
+        "--experiment",
+        default="",
+        help="candidate speed changes applied to ours only, comma-separated: always-mask (no "
+        "host sync on the padding mask), codebook-channels-last",
+    )
+    p.add_argument("--no-flops", action="store_true", help="skip the FlopCounterMode pass")
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="keep the prepared weights, batch and FLOP counts here and reuse them in later "
+        "invocations with the same preset, batch size, text length and device",
+    )
+    p.add_argument("--json", type=Path, help="write every number to this JSON file")
+    p.add_argument("--_role", choices=("prepare", "run"), help=argparse.SUPPRESS)
+    p.add_argument("--_side", help=argparse.SUPPRESS)
+    p.add_argument("--_workdir", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--_out", type=Path, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------- measurements
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued device work (no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(
+    device: torch.device, dtype: torch.dtype, size: int | None = None, seconds: float = 2.0
+) -> float:
+    """Best achieved GFLOP/s of a square matmul loop (size 2048 on CPU, 8192 on GPU)."""
+    n = size or (8192 if device.type == "cuda" else 2048)
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    out = torch.empty(n, n, device=device, dtype=dtype)
+    torch.matmul(a, b, out=out)
+    sync(device)
+    best = 0.0
+    for _ in range(4):
+        count, start = 0, time.perf_counter()
+        while True:
+            torch.matmul(a, b, out=out)
+            count += 1
+            if count % 4 == 0:
+                sync(device)
+                elapsed = time.perf_counter() - start
+                if elapsed >= seconds / 4:
+                    break
+        best = max(best, 2 * n**3 * count / elapsed / 1e9)
+    return best
+
+
+def rss_now() -> int:
+    """Current resident set size in bytes (VmRSS)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def rss_peak() -> int:
+    """Peak resident set size of this process in bytes (ru_maxrss, KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def make_batch(config: Any, batch_size: int, text_length: int, seed: int = 0) -> dict:
+    """A deterministic image-text pair batch shaped like the pretraining pipeline's output."""
+    from flava.objectives.masking import mask_tokens
+
+    g = torch.Generator().manual_seed(seed)
+    image = config.image
+    grid = image.grid_size
+    n_patches = grid * grid
+    n_masked = round(75 * n_patches / 196)
+    masked_pos = torch.zeros(batch_size, n_patches, dtype=torch.bool)
+    for row in masked_pos:
+        row[torch.randperm(n_patches, generator=g)[:n_masked]] = True
+    length = min(text_length, config.text.max_position_embeddings)
+    ids = torch.full((batch_size, length), PAD_ID, dtype=torch.long)
+    attention = torch.zeros(batch_size, length, dtype=torch.long)
+    low = max(4, (3 * length) // 5)
+    for i in range(batch_size):
+        n = length if i == 0 else int(torch.randint(low, length + 1, (1,), generator=g))
+        ids[i, 1 : n - 1] = torch.randint(1000, config.text.vocab_size, (n - 2,), generator=g)
+        ids[i, 0], ids[i, n - 1] = CLS_ID, SEP_ID
+        attention[i, :n] = 1
+    special = (ids == CLS_ID) | (ids == SEP_ID) | (ids == PAD_ID)
+    masked_ids, mlm_labels = mask_tokens(
+        ids, special, MASK_ID, config.text.vocab_size, probability=0.15, generator=g
+    )
+    side = grid * 8  # the DALL-E codebook sees 8 px per patch
+    return {
+        "pixel_values": torch.randn(batch_size, 3, image.image_size, image.image_size, generator=g),
+        "codebook_pixel_values": torch.rand(batch_size, 3, side, side, generator=g),
+        "bool_masked_pos": masked_pos,
+        "input_ids": ids,
+        "attention_mask": attention,
+        "input_ids_masked": masked_ids,
+        "mlm_labels": mlm_labels,
+        "itm_labels": torch.ones(batch_size, dtype=torch.long),
+    }
+
+
+def transformers_config(preset_name: str) -> Any:
+    """transformers' FlavaConfig for one of our presets (through the checkpoint mapping)."""
+    import transformers
+
+    from flava.checkpoints.hf_keys import flava_config_to_transformers
+    from flava.model import preset
+
+    return transformers.FlavaConfig.from_dict(flava_config_to_transformers(preset(preset_name)))
+
+
+# ----------------------------------------------------------------------------- the two sides
+
+
+def build_side(
+    side: str, args: argparse.Namespace, workdir: Path, device: torch.device
+) -> tuple[torch.nn.Module, Callable[[dict], torch.Tensor]]:
+    """(model in train mode on `device`, loss function of a batch) for one side."""
+    if side == "ours":
+        from flava.model import FlavaForPreTraining, preset
+        from flava.objectives.pretraining import LossWeights, pretraining_step
+
+        config = preset(args.preset)
+        if args.activation_checkpointing:
+            config = config.with_activation_checkpointing(True)
+        model = FlavaForPreTraining(config)
+        model.load_state_dict(torch.load(workdir / "ours.pt", weights_only=True), strict=True)
+        model.to(device).train()
+        if args.compile:
+            for enc in (
+                model.flava.image_encoder,
+                model.flava.text_encoder,
+                model.flava.multimodal_encoder,
+            ):
+                enc.compile()
+        weights = LossWeights()
+        experiments = set(filter(None, args.experiment.split(",")))
+        if "always-mask" in experiments:  # candidate: no host sync on the padding mask
+            import flava.model.encoders as encoders
+
+            encoders.padding_mask = lambda m: None if m is None else m.bool()[:, None, None, :]
+        channels_last = "codebook-channels-last" in experiments
+        if channels_last:  # candidate: NHWC convolutions in the frozen codebook
+            model.codebook.to(memory_format=torch.channels_last)
+
+        def ours_loss(batch: dict) -> torch.Tensor:
+            def targets(b: dict) -> torch.Tensor:
+                pixels = b["codebook_pixel_values"]
+                if channels_last:
+                    pixels = pixels.contiguous(memory_format=torch.channels_last)
+                return model.codebook.get_codebook_indices(pixels)
+
+            out = pretraining_step(model, batch, "pair", targets, weights, 0.0)
+            return out["loss"]
+
+        return model, ours_loss
+
+    if side == "transformers":
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        hf = transformers.FlavaForPreTraining(transformers_config(args.preset))
+        missing, unexpected = hf.load_state_dict(
+            torch.load(workdir / "transformers.pt", weights_only=True), strict=False
+        )
+        if unexpected or [k for k in missing if not k.endswith("position_ids")]:
+            raise RuntimeError(f"weights do not fit: {missing[:4]} {unexpected[:4]}")
+        hf.to(device).train()
+        if args.activation_checkpointing:
+            hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if args.compile:
+            for enc in (hf.flava.image_model, hf.flava.text_model, hf.flava.multimodal_model):
+                enc.compile()
+        eps = 0.1  # DALL-E's map_pixels: transformers expects already mapped codebook pixels
+
+        def hf_loss(batch: dict) -> torch.Tensor:
+            return hf(
+                input_ids=batch["input_ids"],
+                input_ids_masked=batch["input_ids_masked"],
+                pixel_values=batch["pixel_values"],
+                codebook_pixel_values=(1 - 2 * eps) * batch["codebook_pixel_values"] + eps,
+                attention_mask=batch["attention_mask"],
+                bool_masked_pos=batch["bool_masked_pos"],
+                mlm_labels=batch["mlm_labels"].clone(),
+                itm_labels=batch["itm_labels"],
+                return_loss=True,
+            ).loss
+
+        return hf, hf_loss
+
+    if side == "torchmultimodal":  # best effort: its own random weights (no weight mapping)
+        from torchmultimodal.models.flava.model import flava_model_for_pretraining
+
+        if args.preset != "flava_full":
+            raise RuntimeError("TorchMultimodal builds only the flava_full shape")
+        tmm = flava_model_for_pretraining().to(device).train()
+
+        def tmm_loss(batch: dict) -> torch.Tensor:
+            out = tmm(
+                image=batch["pixel_values"],
+                text=batch["input_ids"],
+                image_for_codebook=batch["codebook_pixel_values"],
+                image_patches_mask=batch["bool_masked_pos"],
+                text_masked=batch["input_ids_masked"],
+                itm_labels=batch["itm_labels"],
+                mlm_labels=batch["mlm_labels"],
+            )
+            losses = [v for v in vars(out.losses).values() if isinstance(v, torch.Tensor)]
+            return sum(losses)
+
+        return tmm, tmm_loss
+    raise ValueError(f"unknown side {side!r}")
+
+
+def make_optimizer(model: torch.nn.Module, kind: str) -> torch.optim.Optimizer:
+    """AdamW (paper settings) over the trainable parameters, implementation `kind`."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    flags = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}
+    return torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.999), weight_decay=0.1, **flags[kind])
+
+
+def autocast(args: argparse.Namespace, device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast for --precision bf16-mixed, otherwise nothing."""
+    if args.precision == "bf16-mixed":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def count_flops(loss_fn: Callable[[dict], torch.Tensor], batch: dict) -> int:
+    """FLOPs of one forward + backward (codebook forward included) by FlopCounterMode."""
+    from flava.plan import flop_counter  # FlopCounterMode + PyTorch's CPU flash attention
+
+    with flop_counter() as counter:
+        loss_fn(batch).backward()
+    return int(counter.get_total_flops())
+
+
+# ----------------------------------------------------------------------------- worker roles
+
+
+def prepare(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """Shared weights and batch on disk, plus FLOPs per step of each side (fp32, no recompute)."""
+    import transformers
+
+    from flava.checkpoints.dalle import codebook_state_from_transformers
+    from flava.checkpoints.hf_keys import flava_state_from_transformers
+    from flava.model import preset
+
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(0)
+    hf = transformers.FlavaForPreTraining(transformers_config(args.preset))
+    hf_state = hf.state_dict()
+    torch.save(hf_state, workdir / "transformers.pt")
+    mapped, hf_codebook, unplaced = flava_state_from_transformers(hf_state)
+    codebook, more = codebook_state_from_transformers(hf_codebook)
+    if unplaced or more:
+        raise RuntimeError(f"unmapped transformers keys: {(unplaced + more)[:5]}")
+    mapped.update({f"codebook.{k}": v for k, v in codebook.items()})
+    torch.save(mapped, workdir / "ours.pt")
+    config = preset(args.preset)
+    batch = make_batch(config, args.batch_size, args.text_length)
+    torch.save(batch, workdir / "batch.pt")
+    info: dict[str, Any] = {
+        "parameters": sum(p.numel() for p in hf.parameters() if p.requires_grad),
+        "codebook_parameters": sum(p.numel() for p in hf.image_codebook.parameters()),
+        "masked_patches_per_image": int(batch["bool_masked_pos"][0].sum()),
+        "patches_per_image": int(batch["bool_masked_pos"].shape[1]),
+        "masked_tokens": int((batch["mlm_labels"] != -100).sum()),
+        "text_tokens": int(batch["attention_mask"].sum()),
+    }
+    if args.no_flops:
+        return info
+    del hf, hf_state
+    from flava.plan import Workload, flop_counter, step_flops
+
+    flops: dict[str, int] = {}
+    device = torch.device(args.device)
+    batch = {k: v.to(device) for k, v in batch.items()}
+    for side in ("ours", "transformers"):
+        plain = argparse.Namespace(**{**vars(args), "activation_checkpointing": False})
+        plain.compile, plain.experiment = False, ""
+        model, loss_fn = build_side(side, plain, workdir, device)
+        flops[side] = count_flops(loss_fn, batch)
+        if side == "ours":
+            with flop_counter() as counter:
+                model.codebook.get_codebook_indices(batch["codebook_pixel_values"])
+            info["codebook_flops"] = int(counter.get_total_flops())
+        del model, loss_fn
+    info["flops"] = flops
+    workload = Workload(args.batch_size, batch["input_ids"].shape[1])
+    info["analytic_flops_unpadded"] = step_flops(config, workload)["total"]
+    return info
+
+
+def run(args: argparse.Namespace, side: str, workdir: Path) -> dict[str, Any]:
+    """Warm-up + timed steps of one side; step times, losses and peak memory."""
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    batch = {
+        k: v.to(device) for k, v in torch.load(workdir / "batch.pt", weights_only=True).items()
+    }
+    model, loss_fn = build_side(side, args, workdir, device)
+    optimizer = make_optimizer(model, args.optimizer)
+    ready_rss = rss_now()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times, losses = [], []
+    for step in range(1 + args.steps):
+        sync(device)
+        start = time.perf_counter()
+        with autocast(args, device):
+            loss = loss_fn(batch)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        sync(device)
+        elapsed = time.perf_counter() - start
+        losses.append(float(loss.detach()))
+        if step:  # the first step is the warm-up (allocations, optimizer state, compilation)
+            times.append(elapsed)
+        else:
+            warmup = elapsed
+    out = {
+        "side": side,
+        "step_times_s": times,
+        "warmup_s": warmup,
+        "median_step_s": statistics.median(times),
+        "losses": losses,
+        "ready_rss_bytes": ready_rss,
+        "peak_rss_bytes": rss_peak(),
+    }
+    if device.type == "cuda":
+        out["cuda_peak_bytes"] = torch.cuda.max_memory_allocated(device)
+        out["device_name"] = torch.cuda.get_device_name(device)
+    return out
+
+
+def worker_env(args: argparse.Namespace) -> dict[str, str]:
+    """Environment of the worker subprocesses.
+
+    Compiled CPU kernels use OpenMP; on a loaded machine its spinning threads starved the run
+    (tiny preset: 15 s per compiled step instead of 0.28 s), so --compile on CPU makes the
+    OpenMP threads sleep when idle (both sides alike).
+    """
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if args.compile and args.device == "cpu":
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    return env
+
+
+def spawn(raw: list[str], role: str, side: str, workdir: Path, out: Path, env: dict) -> dict:
+    """Run one worker subprocess with the same options `raw` and read back its JSON."""
+    argv = [sys.executable, __file__, *raw, "--_role", role, "--_side", side]
+    argv += ["--_workdir", str(workdir), "--_out", str(out)]
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True)
+    if proc.returncode:
+        code = proc.returncode
+        why = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+        if code == -9:
+            why += " (out of memory?)"
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-12:]
+        return {"side": side, "error": "\n".join([*tail, f"worker {why}"])}
+    return json.loads(out.read_text())
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def side_order(sides: list[str], rounds: int) -> list[str]:
+    """ABBA alternation: ours, theirs, theirs, ours, ... for `rounds` runs per side."""
+    order: list[str] = []
+    for r in range(rounds):
+        order += sides if r % 2 == 0 else sides[::-1]
+    return order
+
+
+def gib(n: float | None) -> str:
+    """Bytes as GiB with two decimals ('-' when missing)."""
+    return "-" if n is None else f"{n / 2**30:.2f}"
+
+
+def summarise(results: list[dict], info: dict, peaks: dict, args: argparse.Namespace) -> dict:
+    """Aggregate rounds per side: median step time, worst peak memory, MFU, ratios."""
+    peak_key = "bf16" if args.precision == "bf16-mixed" else "fp32"
+    peak = peaks[peak_key]
+    model_flops = info.get("flops", {}).get("ours")
+    sides: dict[str, dict] = {}
+    for r in results:
+        if "error" in r:
+            sides.setdefault(r["side"], {"error": r["error"]})
+            continue
+        s = sides.setdefault(r["side"], {"times": [], "peak_rss": [], "cuda_peak": [], "loss": []})
+        s["times"] += r["step_times_s"]
+        s["peak_rss"].append(r["peak_rss_bytes"])
+        s["cuda_peak"].append(r.get("cuda_peak_bytes"))
+        s["loss"].append(r["losses"][0])
+    summary: dict[str, dict] = {}
+    for name, s in sides.items():
+        if "error" in s:
+            summary[name] = {"error": s["error"]}
+            continue
+        median = statistics.median(s["times"])
+        flops = info.get("flops", {}).get(name) or model_flops
+        row = {
+            "median_step_s": median,
+            "samples_per_s": args.batch_size / median,
+            "peak_rss_bytes": max(s["peak_rss"]),
+            "first_loss": s["loss"][0],
+            "step_flops": flops,
+        }
+        if s["cuda_peak"][0] is not None:
+            row["cuda_peak_bytes"] = max(s["cuda_peak"])
+        if model_flops:
+            row["achieved_gflops"] = model_flops / median / 1e9
+            row["mfu"] = model_flops / median / 1e9 / peak
+        summary[name] = row
+    ours, theirs = summary.get("ours", {}), summary.get("transformers", {})
+    if "median_step_s" in ours and "median_step_s" in theirs:
+        summary["ratio_ours_over_transformers"] = {
+            "step_time": ours["median_step_s"] / theirs["median_step_s"],
+            "peak_rss": ours["peak_rss_bytes"] / theirs["peak_rss_bytes"],
+        }
+        if "cuda_peak_bytes" in ours:
+            summary["ratio_ours_over_transformers"]["cuda_peak"] = (
+                ours["cuda_peak_bytes"] / theirs["cuda_peak_bytes"]
+            )
+    return summary
+
+
+def print_table(summary: dict, info: dict, peaks: dict, args: argparse.Namespace) -> None:
+    """Human-readable result table."""
+    peak_key = "bf16" if args.precision == "bf16-mixed" else "fp32"
+    print(
+        f"\nmatmul peak: fp32 {peaks['fp32']:.1f} GFLOP/s, bf16 {peaks['bf16']:.1f} GFLOP/s "
+        f"(MFU below is against {peak_key})"
+    )
+    if "flops" in info:
+        f = info["flops"]
+        print(
+            f"FLOPs per step (FlopCounterMode, fwd+bwd, codebook fwd included): ours "
+            f"{f['ours'] / 1e12:.3f} TFLOP, transformers {f['transformers'] / 1e12:.3f} TFLOP; "
+            f"codebook forward {info['codebook_flops'] / 1e12:.3f} TFLOP; flava.plan's analytic "
+            f"count {info['analytic_flops_unpadded'] / 1e12:.3f} TFLOP (no padding, 15% masking)"
+        )
+    cuda = any("cuda_peak_bytes" in v for v in summary.values() if isinstance(v, dict))
+    head = f"{'side':<16}{'step s (median)':>16}{'samples/s':>11}{'peak RSS GiB':>14}"
+    head += f"{'GPU peak GiB':>14}" if cuda else ""
+    head += f"{'GFLOP/s':>10}{'MFU':>8}{'loss@0':>10}"
+    print(head)
+    print("-" * len(head))
+    for name in SIDES:
+        row = summary.get(name)
+        if row is None:
+            continue
+        if "error" in row:
+            print(f"{name:<16}skipped: {row['error'].splitlines()[-1]}")
+            continue
+        line = f"{name:<16}{row['median_step_s']:>16.3f}{row['samples_per_s']:>11.2f}"
+        line += f"{gib(row['peak_rss_bytes']):>14}"
+        line += f"{gib(row.get('cuda_peak_bytes')):>14}" if cuda else ""
+        if "mfu" in row:
+            line += f"{row['achieved_gflops']:>10.1f}{row['mfu']:>8.1%}"
+        else:
+            line += f"{'-':>10}{'-':>8}"
+        line += f"{row['first_loss']:>10.4f}"
+        print(line)
+    ratio = summary.get("ratio_ours_over_transformers")
+    if ratio:
+        text = ", ".join(f"{k} {v:.3f}x" for k, v in ratio.items())
+        print(f"ours / transformers: {text}")
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    """Parent: peak, prepare, alternate the sides, report; or one worker role."""
+    raw = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(raw)
+    if args._role == "prepare":
+        args._out.write_text(json.dumps(prepare(args, args._workdir)))
+        return None
+    if args._role == "run":
+        args._out.write_text(json.dumps(run(args, args._side, args._workdir)))
+        return None
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is visible")
+    device = torch.device(args.device)
+    sides = [s.strip() for s in args.sides.split(",") if s.strip()]
+    notes: list[str] = []
+    if "torchmultimodal" in sides:
+        try:
+            import torchmultimodal  # noqa: F401
+        except ImportError:
+            sides.remove("torchmultimodal")
+            notes.append("TorchMultimodal is not importable here: skipped")
+    print(
+        f"train step: preset {args.preset}, batch {args.batch_size}, text {args.text_length}, "
+        f"precision {args.precision}, checkpointing {args.activation_checkpointing}, "
+        f"compile {args.compile}, device {args.device}, AdamW {args.optimizer}, "
+        f"experiments on ours: {args.experiment or 'none'}, "
+        f"{args.steps} timed steps x {args.rounds} round(s)"
+    )
+    for note in notes:
+        print(f"note: {note}")
+    peaks = {
+        "fp32": matmul_peak(device, torch.float32),
+        "bf16": matmul_peak(device, torch.bfloat16),
+    }
+    print(f"matmul peak (start): fp32 {peaks['fp32']:.1f}, bf16 {peaks['bf16']:.1f} GFLOP/s")
+    results: list[dict] = []
+    env = worker_env(args)
+    if env.get("OMP_WAIT_POLICY") and "OMP_WAIT_POLICY" not in os.environ:
+        notes.append("OMP_WAIT_POLICY=PASSIVE in the workers (compiled CPU kernels)")
+        print(f"note: {notes[-1]}")
+    with contextlib.ExitStack() as stack:
+        if args.cache_dir:
+            key = f"{args.preset}-b{args.batch_size}-t{args.text_length}-{args.device}"
+            workdir = args.cache_dir / key
+            workdir.mkdir(parents=True, exist_ok=True)
+        else:
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="flava-bench-")))
+        start = time.perf_counter()
+        cached = workdir / "prepare.json"
+        reuse = args.cache_dir and cached.exists()
+        if reuse and (args.no_flops or "flops" in json.loads(cached.read_text())):
+            info = json.loads(cached.read_text())
+            print(f"reusing prepared weights, batch and FLOP counts in {workdir}")
+        else:
+            info = spawn(raw, "prepare", "-", workdir, cached, env)
+            if "error" in info:
+                raise SystemExit(f"preparing weights failed:\n{info['error']}")
+            print(f"prepared weights, batch and FLOP counts in {time.perf_counter() - start:.0f} s")
+        for i, side in enumerate(side_order(sides, args.rounds)):
+            r = spawn(raw, "run", side, workdir, workdir / f"run-{i}.json", env)
+            if "error" in r and "signal 9" in r["error"]:  # a shared machine's memory: retry once
+                print(f"  run {i} {side}: {r['error'].splitlines()[-1]}; retrying once")
+                notes.append(f"run {i} {side}: {r['error'].splitlines()[-1]}; retried")
+                r = spawn(raw, "run", side, workdir, workdir / f"run-{i}.json", env)
+            r["run"] = i
+            results.append(r)
+            if "error" in r:
+                print(f"  run {i} {side}: FAILED: {r['error'].splitlines()[-1]}")
+            else:
+                print(
+                    f"  run {i} {side}: median {r['median_step_s']:.3f} s "
+                    f"(steps {', '.join(f'{t:.2f}' for t in r['step_times_s'])}; "
+                    f"warm-up {r['warmup_s']:.2f}), peak RSS {gib(r['peak_rss_bytes'])} GiB, "
+                    f"loss {r['losses'][0]:.4f} -> {r['losses'][-1]:.4f}"
+                )
+    end_peaks = {
+        "fp32": matmul_peak(device, torch.float32),
+        "bf16": matmul_peak(device, torch.bfloat16),
+    }
+    print(f"matmul peak (end): fp32 {end_peaks['fp32']:.1f}, bf16 {end_peaks['bf16']:.1f} GFLOP/s")
+    peaks = {k: max(peaks[k], end_peaks[k]) for k in peaks}
+    summary = summarise(results, info, peaks, args)
+    print_table(summary, info, peaks, args)
+    report = {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "command": " ".join(["python", "benchmarks/train_step.py", *raw]),
+        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "machine": {
+            "platform": platform.platform(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "load_average": os.getloadavg(),
+        },
+        "matmul_peak_gflops": peaks,
+        "info": info,
+        "notes": notes,
+        "runs": results,
+        "summary": summary,
+    }
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.json}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
