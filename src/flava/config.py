@@ -260,6 +260,9 @@ class DatasetsConfig:
     """Patches masked per image (None: 75/196 of the grid)."""
     crop_scale: list[float] = field(default_factory=lambda: [0.9, 1.0])
     """Random resized crop scale range."""
+    max_skipped_fraction: float = 0.1
+    """Stop the run (with a checkpoint) when more than this fraction of the training samples
+    read so far were skipped as bad (unreadable images, empty texts, ...); 1 never stops."""
 
 
 @dataclass
@@ -386,6 +389,11 @@ def validate(cfg: DictConfig) -> None:
         ),
         (0 < d.mlm_probability < 1, "datasets.mlm_probability", "must be in (0, 1)"),
         (d.text_max_length >= 3, "datasets.text_max_length", "must be >= 3"),
+        (
+            0 <= d.max_skipped_fraction <= 1,
+            "datasets.max_skipped_fraction",
+            "must be in [0, 1]",
+        ),
         (
             d.sampling in ("probability", "round_robin"),
             "datasets.sampling",

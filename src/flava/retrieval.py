@@ -146,7 +146,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     path = cache_file(cfg, data, split, image_size)
     image_emb, text_emb, owner, cached = embeddings(cfg, model, data, device, path)
     recall = recall_at_k(image_emb, text_emb, owner, ks=list(cfg.retrieval.ks))
-    metrics: dict[str, Any] = {f"retrieval/{k}": v for k, v in sorted(recall.items())}
+    order = sorted(recall, key=lambda key: (key.split("/")[0], int(key.split("@")[1])))
+    metrics: dict[str, Any] = {f"retrieval/{key}": recall[key] for key in order}
     metrics.update(
         {
             "images": len(data.images),

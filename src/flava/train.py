@@ -18,6 +18,7 @@ import torch
 
 from flava.checkpoints import CheckpointError
 from flava.config import cli_main, describe, load_config
+from flava.data.pretraining import DataError, robust_item
 from flava.training.run import (
     Timer,
     build_trainer,
@@ -50,7 +51,7 @@ def kmeans_fit_images(data: Any, count: int) -> torch.Tensor:
     source = stream.sources[0]
     rng = np.random.default_rng(0)
     picks = rng.choice(len(source), size=min(count, len(source)), replace=False)
-    items = [source.item(int(i), "image", rng) for i in picks]
+    items = [robust_item(source, int(i), "image", rng) for i in picks]  # bad ones replaced
     return torch.stack([data.val_builder.transform(it.image)["pixel_values"] for it in items])
 
 
@@ -95,13 +96,20 @@ def run(cfg: Any) -> dict[str, Any]:
         before = trainer.validate(module, datamodule=data, verbose=False)
         metrics.update(_flatten("before", _merge(before)))
     trainer.fit(module, datamodule=data, ckpt_path=resume)
-    if module.stopped_nonfinite:
-        path = run_dir / "checkpoints" / "nonfinite-stop.ckpt"
+    counts = {f"nonfinite_skipped/{k}": v for k, v in module.nonfinite.items()}
+    data_totals = module.data_totals()  # summed over processes: every process calls it
+    counts["data/samples_read"] = data_totals.pop("samples_read")
+    counts.update({f"data/skipped/{k}": v for k, v in data_totals.items()})
+    counts["data/skipped_fraction"] = sum(data_totals.values()) / max(
+        1, counts["data/samples_read"]
+    )
+    if module.stopped:
+        stem, message = module.stopped
+        path = run_dir / "checkpoints" / f"{stem}.ckpt"
         trainer.save_checkpoint(path)
         if trainer.is_global_zero:
-            counts = {f"nonfinite_skipped/{k}": v for k, v in module.nonfinite.items()}
             write_metrics(run_dir, counts)
-        raise TrainingStopped(f"{module.stopped_nonfinite}; checkpoint written to {path}")
+        raise TrainingStopped(f"{message}; checkpoint written to {path}")
     after = trainer.validate(module, datamodule=data, verbose=False)
     metrics.update(_flatten("after", _merge(after)))
     if not trainer.is_global_zero:
@@ -114,7 +122,7 @@ def run(cfg: Any) -> dict[str, Any]:
         save_weights(model_dir / "kmeans_codebook.safetensors", module.kmeans.state_dict())
     rows = read_logged(run_dir)
     metrics.update(loss_trends(rows))
-    metrics.update({f"nonfinite_skipped/{k}": v for k, v in module.nonfinite.items()})
+    metrics.update(counts)
     if evaluation is not None:
         for when, values in evaluation.results.items():
             metrics.update(_flatten(when, values))
@@ -154,7 +162,9 @@ def summary(metrics: dict[str, Any], run_dir: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (2 for a bad configuration, 1 for a stopped run)."""
-    return cli_main(argv, __doc__, describe, load_config, run, stop_errors=(TrainingStopped,))
+    return cli_main(
+        argv, __doc__, describe, load_config, run, stop_errors=(TrainingStopped, DataError)
+    )
 
 
 if __name__ == "__main__":

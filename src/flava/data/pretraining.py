@@ -24,6 +24,7 @@ resampled streams just start fresh draws.
 from __future__ import annotations
 
 import logging
+import urllib.error
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -46,6 +47,72 @@ _EMPTY_EPOCHS = 3
 _MAX_FAILURES = 1000
 # Replacement draws for a random-access sample that cannot be read.
 _MAX_REPLACEMENTS = 8
+# Skipped samples logged one by one per process before the log goes quiet (counts go on).
+_LOGGED_SKIPS = 20
+
+SKIP_REASONS = (
+    "zero_byte_image",
+    "truncated_image",
+    "unsupported_image_format",
+    "unreadable_image",
+    "decompression_bomb",
+    "image_unavailable",
+    "missing_image",
+    "empty_text",
+    "bad_label",
+)
+"""Why a sample was skipped (`BadSample.reason`); counted per reason and written to metrics."""
+
+
+class BadSample(ValueError):
+    """A sample that cannot be used; `reason` is one of `SKIP_REASONS`."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class DataError(RuntimeError):
+    """The data cannot feed the run (too many bad samples); the message is one line."""
+
+    def __init__(self, message: str) -> None:
+        if "Original Traceback" in message:  # re-raised from a DataLoader worker: keep the cause
+            message = message.rstrip().splitlines()[-1].split(": ", 1)[-1]
+        super().__init__(message)
+
+
+def skip_reason(exc: BaseException) -> str:
+    """The `SKIP_REASONS` entry for an exception raised while reading a sample."""
+    if isinstance(exc, BadSample):
+        return exc.reason
+    if isinstance(exc, Image.DecompressionBombError):
+        return "decompression_bomb"
+    if isinstance(exc, (FileNotFoundError, PermissionError, TimeoutError, urllib.error.URLError)):
+        return "image_unavailable"
+    return "unreadable_image"
+
+
+class SkipLog:
+    """Per-reason counts of skipped samples of one process / worker, logged sparingly."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self.logged = 0
+
+    def add(self, exc: BaseException, where: str) -> None:
+        """Count one skipped sample and log it while fewer than `_LOGGED_SKIPS` have been."""
+        reason = skip_reason(exc)
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+        self.logged += 1
+        if self.logged <= _LOGGED_SKIPS:
+            last = self.logged == _LOGGED_SKIPS
+            more = " (further skips are counted, not logged)" if last else ""
+            log.warning("skipping %s [%s]: %s%s", where, reason, exc, more)
+
+    def take(self) -> dict[str, int]:
+        """The counts since the last call (they travel with a batch), then reset."""
+        out, self.counts = self.counts, {}
+        return out
 
 
 @dataclass
@@ -189,15 +256,24 @@ def source_records(
         epoch += 1
 
 
-def robust_item(source: Source, index: int, kind: str, rng: np.random.Generator) -> Item:
-    """`source.item(index)`, replacing an unreadable sample (dead URL, bad file) by a drawn one."""
+def robust_item(
+    source: Source, index: int, kind: str, rng: np.random.Generator, skips: SkipLog | None = None
+) -> Item:
+    """`source.item(index)`, replacing an unusable sample (bad file, dead URL, empty caption)
+    by a randomly drawn one; each skipped sample is counted in `skips` by reason."""
+    skips = skips if skips is not None else SkipLog()
+    reasons: list[str] = []
     for _ in range(_MAX_REPLACEMENTS):
         try:
             return source.item(index, kind, rng)
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            log.warning("skipping sample %d of %s: %s", index, _describe(source), exc)
+            skips.add(exc, f"sample {index} of {_describe(source)}")
+            reasons.append(skip_reason(exc))
             index = int(rng.integers(len(source)))
-    return source.item(index, kind, rng)
+    raise DataError(
+        f"{_describe(source)}: {_MAX_REPLACEMENTS} {kind} samples in a row could not be used "
+        f"({', '.join(sorted(set(reasons)))}); check the data or drop this source"
+    )
 
 
 def _describe(source: Any) -> str:
@@ -300,6 +376,21 @@ class Stream:
     weights: list[float]
 
 
+class _CountedRecords:
+    """An iterator of records that counts how many it has handed out (its stream position)."""
+
+    def __init__(self, records: Iterator[Any], name: str, consumed: int = 0) -> None:
+        self.records, self.name, self.consumed = records, name, consumed
+
+    def __iter__(self) -> _CountedRecords:
+        return self
+
+    def __next__(self) -> Any:
+        record = next(self.records)
+        self.consumed += 1
+        return record
+
+
 class MixedBatches(torch.utils.data.IterableDataset):
     """Endless batches, each of one kind, agreed across processes and workers (see module doc)."""
 
@@ -314,6 +405,7 @@ class MixedBatches(torch.utils.data.IterableDataset):
         rank: int = 0,
         world_size: int = 1,
         start_batch: int = 0,
+        stream_records: dict[str, int] | None = None,
     ) -> None:
         super().__init__()
         if not streams:
@@ -330,6 +422,9 @@ class MixedBatches(torch.utils.data.IterableDataset):
         self.probabilities = probs / probs.sum()
         self.rank, self.world_size = rank, world_size
         self.start_batch = start_batch
+        # records consumed per reader of an iterable source ("kind/source/reader") at start
+        self.stream_records = dict(stream_records or {})
+        self.skips = SkipLog()
 
     def plan(self, chunk: int) -> tuple[np.ndarray, np.ndarray]:
         """(kind index, source index) of the batches chunk*_CHUNK ... (chunk+1)*_CHUNK - 1."""
@@ -402,11 +497,13 @@ class MixedBatches(torch.utils.data.IterableDataset):
 
     def _reader(
         self, key: tuple[int, int], reader: int, readers: int, batches: int, start: int
-    ) -> Iterator:
-        """Records of one iterable source for this reader, past the `batches` already consumed.
+    ) -> _CountedRecords:
+        """Records of one iterable source for this reader, past those consumed before `start`.
 
-        Epoch-based sources replay (read, not decode) the records consumed before a resume, so
-        the run continues exactly; resampled sources start fresh draws instead (no replay).
+        Epoch-based sources replay (read, not decode) the records consumed before a resume:
+        the count saved in the checkpoint (`stream_records`, which includes skipped bad
+        records), else `batches` full batches, so the run continues exactly; resampled sources
+        start fresh draws instead (no replay).
         """
         kind = self.kinds[key[0]]
         source = self.streams[kind].sources[key[1]]
@@ -414,13 +511,21 @@ class MixedBatches(torch.utils.data.IterableDataset):
         records = source_records(
             source, kind, self.seed, key, self.rank, self.world_size, reader, readers, None, restart
         )
+        name = f"{kind}/{key[1]}/{reader}"
+        consumed = 0
         if not source.resampled:
-            for _ in range(batches * self.batch_size):
+            consumed = self.stream_records.get(name, batches * self.batch_size) if start else 0
+            for _ in range(consumed):
                 next(records)
-        return records
+        return _CountedRecords(records, name, consumed)
 
     def _build(
-        self, index: int, kind: str, source: int, used: int, records: Iterator | None = None
+        self,
+        index: int,
+        kind: str,
+        source: int,
+        used: int,
+        records: _CountedRecords | None = None,
     ) -> dict[str, Any]:
         rng = np.random.default_rng([self.seed, index, self.rank])
         generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
@@ -428,7 +533,7 @@ class MixedBatches(torch.utils.data.IterableDataset):
         src = stream.sources[source]
         if records is None:
             indices = self._indices(kind, source, used)
-            items = [robust_item(src, int(i), kind, rng) for i in indices]
+            items = [robust_item(src, int(i), kind, rng, self.skips) for i in indices]
         else:
             items, failures = [], 0
             while len(items) < self.batch_size:
@@ -437,14 +542,20 @@ class MixedBatches(torch.utils.data.IterableDataset):
                     items.append(src.decode(record, kind, rng))
                     failures = 0
                 except (OSError, ValueError, Image.DecompressionBombError) as exc:
-                    failures += 1  # a corrupt record: skip it
-                    log.warning("skipping a %s record of %s: %s", kind, _describe(src), exc)
+                    failures += 1  # a bad record: skip it
+                    self.skips.add(exc, f"a {kind} record of {_describe(src)}")
                     if failures >= _MAX_FAILURES:
-                        raise ValueError(
-                            f"{_describe(src)}: {failures} bad records in a row"
-                        ) from exc
+                        raise DataError(
+                            f"{_describe(src)}: {failures} {kind} records in a row could not be "
+                            f"used (last: {skip_reason(exc)}); check the shards"
+                        ) from None
         batch = self.builder(items, kind, generator, rng)
         batch["batch_index"] = index
+        skipped = self.skips.take()
+        batch["skipped"] = skipped
+        batch["samples_read"] = len(items) + sum(skipped.values())
+        if records is not None:
+            batch["stream_records"] = {records.name: records.consumed}
         return batch
 
     def __iter__(self) -> Iterator[dict[str, Any]]:

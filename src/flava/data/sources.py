@@ -31,16 +31,17 @@ import re
 import subprocess
 import tarfile
 import urllib.request
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from flava.config import ConfigError
-from flava.data.pretraining import Item
+from flava.data.pretraining import BadSample, Item
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,10 @@ class Sample:
     image: bytes | Image.Image | str | None = None
     texts: list[str] = field(default_factory=list)
     label: int | None = None
+    empty_text: bool = False
+    """A text field is present but every value in it is empty or whitespace."""
+    bad_label: Any = None
+    """A label field whose value is not an integer class (kept to name it in the skip log)."""
 
     def has(self, kind: str) -> bool:
         """Whether this sample can serve a batch of `kind`."""
@@ -81,10 +86,25 @@ class Sample:
             return bool(self.texts)
         return self.image is not None and bool(self.texts)
 
+    def problem(self, kind: str) -> str | None:
+        """The skip reason of a sample meant for `kind` but unusable for it, else None."""
+        if self.empty_text and not self.texts and kind in ("text", "vl"):
+            if kind == "text" or self.image is not None:
+                return "empty_text"
+        if self.bad_label is not None and self.has(kind):
+            return "bad_label"
+        return None
+
     def item(self, kind: str, rng: np.random.Generator) -> Item:
         """The `Item` of `kind`: the decoded image and / or one of the texts drawn with `rng`."""
+        problem = self.problem(kind)
+        if problem == "bad_label":
+            raise BadSample(problem, f"sample {self.key!r}: label {self.bad_label!r} is not an int")
+        if problem == "empty_text":
+            raise BadSample(problem, f"sample {self.key!r}: empty or whitespace-only text")
         if not self.has(kind):
-            raise ValueError(f"sample {self.key!r} has no {kind} data")
+            reason = "missing_image" if self.image is None else "empty_text"
+            raise BadSample(reason, f"sample {self.key!r} has no {kind} data")
         text = None
         if kind in ("text", "vl"):
             many = len(self.texts) > 1
@@ -102,16 +122,53 @@ def fetch(location: str, timeout: float = 10.0) -> bytes:
     return Path(location).expanduser().read_bytes()
 
 
+def _unsupported_format(data: bytes) -> str | None:
+    """The name of a known non-raster or unsupported format from its first bytes, else None."""
+    head = data[:512].lstrip().lower()
+    if head.startswith((b"<svg", b"<?xml", b"<!doctype svg")) or b"<svg" in head:
+        return "SVG"
+    if head.startswith(b"%pdf"):
+        return "PDF"
+    if data[4:8] == b"ftyp":
+        return "HEIC/AVIF"
+    if head.startswith((b"<!doctype html", b"<html")):
+        return "an HTML page"
+    return None
+
+
 def decode_image(data: bytes | Image.Image | str | None) -> Image.Image:
-    """A PIL image from encoded bytes or a URL / path (any format and mode PIL reads)."""
+    """A PIL image from encoded bytes or a URL / path (any format and mode PIL reads).
+
+    Raises `BadSample` naming why an image cannot be used: zero bytes, truncated, an
+    unsupported format (SVG, PDF, HEIC), unreadable, a decompression bomb (more pixels than
+    `PIL.Image.MAX_IMAGE_PIXELS`), or unavailable (dead URL, missing file).
+    """
     if isinstance(data, Image.Image):
         return data
     if data is None:
-        raise ValueError("no image")
+        raise BadSample("missing_image", "no image")
     if isinstance(data, str):
-        data = fetch(data)
-    image = Image.open(io.BytesIO(data))
-    image.load()
+        try:
+            data = fetch(data)
+        except (OSError, ValueError) as exc:
+            raise BadSample("image_unavailable", f"cannot fetch {data}: {exc}") from None
+    if not data:
+        raise BadSample("zero_byte_image", "the image file is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise BadSample("decompression_bomb", str(exc).split(" could be")[0]) from None
+    except UnidentifiedImageError:
+        fmt = _unsupported_format(data)
+        if fmt:
+            raise BadSample("unsupported_image_format", f"{fmt} is not a raster image") from None
+        raise BadSample("unreadable_image", "not an image PIL can read") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        reason = "truncated_image" if "truncated" in str(exc).lower() else "unreadable_image"
+        raise BadSample(reason, f"cannot decode the image: {exc}") from None
     return ImageOps.exif_transpose(image) or image
 
 
@@ -136,13 +193,32 @@ def _texts(value: Any) -> list[str]:
 
 
 def _label(value: Any) -> int | None:
-    if isinstance(value, (bool, np.bool_)) or value is None:
+    """An integer class label from an int, an integral float or a digit string; else None."""
+    if value is None or isinstance(value, (bool, np.bool_)):
         return None
     if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
         return int(value)
     if isinstance(value, str) and value.strip().lstrip("-").isdigit():
         return int(value.strip())
     return None
+
+
+def _set_label(sample: Sample, value: Any) -> None:
+    """Set `sample.label` from a label field, flagging a value that is not an integer class."""
+    sample.label = _label(value)
+    if (
+        sample.label is None
+        and value is not None
+        and not (isinstance(value, str) and not value.strip())
+    ):
+        sample.bad_label = value if not isinstance(value, bytes) else value[:40]
+
+
+def _has_text_field(value: Any) -> bool:
+    """Whether a text field holds something (a string or a list), even if only whitespace."""
+    return isinstance(value, str) or (isinstance(value, (list, tuple)) and len(value) > 0)
 
 
 class IndexedSource:
@@ -193,8 +269,11 @@ class StreamingSource:
         for shard in shards:
             for sample in self.shard_samples(shard):
                 usable = sample.image is not None or bool(sample.texts)
-                if sample.has(kind) if kind != "any" else usable:
-                    yield sample
+                if kind == "any":
+                    if usable:
+                        yield sample
+                elif sample.has(kind) or sample.problem(kind):
+                    yield sample  # a bad one is skipped and counted when decoded
 
     def decode(self, record: Sample, kind: str, rng: np.random.Generator) -> Item:
         """One record as an `Item` of `kind`."""
@@ -329,6 +408,7 @@ def sample_from_files(key: str, files: dict[str, bytes], text_fields: Sequence[s
             sample.image = data
     if "txt" in files:
         sample.texts = _texts(files["txt"].decode("utf-8", errors="replace"))
+        sample.empty_text = not sample.texts
     if "json" in files:
         try:
             meta = json.loads(files["json"])
@@ -340,10 +420,12 @@ def sample_from_files(key: str, files: dict[str, bytes], text_fields: Sequence[s
                     if name in meta and _texts(meta[name]):
                         sample.texts = _texts(meta[name])
                         break
-            sample.label = _label(meta.get("label"))
+                    sample.empty_text |= name in meta and _has_text_field(meta[name])
+            if "label" in meta:
+                _set_label(sample, meta["label"])
     for ext in ("cls", "cls2", "label"):
         if ext in files:
-            sample.label = _label(files[ext].decode("utf-8", errors="replace"))
+            _set_label(sample, files[ext].decode("utf-8", errors="replace"))
             break
     return sample
 
@@ -833,7 +915,10 @@ def _row_sample(row: dict[str, Any], key: str, cfg: Any) -> Sample:
     elif image is not None and not isinstance(image, (bytes, Image.Image)):
         image = None
     texts = [t for c in cfg.text_columns for t in _texts(row.get(c))]
-    return Sample(key=key, image=image, texts=texts, label=_label(row.get(cfg.label_column)))
+    empty = not texts and any(_has_text_field(row.get(c)) for c in cfg.text_columns)
+    sample = Sample(key=key, image=image, texts=texts, empty_text=empty)
+    _set_label(sample, row.get(cfg.label_column))
+    return sample
 
 
 def _kinds(columns: Sequence[str] | None, cfg: Any) -> frozenset[str]:

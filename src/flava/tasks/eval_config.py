@@ -287,6 +287,8 @@ def print_table(title: str, metrics: dict[str, Any]) -> str:
         if isinstance(value, float):
             text = f"{value:10.4f}" if value == 0 or 1e-3 <= abs(value) < 1e5 else f"{value:10.3g}"
             lines.append(f"{key:<{width}}  {text}")
+        elif isinstance(value, bool):
+            lines.append(f"{key:<{width}}  {'yes' if value else 'no':>10}")
         elif isinstance(value, int):
             lines.append(f"{key:<{width}}  {value:10d}")
     text = "\n".join(lines)

@@ -74,6 +74,7 @@ class PretrainingData(L.LightningDataModule):
         self.model_config = model_config
         self.codebook_size = codebook_size
         self.start_batch = 0
+        self.stream_records: dict[str, int] = {}
         d = cfg.datasets
         image = model_config.image
         self.tokenizer = load_tokenizer()
@@ -147,6 +148,7 @@ class PretrainingData(L.LightningDataModule):
             rank=rank,
             world_size=world,
             start_batch=self.start_batch,
+            stream_records=self.stream_records,
         )
         return _loader(dataset, t.num_workers)
 
@@ -171,12 +173,17 @@ class PretrainingData(L.LightningDataModule):
         return loaders
 
     def state_dict(self) -> dict[str, Any]:
-        """The data position: index of the next training batch (saved in every checkpoint)."""
+        """The data position (saved in every checkpoint): index of the next training batch and
+        the records consumed by each reader of an iterable source, bad records included."""
         module = self.trainer.lightning_module if self.trainer is not None else None
-        return {"start_batch": int(getattr(module, "batches_seen", self.start_batch))}
+        return {
+            "start_batch": int(getattr(module, "batches_seen", self.start_batch)),
+            "stream_records": dict(getattr(module, "stream_records", self.stream_records)),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.start_batch = int(state.get("start_batch", 0))
+        self.stream_records = {k: int(v) for k, v in state.get("stream_records", {}).items()}
 
 
 def _loader(dataset: torch.utils.data.Dataset, workers: int) -> torch.utils.data.DataLoader:
