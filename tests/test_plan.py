@@ -1,0 +1,202 @@
+"""`flava.plan`: parameter counts, FLOPs and memory against the real model on this machine."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from flava.model import FlavaForPreTraining, preset
+from flava.model.config import (
+    CodebookConfig,
+    EncoderConfig,
+    FlavaConfig,
+    ImageEncoderConfig,
+    MultimodalEncoderConfig,
+    TextEncoderConfig,
+)
+from flava.model.transformer import Layer
+from flava.objectives.pretraining import LossWeights, pair_step
+from flava.plan import (
+    LAYER_BYTES,
+    STRATEGIES,
+    Workload,
+    flop_counter,
+    main,
+    memory_per_gpu,
+    parameter_counts,
+    plan,
+    step_flops,
+)
+
+
+def small_config() -> FlavaConfig:
+    """Width 256, 4/4/2 layers, 128 px images: activations about half of the step's memory."""
+    shape = dict(hidden_size=256, num_attention_heads=4, intermediate_size=1024)
+    return FlavaConfig(
+        image=ImageEncoderConfig(num_hidden_layers=4, image_size=128, patch_size=16, **shape),
+        text=TextEncoderConfig(num_hidden_layers=4, max_position_embeddings=64, **shape),
+        multimodal=MultimodalEncoderConfig(num_hidden_layers=2, **shape),
+        codebook=CodebookConfig(hidden_size=32, num_blocks_per_group=1),
+        projection_dim=256,
+    ).validate()
+
+
+def exact_batch(config: FlavaConfig, w: Workload, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Unpadded pair batch with exactly the workload's masked patches and tokens per sample."""
+    g = torch.Generator().manual_seed(seed)
+    b, length, n = w.batch_size, w.text_length, config.image.grid_size**2
+    ids = torch.randint(1000, 2000, (b, length), generator=g)
+    ids[:, 0], ids[:, -1] = 101, 102
+    masked_pos = torch.zeros(b, n, dtype=torch.bool)
+    selected = torch.zeros(b, length, dtype=torch.bool)
+    for i in range(b):
+        masked_pos[i, torch.randperm(n, generator=g)[: w.patches_masked(config)]] = True
+        selected[i, 1 + torch.randperm(length - 2, generator=g)[: w.tokens_masked()]] = True
+    side = 8 * config.image.grid_size
+    return {
+        "pixel_values": torch.randn(b, 3, config.image.image_size, config.image.image_size),
+        "codebook_pixel_values": torch.rand(b, 3, side, side, generator=g),
+        "bool_masked_pos": masked_pos,
+        "input_ids": ids,
+        "attention_mask": torch.ones(b, length, dtype=torch.long),
+        "input_ids_masked": ids.masked_fill(selected, 103),
+        "mlm_labels": ids.masked_fill(~selected, -100),
+    }
+
+
+def _count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_parameter_counts_are_exact():
+    model = FlavaForPreTraining(preset("tiny"))
+    counts = parameter_counts(model.config)
+    assert counts["codebook"] == _count(model.codebook)
+    assert counts["total"] == _count(model)
+    assert counts["image_encoder"] == _count(model.flava.image_encoder)
+    assert counts["in_layers"] == sum(_count(m) for m in model.modules() if isinstance(m, Layer))
+    for name in ("flava_full", "10b"):
+        with torch.device("meta"):
+            big = FlavaForPreTraining(preset(name))
+        assert parameter_counts(big.config)["total"] == _count(big), name
+    # transformers' FlavaForPreTraining(FlavaConfig()) counts 357,645,303 with the codebook
+    assert parameter_counts(preset("flava_full"))["total"] == 357_645_303
+
+
+def test_analytic_flops_match_flop_counter_on_tiny():
+    config = preset("tiny")
+    w = Workload(batch_size=4, text_length=24)
+    model = FlavaForPreTraining(config).train()
+    batch = exact_batch(config, w)
+
+    def targets(b: dict[str, torch.Tensor]) -> torch.Tensor:
+        return model.codebook.get_codebook_indices(b["codebook_pixel_values"])
+
+    with flop_counter() as counter:
+        pair_step(model, batch, targets, LossWeights(), negative_probability=0.0)["loss"].backward()
+    measured = counter.get_total_flops()
+    analytic = step_flops(config, w)["total"]
+    assert abs(analytic - measured) / measured < 0.10, (analytic, measured)
+    with flop_counter() as counter:
+        model.codebook.get_codebook_indices(batch["codebook_pixel_values"])
+    codebook = step_flops(config, w)["codebook_forward"]
+    assert codebook == pytest.approx(counter.get_total_flops(), rel=0.01)
+
+
+@pytest.mark.parametrize("precision", ["32", "bf16-mixed"])
+def test_layer_activation_bytes_match_saved_tensors(precision):
+    config = EncoderConfig(hidden_size=128, num_attention_heads=4, intermediate_size=384)
+    layer = Layer(config)
+    params = {p.untyped_storage().data_ptr() for p in layer.parameters()}
+
+    def saved_bytes(batch: int) -> int:
+        saved: dict[int, int] = {}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            storage = t.untyped_storage()
+            if storage.data_ptr() not in params:
+                saved[storage.data_ptr()] = storage.nbytes()
+            return t
+
+        amp = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision != "32")
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), amp:
+            layer(torch.randn(batch, 33, 128, requires_grad=True))
+        return sum(saved.values())
+
+    per_token = (saved_bytes(12) - saved_bytes(4)) / (8 * 33)  # autocast weight copies cancel
+    per_d, per_f = LAYER_BYTES[precision]
+    assert per_token == pytest.approx(per_d * 128 + per_f * 384, rel=0.03)
+
+
+_MEASURE = r"""
+import json, resource, sys, torch
+from flava.model import FlavaForPreTraining
+from flava.model.config import FlavaConfig
+from flava.objectives.pretraining import LossWeights, pair_step
+sys.path.insert(0, sys.argv[2])
+from test_plan import exact_batch, small_config
+from flava.plan import Workload
+
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+
+torch.manual_seed(0)
+w = Workload(**json.loads(sys.argv[1]))
+config = small_config()
+batch = exact_batch(config, w)
+before = rss()
+model = FlavaForPreTraining(config).train()
+optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+targets = lambda b: model.codebook.get_codebook_indices(b["codebook_pixel_values"])
+for _ in range(2):
+    pair_step(model, batch, targets, LossWeights(), negative_probability=0.0)["loss"].backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({"before": before, "peak": peak}))
+"""
+
+
+def test_memory_estimate_matches_measured_peak_rss(tmp_path):
+    w = Workload(batch_size=32, text_length=40)
+    here = str(__import__("pathlib").Path(__file__).parent)
+    proc = subprocess.run(
+        [sys.executable, "-c", _MEASURE, json.dumps(w.__dict__), here],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    measured = json.loads(proc.stdout.strip().splitlines()[-1])
+    growth = measured["peak"] - measured["before"]
+    estimate = memory_per_gpu(small_config(), w, 1, "32", "ddp")
+    assert estimate["activations"] > 0.3 * estimate["total"]  # activations really are tested
+    assert abs(estimate["total"] - growth) / growth < 0.25, (estimate, growth)
+
+
+def test_plan_orders_strategies_and_recommends_the_smallest_that_fits(capsys):
+    config = preset("10b")
+    w = Workload(batch_size=16)
+    result = plan(config, w, gpus=64, gpu_memory_gib=80)
+    mem = {s: result["strategies"][s]["total"] for s in STRATEGIES}
+    assert mem["ddp"] > mem["fsdp"] > mem["fsdp + activation checkpointing"]
+    assert not result["strategies"]["ddp"]["fits"]  # 8.7 B parameters x 18 B do not fit 80 GiB
+    assert result["recommendation"] == next(
+        s for s in STRATEGIES if result["strategies"][s]["fits"]
+    )
+    ckpt = result["strategies"]["fsdp + activation checkpointing"]
+    assert ckpt["step_time_s"] > result["strategies"]["fsdp"]["step_time_s"]
+    small = plan(preset("tiny"), Workload(batch_size=8), gpus=1, gpu_memory_gib=80)
+    assert small["recommendation"] == "ddp"
+    out = main(["--preset", "10b", "--gpus", "64", "--gpu-memory", "80", "--batch-size", "16"])
+    text = capsys.readouterr().out
+    assert "recommended: " + out["recommendation"] in text
+    assert "fsdp + activation checkpointing" in text and "TFLOP" in text
+    main(["--preset", "10b", "--gpus", "1", "--gpu-memory", "40", "--batch-size", "16"])
+    assert "nothing fits" in capsys.readouterr().out
