@@ -1,7 +1,8 @@
 """`python -m flava.linear_probe [config=...] [key=value ...]`: linear probe on frozen features.
 
 Frozen image features (`probe.features`: `encoder_cls`, the image encoder's final-LayerNorm
-CLS, which the paper probes; or `projection`, the contrastive projection of it), multinomial
+CLS, which the paper probes; `projection`, the contrastive projection of it; or `mean_patch`,
+the mean of the final-LayerNorm patch tokens as BEiT and MAE probe), multinomial
 logistic regression with L2 fitted by full-batch L-BFGS; the L2 strength lambda is swept on a
 validation split over a log grid (probe.l2_min ... l2_max, l2_points), the final probe fitted on
 train + validation and its test accuracy reported. Lambda multiplies (1/2)||W||^2 added to the

@@ -122,3 +122,24 @@ def test_batch_builder_shapes():
     assert batch["input_ids"].shape == batch["mlm_labels"].shape == batch["input_ids_masked"].shape
     assert ((batch["mlm_labels"] != -100).sum(1) >= 1).all()
     assert batch["input_ids"].shape[1] <= 16
+
+
+def test_pairs_are_never_flipped_images_are():
+    # left half red, right half blue: a flip swaps them, and "left of" captions would lie
+    pixels = np.zeros((32, 32, 3), dtype=np.uint8)
+    pixels[:, :16, 0], pixels[:, 16:, 2] = 255, 255
+    from PIL import Image
+
+    picture = Image.fromarray(pixels)
+    transform = image_transform("pretrain", 32, scale=(1.0, 1.0), ratio=(1.0, 1.0))
+    builder = BatchBuilder(
+        load_tokenizer(), transform, BlockMaskGenerator.for_image(32, 16, num_masking_patches=1)
+    )
+    items = [Item(image=picture, text="a red half left of a blue half")] * 16
+    flipped = {}
+    for kind in ("vl", "image"):
+        batch = builder(items, kind, torch.Generator().manual_seed(0), np.random.default_rng(0))
+        red = batch["pixel_values"][:, 0]
+        flipped[kind] = int((red[:, :, :8].mean((1, 2)) < red[:, :, -8:].mean((1, 2))).sum())
+    assert flipped["vl"] == 0 and 0 < flipped["image"] < 16, flipped
+    assert transform.hflip  # the builder's own transform is left as configured

@@ -63,10 +63,14 @@ def test_feature_choices():
     transform = lambda t: {"pixel_values": t}  # noqa: E731
     cls = image_features(model, images.__getitem__, 3, transform, "encoder_cls", batch_size=2)
     proj = image_features(model, images.__getitem__, 3, transform, "projection", batch_size=2)
+    mean = image_features(model, images.__getitem__, 3, transform, "mean_patch", batch_size=2)
     with torch.no_grad():
         out = model.image_encoder(torch.zeros(1, 3, 64, 64))
     torch.testing.assert_close(cls[0], out.last_hidden_state[0, 0])
     torch.testing.assert_close(proj[0], model.image_embedding(out)[0])
+    patches = out.last_hidden_state[0, 1:]
+    assert patches.shape[0] == model.config.image.grid_size**2
+    torch.testing.assert_close(mean[0], patches.mean(dim=0))
     assert cls.shape == (3, model.config.image.hidden_size)
     assert proj.shape == (3, model.config.projection_dim)
     with pytest.raises(ValueError, match="features"):

@@ -226,10 +226,15 @@ def vl_only(root: Path, run: Path) -> list[str]:
     ]
 
 
-def test_run_counts_skips_in_metrics_and_stops_past_the_threshold(tmp_path, capsys):
+def test_run_counts_skips_in_metrics_and_stops_past_the_threshold(tmp_path, capsys, monkeypatch):
+    secret = "hf_NeverWriteThisToken0123456789"
+    monkeypatch.setenv("HF_TOKEN", secret)
     root, planted = planted_captions(tmp_path / "caps", good=12)
     run = tmp_path / "ok"
     assert main([*vl_only(root, run), "training.lightning.max_steps=10"]) == 0
+    written = [f for f in run.rglob("*") if f.is_file()]
+    assert len(written) > 5 and not [f for f in written if secret.encode() in f.read_bytes()]
+    assert secret not in capsys.readouterr().err
     metrics = json.loads((run / "metrics.json").read_text())
     skipped = {k.split("/")[-1]: v for k, v in metrics.items() if k.startswith("data/skipped/")}
     assert set(planted) <= {k for k, v in skipped.items() if v}, skipped

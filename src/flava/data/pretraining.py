@@ -23,6 +23,7 @@ resampled streams just start fresh draws.
 
 from __future__ import annotations
 
+import copy
 import logging
 import urllib.error
 from collections.abc import Iterator, Sequence
@@ -318,16 +319,25 @@ class BatchBuilder:
     ) -> None:
         self.tokenizer = tokenizer
         self.transform = transform
+        # Pairs are never flipped: a mirrored image contradicts "left of" / "right of" captions.
+        self.pair_transform = copy.copy(transform)
+        self.pair_transform.hflip = False
         self.mask_generator = mask_generator
         self.text_max_length = text_max_length
         self.mlm_probability = mlm_probability
         self.whole_word_masking = whole_word_masking
 
     def images(
-        self, images: Sequence[Image.Image], generator: torch.Generator, rng: np.random.Generator
+        self,
+        images: Sequence[Image.Image],
+        generator: torch.Generator,
+        rng: np.random.Generator,
+        paired: bool = False,
     ) -> dict[str, torch.Tensor]:
-        """pixel_values [B, 3, S, S] (+ codebook_pixel_values) and bool_masked_pos [B, N]."""
-        views = [self.transform(image, generator=generator) for image in images]
+        """pixel_values [B, 3, S, S] (+ codebook_pixel_values) and bool_masked_pos [B, N];
+        `paired` images (with captions) are never flipped."""
+        transform = self.pair_transform if paired else self.transform
+        views = [transform(image, generator=generator) for image in images]
         out = {key: torch.stack([v[key] for v in views]) for key in views[0]}
         out["bool_masked_pos"] = self.mask_generator.batch(len(images), rng)
         return out
@@ -360,7 +370,7 @@ class BatchBuilder:
         """Collate one batch of `kind`."""
         batch: dict[str, Any] = {"kind": kind}
         if kind in ("image", "vl"):
-            batch.update(self.images([i.image for i in items], generator, rng))
+            batch.update(self.images([i.image for i in items], generator, rng, kind == "vl"))
         if kind in ("text", "vl"):
             batch.update(self.texts([i.text for i in items], generator))
         return batch

@@ -125,7 +125,8 @@ class ProbeOptions:
     """Features, the L2 sweep and L-BFGS."""
 
     features: str = "encoder_cls"
-    """encoder_cls (final-LayerNorm CLS of the image encoder; the paper's) or projection."""
+    """encoder_cls (final-LayerNorm CLS of the image encoder; the paper's), projection, or
+    mean_patch (mean of the final-LayerNorm patch tokens; BEiT's and MAE's probe)."""
     train_split: str = "train"
     """Training split (image_folder subfolder, torchvision / embedded split)."""
     val_split: str | None = "val"
@@ -195,7 +196,11 @@ def validate_linear_probe(cfg: DictConfig) -> None:
     p = cfg.probe
     checks = _common_checks(cfg, ("embedded", "image_folder", "torchvision"))
     checks += [
-        (p.features in ("encoder_cls", "projection"), "probe.features", "encoder_cls/projection"),
+        (
+            p.features in ("encoder_cls", "projection", "mean_patch"),
+            "probe.features",
+            "encoder_cls, projection or mean_patch",
+        ),
         (0 < p.l2_min <= p.l2_max, "probe.l2_min", "need 0 < l2_min <= l2_max"),
         (p.l2_points >= 1, "probe.l2_points", "must be >= 1"),
         (p.max_iter >= 1, "probe.max_iter", "must be >= 1"),

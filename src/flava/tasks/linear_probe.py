@@ -2,7 +2,8 @@
 
 Features (`features=`):
 - `encoder_cls`: the image encoder's CLS after its final LayerNorm (what the paper probes);
-- `projection`: that CLS through the contrastive image projection (unnormalised).
+- `projection`: that CLS through the contrastive image projection (unnormalised);
+- `mean_patch`: the mean of the final-LayerNorm patch tokens (BEiT's and MAE's probe).
 
 The classifier is multinomial logistic regression fitted full-batch with L-BFGS (strong Wolfe
 line search) in PyTorch. Objective, for n examples and L2 strength `l2` (lambda):
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 
 from flava.model.flava import FlavaModel
 
-FEATURES = ("encoder_cls", "projection")
+FEATURES = ("encoder_cls", "projection", "mean_patch")
 SMALL_FIT = 50_000_000  # features x classes below which an L-BFGS fit runs on one CPU thread
 
 
@@ -65,6 +66,8 @@ def image_features(
             encoded = model.image_encoder(pixels.to(device))
             if features == "projection":
                 feats = model.image_embedding(encoded)
+            elif features == "mean_patch":
+                feats = encoded.last_hidden_state[:, 1:].mean(dim=1)
             else:
                 feats = encoded.last_hidden_state[:, 0]
             out.append(feats.float().cpu())

@@ -166,7 +166,7 @@ class FlavaPretrainingModule(L.LightningModule):
             self.skipped[reason] = self.skipped.get(reason, 0) + int(n)
         self.samples_read += int(batch.get("samples_read", 0))
         self.stream_records.update(batch.get("stream_records", {}))
-        if self.global_step % _DATA_CHECK_EVERY or self.trainer is None:
+        if self.global_step % _DATA_CHECK_EVERY or self._trainer is None:
             return
         totals = self.data_totals()
         read, skipped = totals.pop("samples_read"), sum(totals.values())
@@ -188,7 +188,7 @@ class FlavaPretrainingModule(L.LightningModule):
         """Skipped samples per reason and samples read, summed over processes (all must call)."""
         local = [self.skipped.get(r, 0) for r in SKIP_REASONS] + [self.samples_read]
         counts = torch.tensor(local, dtype=torch.float64, device=self.device)
-        if self.trainer is not None and self.trainer.world_size > 1:
+        if self._trainer is not None and self._trainer.world_size > 1:
             counts = self.trainer.strategy.reduce(counts, reduce_op="sum")
         values = [int(v) for v in counts.tolist()]
         out = dict(zip(SKIP_REASONS, values[:-1], strict=True))
