@@ -7,7 +7,9 @@ CMYK JPEG, WEBP) so every decoder path and `to_rgb` conversion is exercised.
 from __future__ import annotations
 
 import csv
+import io
 import json
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -154,3 +156,13 @@ def hf_saved(root: Path, count: int = 16) -> Path:
     split = datasets.DatasetDict({"train": ds, "validation": ds.select(range(count // 2))})
     split.save_to_disk(str(root))
     return root
+
+
+def tar_file(path: Path, members: list[tuple[str, bytes]]) -> Path:
+    """A tar file at `path` holding (member name, bytes) in order (webdataset shards)."""
+    with tarfile.open(path, "w") as tar:
+        for name, payload in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    return path

@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import functools
 import http.server
-import importlib.util
 import io
 import re
-import tarfile
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,17 +23,7 @@ from flava.data.transforms import image_transform
 from flava.data.write_shards import write
 from flava.training.data import build_source, check_sources
 
-
-def _load_sample_data():
-    spec = importlib.util.spec_from_file_location(
-        "sample_data", Path(__file__).with_name("sample_data.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-sample_data = _load_sample_data()
+from . import sample_data
 
 
 def source_cfg(**fields):
@@ -311,15 +298,6 @@ def test_shuffle_buffer_and_resampled_shards(data):
     assert first != second and len(set(first)) > 6
 
 
-def _tar(path: Path, members: list[tuple[str, bytes]]) -> Path:
-    with tarfile.open(path, "w") as tar:
-        for name, payload in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(payload)
-            tar.addfile(info, io.BytesIO(payload))
-    return path
-
-
 def _png(mode: str) -> bytes:
     out = io.BytesIO()
     sample_data.picture("coffee", mode, 24).save(out, format="PNG")
@@ -327,7 +305,7 @@ def _png(mode: str) -> bytes:
 
 
 def test_tar_layout_urls_and_corrupt_samples(tmp_path, caplog):
-    shard = _tar(
+    shard = sample_data.tar_file(
         tmp_path / "mixed.tar",
         [
             ("__meta__.json", b"{}"),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import tarfile
 from pathlib import Path
@@ -15,17 +14,7 @@ from flava.config import ConfigError, SourceConfig
 from flava.data import sources, write_shards
 from flava.data.write_shards import main, write
 
-
-def _load_sample_data():
-    spec = importlib.util.spec_from_file_location(
-        "sample_data", Path(__file__).with_name("sample_data.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-sample_data = _load_sample_data()
+from . import sample_data
 
 
 @pytest.fixture(scope="module")

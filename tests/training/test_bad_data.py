@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import struct
-import tarfile
 import zlib
 from pathlib import Path
 
@@ -18,18 +16,8 @@ from flava.data import sources
 from flava.data.pretraining import BadSample, DataError, MixedBatches, Stream, robust_item
 from flava.train import main
 
+from ..data import sample_data  # noqa: TID252
 from .test_train import SMALL  # noqa: TID252
-
-
-def _load_sample_data():
-    path = Path(__file__).parents[1] / "data" / "sample_data.py"
-    spec = importlib.util.spec_from_file_location("sample_data", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-sample_data = _load_sample_data()
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
@@ -177,22 +165,13 @@ class _Texts:
         return {"kind": kind, "texts": [i.text for i in items]}
 
 
-def _tar(path: Path, members: list[tuple[str, bytes]]) -> Path:
-    with tarfile.open(path, "w") as tar:
-        for name, payload in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(payload)
-            tar.addfile(info, io.BytesIO(payload))
-    return path
-
-
 def test_stream_resume_is_exact_past_bad_records(tmp_path):
     members = []
     for i in range(40):
         bad = i % 5 == 2
         image = list(BAD_IMAGES.values())[i % len(BAD_IMAGES)] if bad else encoded("PNG")
         members += [(f"s/{i:04d}.png", image), (f"s/{i:04d}.txt", f"caption {i}".encode())]
-    shard = _tar(tmp_path / "bad.tar", members)
+    shard = sample_data.tar_file(tmp_path / "bad.tar", members)
 
     def dataset(start: int = 0, records: dict[str, int] | None = None) -> MixedBatches:
         src = sources.TarShards([str(shard)], shuffle_buffer=0)

@@ -3,7 +3,6 @@ through flava.train.main; the shipped HF / PMD configs fail fast offline with on
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -16,16 +15,7 @@ import pytest
 from flava.data.write_shards import main as write_shards
 from flava.train import main
 
-
-def _load_sample_data():
-    path = Path(__file__).parents[1] / "data" / "sample_data.py"
-    spec = importlib.util.spec_from_file_location("sample_data", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-sample_data = _load_sample_data()
+from ..data import sample_data  # noqa: TID252
 
 SMALL = [
     "config=pretraining/demo.yaml",
