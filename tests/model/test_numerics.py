@@ -40,3 +40,24 @@ def test_bf16_forward_and_losses_are_fp32():
     assert out.image.last_hidden_state.dtype == torch.bfloat16
     assert loss["contrastive"].dtype == torch.float32 and mlm.dtype == torch.float32
     assert torch.isfinite(loss["contrastive"]) and torch.isfinite(mlm)
+
+
+def test_cpu_half_precision_attention_is_explicit_and_matches_fp32():
+    from flava.model.config import EncoderConfig
+    from flava.model.transformer import Attention, _explicit_attention
+
+    torch.manual_seed(0)
+    attn = Attention(EncoderConfig(hidden_size=64, num_attention_heads=4, intermediate_size=128))
+    x = torch.randn(2, 9, 64)
+    mask = torch.ones(2, 1, 1, 9, dtype=torch.bool)
+    mask[1, ..., 6:] = False  # padding keys of the second sample
+    reference, _ = attn(x, mask)  # fp32: SDPA
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = attn(x, mask)
+        _, weights = attn(x, mask, return_attention=True)
+    assert _explicit_attention(torch.zeros(1, dtype=torch.bfloat16))
+    assert not _explicit_attention(torch.zeros(1))
+    torch.testing.assert_close(out.float(), reference, atol=3e-2, rtol=3e-2)
+    weights = weights.detach()
+    assert weights.dtype == torch.bfloat16 and float(weights[1, ..., 6:].abs().max()) == 0.0
+    torch.testing.assert_close(weights.float().sum(-1), torch.ones(2, 4, 9), atol=1e-2, rtol=0)

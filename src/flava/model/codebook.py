@@ -117,10 +117,13 @@ class ImageCodebook(_Pretrained, nn.Module):
         return self.blocks(pixel_values)
 
     def _logits_from_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Map [0, 1] pixels and run the encoder in its own dtype, autocast off."""
+        """Map [0, 1] pixels (in fp32) and run the encoder: in its own dtype, or under an
+        enclosing bf16 / fp16 autocast in that dtype (as transformers does; the frozen
+        codebook's forward is a seventh of a flava_full step, and only argmax ids leave it)."""
         dtype = self.blocks.input.weight.dtype
         with torch.autocast(device_type=pixels.device.type, enabled=False):
-            return self(self.map_pixels(pixels.float()).to(dtype))
+            mapped = self.map_pixels(pixels.float()).to(dtype)
+        return self(mapped)
 
     @torch.no_grad()
     def get_codebook_indices(self, pixels: torch.Tensor) -> torch.Tensor:
