@@ -193,10 +193,11 @@ def _texts(value: Any) -> list[str]:
 
 
 def _label(value: Any) -> int | None:
-    """An integer class label from an int, an integral float or a digit string; else None."""
-    if value is None or isinstance(value, (bool, np.bool_)):
+    """An integer class label from an int, a bool (0 / 1), an integral float or a digit
+    string; else None."""
+    if value is None:
         return None
-    if isinstance(value, (int, np.integer)):
+    if isinstance(value, (int, np.integer, bool, np.bool_)):
         return int(value)
     if isinstance(value, (float, np.floating)) and float(value).is_integer():
         return int(value)

@@ -178,7 +178,8 @@ class PretrainingData(L.LightningDataModule):
         module = self.trainer.lightning_module if self.trainer is not None else None
         return {
             "start_batch": int(getattr(module, "batches_seen", self.start_batch)),
-            "stream_records": dict(getattr(module, "stream_records", self.stream_records)),
+            # readers that served no batch since a resume keep the position they resumed at
+            "stream_records": {**self.stream_records, **getattr(module, "stream_records", {})},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
