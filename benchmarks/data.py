@@ -4,20 +4,19 @@
     python benchmarks/data.py --samples 128 --files 128
 
 The pipeline is `flava.data.pretraining.BatchBuilder` as the training DataModule builds it:
-decode, random resized crop + flip at 224 px plus the 112 px codebook view, BEiT block
-masking, WordPiece tokenising, 15% text masking and collation into a pair ("vl") batch. It
-runs on one core (torch and PIL single-threaded, no worker processes) over two sources: the
-embedded generated scenes (`SceneSource`; generating a scene is its "decode") and real JPEG /
-PNG files written from scikit-image's sample photographs (random crops and sizes; generated
-textures when scikit-image is missing). The floor is decode + one resize to 224x224 per
-sample, the least any pipeline must do; the table also splits the pipeline into its stages.
+decode, random resized crop at 224 px (pairs are never flipped) plus the 112 px codebook view,
+BEiT block masking, WordPiece tokenising, 15% text masking and collation into a pair ("vl")
+batch. It runs on one core (torch and PIL single-threaded, no worker processes) over two
+sources: the embedded generated scenes (`SceneSource`; generating a scene is its "decode") and
+real JPEG / PNG files written from scikit-image's sample photographs (random crops and sizes;
+generated textures when scikit-image is missing). The floor is decode + one resize to 224x224
+per sample, the least any pipeline must do; the table also splits the pipeline into its stages.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import statistics
 import sys
@@ -36,6 +35,9 @@ from flava.data.pretraining import BatchBuilder, Item, SceneSource
 from flava.data.tokenizer import load_tokenizer
 from flava.data.transforms import image_transform
 from flava.objectives.masking import BlockMaskGenerator
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_step import write_report  # noqa: E402
 
 WORDS = (
     "a photo of the {} next to a {} on a sunny day",
@@ -252,10 +254,7 @@ def main(argv: list[str] | None = None) -> dict:
         "files_mean_kib": statistics.mean(sizes) / 1024,
         "rates_samples_per_s_per_core": results,
     }
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2))
-        print(f"wrote {args.json}")
+    write_report(args.json, report)
     return report
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import json
 import os
 import statistics
 import sys
@@ -25,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from train_step import CLS_ID, PAD_ID, SEP_ID, matmul_peak, sync  # noqa: E402
+from train_step import CLS_ID, PAD_ID, SEP_ID, matmul_peak, sync, write_report  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -155,10 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
         "times_s": {f"{m}/{s}": v for (m, s), v in times.items()},
         "summary": summary,
     }
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2))
-        print(f"wrote {args.json}")
+    write_report(args.json, report)
     return report
 
 

@@ -642,11 +642,16 @@ def main(argv: list[str] | None = None) -> dict | None:
         "runs": results,
         "summary": summary,
     }
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2))
-        print(f"wrote {args.json}")
+    write_report(args.json, report)
     return report
+
+
+def write_report(path: Path | None, report: dict) -> None:
+    """Write a benchmark's figures as JSON to `path` (if given) and say where."""
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2))
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -343,22 +343,14 @@ def _legacy(data: Any) -> Any:
     return data
 
 
-def validate(cfg: DictConfig) -> None:
-    """Value checks that types alone cannot express."""
-    from flava.model.presets import PRESET_NAMES
-
-    t, m, d = cfg.training, cfg.model, cfg.datasets
-    checks = [
+def training_checks(t: DictConfig) -> list[tuple[bool, str, str]]:
+    """Value checks of the shared TrainingConfig section."""
+    return [
         (t.learning_rate > 0, "training.learning_rate", "must be > 0"),
         (t.batch_size > 0, "training.batch_size", "must be > 0"),
         (t.num_workers >= 0, "training.num_workers", "must be >= 0"),
         (t.warmup_steps >= 0, "training.warmup_steps", "must be >= 0"),
         (t.adam_weight_decay >= 0, "training.adam_weight_decay", "must be >= 0"),
-        (
-            len(t.adam_betas) == 2 and all(0 <= b < 1 for b in t.adam_betas),
-            "training.adam_betas",
-            "must be two numbers in [0, 1)",
-        ),
         (
             t.lr_schedule in ("cosine", "linear", "constant"),
             "training.lr_schedule",
@@ -374,6 +366,20 @@ def validate(cfg: DictConfig) -> None:
             t.lightning.accumulate_grad_batches >= 1,
             "training.lightning.accumulate_grad_batches",
             "must be >= 1",
+        ),
+    ]
+
+
+def validate(cfg: DictConfig) -> None:
+    """Value checks that types alone cannot express."""
+    from flava.model.presets import PRESET_NAMES
+
+    t, m, d = cfg.training, cfg.model, cfg.datasets
+    checks = training_checks(t) + [
+        (
+            len(t.adam_betas) == 2 and all(0 <= b < 1 for b in t.adam_betas),
+            "training.adam_betas",
+            "must be two numbers in [0, 1)",
         ),
         (m.preset in PRESET_NAMES, "model.preset", f"must be one of {', '.join(PRESET_NAMES)}"),
         (

@@ -23,6 +23,7 @@ from flava.config import (
     TrainingConfig,
     _config_path,
     _one_line,
+    training_checks,
 )
 
 MODALITIES = ("text", "image", "multimodal")
@@ -213,33 +214,6 @@ def fail_checks(cfg: DictConfig, checks: list[tuple[bool, str, str]]) -> None:
         if not ok:
             value = OmegaConf.select(cfg, key)
             raise ConfigError(f"{key}={value!r} is invalid: {hint}")
-
-
-def training_checks(t: DictConfig) -> list[tuple[bool, str, str]]:
-    """Value checks of the shared TrainingConfig section."""
-    return [
-        (t.learning_rate > 0, "training.learning_rate", "must be > 0"),
-        (t.batch_size > 0, "training.batch_size", "must be > 0"),
-        (t.num_workers >= 0, "training.num_workers", "must be >= 0"),
-        (t.warmup_steps >= 0, "training.warmup_steps", "must be >= 0"),
-        (t.adam_weight_decay >= 0, "training.adam_weight_decay", "must be >= 0"),
-        (
-            t.lr_schedule in ("cosine", "linear", "constant"),
-            "training.lr_schedule",
-            "must be cosine, linear or constant",
-        ),
-        (
-            t.lightning.precision
-            in ("32", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "64", "64-true"),
-            "training.lightning.precision",
-            "must be 32, bf16-mixed or 16-mixed",
-        ),
-        (
-            t.lightning.accumulate_grad_batches >= 1,
-            "training.lightning.accumulate_grad_batches",
-            "must be >= 1",
-        ),
-    ]
 
 
 def validate_finetune(cfg: DictConfig) -> None:
