@@ -49,6 +49,12 @@ def _train(run: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
 
 
+def _saved_step(run: Path, step: int) -> bool:
+    """Whether a periodic checkpoint of `step` or later exists (older ones are pruned)."""
+    found = (p.stem.partition("=")[2] for p in (run / "checkpoints").glob("flava-step=*.ckpt"))
+    return any(s.isdigit() and int(s) >= step for s in found)
+
+
 def _weights(run: Path) -> dict[str, torch.Tensor]:
     return FlavaForPreTraining.from_pretrained(run / "model").state_dict()
 
@@ -65,9 +71,8 @@ def test_sigkill_mid_run_then_resume_is_bit_identical(tmp_path, straight):
     run = tmp_path / "killed"
     cmd = [sys.executable, "-m", "flava.train", *_args(run)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    marker = run / "checkpoints" / "flava-step=4.ckpt"
     deadline = time.monotonic() + 240
-    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+    while not _saved_step(run, 4) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     assert proc.poll() is None, "the run ended before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)

@@ -18,6 +18,7 @@ SMALL = [
     "training.lightning.log_every_n_steps=1",
     "training.lightning.enable_progress_bar=false",
     "training.lightning_checkpoint.every_n_train_steps=1",
+    "training.lightning_checkpoint.save_top_k=1",  # ~170 MB each: keep the newest and last.ckpt
     "training.evaluation.num_samples=8",
     "model.kmeans_codes=16",
     "model.kmeans_images=16",
