@@ -55,3 +55,16 @@ def test_yaml_syntax_error(tmp_path, capsys):
     assert main([f"config={bad}"]) == 2
     err = capsys.readouterr().err
     assert "bad.yaml" in err and "YAML" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_file_where_the_run_directory_goes_fails_in_one_line(tmp_path, capsys):
+    from flava import linear_probe
+
+    blocker = tmp_path / "taken"
+    blocker.write_text("not a directory")
+    assert main(["config=pretraining/debug.yaml", f"training.run_dir={blocker}"]) == 2
+    assert "training.run_dir" in capsys.readouterr().err
+    # Evaluation commands write results at the end: they check before doing any work.
+    assert linear_probe.main([f"run.run_dir={blocker}/probe"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{blocker} is a file" in err

@@ -25,6 +25,33 @@ class ConfigError(ValueError):
     """A bad configuration; the message is one line naming the key or file and a hint."""
 
 
+def check_directory(path: str | Path, key: str) -> None:
+    """Fail with one line, before any work, if a file stands where directory `path` would go."""
+    for candidate in (Path(path), *Path(path).parents):
+        if candidate.exists():
+            if not candidate.is_dir():
+                raise ConfigError(
+                    f"{key}={str(path)!r}: {candidate} is a file, not a directory; "
+                    "choose another path"
+                )
+            return
+
+
+def make_directory(path: str | Path, key: str) -> Path:
+    """Create the directory `path` (config key `key`), or fail with one line saying why."""
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ConfigError(
+            f"{key}={str(path)!r}: a file is in the way of this directory; choose another path"
+        ) from None
+    except PermissionError:
+        msg = f"{key}={str(path)!r}: no permission to create it; choose another path"
+        raise ConfigError(msg) from None
+    return out
+
+
 @dataclass
 class LightningConfig:
     """Arguments passed to `lightning.Trainer` (a typed subset)."""
@@ -433,6 +460,7 @@ def validate(cfg: DictConfig) -> None:
         if not ok:
             value = OmegaConf.select(cfg, key)
             raise ConfigError(f"{key}={value!r} is invalid: {hint}")
+    check_directory(t.run_dir, "training.run_dir")
 
 
 def to_yaml(cfg: DictConfig) -> str:

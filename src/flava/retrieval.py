@@ -53,10 +53,9 @@ def load_captioned(cfg: DictConfig, image_size: int) -> tuple[Any, str]:
     d = cfg.data
     split = d.split or "test"
     if d.kind == "embedded":
-        from flava.data.scenes import SceneDataset
+        from flava.data.scenes import distinct_scenes
 
-        scenes = SceneDataset(split=split, size=d.size or 512, image_size=image_size, seed=d.seed)
-        items = [scenes[i] for i in range(len(scenes))]
+        items = distinct_scenes(split, d.size or 512, image_size=image_size, seed=d.seed)
         return CaptionedImages([s.image for s in items], [list(s.captions) for s in items]), split
     if d.kind == "captions":
         if not d.root:

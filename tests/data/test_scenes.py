@@ -23,6 +23,7 @@ from flava.data.scenes import (
     ZERO_SHOT_TEMPLATES,
     Scene,
     SceneDataset,
+    distinct_scenes,
     generate_scene,
 )
 
@@ -292,3 +293,19 @@ def test_bad_generate_arguments_and_index() -> None:
         generate_scene(np.random.default_rng(0), min_objects=3, max_objects=3)
     with pytest.raises(IndexError):
         SceneDataset("train", 5)[5]
+
+
+def test_distinct_scenes_never_repeat_a_description() -> None:
+    plain = SceneDataset("val", 200, seed=0)
+    repeated = [plain[i].descriptor for i in range(200)]
+    assert len(set(repeated)) < 200  # consecutive scenes do repeat descriptions
+    scenes = distinct_scenes("val", 200, seed=0)
+    assert len(scenes) == 200 and len({s.descriptor for s in scenes}) == 200
+    assert scenes[0].image.tobytes() == plain[0].image.tobytes()  # the first of each kept
+    assert all(plain.accepts(s.descriptor) for s in scenes)
+    again = distinct_scenes("val", 200, seed=0)
+    assert [s.captions for s in again] == [s.captions for s in scenes]
+    with pytest.raises(ValueError, match="positive number"):
+        distinct_scenes("val", 0)
+    with pytest.raises(ValueError, match="split must be one of"):
+        distinct_scenes("validation", 4)

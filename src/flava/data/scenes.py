@@ -43,6 +43,7 @@ __all__ = [
     "Scene",
     "SceneDataset",
     "SceneObject",
+    "distinct_scenes",
     "generate_scene",
 ]
 
@@ -132,6 +133,7 @@ _MIN_RADIUS_RATIO = 1.15  # two objects of the same size class still differ visi
 _DOMINANCE = 1.5  # a relation's axis offset is at least this times the other axis offset
 _SUPERSAMPLE = 4
 _MAX_DRAWS = 10_000
+_DISTINCT_DRAWS = 4  # draws per scene that distinct_scenes may look through
 
 
 class SceneObject(NamedTuple):
@@ -684,3 +686,31 @@ class SceneDataset(torch.utils.data.Dataset):
         return _generate(
             self.rng(index), self.image_size, self.min_objects, self.max_objects, self.accepts
         )
+
+
+def distinct_scenes(split: str, count: int, image_size: int = 64, seed: int = 0) -> list[Scene]:
+    """The first ``count`` scenes of ``split`` whose descriptors all differ (retrieval sets).
+
+    A split draws descriptors with repetition, and one-object descriptors are few (about 60 per
+    held-out split), so a few hundred consecutive scenes repeat some descriptions exactly. Two
+    such scenes fit each other's captions equally well, which leaves retrieval without a single
+    right answer; a retrieval set keeps only the first scene of each descriptor.
+    """
+    if count < 1:
+        raise ValueError(f"count must be a positive number of scenes, got {count}")
+    dataset = SceneDataset(
+        split=split, size=_DISTINCT_DRAWS * count, image_size=image_size, seed=seed
+    )
+    scenes: list[Scene] = []
+    seen: set[tuple] = set()
+    for index in range(len(dataset)):
+        scene = dataset[index]
+        if scene.descriptor not in seen:
+            seen.add(scene.descriptor)
+            scenes.append(scene)
+            if len(scenes) == count:
+                return scenes
+    raise ValueError(
+        f"the {split} split gave only {len(scenes)} distinct scenes in {len(dataset)} draws; "
+        f"ask for fewer than {count}"
+    )

@@ -275,10 +275,9 @@ def read_json_list(path: str, what: str) -> list[str]:
 
 def save_results(run_dir: str | Path, cfg: DictConfig, metrics: dict[str, Any]) -> Path:
     """config.yaml + metrics.json (sorted keys) in the run directory (no Lightning import)."""
-    from flava.config import to_yaml
+    from flava.config import make_directory, to_yaml
 
-    out = Path(run_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_directory(run_dir, "run.run_dir")
     (out / "config.yaml").write_text(to_yaml(cfg))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
     return out

@@ -23,6 +23,7 @@ from flava.config import (
     TrainingConfig,
     _config_path,
     _one_line,
+    check_directory,
     training_checks,
 )
 
@@ -186,6 +187,8 @@ def load_schema_config(argv: list[str], schema: type, check: Any = None) -> Dict
         raise ConfigError(f"{_one_line(exc)} (see --help for the keys)") from None
     if check is not None:
         check(merged)
+    if "run" in merged and "run_dir" in merged.run:
+        check_directory(merged.run.run_dir, "run.run_dir")  # results are written at the end
     return merged
 
 

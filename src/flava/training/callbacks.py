@@ -111,11 +111,10 @@ class ZeroShotEvaluation(L.Callback):
 
 
 def scene_evaluation_set(num_samples: int, image_size: int, seed: int = 0) -> EvaluationSet:
-    """The embedded scenes' validation split as an evaluation set (shape classes)."""
-    from flava.data.scenes import SHAPES, ZERO_SHOT_TEMPLATES, SceneDataset
+    """Distinct scenes of the embedded validation split as an evaluation set (shape classes)."""
+    from flava.data.scenes import SHAPES, ZERO_SHOT_TEMPLATES, distinct_scenes
 
-    scenes = SceneDataset(split="val", size=num_samples, image_size=image_size, seed=seed)
-    items = [scenes[i] for i in range(len(scenes))]
+    items = distinct_scenes("val", num_samples, image_size=image_size, seed=seed)
     return EvaluationSet(
         images=[s.image for s in items],
         captions=[list(s.captions) for s in items],

@@ -15,15 +15,14 @@ import lightning as L
 import torch
 from omegaconf import DictConfig
 
-from flava.config import to_yaml
+from flava.config import make_directory, to_yaml
 
 log = logging.getLogger("flava")
 
 
 def prepare_run_dir(cfg: DictConfig) -> Path:
     """Create the run directory and save the resolved config as config.yaml."""
-    run_dir = Path(cfg.training.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = make_directory(cfg.training.run_dir, "training.run_dir")
     if int(os.environ.get("RANK", "0")) == 0:
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
     return run_dir
