@@ -68,3 +68,9 @@ def test_a_file_where_the_run_directory_goes_fails_in_one_line(tmp_path, capsys)
     assert linear_probe.main([f"run.run_dir={blocker}/probe"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"{blocker} is a file" in err
+
+
+def test_evaluation_set_size_is_checked_before_any_work(capsys):
+    assert main(["config=pretraining/demo.yaml", "training.evaluation.num_samples=3000"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "training.evaluation.num_samples=3000" in err and len(err.splitlines()) == 1

@@ -399,6 +399,7 @@ def training_checks(t: DictConfig) -> list[tuple[bool, str, str]]:
 
 def validate(cfg: DictConfig) -> None:
     """Value checks that types alone cannot express."""
+    from flava.data.scenes import MAX_DISTINCT_SCENES
     from flava.model.presets import PRESET_NAMES
 
     t, m, d = cfg.training, cfg.model, cfg.datasets
@@ -415,6 +416,11 @@ def validate(cfg: DictConfig) -> None:
             "must be auto, dalle or kmeans",
         ),
         (m.kmeans_codes >= 2, "model.kmeans_codes", "must be >= 2"),
+        (
+            1 <= t.evaluation.num_samples <= MAX_DISTINCT_SCENES,
+            "training.evaluation.num_samples",
+            f"must be 1 to {MAX_DISTINCT_SCENES} (distinct held-out scenes)",
+        ),
         (
             0 <= m.losses.itm_negative_probability < 1,
             "model.losses.itm_negative_probability",

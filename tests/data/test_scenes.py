@@ -305,7 +305,9 @@ def test_distinct_scenes_never_repeat_a_description() -> None:
     assert all(plain.accepts(s.descriptor) for s in scenes)
     again = distinct_scenes("val", 200, seed=0)
     assert [s.captions for s in again] == [s.captions for s in scenes]
-    with pytest.raises(ValueError, match="positive number"):
+    with pytest.raises(ValueError, match="1 to 2000 distinct scenes"):
         distinct_scenes("val", 0)
+    with pytest.raises(ValueError, match="1 to 2000 distinct scenes"):
+        distinct_scenes("val", 2001)
     with pytest.raises(ValueError, match="split must be one of"):
         distinct_scenes("validation", 4)
