@@ -39,17 +39,12 @@ def check_directory(path: str | Path, key: str) -> None:
 
 def make_directory(path: str | Path, key: str) -> Path:
     """Create the directory `path` (config key `key`), or fail with one line saying why."""
-    out = Path(path)
+    check_directory(path, key)
     try:
-        out.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise ConfigError(
-            f"{key}={str(path)!r}: a file is in the way of this directory; choose another path"
-        ) from None
-    except PermissionError:
-        msg = f"{key}={str(path)!r}: no permission to create it; choose another path"
-        raise ConfigError(msg) from None
-    return out
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{key}={str(path)!r}: cannot create it ({exc.strerror})") from None
+    return Path(path)
 
 
 @dataclass

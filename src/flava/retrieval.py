@@ -55,10 +55,7 @@ def load_captioned(cfg: DictConfig, image_size: int) -> tuple[Any, str]:
     if d.kind == "embedded":
         from flava.data.scenes import distinct_scenes
 
-        try:
-            items = distinct_scenes(split, d.size or 512, image_size=image_size, seed=d.seed)
-        except ValueError as exc:
-            raise ConfigError(f"data (embedded, split {split}, size {d.size}): {exc}") from None
+        items = distinct_scenes(split, d.size or 512, image_size=image_size, seed=d.seed)
         return CaptionedImages([s.image for s in items], [list(s.captions) for s in items]), split
     if d.kind == "captions":
         if not d.root:

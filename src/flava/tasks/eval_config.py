@@ -186,8 +186,17 @@ def validate_zero_shot(cfg: DictConfig) -> None:
 
 def validate_retrieval(cfg: DictConfig) -> None:
     """Value checks of the retrieval command."""
+    from flava.data.scenes import MAX_DISTINCT_SCENES
+
     checks = _common_checks(cfg, ("embedded", "coco", "flickr30k", "captions"))
     checks.append((all(k >= 1 for k in cfg.retrieval.ks), "retrieval.ks", "k must be >= 1"))
+    checks.append(
+        (
+            cfg.data.kind != "embedded" or (cfg.data.size or 512) <= MAX_DISTINCT_SCENES,
+            "data.size",
+            f"embedded retrieval sets hold at most {MAX_DISTINCT_SCENES} distinct scenes",
+        )
+    )
     fail_checks(cfg, checks)
 
 

@@ -9,7 +9,6 @@ import lightning as L
 import torch
 from PIL import Image
 
-from flava.config import ConfigError
 from flava.data.tokenizer import FlavaTokenizer
 from flava.data.transforms import ImageTransform
 from flava.model.flava import FlavaModel
@@ -115,10 +114,7 @@ def scene_evaluation_set(num_samples: int, image_size: int, seed: int = 0) -> Ev
     """Distinct scenes of the embedded validation split as an evaluation set (shape classes)."""
     from flava.data.scenes import SHAPES, ZERO_SHOT_TEMPLATES, distinct_scenes
 
-    try:
-        items = distinct_scenes("val", num_samples, image_size=image_size, seed=seed)
-    except ValueError as exc:
-        raise ConfigError(f"training.evaluation.num_samples={num_samples}: {exc}") from None
+    items = distinct_scenes("val", num_samples, image_size=image_size, seed=seed)
     return EvaluationSet(
         images=[s.image for s in items],
         captions=[list(s.captions) for s in items],
