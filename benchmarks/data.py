@@ -56,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--samples", type=int, default=384, help="samples timed per source")
     p.add_argument("--files", type=int, default=300, help="image files written (JPEG + PNG)")
     p.add_argument("--scene-size", type=int, default=256, help="side of the generated scenes")
-    p.add_argument("--repeats", type=int, default=3, help="timed passes (best is reported)")
+    p.add_argument("--repeats", type=int, default=5, help="timed rounds (best is reported)")
     p.add_argument("--json", type=Path)
     return p.parse_args(argv)
 
@@ -133,14 +133,20 @@ def floor_resize(img: Image.Image, size: int) -> torch.Tensor:
     return F.resize(F.pil_to_tensor(rgb), [size, size], InterpolationMode.BICUBIC, antialias=True)
 
 
-def best_rate(fn: Callable[[], int], repeats: int) -> float:
-    """Best samples/s of `repeats` calls of `fn` (which returns the samples it processed)."""
-    fn()  # warm-up
-    best = 0.0
+def best_rates(fns: dict[str, Callable[[], int]], repeats: int) -> dict[str, float]:
+    """Best samples/s of each function over `repeats` rounds that call them in turn.
+
+    Each function returns the samples it processed. Calling them in turn within every round (not
+    each `repeats` times in a row) lets a slow spell of the machine hit all of them alike.
+    """
+    for fn in fns.values():
+        fn()  # warm-up
+    best = dict.fromkeys(fns, 0.0)
     for _ in range(repeats):
-        start = time.perf_counter()
-        n = fn()
-        best = max(best, n / (time.perf_counter() - start))
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            n = fn()
+            best[name] = max(best[name], n / (time.perf_counter() - start))
     return best
 
 
@@ -192,14 +198,17 @@ def measure(
             builder.texts([i.text for i in batch], g)
         return n
 
-    rates = {
-        "pipeline": best_rate(pipeline, args.repeats),
-        "floor_decode_resize": best_rate(floor, args.repeats),
-        "stage_decode": best_rate(decode_only, args.repeats),
-        "stage_transforms_and_collate": best_rate(transforms, args.repeats),
-        "stage_block_masks": best_rate(masks, args.repeats),
-        "stage_tokenise_and_text_masking": best_rate(texts, args.repeats),
-    }
+    rates = best_rates(
+        {
+            "pipeline": pipeline,
+            "floor_decode_resize": floor,
+            "stage_decode": decode_only,
+            "stage_transforms_and_collate": transforms,
+            "stage_block_masks": masks,
+            "stage_tokenise_and_text_masking": texts,
+        },
+        args.repeats,
+    )
     rates["pipeline_over_floor"] = rates["pipeline"] / rates["floor_decode_resize"]
     print(
         f"{name:<10}{rates['pipeline']:>10.1f}{rates['floor_decode_resize']:>10.1f}"

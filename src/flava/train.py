@@ -52,7 +52,7 @@ def kmeans_fit_images(data: Any, count: int) -> torch.Tensor:
     rng = np.random.default_rng(0)
     picks = rng.choice(len(source), size=min(count, len(source)), replace=False)
     items = [robust_item(source, int(i), "image", rng) for i in picks]  # bad ones replaced
-    return torch.stack([data.val_builder.transform(it.image)["pixel_values"] for it in items])
+    return data.val_builder.transform.batch([it.image for it in items])["pixel_values"]
 
 
 def run(cfg: Any) -> dict[str, Any]:

@@ -11,7 +11,15 @@ from PIL import Image
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from flava.data.transforms import CLIP_MEAN, CLIP_STD, ImageTransform, image_transform, to_rgb
+from flava.data.pretraining import SceneSource
+from flava.data.transforms import (
+    CLIP_MEAN,
+    CLIP_STD,
+    ImageTransform,
+    image_transform,
+    lanczos_resize,
+    to_rgb,
+)
 
 RED = (220, 20, 30)
 BLUE = (10, 40, 230)
@@ -279,6 +287,55 @@ def test_transform_accepts_any_mode():
     transform = image_transform("pretrain", image_size=16, codebook_size=8)
     out = transform(Image.new("I;16", (20, 20), 65535))
     torch.testing.assert_close(out["codebook_pixel_values"], torch.ones(3, 8, 8))
+
+
+def _scene_images(count: int = 3) -> list[Image.Image]:
+    """Generated 256 px scenes: shapes with sharp edges on plain, striped or dotted backgrounds."""
+    source = SceneSource("train", size=count, image_size=256)
+    rng = np.random.default_rng(0)
+    return [source.item(i, "image", rng).image.convert("RGB") for i in range(count)]
+
+
+def _pil_lanczos(image: Image.Image, height: int, width: int) -> torch.Tensor:
+    """PIL's Lanczos resize as float [3, H, W] in 0..255."""
+    resized = image.resize((width, height), Image.Resampling.LANCZOS)
+    return torch.from_numpy(np.array(resized)).permute(2, 0, 1).float()
+
+
+@pytest.mark.parametrize("size", [(112, 112), (37, 90), (300, 256), (256, 256)])
+def test_lanczos_resize_matches_pil(size):
+    # PIL rounds and clips its intermediate pass to 8 bits, so single values differ by a level or
+    # two at sharp edges; on average the two agree to a small fraction of a level.
+    for image in _scene_images():
+        pixels = F.pil_to_tensor(image)
+        ours = lanczos_resize(pixels, *size)
+        assert ours.shape == (3, *size) and ours.dtype == torch.float32
+        diff = (ours.round().clamp(0, 255) - _pil_lanczos(image, *size)).abs()
+        assert diff.mean() <= 0.2 and diff.max() <= 3
+
+
+def test_codebook_view_is_close_to_lanczos_of_the_crop():
+    # The codebook view is resampled from the encoder view, not from the original pixels; it must
+    # stay within a fraction of a level of a direct Lanczos resize of the same region.
+    transform = image_transform(
+        "pretrain", image_size=128, codebook_size=64, scale=(1, 1), ratio=(1, 1), hflip=False
+    )
+    for image in _scene_images():
+        codebook = transform(image)["codebook_pixel_values"] * 255
+        diff = (codebook - _pil_lanczos(image, 64, 64)).abs()
+        assert diff.mean() <= 0.5 and diff.quantile(0.99) <= 2
+
+
+@pytest.mark.parametrize("kind", ["pretrain", "eval"])
+def test_batch_equals_stacked_single_transforms(kind):
+    transform = image_transform(kind, image_size=32, codebook_size=16, scale=(0.3, 1.0))
+    images = [_noise_image(90, 70, seed=1), _half_red_half_blue(), _noise_image(40, 120, seed=2)]
+    batch = transform.batch(images, generator=torch.Generator().manual_seed(5))
+    generator = torch.Generator().manual_seed(5)
+    singles = [transform(image, generator=generator) for image in images]
+    assert set(batch) == {"pixel_values", "codebook_pixel_values"}
+    for key, value in batch.items():
+        assert torch.equal(value, torch.stack([single[key] for single in singles]))
 
 
 def test_transform_is_picklable_and_has_repr():

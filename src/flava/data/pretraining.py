@@ -337,8 +337,7 @@ class BatchBuilder:
         """pixel_values [B, 3, S, S] (+ codebook_pixel_values) and bool_masked_pos [B, N];
         `paired` images (with captions) are never flipped."""
         transform = self.pair_transform if paired else self.transform
-        views = [transform(image, generator=generator) for image in images]
-        out = {key: torch.stack([v[key] for v in views]) for key in views[0]}
+        out = transform.batch(images, generator=generator)
         out["bool_masked_pos"] = self.mask_generator.batch(len(images), rng)
         return out
 

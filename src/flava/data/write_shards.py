@@ -156,6 +156,7 @@ def encode_image(
             return fmt, image
     picture = to_rgb(decode_image(image))
     if max_side is not None and max(picture.size) > max_side:
+        picture = picture.copy()  # to_rgb may return the caller's own image
         picture.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
     out = io.BytesIO()
     picture.save(out, format="JPEG", quality=quality)

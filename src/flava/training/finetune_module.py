@@ -42,8 +42,8 @@ class Collator:
         """Collate; `generator` drives random crops / flips of training images."""
         batch: dict[str, torch.Tensor] = {}
         if self.modality in ("image", "multimodal"):
-            views = [self.transform(e.image, generator=generator) for e in examples]
-            batch["pixel_values"] = torch.stack([v["pixel_values"] for v in views])
+            views = self.transform.batch([e.image for e in examples], generator=generator)
+            batch["pixel_values"] = views["pixel_values"]
         if self.modality in ("text", "multimodal"):
             texts = [e.text or "" for e in examples]
             pairs = [e.text_pair for e in examples]
