@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -61,3 +62,58 @@ def test_cpu_half_precision_attention_is_explicit_and_matches_fp32():
     weights = weights.detach()
     assert weights.dtype == torch.bfloat16 and float(weights[1, ..., 6:].abs().max()) == 0.0
     torch.testing.assert_close(weights.float().sum(-1), torch.ones(2, 4, 9), atol=1e-2, rtol=0)
+
+
+def _mlp_grads(mlp, x, grad, autocast, fused):
+    """Output and gradients (x, fc1.weight, fc2.weight, fc2.bias) of the MLP, fused or plain."""
+    params = (x, mlp.fc1.weight, mlp.fc2.weight, mlp.fc2.bias)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        out = mlp(x) if fused else mlp.fc2(mlp.act(mlp.fc1(x)))
+    return out, torch.autograd.grad(out, params, grad)
+
+
+@pytest.mark.parametrize("act", ["gelu", "gelu_tanh"])
+@pytest.mark.parametrize("autocast", [False, True])
+def test_mlp_recomputed_gelu_matches_plain_modules(act, autocast):
+    from flava.model.config import EncoderConfig
+    from flava.model.transformer import MLP
+
+    torch.manual_seed(0)
+    config = EncoderConfig(
+        hidden_size=48, num_attention_heads=4, intermediate_size=192, hidden_act=act
+    )
+    mlp = MLP(config)
+    assert mlp.gelu_approximation == ("none" if act == "gelu" else "tanh")
+    x = torch.randn(3, 7, 48, requires_grad=True)
+    grad = torch.randn(3, 7, 48)
+    out, grads = _mlp_grads(mlp, x, grad, autocast, fused=True)
+    ref, ref_grads = _mlp_grads(mlp, x, grad, autocast, fused=False)
+    assert out.dtype == ref.dtype == (torch.bfloat16 if autocast else torch.float32)
+    torch.testing.assert_close(out, ref, atol=0, rtol=0)
+    for ours, theirs in zip(grads, ref_grads):
+        assert ours.dtype == theirs.dtype
+        torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=1e-5)
+
+
+def test_mlp_keeps_one_hidden_activation_for_backward():
+    from flava.model.config import EncoderConfig
+    from flava.model.transformer import MLP
+
+    mlp = MLP(EncoderConfig(hidden_size=32, num_attention_heads=4, intermediate_size=512))
+    x = torch.randn(4, 10, 32, requires_grad=True)
+
+    def saved_bytes(fn):
+        sizes = []
+
+        def pack(t):
+            sizes.append(t.numel() * t.element_size())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            fn()
+        return sum(sizes)
+
+    fused = saved_bytes(lambda: mlp(x))
+    plain = saved_bytes(lambda: mlp.fc2(mlp.act(mlp.fc1(x))))
+    hidden = 4 * 10 * 512 * 4  # one [B, N, 4D] fp32 activation
+    assert plain - fused == hidden

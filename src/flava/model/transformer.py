@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -86,18 +87,65 @@ class Attention(nn.Module):
         return self.proj(out), weights
 
 
+class _GeluLinear(torch.autograd.Function):
+    """``linear(gelu(h), weight, bias)`` that keeps only ``h`` for the backward pass.
+
+    Eager autograd keeps two ``[B, N, 4D]`` tensors per MLP: ``h`` for GELU's gradient and
+    ``gelu(h)`` for the weight gradient. Recomputing the GELU in the backward pass (one elementwise
+    pass, no matrix product) drops the second: about a third of a layer's activation memory.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, approx: str
+    ) -> torch.Tensor:
+        ctx.save_for_backward(h, weight)
+        ctx.approximate, ctx.has_bias = approx, bias is not None
+        return F.linear(F.gelu(h, approximate=approx), weight, bias)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        h, weight = ctx.saved_tensors
+        need_h, need_weight, need_bias, _ = ctx.needs_input_grad
+        dtype = grad_out.dtype  # the dtype the product ran in: autocast's, else the weights'
+        grad_2d = grad_out.reshape(-1, grad_out.shape[-1])
+        grad_h = grad_weight = grad_bias = None
+        if need_weight:
+            acted = F.gelu(h, approximate=ctx.approximate).to(dtype)
+            grad_weight = (grad_2d.t() @ acted.reshape(-1, acted.shape[-1])).to(weight.dtype)
+        if need_bias and ctx.has_bias:
+            grad_bias = grad_2d.sum(0).to(weight.dtype)
+        if need_h:
+            grad_acted = (grad_out @ weight.to(dtype)).to(h.dtype)
+            grad_h = torch.ops.aten.gelu_backward(grad_acted, h, approximate=ctx.approximate)
+        return grad_h, grad_weight, grad_bias, None
+
+
+_GELU_APPROXIMATION = {"gelu": "none", "gelu_tanh": "tanh", "gelu_new": "tanh"}
+_GELU_APPROXIMATION["gelu_pytorch_tanh"] = "tanh"
+
+
 class MLP(nn.Module):
-    """Two-layer feed-forward block."""
+    """Two-layer feed-forward block.
+
+    With a GELU activation and gradients on, ``fc2(gelu(h))`` runs as one autograd function that
+    recomputes the GELU in the backward pass instead of storing its output (see `_GeluLinear`);
+    the result and the gradients are those of the plain modules.
+    """
 
     def __init__(self, config: EncoderConfig) -> None:
         super().__init__()
         self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
         self.act = activation(config.hidden_act)
         self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.gelu_approximation = _GELU_APPROXIMATION.get(config.hidden_act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[B, N, D] -> [B, N, D]."""
-        return self.fc2(self.act(self.fc1(x)))
+        h = self.fc1(x)
+        if self.gelu_approximation is not None and torch.is_grad_enabled():
+            return _GeluLinear.apply(h, self.fc2.weight, self.fc2.bias, self.gelu_approximation)
+        return self.fc2(self.act(h))
 
 
 class Layer(nn.Module):

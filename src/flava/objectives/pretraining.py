@@ -104,6 +104,20 @@ def pair_step(
     losses: dict[str, torch.Tensor] = {}
     mask = batch["attention_mask"]
     types = batch.get("token_type_ids")
+    masked_objectives = bool(weights.itm or weights.mmm_image or weights.mmm_text)
+    if masked_objectives:
+        b = batch["pixel_values"].shape[0]
+        text_index, itm_labels = itm_pairing(
+            b, negative_probability if weights.itm else 0.0, generator, batch["pixel_values"].device
+        )
+        positive = itm_labels.bool()
+        any_positive = bool(positive.any())
+        masked_pos = batch["bool_masked_pos"]
+        image_labels = None
+        if weights.mmm_image and targets is not None and any_positive:
+            # Before any encoder runs: the frozen codebook's feature maps then come and go while
+            # no activations are held for the backward pass, so they do not raise the peak memory.
+            image_labels = mim_labels(targets(batch), masked_pos)[positive]
     if weights.contrastive:
         image = flava.image_encoder(batch["pixel_values"])
         text = flava.text_encoder(batch["input_ids"], mask, types)
@@ -112,13 +126,8 @@ def pair_step(
                 flava.image_embedding(image), flava.text_embedding(text), flava.logit_scale
             )
         )
-    if not (weights.itm or weights.mmm_image or weights.mmm_text):
+    if not masked_objectives:
         return _total(losses, weights)
-    b = batch["pixel_values"].shape[0]
-    text_index, itm_labels = itm_pairing(
-        b, negative_probability if weights.itm else 0.0, generator, batch["pixel_values"].device
-    )
-    masked_pos = batch["bool_masked_pos"]
     image_m = flava.image_encoder(batch["pixel_values"], masked_pos)
     mask_m = mask[text_index]
     text_m = flava.text_encoder(
@@ -127,15 +136,13 @@ def pair_step(
     fused = flava.fuse(image_m, text_m, mask_m).last_hidden_state  # [B, 1 + (1 + Ni) + Nt, D]
     if weights.itm:
         losses.update(itm_loss(model.itm_head(fused), itm_labels))
-    positive = itm_labels.bool()
-    if not bool(positive.any()):
+    if not any_positive:
         return _total(losses, weights)
     fused_pos = fused[positive]  # MMM on matched pairs only
     n_image = image_m.last_hidden_state.shape[1] - 1
-    if weights.mmm_image and targets is not None:
-        labels = mim_labels(targets(batch), masked_pos)[positive]
+    if image_labels is not None:
         image_part = fused_pos[:, 2 : 2 + n_image]  # skip mm CLS and image CLS
-        losses["mmm_image"] = masked_prediction_loss(model.mmm_image_head, image_part, labels)
+        losses["mmm_image"] = masked_prediction_loss(model.mmm_image_head, image_part, image_labels)
     if weights.mmm_text:
         labels = batch["mlm_labels"][positive]
         text_part = fused_pos[:, 2 + n_image :]
