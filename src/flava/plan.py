@@ -21,7 +21,7 @@ Memory per GPU, by strategy (Lightning's, as `flava.train` sets them up):
   activations are recomputed at a time during the backward pass (and its forward FLOPs again).
 
 Activations are counted per token and layer from what autograd saves in `flava.model.transformer`
-(fp32: 32 B x width + 4 B x MLP width; bf16-mixed: 20 + 2), plus embeddings, final norms and the
+(fp32: 24 B x width + 4 B x MLP width; bf16-mixed: 16 + 2), plus embeddings, final norms and the
 heads' log-probabilities on masked positions; the step's peak is that or, if larger, the
 codebook's transient feature maps (the codebook runs before any encoder keeps activations). FLOPs
 count matrix products (2 per multiply-add) as `torch.utils.flop_counter.FlopCounterMode` does:
@@ -49,7 +49,7 @@ PRECISIONS = ("32", "bf16-mixed")
 # Saved-for-backward bytes per token and layer: (per hidden unit, per MLP unit), measured with
 # saved_tensors_hooks on flava.model.transformer.Layer (tests/test_plan.py re-checks them);
 # autocast's bf16 weight copies are not per token: they are counted with the parameters.
-LAYER_BYTES = {"32": (32, 4), "bf16-mixed": (20, 2)}
+LAYER_BYTES = {"32": (24, 4), "bf16-mixed": (16, 2)}
 EXTRA_STATES_PER_PASS = 3  # embedding / final-norm tensors of width D kept per encoder pass
 
 

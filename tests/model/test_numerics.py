@@ -117,3 +117,40 @@ def test_mlp_keeps_one_hidden_activation_for_backward():
     plain = saved_bytes(lambda: mlp.fc2(mlp.act(mlp.fc1(x))))
     hidden = 4 * 10 * 512 * 4  # one [B, N, 4D] fp32 activation
     assert plain - fused == hidden
+
+
+def _plain_layer(layer, x, mask):
+    """The layer's forward through its plain modules (no recomputing autograd functions)."""
+    attn, _ = layer.attn(layer.norm1(x), mask)
+    x = x + attn
+    mlp = layer.mlp
+    return x + mlp.fc2(mlp.act(mlp.fc1(layer.norm2(x))))
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_layer_recomputing_norms_and_gelu_matches_plain_modules(autocast):
+    from flava.model.config import EncoderConfig
+    from flava.model.transformer import Layer
+
+    torch.manual_seed(0)
+    layer = Layer(EncoderConfig(hidden_size=48, num_attention_heads=4, intermediate_size=192))
+    with torch.no_grad():
+        for norm in (layer.norm1, layer.norm2):
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.uniform_(-0.2, 0.2)
+    x = torch.randn(3, 7, 48, requires_grad=True)
+    mask = torch.ones(3, 1, 1, 7, dtype=torch.bool)
+    mask[2, ..., 5:] = False
+    grad = torch.randn(3, 7, 48)
+    inputs = (x, *layer.parameters())
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        out, _ = layer(x, mask)
+        ref = _plain_layer(layer, x, mask)
+    torch.testing.assert_close(out, ref, atol=0, rtol=0)
+    grads = torch.autograd.grad(out, inputs, grad)
+    ref_grads = torch.autograd.grad(ref, inputs, grad)
+    for ours, theirs in zip(grads, ref_grads):
+        assert ours.dtype == theirs.dtype
+        torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x, mask)[0], _plain_layer(layer, x, mask), atol=0, rtol=0)

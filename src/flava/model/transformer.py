@@ -31,18 +31,84 @@ class _QuickGELU(nn.Module):
         return x * torch.sigmoid(1.702 * x)
 
 
+def _layer_norm(
+    x: torch.Tensor,
+    shape: tuple[int, ...],
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float,
+) -> torch.Tensor:
+    """Layer norm computed in fp32 even under bf16/fp16 autocast; returns the input dtype."""
+    if x.dtype == torch.float32:
+        return F.layer_norm(x, shape, weight, bias, eps)
+    w = None if weight is None else weight.float()
+    b = None if bias is None else bias.float()
+    with torch.autocast(x.device.type, enabled=False):
+        out = F.layer_norm(x.float(), shape, w, b, eps)
+    return out.to(x.dtype)
+
+
 class LayerNorm(nn.LayerNorm):
     """LayerNorm computed in fp32 even under bf16/fp16 autocast; returns the input dtype."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[..., D] -> [..., D]."""
-        if x.dtype == torch.float32:
-            return super().forward(x)
-        w = None if self.weight is None else self.weight.float()
-        b = None if self.bias is None else self.bias.float()
-        with torch.autocast(x.device.type, enabled=False):
-            out = F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps)
-        return out.to(x.dtype)
+        return _layer_norm(x, tuple(self.normalized_shape), self.weight, self.bias, self.eps)
+
+
+class _NormLinear(torch.autograd.Function):
+    """``linear(layer_norm(x), weight, bias)`` that keeps ``x`` but not the norm's output.
+
+    Eager autograd keeps both the norm's input (for the normalisation's gradient) and its output
+    (for the product's weight gradient); the output is recomputed here in the backward pass
+    instead, one elementwise pass per layer norm.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        norm_weight: torch.Tensor,
+        norm_bias: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        shape: tuple[int, ...],
+        eps: float,
+    ) -> torch.Tensor:
+        ctx.save_for_backward(x, norm_weight, norm_bias, weight)
+        ctx.shape, ctx.eps, ctx.has_bias = shape, eps, bias is not None
+        return F.linear(_layer_norm(x, shape, norm_weight, norm_bias, eps), weight, bias)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, norm_weight, norm_bias, weight = ctx.saved_tensors
+        need = ctx.needs_input_grad[:5]
+        leaves = [t.detach().requires_grad_(n) for t, n in zip((x, norm_weight, norm_bias), need)]
+        with torch.enable_grad():
+            normed = _layer_norm(leaves[0], ctx.shape, leaves[1], leaves[2], ctx.eps)
+        dtype = grad_out.dtype  # the dtype the product ran in: autocast's, else the weights'
+        grad_2d = grad_out.reshape(-1, grad_out.shape[-1])
+        grads: list[torch.Tensor | None] = [None] * 5
+        if need[3]:
+            flat = normed.detach().to(dtype).reshape(-1, normed.shape[-1])
+            grads[3] = (grad_2d.t() @ flat).to(weight.dtype)
+        if need[4] and ctx.has_bias:
+            grads[4] = grad_2d.sum(0).to(weight.dtype)
+        wanted = [i for i in range(3) if need[i]]
+        if wanted:
+            grad_normed = (grad_out @ weight.to(dtype)).to(normed.dtype)
+            found = torch.autograd.grad(normed, [leaves[i] for i in wanted], grad_normed)
+            for i, g in zip(wanted, found):
+                grads[i] = g
+        return (*grads, None, None)
+
+
+def norm_linear(norm: LayerNorm, linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``linear(norm(x))``; with gradients on, without keeping ``norm(x)`` for backward."""
+    if not torch.is_grad_enabled():
+        return linear(norm(x))
+    shape = tuple(norm.normalized_shape)
+    return _NormLinear.apply(x, norm.weight, norm.bias, linear.weight, linear.bias, shape, norm.eps)
 
 
 def _explicit_attention(q: torch.Tensor) -> bool:
@@ -69,8 +135,14 @@ class Attention(nn.Module):
         self, x: torch.Tensor, mask: torch.Tensor | None = None, return_attention: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x [B, N, D], mask [B, 1, 1, N] bool (True = attend) -> ([B, N, D], attention or None)."""
-        b, n, d = x.shape
-        qkv = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim)
+        return self.attend(self.qkv(x), mask, return_attention)
+
+    def attend(
+        self, qkv: torch.Tensor, mask: torch.Tensor | None = None, return_attention: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The rest of `forward` from the fused projection ``qkv`` [B, N, 3D]."""
+        b, n, d = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
+        qkv = qkv.view(b, n, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, N, hd]
         dropout = self.attn_dropout if self.training else 0.0
         weights = None
@@ -142,14 +214,21 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[B, N, D] -> [B, N, D]."""
-        h = self.fc1(x)
+        return self.project(self.fc1(x))
+
+    def project(self, h: torch.Tensor) -> torch.Tensor:
+        """The rest of `forward` from fc1's output ``h`` [B, N, F]."""
         if self.gelu_approximation is not None and torch.is_grad_enabled():
             return _GeluLinear.apply(h, self.fc2.weight, self.fc2.bias, self.gelu_approximation)
         return self.fc2(self.act(h))
 
 
 class Layer(nn.Module):
-    """x + attn(norm1(x)), then + mlp(norm2(x))."""
+    """x + attn(norm1(x)), then + mlp(norm2(x)).
+
+    Each norm runs with the projection after it as one autograd function (`norm_linear`) that
+    recomputes the norm's output in backward rather than keeping it.
+    """
 
     def __init__(self, config: EncoderConfig) -> None:
         super().__init__()
@@ -163,9 +242,10 @@ class Layer(nn.Module):
         self, x: torch.Tensor, mask: torch.Tensor | None = None, return_attention: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """[B, N, D] -> ([B, N, D], attention map [B, H, N, N] or None)."""
-        attn, weights = self.attn(self.norm1(x), mask, return_attention)
+        qkv = norm_linear(self.norm1, self.attn.qkv, x)
+        attn, weights = self.attn.attend(qkv, mask, return_attention)
         x = x + self.dropout(attn)
-        x = x + self.dropout(self.mlp(self.norm2(x)))
+        x = x + self.dropout(self.mlp.project(norm_linear(self.norm2, self.mlp.fc1, x)))
         return x, weights
 
 
