@@ -217,6 +217,25 @@ def test_all_negative_batch_skips_mmm_and_weights_switch_objectives_off():
         pretraining_step(model, batch, "audio", None, LossWeights())
 
 
+def test_pair_step_runs_codebook_targets_before_any_encoder():
+    # The codebook's feature maps must come and go before the encoders hold activations for the
+    # backward pass, or they add to the step's peak memory.
+    model = FlavaForPreTraining(preset("tiny"), codebook=None)
+    batch = _batch(model.config, b=4)
+    calls = []
+    for name in ("image_encoder", "text_encoder"):
+        getattr(model.flava, name).register_forward_pre_hook(lambda *_, n=name: calls.append(n))
+
+    def targets(b):
+        calls.append("targets")
+        return b["targets"]
+
+    out = pair_step(model, batch, targets, LossWeights(), negative_probability=0.0)
+    assert "mmm_image" in out
+    assert calls[0] == "targets" and calls.count("targets") == 1
+    assert calls.count("image_encoder") == 2 and calls.count("text_encoder") == 2
+
+
 def test_mim_labels_keep_only_masked():
     t = torch.arange(6).reshape(1, 6)
     m = torch.tensor([[True, False, True, False, False, True]])
