@@ -56,6 +56,27 @@ class LayerNorm(nn.LayerNorm):
         return _layer_norm(x, tuple(self.normalized_shape), self.weight, self.bias, self.eps)
 
 
+def _product_grads(
+    grad_out: torch.Tensor,
+    product_input: torch.Tensor,
+    weight: torch.Tensor,
+    need: tuple[bool, bool, bool],
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Gradients (input, weight, bias) of ``F.linear(product_input, weight, bias)``, each only if
+    ``need`` says so; the product ran in ``grad_out``'s dtype (autocast's, else the weights')."""
+    dtype = grad_out.dtype
+    grad_2d = grad_out.reshape(-1, grad_out.shape[-1])
+    grad_input = grad_weight = grad_bias = None
+    if need[0]:
+        grad_input = (grad_out @ weight.to(dtype)).to(product_input.dtype)
+    if need[1]:
+        flat = product_input.detach().to(dtype).reshape(-1, product_input.shape[-1])
+        grad_weight = (grad_2d.t() @ flat).to(weight.dtype)
+    if need[2]:
+        grad_bias = grad_2d.sum(0).to(weight.dtype)
+    return grad_input, grad_weight, grad_bias
+
+
 class _NormLinear(torch.autograd.Function):
     """``linear(layer_norm(x), weight, bias)`` that keeps ``x`` but not the norm's output.
 
@@ -86,17 +107,11 @@ class _NormLinear(torch.autograd.Function):
         leaves = [t.detach().requires_grad_(n) for t, n in zip((x, norm_weight, norm_bias), need)]
         with torch.enable_grad():
             normed = _layer_norm(leaves[0], ctx.shape, leaves[1], leaves[2], ctx.eps)
-        dtype = grad_out.dtype  # the dtype the product ran in: autocast's, else the weights'
-        grad_2d = grad_out.reshape(-1, grad_out.shape[-1])
-        grads: list[torch.Tensor | None] = [None] * 5
-        if need[3]:
-            flat = normed.detach().to(dtype).reshape(-1, normed.shape[-1])
-            grads[3] = (grad_2d.t() @ flat).to(weight.dtype)
-        if need[4] and ctx.has_bias:
-            grads[4] = grad_2d.sum(0).to(weight.dtype)
         wanted = [i for i in range(3) if need[i]]
+        product_need = (bool(wanted), need[3], need[4] and ctx.has_bias)
+        grad_normed, grad_weight, grad_bias = _product_grads(grad_out, normed, weight, product_need)
+        grads: list[torch.Tensor | None] = [None, None, None, grad_weight, grad_bias]
         if wanted:
-            grad_normed = (grad_out @ weight.to(dtype)).to(normed.dtype)
             found = torch.autograd.grad(normed, [leaves[i] for i in wanted], grad_normed)
             for i, g in zip(wanted, found):
                 grads[i] = g
@@ -179,16 +194,11 @@ class _GeluLinear(torch.autograd.Function):
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         h, weight = ctx.saved_tensors
         need_h, need_weight, need_bias, _ = ctx.needs_input_grad
-        dtype = grad_out.dtype  # the dtype the product ran in: autocast's, else the weights'
-        grad_2d = grad_out.reshape(-1, grad_out.shape[-1])
-        grad_h = grad_weight = grad_bias = None
-        if need_weight:
-            acted = F.gelu(h, approximate=ctx.approximate).to(dtype)
-            grad_weight = (grad_2d.t() @ acted.reshape(-1, acted.shape[-1])).to(weight.dtype)
-        if need_bias and ctx.has_bias:
-            grad_bias = grad_2d.sum(0).to(weight.dtype)
+        acted = F.gelu(h, approximate=ctx.approximate)
+        need = (need_h, need_weight, need_bias and ctx.has_bias)
+        grad_acted, grad_weight, grad_bias = _product_grads(grad_out, acted, weight, need)
+        grad_h = None
         if need_h:
-            grad_acted = (grad_out @ weight.to(dtype)).to(h.dtype)
             grad_h = torch.ops.aten.gelu_backward(grad_acted, h, approximate=ctx.approximate)
         return grad_h, grad_weight, grad_bias, None
 
