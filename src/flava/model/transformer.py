@@ -203,10 +203,6 @@ class _GeluLinear(torch.autograd.Function):
         return grad_h, grad_weight, grad_bias, None
 
 
-_GELU_APPROXIMATION = {"gelu": "none", "gelu_tanh": "tanh", "gelu_new": "tanh"}
-_GELU_APPROXIMATION["gelu_pytorch_tanh"] = "tanh"
-
-
 class MLP(nn.Module):
     """Two-layer feed-forward block.
 
@@ -220,7 +216,8 @@ class MLP(nn.Module):
         self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
         self.act = activation(config.hidden_act)
         self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
-        self.gelu_approximation = _GELU_APPROXIMATION.get(config.hidden_act)
+        # the GELU's own setting ("none" = exact erf, "tanh"); None for any other activation
+        self.gelu_approximation = self.act.approximate if isinstance(self.act, nn.GELU) else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[B, N, D] -> [B, N, D]."""
