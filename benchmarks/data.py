@@ -31,7 +31,8 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from flava.data.pretraining import BatchBuilder, Item, SceneSource
+from flava.data.pretraining import BatchBuilder, SceneSource
+from flava.data.sources.base import Item
 from flava.data.tokenizer import load_tokenizer
 from flava.data.transforms import image_transform
 from flava.objectives.masking import BlockMaskGenerator

@@ -18,7 +18,7 @@ import torch
 
 from flava.checkpoints import CheckpointError
 from flava.config import cli_main, describe, load_config
-from flava.data.pretraining import DataError, robust_item
+from flava.data.sources.base import DataError, robust_item
 from flava.training.run import (
     Timer,
     build_trainer,

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from flava.data import sources
-from flava.data.pretraining import BadSample, DataError, MixedBatches, Stream, robust_item
+from flava.data.pretraining import MixedBatches, Stream
+from flava.data.sources.base import BadSample, DataError, robust_item
 from flava.train import main
 
 from ..data import sample_data  # noqa: TID252
@@ -87,13 +88,13 @@ def test_sample_level_reasons_and_labels():
     assert info.value.reason == "bad_label"
     for value, label in ((3, 3), ("4", 4), (5.0, 5), (np.int64(6), 6), (True, 1), (None, None)):
         good = sources.sample_from_files("k", {**files, "cls": str(value).encode()}, ["text"])
-        row = sources._row_sample({"image": None, "text": "t", "label": value}, "r", _cfg())
+        row = sources.row_sample({"image": None, "text": "t", "label": value}, "r", _cfg())
         assert row.label == label and row.bad_label is None, value
         if value is not None and not isinstance(value, (float, bool)):
             assert good.label == int(label) and good.bad_label is None
-    row = sources._row_sample({"image": None, "text": "  ", "label": 2.5}, "r", _cfg())
+    row = sources.row_sample({"image": None, "text": "  ", "label": 2.5}, "r", _cfg())
     assert row.bad_label == 2.5 and row.empty_text and row.problem("text") == "empty_text"
-    assert sources._row_sample({"text": "ok", "label": 2.5}, "r", _cfg()).problem("text") == (
+    assert sources.row_sample({"text": "ok", "label": 2.5}, "r", _cfg()).problem("text") == (
         "bad_label"
     )
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import urllib.error
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -34,6 +33,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from flava.data.sources.base import (
+    DataError,
+    Item,
+    SkipLog,
+    describe,
+    robust_item,
+    skip_reason,
+)
 from flava.data.tokenizer import FlavaTokenizer
 from flava.data.transforms import ImageTransform
 from flava.objectives.masking import BlockMaskGenerator, mask_tokens
@@ -46,90 +53,6 @@ _CHUNK = 1024
 _EMPTY_EPOCHS = 3
 # Consecutive records that fail to decode after which a stream is declared broken.
 _MAX_FAILURES = 1000
-# Replacement draws for a random-access sample that cannot be read.
-_MAX_REPLACEMENTS = 8
-# Skipped samples logged one by one per process before the log goes quiet (counts go on).
-_LOGGED_SKIPS = 20
-
-SKIP_REASONS = (
-    "zero_byte_image",
-    "truncated_image",
-    "unsupported_image_format",
-    "unreadable_image",
-    "decompression_bomb",
-    "image_unavailable",
-    "missing_image",
-    "empty_text",
-    "bad_label",
-)
-"""Why a sample was skipped (`BadSample.reason`); counted per reason and written to metrics."""
-
-
-class BadSample(ValueError):
-    """A sample that cannot be used; `reason` is one of `SKIP_REASONS`."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-class DataError(RuntimeError):
-    """The data cannot feed the run (too many bad samples); the message is one line."""
-
-    def __init__(self, message: str) -> None:
-        if "Original Traceback" in message:  # re-raised from a DataLoader worker: keep the cause
-            message = message.rstrip().splitlines()[-1].split(": ", 1)[-1]
-        super().__init__(message)
-
-
-def skip_reason(exc: BaseException) -> str:
-    """The `SKIP_REASONS` entry for an exception raised while reading a sample."""
-    if isinstance(exc, BadSample):
-        return exc.reason
-    if isinstance(exc, Image.DecompressionBombError):
-        return "decompression_bomb"
-    if isinstance(exc, (FileNotFoundError, PermissionError, TimeoutError, urllib.error.URLError)):
-        return "image_unavailable"
-    return "unreadable_image"
-
-
-class SkipLog:
-    """Per-reason counts of skipped samples of one process / worker, logged sparingly."""
-
-    def __init__(self) -> None:
-        self.counts: dict[str, int] = {}
-        self.logged = 0
-
-    def add(self, exc: BaseException, where: str) -> None:
-        """Count one skipped sample and log it while fewer than `_LOGGED_SKIPS` have been."""
-        reason = skip_reason(exc)
-        self.counts[reason] = self.counts.get(reason, 0) + 1
-        self.logged += 1
-        if self.logged <= _LOGGED_SKIPS:
-            last = self.logged == _LOGGED_SKIPS
-            more = " (further skips are counted, not logged)" if last else ""
-            log.warning("skipping %s [%s]: %s%s", where, reason, exc, more)
-
-    def take(self) -> dict[str, int]:
-        """The counts since the last call (they travel with a batch), then reset."""
-        out, self.counts = self.counts, {}
-        return out
-
-
-@dataclass
-class Item:
-    """One raw sample: an image, a text, or both (a pair), with an optional class label."""
-
-    image: Image.Image | None = None
-    text: str | None = None
-    label: int | None = None
-
-    @property
-    def kind(self) -> str:
-        """ "vl" (pair), "image" or "text"."""
-        if self.image is not None:
-            return "vl" if self.text is not None else "image"
-        return "text"
 
 
 class Source(Protocol):
@@ -214,14 +137,14 @@ def source_records(
     """
     n = source.num_shards()
     if n < 1:
-        raise ValueError(f"{_describe(source)} has no shards")
+        raise ValueError(f"{describe(source)} has no shards")
     parts, part = world_size * readers, rank * readers + reader
     shared = not source.resampled and n < parts
     if shared and part == 0:
         log.warning(
             "%s has %d shard(s) for %d readers (processes x workers): readers share shards and "
             "each reads only its part; write at least %d shards for a shard per reader",
-            _describe(source),
+            describe(source),
             n,
             parts,
             parts,
@@ -252,34 +175,9 @@ def source_records(
         empty = 0 if count else empty + 1
         if empty >= _EMPTY_EPOCHS:
             raise ValueError(
-                f"{_describe(source)} yields no {kind} samples for rank {rank} reader {reader}"
+                f"{describe(source)} yields no {kind} samples for rank {rank} reader {reader}"
             )
         epoch += 1
-
-
-def robust_item(
-    source: Source, index: int, kind: str, rng: np.random.Generator, skips: SkipLog | None = None
-) -> Item:
-    """`source.item(index)`, replacing an unusable sample (bad file, dead URL, empty caption)
-    by a randomly drawn one; each skipped sample is counted in `skips` by reason."""
-    skips = skips if skips is not None else SkipLog()
-    reasons: list[str] = []
-    for _ in range(_MAX_REPLACEMENTS):
-        try:
-            return source.item(index, kind, rng)
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            skips.add(exc, f"sample {index} of {_describe(source)}")
-            reasons.append(skip_reason(exc))
-            index = int(rng.integers(len(source)))
-    raise DataError(
-        f"{_describe(source)}: {_MAX_REPLACEMENTS} {kind} samples in a row could not be used "
-        f"({', '.join(sorted(set(reasons)))}); check the data or drop this source"
-    )
-
-
-def _describe(source: Any) -> str:
-    describe = getattr(source, "describe", None)
-    return describe() if callable(describe) else type(source).__name__
 
 
 class SceneSource:
@@ -552,10 +450,10 @@ class MixedBatches(torch.utils.data.IterableDataset):
                     failures = 0
                 except (OSError, ValueError, Image.DecompressionBombError) as exc:
                     failures += 1  # a bad record: skip it
-                    self.skips.add(exc, f"a {kind} record of {_describe(src)}")
+                    self.skips.add(exc, f"a {kind} record of {describe(src)}")
                     if failures >= _MAX_FAILURES:
                         raise DataError(
-                            f"{_describe(src)}: {failures} {kind} records in a row could not be "
+                            f"{describe(src)}: {failures} {kind} records in a row could not be "
                             f"used (last: {skip_reason(exc)}); check the shards"
                         ) from None
         batch = self.builder(items, kind, generator, rng)

@@ -10,7 +10,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig
 
-from flava.data.pretraining import SKIP_REASONS
+from flava.data.sources.base import SKIP_REASONS
 from flava.model.codebook import ImageCodebook
 from flava.model.flava import FlavaForPreTraining, MaskedPredictionHead
 from flava.model.presets import preset

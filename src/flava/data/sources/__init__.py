@@ -1,0 +1,102 @@
+"""Data sources: one reader per format, used by every command (pretraining, fine-tuning,
+zero-shot, retrieval, linear probe and the shard writer).
+
+Types (`SourceConfig.type`), one module each, built by `factory.build`:
+
+- ``huggingface`` (`huggingface.py`): `load_dataset(key, subset, split)` or
+  `load_from_disk(path)`, with `rename_columns`, `remove_columns`, `split_key_mapping`,
+  `text_columns`, `image_column`, `label_column`; `streaming: true` streams it. Gated sets use
+  your token from `HF_TOKEN` or `hf auth login` (never passed through the config).
+- ``webdataset`` (`webdataset.py`): tar shards (see `TarShards` for the layout).
+- ``image_folder`` (`folders.py`): ``root/<class>/<image>``; label = index of the class name.
+- ``captions`` (`folders.py`): images under a folder and a JSONL or CSV captions file, the
+  captions of one image gathered.
+- ``records`` (`folders.py`): one example per JSONL / CSV row (image path, texts, a second
+  text, a label), for fine-tuning on your own data.
+- ``text_files`` (`text.py`): one document per line (.txt) or JSONL with a text field.
+- ``embedded``: the generated scenes (`flava.data.scenes`).
+
+Every reader yields `base.Sample`s; images are decoded by `base.decode_image` only, and a sample
+that cannot be used raises `base.BadSample` with one of `base.SKIP_REASONS`.
+"""
+
+from flava.data.sources.base import (
+    CAPTION_FIELDS,
+    IMAGE_EXTENSIONS,
+    SKIP_REASONS,
+    BadSample,
+    DataError,
+    IndexedSource,
+    Item,
+    Sample,
+    SkipLog,
+    SourceError,
+    StreamingSource,
+    decode_image,
+    describe,
+    fetch,
+    image_files,
+    image_format,
+    robust_item,
+    skip_reason,
+)
+from flava.data.sources.factory import SOURCE_TYPES, build, check, unknown_type
+from flava.data.sources.folders import CaptionedImages, ImageFolder, read_captions
+from flava.data.sources.huggingface import (
+    HuggingFaceSource,
+    HuggingFaceStream,
+    check_huggingface,
+    load_huggingface,
+    row_sample,
+)
+from flava.data.sources.text import TextFiles
+from flava.data.sources.webdataset import (
+    TarShards,
+    expand_braces,
+    expand_shards,
+    open_shard,
+    read_tar_samples,
+    sample_from_files,
+    split_member_name,
+)
+
+__all__ = [
+    "CAPTION_FIELDS",
+    "IMAGE_EXTENSIONS",
+    "SKIP_REASONS",
+    "SOURCE_TYPES",
+    "BadSample",
+    "CaptionedImages",
+    "DataError",
+    "HuggingFaceSource",
+    "HuggingFaceStream",
+    "ImageFolder",
+    "IndexedSource",
+    "Item",
+    "Sample",
+    "SkipLog",
+    "SourceError",
+    "StreamingSource",
+    "TarShards",
+    "TextFiles",
+    "build",
+    "check",
+    "check_huggingface",
+    "decode_image",
+    "describe",
+    "expand_braces",
+    "expand_shards",
+    "fetch",
+    "image_files",
+    "image_format",
+    "load_huggingface",
+    "open_shard",
+    "read_captions",
+    "read_tar_samples",
+    "robust_item",
+    "row_sample",
+    "sample_from_files",
+    "skip_reason",
+    "split_member_name",
+    "unknown_type",
+]

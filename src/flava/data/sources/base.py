@@ -1,0 +1,411 @@
+"""The base of every data source: raw samples, image decoding, the bad-sample policy.
+
+Every reader (`flava.data.sources.*`) yields `Sample`s: an image (encoded bytes, a PIL image or
+a URL / path), its texts, an optional second text and a label. Random-access readers subclass
+`IndexedSource` (`__len__`, `sample(index)`), streamed ones `StreamingSource` (shards of samples,
+plus random access to a preview prefix). Every command turns samples into what it needs
+(pretraining `Item`s, fine-tuning examples, evaluation images and captions) and applies one
+policy to samples that cannot be used: `BadSample` names the reason, `SkipLog` counts it, and
+`robust_item` replaces it by another sample of a random-access source.
+
+Images are decoded by `decode_image` only, and left in their mode: the image transforms convert
+every mode with `flava.data.transforms.to_rgb`.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import urllib.error
+import urllib.request
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from flava.config import ConfigError
+
+log = logging.getLogger("flava.data.sources")
+
+IMAGE_EXTENSIONS = frozenset(
+    {"jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm", "pgm", "pbm"}
+)
+"""File extensions read as images, everywhere (folders, shards, records)."""
+CAPTION_FIELDS = ("caption", "captions", "text")
+"""Fields read as captions when no other text field is configured."""
+_USER_AGENT = "flava/0.1 (image fetcher)"
+# Replacement draws for a random-access sample that cannot be read.
+_MAX_REPLACEMENTS = 8
+# Skipped samples logged one by one per process before the log goes quiet (counts go on).
+_LOGGED_SKIPS = 20
+
+SKIP_REASONS = (
+    "zero_byte_image",
+    "truncated_image",
+    "unsupported_image_format",
+    "unreadable_image",
+    "decompression_bomb",
+    "image_unavailable",
+    "missing_image",
+    "empty_text",
+    "bad_label",
+)
+"""Why a sample was skipped (`BadSample.reason`); counted per reason and written to metrics."""
+
+
+class BadSample(ValueError):
+    """A sample that cannot be used; `reason` is one of `SKIP_REASONS`."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class DataError(RuntimeError):
+    """The data cannot feed the run (too many bad samples); the message is one line."""
+
+    def __init__(self, message: str) -> None:
+        if "Original Traceback" in message:  # re-raised from a DataLoader worker: keep the cause
+            message = message.rstrip().splitlines()[-1].split(": ", 1)[-1]
+        super().__init__(message)
+
+
+def skip_reason(exc: BaseException) -> str:
+    """The `SKIP_REASONS` entry for an exception raised while reading a sample."""
+    if isinstance(exc, BadSample):
+        return exc.reason
+    if isinstance(exc, Image.DecompressionBombError):
+        return "decompression_bomb"
+    if isinstance(exc, (FileNotFoundError, PermissionError, TimeoutError, urllib.error.URLError)):
+        return "image_unavailable"
+    return "unreadable_image"
+
+
+class SkipLog:
+    """Per-reason counts of skipped samples of one process / worker, logged sparingly."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self.logged = 0
+
+    def add(self, exc: BaseException, where: str) -> None:
+        """Count one skipped sample and log it while fewer than `_LOGGED_SKIPS` have been."""
+        reason = skip_reason(exc)
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+        self.logged += 1
+        if self.logged <= _LOGGED_SKIPS:
+            last = self.logged == _LOGGED_SKIPS
+            more = " (further skips are counted, not logged)" if last else ""
+            log.warning("skipping %s [%s]: %s%s", where, reason, exc, more)
+
+    def take(self) -> dict[str, int]:
+        """The counts since the last call (they travel with a batch), then reset."""
+        out, self.counts = self.counts, {}
+        return out
+
+
+class SourceError(ConfigError):
+    """A dataset that cannot be read; the message is one line naming it and how to provide it."""
+
+
+@dataclass
+class Item:
+    """One raw sample: an image, a text, or both (a pair), with an optional class label."""
+
+    image: Image.Image | None = None
+    text: str | None = None
+    label: int | None = None
+
+    @property
+    def kind(self) -> str:
+        """ "vl" (pair), "image" or "text"."""
+        if self.image is not None:
+            return "vl" if self.text is not None else "image"
+        return "text"
+
+
+@dataclass
+class Sample:
+    """One raw sample: an image (encoded bytes, PIL, or a URL / path string), texts, a label."""
+
+    key: str
+    image: bytes | Image.Image | str | None = None
+    texts: list[str] = field(default_factory=list)
+    label: int | None = None
+    empty_text: bool = False
+    """A text field is present but every value in it is empty or whitespace."""
+    bad_label: Any = None
+    """A label field whose value is not an integer class (kept to name it in the skip log)."""
+
+    def has(self, kind: str) -> bool:
+        """Whether this sample can serve a batch of `kind`."""
+        if kind == "image":
+            return self.image is not None
+        if kind == "text":
+            return bool(self.texts)
+        return self.image is not None and bool(self.texts)
+
+    def problem(self, kind: str) -> str | None:
+        """The skip reason of a sample meant for `kind` but unusable for it, else None."""
+        if self.empty_text and not self.texts and kind in ("text", "vl"):
+            if kind == "text" or self.image is not None:
+                return "empty_text"
+        if self.bad_label is not None and self.has(kind):
+            return "bad_label"
+        return None
+
+    def item(self, kind: str, rng: np.random.Generator) -> Item:
+        """The `Item` of `kind`: the decoded image and / or one of the texts drawn with `rng`."""
+        problem = self.problem(kind)
+        if problem == "bad_label":
+            raise BadSample(problem, f"sample {self.key!r}: label {self.bad_label!r} is not an int")
+        if problem == "empty_text":
+            raise BadSample(problem, f"sample {self.key!r}: empty or whitespace-only text")
+        if not self.has(kind):
+            reason = "missing_image" if self.image is None else "empty_text"
+            raise BadSample(reason, f"sample {self.key!r} has no {kind} data")
+        text = None
+        if kind in ("text", "vl"):
+            many = len(self.texts) > 1
+            text = self.texts[int(rng.integers(len(self.texts)))] if many else self.texts[0]
+        image = decode_image(self.image) if kind in ("image", "vl") else None
+        return Item(image=image, text=text, label=self.label)
+
+
+def fetch(location: str, timeout: float = 10.0) -> bytes:
+    """The bytes of an http(s) URL (one try, short timeout) or a local file; OSError if not."""
+    if location.startswith(("http://", "https://")):
+        request = urllib.request.Request(location, headers={"User-Agent": _USER_AGENT})
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.read()
+    return Path(location).expanduser().read_bytes()
+
+
+def _unsupported_format(data: bytes) -> str | None:
+    """The name of a known non-raster or unsupported format from its first bytes, else None."""
+    head = data[:512].lstrip().lower()
+    if head.startswith((b"<svg", b"<?xml", b"<!doctype svg")) or b"<svg" in head:
+        return "SVG"
+    if head.startswith(b"%pdf"):
+        return "PDF"
+    if data[4:8] == b"ftyp":
+        return "HEIC/AVIF"
+    if head.startswith((b"<!doctype html", b"<html")):
+        return "an HTML page"
+    return None
+
+
+def decode_image(data: bytes | Image.Image | str | None) -> Image.Image:
+    """A PIL image from encoded bytes or a URL / path (any format and mode PIL reads).
+
+    Raises `BadSample` naming why an image cannot be used: zero bytes, truncated, an
+    unsupported format (SVG, PDF, HEIC), unreadable, a decompression bomb (more pixels than
+    `PIL.Image.MAX_IMAGE_PIXELS`), or unavailable (dead URL, missing file).
+    """
+    if isinstance(data, Image.Image):
+        return data
+    if data is None:
+        raise BadSample("missing_image", "no image")
+    if isinstance(data, str):
+        try:
+            data = fetch(data)
+        except (OSError, ValueError) as exc:
+            raise BadSample("image_unavailable", f"cannot fetch {data}: {exc}") from None
+    if not data:
+        raise BadSample("zero_byte_image", "the image file is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise BadSample("decompression_bomb", str(exc).split(" could be")[0]) from None
+    except UnidentifiedImageError:
+        fmt = _unsupported_format(data)
+        if fmt:
+            raise BadSample("unsupported_image_format", f"{fmt} is not a raster image") from None
+        raise BadSample("unreadable_image", "not an image PIL can read") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        reason = "truncated_image" if "truncated" in str(exc).lower() else "unreadable_image"
+        raise BadSample(reason, f"cannot decode the image: {exc}") from None
+    return ImageOps.exif_transpose(image) or image
+
+
+def image_format(data: bytes) -> str | None:
+    """ "jpg", "png" or "webp" from the magic bytes of an encoded image, else None."""
+    if data[:3] == b"\xff\xd8\xff":
+        return "jpg"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return None
+
+
+def texts_of(value: Any) -> list[str]:
+    """Non-empty strings from a text field: a string, or a list of strings."""
+    if isinstance(value, str):
+        return [value.strip()] if value.strip() else []
+    if isinstance(value, (list, tuple)):
+        return [v.strip() for v in value if isinstance(v, str) and v.strip()]
+    return []
+
+
+def _label(value: Any) -> int | None:
+    """An integer class label from an int, a bool (0 / 1), an integral float or a digit
+    string; else None."""
+    if value is None:
+        return None
+    if isinstance(value, (int, np.integer, bool, np.bool_)):
+        return int(value)
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value.strip())
+    return None
+
+
+def set_label(sample: Sample, value: Any) -> None:
+    """Set `sample.label` from a label field, flagging a value that is not an integer class."""
+    sample.label = _label(value)
+    if (
+        sample.label is None
+        and value is not None
+        and not (isinstance(value, str) and not value.strip())
+    ):
+        sample.bad_label = value if not isinstance(value, bytes) else value[:40]
+
+
+def has_text_field(value: Any) -> bool:
+    """Whether a text field holds something (a string or a list), even if only whitespace."""
+    return isinstance(value, str) or (isinstance(value, (list, tuple)) and len(value) > 0)
+
+
+class IndexedSource:
+    """Random-access base: subclasses give `__len__` and `sample(index)`."""
+
+    kinds: frozenset[str] = frozenset({"image", "text", "vl"})
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def sample(self, index: int) -> Sample:
+        """The raw sample at `index` (all its texts, encoded image, label)."""
+        raise NotImplementedError
+
+    def item(self, index: int, kind: str, rng: np.random.Generator) -> Item:
+        """Sample `index` as an `Item` of `kind`."""
+        return self.sample(index).item(kind, rng)
+
+    def describe(self) -> str:
+        """A short description (logs, error messages, shard manifests)."""
+        return type(self).__name__
+
+
+class StreamingSource:
+    """Base of streamed sources: shards of `Sample`s, plus random access to a preview prefix."""
+
+    kinds: frozenset[str] = frozenset({"image", "text", "vl"})
+
+    def __init__(
+        self, shuffle_buffer: int = 1000, resampled: bool = False, preview_size: int = 1024
+    ) -> None:
+        self.shuffle_buffer = int(shuffle_buffer)
+        self.resampled = bool(resampled)
+        self.preview_size = int(preview_size)
+        self.preview_kind: str | None = None
+        self._preview: list[Sample] | None = None
+
+    def num_shards(self) -> int:
+        """Number of shards the stream is split into."""
+        raise NotImplementedError
+
+    def shard_samples(self, shard: int) -> Iterator[Sample]:
+        """Raw samples of one shard, in order."""
+        raise NotImplementedError
+
+    def records(self, shards: Sequence[int], kind: str) -> Iterator[Sample]:
+        """Samples of `kind` ("any": every non-empty one) of the given shards, in order."""
+        for shard in shards:
+            for sample in self.shard_samples(shard):
+                usable = sample.image is not None or bool(sample.texts)
+                if kind == "any":
+                    if usable:
+                        yield sample
+                elif sample.has(kind) or sample.problem(kind):
+                    yield sample  # a bad one is skipped and counted when decoded
+
+    def decode(self, record: Sample, kind: str, rng: np.random.Generator) -> Item:
+        """One record as an `Item` of `kind`."""
+        return record.item(kind, rng)
+
+    def preview(self) -> list[Sample]:
+        """The first `preview_size` samples (of `preview_kind`, if set), read once."""
+        if self._preview is None:
+            out: list[Sample] = []
+            if self.preview_size > 0:
+                for sample in self.records(range(self.num_shards()), self.preview_kind or "any"):
+                    out.append(sample)
+                    if len(out) >= self.preview_size:
+                        break
+            self._preview = out
+        return self._preview
+
+    def __len__(self) -> int:
+        return len(self.preview())
+
+    def item(self, index: int, kind: str, rng: np.random.Generator) -> Item:
+        """Preview sample `index` as an `Item` of `kind`."""
+        return self.preview()[index].item(kind, rng)
+
+    def sample(self, index: int) -> Sample:
+        """Preview sample `index`."""
+        return self.preview()[index]
+
+    def describe(self) -> str:
+        """A short description (logs, error messages)."""
+        return type(self).__name__
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_preview"] = None  # workers do not need the preview; keep pickles small
+        return state
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Every image file under `folder` (recursively, sorted), by extension."""
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS and p.is_file()
+    )
+
+
+def describe(source: Any) -> str:
+    """A source's own description, else its type name."""
+    text = getattr(source, "describe", None)
+    return text() if callable(text) else type(source).__name__
+
+
+def robust_item(
+    source: Any, index: int, kind: str, rng: np.random.Generator, skips: SkipLog | None = None
+) -> Item:
+    """`source.item(index)`, replacing an unusable sample (bad file, dead URL, empty caption)
+    by a randomly drawn one; each skipped sample is counted in `skips` by reason."""
+    skips = skips if skips is not None else SkipLog()
+    reasons: list[str] = []
+    for _ in range(_MAX_REPLACEMENTS):
+        try:
+            return source.item(index, kind, rng)
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            skips.add(exc, f"sample {index} of {describe(source)}")
+            reasons.append(skip_reason(exc))
+            index = int(rng.integers(len(source)))
+    raise DataError(
+        f"{describe(source)}: {_MAX_REPLACEMENTS} {kind} samples in a row could not be used "
+        f"({', '.join(sorted(set(reasons)))}); check the data or drop this source"
+    )

@@ -1,0 +1,312 @@
+"""Hugging Face datasets: load_dataset / load_from_disk, column mapping, streaming, the Hub probe.
+
+The one place that asks the Hub whether a dataset can be had (`check_huggingface`): offline it
+looks for a cached copy, online it asks once with a short timeout, and either way a dataset that
+cannot be had fails at once with one line saying how to provide it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from flava.data.sources.base import (
+    IndexedSource,
+    Sample,
+    SourceError,
+    StreamingSource,
+    has_text_field,
+    set_label,
+    texts_of,
+)
+
+log = logging.getLogger("flava.data.sources")
+
+# Packaged Hugging Face builders: keys that name a file format, not a dataset on the Hub.
+_PACKAGED = frozenset(
+    {"parquet", "json", "csv", "text", "arrow", "imagefolder", "webdataset", "pandas", "sql"}
+)
+
+
+_HUB_ANSWERED: set[tuple[str, bool]] = set()  # datasets the Hub confirmed in this process
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    try:
+        import datasets.config as dconfig
+
+        offline = bool(dconfig.HF_HUB_OFFLINE)
+    except ImportError:
+        offline = False
+    return offline or bool(constants.HF_HUB_OFFLINE)
+
+
+@contextlib.contextmanager
+def _forced_offline() -> Iterator[None]:
+    """Read the local cache only (the Hub did not answer)."""
+    import datasets.config as dconfig
+    from huggingface_hub import constants
+
+    saved = (dconfig.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE)
+    dconfig.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        dconfig.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE = saved
+
+
+def _hf_cached(key: str, cache_dir: str | None) -> bool:
+    """Whether a copy of dataset `key` seems to be in the datasets or hub cache."""
+    import datasets.config as dconfig
+    from datasets.naming import camelcase_to_snakecase
+    from huggingface_hub import constants
+
+    parts = key.split("/")
+    parts[-1] = camelcase_to_snakecase(parts[-1])
+    roots = [Path(cache_dir or dconfig.HF_DATASETS_CACHE) / "___".join(parts)]
+    roots.append(Path(constants.HF_HUB_CACHE) / ("datasets--" + key.replace("/", "--")))
+    return any(r.is_dir() for r in roots)
+
+
+def _hf_name(cfg: Any) -> str:
+    return f"{cfg.key}/{cfg.subset}" if cfg.subset else str(cfg.key)
+
+
+def _hf_hint(cfg: Any) -> str:
+    token = ""
+    if cfg.gated:
+        token = "it is gated: accept its terms on huggingface.co and log in (hf auth login or "
+        token += "HF_TOKEN); "
+    return (
+        f"{token}run once online to fill the cache (HF_DATASETS_CACHE), or give path: to a copy "
+        "saved with save_to_disk, or use webdataset shards (python -m flava.data.write_shards)"
+    )
+
+
+def _hf_local_key(key: str) -> bool:
+    return key in _PACKAGED or Path(key).expanduser().exists()
+
+
+def check_huggingface(cfg: Any) -> bool:
+    """Fail fast (SourceError) if the dataset cannot be had; True if only the cache can serve it.
+
+    Offline (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE) it looks for a cached copy; online it asks
+    the Hub once with a short timeout (no retries): missing, gated without a token, unreachable
+    and not cached all fail with one line.
+    """
+    if cfg.path:
+        if not Path(cfg.path).expanduser().exists():
+            raise SourceError(
+                f"Hugging Face dataset {cfg.path} (saved with save_to_disk) not found"
+            )
+        return False
+    if not cfg.key:
+        raise SourceError("huggingface source needs key: (Hub dataset) or path: (save_to_disk)")
+    if _hf_local_key(cfg.key):
+        return False
+    name = _hf_name(cfg)
+    if _offline():
+        if _hf_cached(cfg.key, cfg.cache_dir):
+            return True
+        raise SourceError(
+            f"Hugging Face dataset {name} is not in the local cache and the Hub is offline "
+            f"(HF_HUB_OFFLINE); {_hf_hint(cfg)}"
+        )
+    if (cfg.key, bool(cfg.gated)) in _HUB_ANSWERED:
+        return False
+    from huggingface_hub import HfApi, get_token
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    try:
+        info = HfApi().dataset_info(cfg.key, timeout=cfg.timeout)
+    except GatedRepoError:
+        raise SourceError(f"Hugging Face dataset {name}: access denied; {_hf_hint(cfg)}") from None
+    except RepositoryNotFoundError:
+        raise SourceError(
+            f"Hugging Face dataset {cfg.key} not found on the Hub (private or gated: log in with "
+            "hf auth login or HF_TOKEN)"
+        ) from None
+    except Exception as exc:  # connection refused, DNS, timeout, offline mode
+        if _hf_cached(cfg.key, cfg.cache_dir):
+            log.warning("the Hub is unreachable; using the cached copy of %s", name)
+            return True
+        reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        raise SourceError(
+            f"Hugging Face dataset {name} cannot be reached ({reason}) and is not cached; "
+            f"{_hf_hint(cfg)}"
+        ) from None
+    if getattr(info, "gated", False) and get_token() is None:
+        raise SourceError(
+            f"Hugging Face dataset {name} is gated and no token is set; {_hf_hint(cfg)}"
+        )
+    _HUB_ANSWERED.add((cfg.key, bool(cfg.gated)))
+    return False
+
+
+def _split(cfg: Any, role: str) -> str:
+    split = cfg.split or ("train" if role == "train" else "validation")
+    return str(dict(cfg.split_key_mapping).get(split, split))
+
+
+def load_huggingface(cfg: Any, role: str) -> Any:
+    """The configured split as a `datasets.Dataset` or `IterableDataset` (streaming)."""
+    import datasets
+
+    split = _split(cfg, role)
+    name = _hf_name(cfg) if cfg.key else str(cfg.path)
+    cached_only = check_huggingface(cfg)
+    try:
+        if cfg.path:
+            ds = datasets.load_from_disk(str(Path(cfg.path).expanduser()))
+            if isinstance(ds, datasets.DatasetDict):
+                if split not in ds:
+                    raise SourceError(
+                        f"{cfg.path} has no split {split!r} (splits: {', '.join(ds)}); "
+                        "set split: or split_key_mapping:"
+                    )
+                ds = ds[split]
+            if cfg.streaming:
+                ds = ds.to_iterable_dataset(num_shards=max(1, min(cfg.stream_shards, len(ds))))
+        else:
+            kwargs: dict[str, Any] = {"split": split, "streaming": cfg.streaming}
+            if cfg.cache_dir:
+                kwargs["cache_dir"] = cfg.cache_dir
+            if cfg.data_files:
+                kwargs["data_files"] = list(cfg.data_files)
+            with _forced_offline() if cached_only else contextlib.nullcontext():
+                ds = datasets.load_dataset(cfg.key, cfg.subset, **kwargs)
+    except SourceError:
+        raise
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+        raise SourceError(
+            f"Hugging Face dataset {name} ({split}) cannot be loaded: {type(exc).__name__}: "
+            f"{reason}; {_hf_hint(cfg)}"
+        ) from None
+    return _prepare_columns(ds, cfg)
+
+
+def _prepare_columns(ds: Any, cfg: Any) -> Any:
+    """Rename, drop unused columns, keep images encoded (decoded by us, lazily)."""
+    import datasets
+
+    for old, new in cfg.rename_columns:
+        if ds.column_names is not None and old in ds.column_names:
+            ds = ds.rename_column(old, new)
+    columns = ds.column_names
+    if columns is not None:
+        drop = [c for c in cfg.remove_columns if c in columns]
+        if drop:
+            ds = ds.remove_columns(drop)
+        keep = [c for c in (cfg.image_column, *cfg.text_columns, cfg.label_column) if c in columns]
+        keep = [c for c in dict.fromkeys(keep) if c not in drop]
+        if not keep:
+            raise SourceError(
+                f"Hugging Face dataset {_hf_name(cfg) if cfg.key else cfg.path}: none of the "
+                f"columns image_column={cfg.image_column!r}, text_columns="
+                f"{list(cfg.text_columns)} exist (columns: {', '.join(columns)})"
+            )
+        ds = ds.select_columns(keep)
+    features = ds.features
+    if features is not None and isinstance(features.get(cfg.image_column), datasets.Image):
+        ds = ds.cast_column(cfg.image_column, datasets.Image(decode=False))
+    return ds
+
+
+def row_sample(row: dict[str, Any], key: str, cfg: Any) -> Sample:
+    image = row.get(cfg.image_column)
+    if isinstance(image, dict):
+        data = image.get("bytes")
+        if data is None and image.get("path"):
+            data = Path(image["path"]).read_bytes()
+        image = data
+    elif isinstance(image, str):
+        image = image.strip() or None  # a URL or path column (e.g. red_caps' image_url)
+    elif image is not None and not isinstance(image, (bytes, Image.Image)):
+        image = None
+    texts = [t for c in cfg.text_columns for t in texts_of(row.get(c))]
+    empty = not texts and any(has_text_field(row.get(c)) for c in cfg.text_columns)
+    sample = Sample(key=key, image=image, texts=texts, empty_text=empty)
+    set_label(sample, row.get(cfg.label_column))
+    return sample
+
+
+def _kinds(columns: Sequence[str] | None, cfg: Any) -> frozenset[str]:
+    if columns is None:
+        return frozenset({"image", "text", "vl"})
+    has_image = cfg.image_column in columns
+    has_text = any(c in columns for c in cfg.text_columns)
+    kinds = {"image"} if has_image else set()
+    kinds |= {"text"} if has_text else set()
+    kinds |= {"vl"} if has_image and has_text else set()
+    return frozenset(kinds)
+
+
+class HuggingFaceSource(IndexedSource):
+    """A Hugging Face `datasets.Dataset` read by index (rows with empty texts are dropped)."""
+
+    def __init__(self, dataset: Any, cfg: Any, name: str) -> None:
+        text_columns = [c for c in cfg.text_columns if c in dataset.column_names]
+        if text_columns and cfg.image_column not in dataset.column_names:
+
+            def non_empty(*columns: list[Any]) -> list[bool]:
+                return [any(texts_of(v) for v in values) for values in zip(*columns, strict=True)]
+
+            dataset = dataset.filter(non_empty, input_columns=text_columns, batched=True)
+        self.dataset = dataset
+        self.cfg = cfg
+        self.name = name
+        self.kinds = _kinds(dataset.column_names, cfg)
+
+    @classmethod
+    def from_config(cls, cfg: Any, role: str) -> IndexedSource | StreamingSource:
+        """The configured dataset: random access, or `HuggingFaceStream` when streaming."""
+        ds = load_huggingface(cfg, role)
+        name = f"huggingface {_hf_name(cfg) if cfg.key else cfg.path} ({_split(cfg, role)})"
+        if cfg.streaming:
+            return HuggingFaceStream(ds, cfg, name)
+        return cls(ds, cfg, name)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def sample(self, index: int) -> Sample:
+        """Row `index` as a raw sample."""
+        return row_sample(self.dataset[int(index)], str(index), self.cfg)
+
+    def describe(self) -> str:
+        """Dataset name, split and size."""
+        return f"{self.name}, {len(self)} rows"
+
+
+class HuggingFaceStream(StreamingSource):
+    """A streamed Hugging Face `IterableDataset`; its data files are the shards."""
+
+    def __init__(self, dataset: Any, cfg: Any, name: str) -> None:
+        super().__init__(cfg.shuffle_buffer, cfg.resampled, cfg.preview_size)
+        self.dataset = dataset
+        self.cfg = cfg
+        self.name = name
+        self.kinds = _kinds(dataset.column_names, cfg)
+
+    def num_shards(self) -> int:
+        """Number of shards (data files) of the stream."""
+        shards = getattr(self.dataset, "num_shards", None) or self.dataset.n_shards
+        return int(shards)
+
+    def shard_samples(self, shard: int) -> Iterator[Sample]:
+        """Rows of one shard."""
+        part = self.dataset.shard(num_shards=self.num_shards(), index=shard, contiguous=True)
+        for i, row in enumerate(part):
+            yield row_sample(row, f"{shard}:{i}", self.cfg)
+
+    def describe(self) -> str:
+        """Dataset name and shard count."""
+        return f"{self.name}, streamed in {self.num_shards()} shards"

@@ -1,0 +1,221 @@
+"""webdataset tar shards: brace / glob / folder expansion, local, http(s), pipe: and fsspec URLs."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import subprocess
+import tarfile
+import urllib.request
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import IO
+
+from flava.data.sources.base import (
+    CAPTION_FIELDS,
+    IMAGE_EXTENSIONS,
+    Sample,
+    SourceError,
+    StreamingSource,
+    has_text_field,
+    set_label,
+    texts_of,
+)
+
+log = logging.getLogger("flava.data.sources")
+
+_SHARD_HINT = (
+    "point shards: at your copy (pmd.yaml reads $PMD_ROOT) or write shards with "
+    "python -m flava.data.write_shards SRC OUT_DIR"
+)
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """Expand `{000..009}` ranges (zero padding kept) and `{a,b}` lists, left to right."""
+    match = re.search(r"\{([^{}]*)\}", pattern)
+    if match is None:
+        return [pattern]
+    head, tail, body = pattern[: match.start()], pattern[match.end() :], match.group(1)
+    ranged = re.fullmatch(r"(-?\d+)\.\.(-?\d+)", body)
+    if ranged:
+        lo, hi = ranged.group(1), ranged.group(2)
+        width = len(lo) if lo.startswith("0") and len(lo) > 1 else 0
+        step = 1 if int(hi) >= int(lo) else -1
+        options = [str(i).zfill(width) for i in range(int(lo), int(hi) + step, step)]
+    elif "," in body:
+        options = body.split(",")
+    else:
+        options = ["{" + body + "}"]
+        return [head + options[0] + t for t in expand_braces(tail)]
+    return [head + o + t for o in options for t in expand_braces(tail)]
+
+
+def _is_url(text: str) -> bool:
+    return text.startswith("pipe:") or bool(re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", text))
+
+
+def expand_shards(patterns: Sequence[str]) -> list[str]:
+    """Shard paths / URLs from patterns: braces, globs, folders of *.tar; missing -> SourceError."""
+    out: list[str] = []
+    for pattern in patterns:
+        for item in expand_braces(str(pattern)):
+            if _is_url(item):
+                out.append(item[len("file://") :] if item.startswith("file://") else item)
+                continue
+            path = Path(item).expanduser()
+            if path.is_dir():
+                found = sorted(p for p in path.iterdir() if p.name.endswith((".tar", ".tar.gz")))
+                if not found:
+                    raise SourceError(f"no *.tar shards in {path}; {_SHARD_HINT}")
+                out += [str(p) for p in found]
+            elif any(c in item for c in "*?["):
+                found = sorted(path.parent.glob(path.name))
+                if not found:
+                    raise SourceError(f"no shards match {item}; {_SHARD_HINT}")
+                out += [str(p) for p in found]
+            elif path.is_file():
+                out.append(str(path))
+            else:
+                raise SourceError(f"shard {path} not found; {_SHARD_HINT}")
+    return out
+
+
+@contextlib.contextmanager
+def open_shard(url: str, timeout: float = 5.0) -> Iterator[IO[bytes]]:
+    """A binary stream of a local path, http(s) URL, `pipe:COMMAND` or fsspec URL."""
+    if url.startswith("pipe:"):
+        proc = subprocess.Popen(url[5:], shell=True, stdout=subprocess.PIPE)
+        try:
+            assert proc.stdout is not None
+            yield proc.stdout
+        finally:
+            if proc.stdout is not None:
+                proc.stdout.close()
+            proc.wait()
+    elif url.startswith(("http://", "https://")):
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            yield response
+    elif _is_url(url):
+        import fsspec
+
+        with fsspec.open(url, "rb") as f:
+            yield f
+    else:
+        with open(url, "rb") as f:
+            yield f
+
+
+def split_member_name(name: str) -> tuple[str, str]:
+    """webdataset (key, extension): `dir/000042.seg.jpg` -> (`dir/000042`, `seg.jpg`)."""
+    folder, _, base = name.rpartition("/")
+    stem, dot, ext = base.partition(".")
+    key = f"{folder}/{stem}" if folder else stem
+    return key, ext.lower() if dot else ""
+
+
+def sample_from_files(key: str, files: dict[str, bytes], text_fields: Sequence[str]) -> Sample:
+    """A `Sample` from the files of one webdataset sample (extension -> bytes)."""
+    sample = Sample(key=key)
+    for ext, data in files.items():
+        last = ext.rsplit(".", 1)[-1]
+        if sample.image is None and last in IMAGE_EXTENSIONS:
+            sample.image = data
+    if "txt" in files:
+        sample.texts = texts_of(files["txt"].decode("utf-8", errors="replace"))
+        sample.empty_text = not sample.texts
+    if "json" in files:
+        try:
+            meta = json.loads(files["json"])
+        except ValueError:
+            meta = None
+        if isinstance(meta, dict):
+            if not sample.texts:
+                for name in (*text_fields, *CAPTION_FIELDS):
+                    if name in meta and texts_of(meta[name]):
+                        sample.texts = texts_of(meta[name])
+                        break
+                    sample.empty_text |= name in meta and has_text_field(meta[name])
+            if "label" in meta:
+                set_label(sample, meta["label"])
+    for ext in ("cls", "cls2", "label"):
+        if ext in files:
+            set_label(sample, files[ext].decode("utf-8", errors="replace"))
+            break
+    return sample
+
+
+def read_tar_samples(stream: IO[bytes], text_fields: Sequence[str] = ("text",)) -> Iterator[Sample]:
+    """Samples of a webdataset tar stream: consecutive members sharing a key form one sample."""
+    key: str | None = None
+    files: dict[str, bytes] = {}
+    with tarfile.open(fileobj=stream, mode="r|*") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            name_key, ext = split_member_name(member.name)
+            if not ext or name_key.rpartition("/")[2].startswith((".", "_")):
+                continue  # no extension, hidden files, __key__-style metadata
+            if name_key != key:
+                if key is not None and files:
+                    yield sample_from_files(key, files, text_fields)
+                key, files = name_key, {}
+            f = tar.extractfile(member)
+            if f is not None:
+                files[ext] = f.read()
+    if key is not None and files:
+        yield sample_from_files(key, files, text_fields)
+
+
+class TarShards(StreamingSource):
+    """webdataset tar shards: images with captions / labels, or texts.
+
+    Layout: each shard is a plain (or gzipped) tar; a sample is a run of consecutive members
+    with the same key, the member name up to the first dot of its file name
+    (``000000042.jpg``, ``000000042.txt``, ``000000042.json``, ``000000042.cls``):
+
+    - image: ``jpg`` / ``jpeg`` / ``png`` / ``webp`` (any format and mode PIL reads);
+    - caption: ``txt`` (UTF-8), or ``json`` with ``caption`` (str) or ``captions`` (list: one
+      drawn per use) or ``text``;
+    - label: ``cls`` (an integer as text) or ``label`` in the ``json``;
+    - a text corpus shard holds ``txt`` members only.
+
+    Shards are files, folders of ``*.tar``, brace patterns ``shards-{000000..000009}.tar``,
+    globs, ``http(s)://`` URLs, ``pipe:COMMAND`` (e.g. ``pipe:aws s3 cp s3://b/x.tar -``) or
+    other fsspec URLs. `flava.data.write_shards` writes this layout with a ``manifest.json``.
+    A shard that cannot be read is skipped with a warning.
+    """
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        text_fields: Sequence[str] = ("text",),
+        shuffle_buffer: int = 1000,
+        resampled: bool = False,
+        preview_size: int = 1024,
+        timeout: float = 5.0,
+    ) -> None:
+        super().__init__(shuffle_buffer, resampled, preview_size)
+        if not urls:
+            raise SourceError("webdataset source without shards: set shards: [paths or URLs]")
+        self.urls = list(urls)
+        self.text_fields = tuple(text_fields)
+        self.timeout = timeout
+
+    def num_shards(self) -> int:
+        """Number of tar shards."""
+        return len(self.urls)
+
+    def shard_samples(self, shard: int) -> Iterator[Sample]:
+        """Samples of tar `shard` in order (a broken shard logs a warning and ends early)."""
+        url = self.urls[shard]
+        try:
+            with open_shard(url, self.timeout) as stream:
+                yield from read_tar_samples(stream, self.text_fields)
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            log.warning("skipping the rest of shard %s: %s", url, exc)
+
+    def describe(self) -> str:
+        """Shard count and the first shard."""
+        return f"webdataset ({len(self.urls)} shards: {self.urls[0]}, ...)"
