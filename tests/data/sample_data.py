@@ -166,3 +166,66 @@ def tar_file(path: Path, members: list[tuple[str, bytes]]) -> Path:
             info.size = len(payload)
             tar.addfile(info, io.BytesIO(payload))
     return path
+
+
+# The files a real folder holds besides good pictures (name, bytes): each must be skipped and
+# counted under its reason, never raise.
+SVG = (
+    b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg" width="8" height="8"></svg>\n'
+)
+BAD_FILES = {
+    "vector.svg": ("unsupported_image_format", SVG),
+    "empty.png": ("zero_byte_image", b""),
+}
+MESSY_MODES = [
+    ("RGB", "JPEG", "jpg"),
+    ("RGBA", "PNG", "png"),
+    ("P", "PNG", "png"),
+    ("L", "PNG", "png"),
+    ("I;16", "PNG", "png"),
+]
+
+
+def truncated_png(size: int = 48) -> bytes:
+    """A PNG of a real photograph cut short (the first half of its bytes)."""
+    out = io.BytesIO()
+    picture("astronaut", "RGB", size).save(out, format="PNG")
+    data = out.getvalue()
+    return data[: len(data) // 2]
+
+
+def messy_files(count: int = 10, size: int = 48) -> list[tuple[str, bytes, str | None]]:
+    """(file name, bytes, skip reason or None): photographs as JPEG / PNG in RGB, RGBA, P, L and
+    I;16, then an SVG, a zero-byte file and a truncated PNG."""
+    out: list[tuple[str, bytes, str | None]] = []
+    for i in range(count):
+        name = PICTURES[i % len(PICTURES)][0]
+        mode, fmt, ext = MESSY_MODES[i % len(MESSY_MODES)]
+        buffer = io.BytesIO()
+        picture(name, mode, size).save(buffer, format=fmt)
+        out.append((f"{i:03d}_{name}_{mode.replace(';', '')}.{ext}", buffer.getvalue(), None))
+    for name, (reason, data) in BAD_FILES.items():
+        out.append((name, data, reason))
+    out.append(("truncated.png", truncated_png(size), "truncated_image"))
+    return out
+
+
+def messy_captions_folder(root: Path, count: int = 10) -> Path:
+    """root/images/* (good and bad files) with captions.jsonl whose caption field is `text`;
+    the last good picture's caption is empty (skipped as empty_text where a caption is needed)."""
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    with (root / "captions.jsonl").open("w") as f:
+        for i, (file, data, _) in enumerate(messy_files(count)):
+            (root / "images" / file).write_bytes(data)
+            text = captions_of(i)[0] if i != count - 1 else "  "
+            f.write(json.dumps({"image": f"images/{file}", "text": text}) + "\n")
+    return root
+
+
+def messy_class_folder(root: Path, count: int = 12) -> Path:
+    """root/<class>/<image> of real photographs in mixed modes, plus the bad files in one class."""
+    for i, (file, data, reason) in enumerate(messy_files(count)):
+        cls = PICTURES[i % len(PICTURES)][2] if reason is None else "objects"
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        (root / cls / file).write_bytes(data)
+    return root

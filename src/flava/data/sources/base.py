@@ -35,6 +35,9 @@ IMAGE_EXTENSIONS = frozenset(
     {"jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm", "pgm", "pbm"}
 )
 """File extensions read as images, everywhere (folders, shards, records)."""
+LISTED_NON_RASTER = frozenset({"svg", "svgz", "heic", "heif", "avif", "pdf"})
+"""Extensions a folder scan lists although they cannot be decoded, so each is counted as a skipped
+`unsupported_image_format` sample instead of vanishing without a word."""
 CAPTION_FIELDS = ("caption", "captions", "text")
 """Fields read as captions when no other text field is configured."""
 _USER_AGENT = "flava/0.1 (image fetcher)"
@@ -377,11 +380,11 @@ class StreamingSource:
 
 
 def image_files(folder: Path) -> list[Path]:
-    """Every image file under `folder` (recursively, sorted), by extension."""
+    """Every image file under `folder` (recursively, sorted), by extension; SVG, HEIC, AVIF and
+    PDF files are listed too, to be counted as skipped when decoded."""
+    listed = IMAGE_EXTENSIONS | LISTED_NON_RASTER
     return sorted(
-        p
-        for p in folder.rglob("*")
-        if p.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS and p.is_file()
+        p for p in folder.rglob("*") if p.suffix.lower().lstrip(".") in listed and p.is_file()
     )
 
 
