@@ -198,7 +198,7 @@ class SourceConfig:
     """One dataset. `type: embedded` is the built-in generated scenes (no download)."""
 
     type: str = "embedded"
-    """embedded, huggingface, webdataset, image_folder, captions or text_files."""
+    """embedded, huggingface, webdataset, image_folder, captions, records or text_files."""
     key: str | None = None
     """Hugging Face dataset key (type huggingface)."""
     subset: str | None = None
@@ -215,12 +215,19 @@ class SourceConfig:
     """Map the split a role asks for to the split the dataset has, e.g. {validation: train}."""
     text_columns: list[str] = field(default_factory=lambda: ["text"])
     """Columns holding text."""
+    text_pair_column: str | None = None
+    """Column holding a second text (sentence pairs; fine-tuning)."""
     image_column: str = "image"
-    """Column holding the image."""
+    """Column holding the image (records: a path relative to image_root)."""
+    image_root: str | None = None
+    """records: folder the image paths are relative to (default: the records file's folder)."""
+    classes: list[str] = field(default_factory=list)
+    """image_folder: class folder names in label order (default: sorted folder names)."""
     weight: float = 1.0
     """Sampling weight among datasets of the same kind."""
     path: str | None = None
-    """Local data: folder (image_folder, captions), text files, or a save_to_disk dataset."""
+    """Local data: folder (image_folder, captions), a JSONL / CSV file (records), text files,
+    or a save_to_disk dataset."""
     shards: list[str] = field(default_factory=list)
     """webdataset shards: files, folders of *.tar, {000000..000009} patterns, globs, URLs."""
     captions_file: str | None = None

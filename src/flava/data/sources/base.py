@@ -139,6 +139,10 @@ class Sample:
     image: bytes | Image.Image | str | None = None
     texts: list[str] = field(default_factory=list)
     label: int | None = None
+    pair: str | None = None
+    """A second text (sentence pairs: premise / hypothesis, question / sentence)."""
+    raw_label: Any = None
+    """The label field as read (an int, a float for regression, a class name), for fine-tuning."""
     empty_text: bool = False
     """A text field is present but every value in it is empty or whitespace."""
     bad_label: Any = None
@@ -274,6 +278,7 @@ def _label(value: Any) -> int | None:
 
 def set_label(sample: Sample, value: Any) -> None:
     """Set `sample.label` from a label field, flagging a value that is not an integer class."""
+    sample.raw_label = value
     sample.label = _label(value)
     if (
         sample.label is None
@@ -292,6 +297,8 @@ class IndexedSource:
     """Random-access base: subclasses give `__len__` and `sample(index)`."""
 
     kinds: frozenset[str] = frozenset({"image", "text", "vl"})
+    class_names: list[str] | None = None
+    """Names of the integer labels in order, where the data names them (folders, ClassLabel)."""
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -304,6 +311,10 @@ class IndexedSource:
         """Sample `index` as an `Item` of `kind`."""
         return self.sample(index).item(kind, rng)
 
+    def labels(self) -> list[Any]:
+        """The label field of every sample, as read (fine-tuning builds its classes from them)."""
+        return [self.sample(i).raw_label for i in range(len(self))]
+
     def describe(self) -> str:
         """A short description (logs, error messages, shard manifests)."""
         return type(self).__name__
@@ -313,6 +324,7 @@ class StreamingSource:
     """Base of streamed sources: shards of `Sample`s, plus random access to a preview prefix."""
 
     kinds: frozenset[str] = frozenset({"image", "text", "vl"})
+    class_names: list[str] | None = None
 
     def __init__(
         self, shuffle_buffer: int = 1000, resampled: bool = False, preview_size: int = 1024
@@ -368,6 +380,10 @@ class StreamingSource:
     def sample(self, index: int) -> Sample:
         """Preview sample `index`."""
         return self.preview()[index]
+
+    def labels(self) -> list[Any]:
+        """The label field of every preview sample, as read."""
+        return [s.raw_label for s in self.preview()]
 
     def describe(self) -> str:
         """A short description (logs, error messages)."""

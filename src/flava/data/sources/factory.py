@@ -6,12 +6,20 @@ from pathlib import Path
 from typing import Any
 
 from flava.data.sources.base import IndexedSource, SourceError, StreamingSource
-from flava.data.sources.folders import CaptionedImages, ImageFolder
+from flava.data.sources.folders import CaptionedImages, ImageFolder, Records
 from flava.data.sources.huggingface import HuggingFaceSource, check_huggingface
 from flava.data.sources.text import TextFiles
 from flava.data.sources.webdataset import TarShards, expand_shards
 
-SOURCE_TYPES = ("embedded", "huggingface", "webdataset", "image_folder", "captions", "text_files")
+SOURCE_TYPES = (
+    "embedded",
+    "huggingface",
+    "webdataset",
+    "image_folder",
+    "captions",
+    "records",
+    "text_files",
+)
 
 
 def build(cfg: Any, role: str) -> IndexedSource | StreamingSource:
@@ -28,9 +36,20 @@ def build(cfg: Any, role: str) -> IndexedSource | StreamingSource:
             resampled=cfg.resampled,
             preview_size=cfg.preview_size,
             timeout=cfg.timeout,
+            pair_field=cfg.text_pair_column,
+            label_field=cfg.label_column,
         )
     if kind == "image_folder":
-        return ImageFolder(_need_path(cfg))
+        return ImageFolder(_need_path(cfg), list(cfg.classes) if cfg.classes else None)
+    if kind == "records":
+        return Records(
+            _need_path(cfg),
+            cfg.image_column or None,
+            list(cfg.text_columns),
+            cfg.text_pair_column,
+            cfg.label_column or None,
+            cfg.image_root,
+        )
     if kind == "captions":
         return CaptionedImages(
             _need_path(cfg), cfg.captions_file, cfg.image_column, list(cfg.text_columns)
@@ -63,7 +82,7 @@ def check(cfg: Any) -> None:
         if not patterns:
             raise SourceError("webdataset source without shards: set shards: [paths or URLs]")
         expand_shards(patterns)
-    elif kind in ("image_folder", "captions", "text_files"):
+    elif kind in ("image_folder", "captions", "text_files", "records"):
         path = Path(_need_path(cfg)).expanduser()
         if not path.exists() and not any(c in str(path) for c in "*?["):
             raise SourceError(f"{kind} path {path} not found")

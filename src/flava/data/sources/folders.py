@@ -1,11 +1,15 @@
-"""Local folders: image-class folders, images with a captions / records file (JSONL or CSV)."""
+"""Local folders and record files: image-class folders, images with captions, JSONL / CSV records.
+
+`read_rows` is the one reader of JSONL and CSV files; `captions` gathers the captions of each
+image from its rows, `records` keeps one example per row (fine-tuning on your own data).
+"""
 
 from __future__ import annotations
 
 import csv
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,32 +20,45 @@ from flava.data.sources.base import (
     IndexedSource,
     Sample,
     SourceError,
+    has_text_field,
     image_files,
+    set_label,
     texts_of,
 )
 
 
 class ImageFolder(IndexedSource):
-    """Images in class sub-folders (``root/<class>/<image>``); label = sorted class index."""
+    """Images in class sub-folders (``root/<class>/<image>``); label = index of the class name.
+
+    `classes` fixes the class list (a validation folder must use its training folder's order);
+    by default it is the sorted sub-folder names.
+    """
 
     kinds = frozenset({"image"})
 
-    def __init__(self, root: str | os.PathLike) -> None:
+    def __init__(self, root: str | os.PathLike, classes: Sequence[str] | None = None) -> None:
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
             raise SourceError(f"image folder {self.root} not found")
-        self.classes = sorted(p.name for p in self.root.iterdir() if p.is_dir())
-        if not self.classes:
+        found = sorted(p.name for p in self.root.iterdir() if p.is_dir())
+        if not found:
             raise SourceError(f"image folder {self.root} has no class sub-folders")
+        self.classes = list(classes) if classes is not None else found
+        unknown = [c for c in found if c not in self.classes]
+        if unknown:
+            raise SourceError(
+                f"image folder {self.root}: class {unknown[0]!r} is not among the training classes"
+            )
+        self.class_names = [c.replace("_", " ") for c in self.classes]
         self.files: list[str] = []
         labels: list[int] = []
         for label, name in enumerate(self.classes):
-            found = image_files(self.root / name)
-            self.files += [str(p.relative_to(self.root)) for p in found]
-            labels += [label] * len(found)
+            found_files = image_files(self.root / name) if name in found else []
+            self.files += [str(p.relative_to(self.root)) for p in found_files]
+            labels += [label] * len(found_files)
         if not self.files:
             raise SourceError(f"image folder {self.root} has no images in its class folders")
-        self.labels = np.asarray(labels, dtype=np.int64)
+        self.label_array = np.asarray(labels, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -50,11 +67,41 @@ class ImageFolder(IndexedSource):
         """Image `index` (encoded bytes) with its class label."""
         rel = self.files[index]
         data = (self.root / rel).read_bytes()
-        return Sample(key=rel, image=data, label=int(self.labels[index]))
+        label = int(self.label_array[index])
+        return Sample(key=rel, image=data, label=label, raw_label=label)
+
+    def labels(self) -> list[Any]:
+        """Class index of every image (no file is read)."""
+        return self.label_array.tolist()
 
     def describe(self) -> str:
         """Folder, image and class counts."""
         return f"image_folder {self.root} ({len(self.files)} images, {len(self.classes)} classes)"
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of a JSONL file (one JSON object per non-empty line) or a CSV file (header row)."""
+    rows: list[dict[str, Any]] = []
+    with path.open(encoding="utf-8", newline="") as f:
+        if path.suffix.lower() == ".csv":
+            return [dict(r) for r in csv.DictReader(f)]
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as exc:
+                raise SourceError(f"{path} line {number}: not valid JSON ({exc})") from None
+            if not isinstance(row, dict):
+                raise SourceError(f"{path} line {number}: expected a JSON object")
+            rows.append(row)
+    return rows
+
+
+def _need_file(path: Path, what: str) -> Path:
+    if not path.is_file():
+        raise SourceError(f"{what} {path} not found")
+    return path
 
 
 def read_captions(
@@ -63,22 +110,12 @@ def read_captions(
     """image relpath -> captions, from JSONL (caption / captions / text) or CSV (image,caption)."""
     fields = [*dict.fromkeys([*CAPTION_FIELDS, *text_fields])]
     out: dict[str, list[str]] = {}
-    with path.open(encoding="utf-8", newline="") as f:
-        if path.suffix.lower() == ".csv":
-            rows: Iterator[dict[str, Any]] = csv.DictReader(f)
-        else:
-            rows = (json.loads(line) for line in f if line.strip())
-        try:
-            for row in rows:
-                image = row.get(image_field)
-                if not image:
-                    raise SourceError(f"{path}: a row has no {image_field!r} field")
-                texts = [t for name in fields if row.get(name) for t in texts_of(row[name])]
-                out.setdefault(str(image), []).extend(texts)
-        except ValueError as exc:
-            if isinstance(exc, SourceError):
-                raise
-            raise SourceError(f"{path}: not valid JSONL ({exc})") from None
+    for row in read_rows(path):
+        image = row.get(image_field)
+        if not image:
+            raise SourceError(f"{path}: a row has no {image_field!r} field")
+        texts = [t for name in fields if row.get(name) for t in texts_of(row[name])]
+        out.setdefault(str(image), []).extend(texts)
     return out
 
 
@@ -101,27 +138,96 @@ class CaptionedImages(IndexedSource):
         else:
             candidates = [self.root / n for n in ("captions.jsonl", "captions.csv")]
             path = next((p for p in candidates if p.is_file()), candidates[0])
-        if not path.is_file():
-            raise SourceError(f"captions file {path} not found (JSONL or CSV: image,caption)")
-        self.captions_path = path
+        self.captions_path = _need_file(path, "captions file (JSONL or CSV: image,caption)")
         captions = read_captions(path, image_field, text_fields)
         self.images = list(captions)
         self.captions = [captions[k] for k in self.images]
         if not self.images:
             raise SourceError(f"captions file {path} lists no images")
-        first = self.root / self.images[0]
-        if not first.is_file():
-            raise SourceError(f"image {first} (first in {path}) not found")
+        if not any((self.root / rel).is_file() for rel in self.images[:8]):
+            raise SourceError(f"image {self.root / self.images[0]} (first in {path}) not found")
 
     def __len__(self) -> int:
         return len(self.images)
 
     def sample(self, index: int) -> Sample:
-        """Image `index` (encoded bytes) with all its captions."""
+        """Image `index` (its path: read when decoded) with all its captions."""
         rel = self.images[index]
-        data = (self.root / rel).read_bytes()
-        return Sample(key=rel, image=data, texts=list(self.captions[index]))
+        texts = list(self.captions[index])
+        return Sample(key=rel, image=str(self.root / rel), texts=texts, empty_text=not texts)
 
     def describe(self) -> str:
         """Folder, captions file and image count."""
         return f"captions {self.captions_path} ({len(self.images)} images)"
+
+
+class Records(IndexedSource):
+    """One example per row of a JSONL or CSV file: an image path, texts, a second text, a label.
+
+    Image paths are relative to `image_root` (default: the file's folder); `image_field` None
+    (or absent from every row) makes a text-only source. The first non-empty of `text_fields`
+    is the text, `pair_field` the second text, `label_field` the label as read.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        image_field: str | None = "image",
+        text_fields: Sequence[str] = ("text",),
+        pair_field: str | None = None,
+        label_field: str | None = "label",
+        image_root: str | os.PathLike | None = None,
+    ) -> None:
+        self.path = _need_file(Path(path).expanduser(), "records file (JSONL or CSV)")
+        self.rows = read_rows(self.path)
+        if not self.rows:
+            raise SourceError(f"records file {self.path} holds no rows")
+        self.image_root = Path(image_root).expanduser() if image_root else self.path.parent
+        self.fields = (image_field, list(text_fields), pair_field, label_field)
+        has = {k for row in self.rows for k in row}
+        missing = [f for f in (image_field, pair_field) if f and f not in has]
+        if image_field in missing and not any(f in has for f in text_fields):
+            raise SourceError(
+                f"records file {self.path}: no column {image_field!r} and none of the text "
+                f"columns {list(text_fields)} (columns: {', '.join(sorted(has))})"
+            )
+        if pair_field in missing:
+            raise SourceError(f"records file {self.path}: no column {pair_field!r}")
+        has_image = bool(image_field) and image_field in has
+        has_text = any(f in has for f in text_fields)
+        self.kinds = frozenset(
+            {k for k, ok in (("image", has_image), ("text", has_text)) if ok}
+            | ({"vl"} if has_image and has_text else set())
+        )
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def sample(self, index: int) -> Sample:
+        """Row `index` as a raw sample (the image is read when decoded)."""
+        row = self.rows[index]
+        image_field, text_fields, pair_field, label_field = self.fields
+        image = row.get(image_field) if image_field else None
+        image = str(self.image_root / str(image).strip()) if image and str(image).strip() else None
+        texts = next((texts_of(row[f]) for f in text_fields if texts_of(row.get(f))), [])
+        empty = not texts and any(has_text_field(row.get(f)) for f in text_fields)
+        pair = texts_of(row.get(pair_field))[:1] if pair_field else []
+        sample = Sample(
+            key=f"{self.path.name}:{index}",
+            image=image,
+            texts=texts[:1],
+            pair=pair[0] if pair else None,
+            empty_text=empty,
+        )
+        if label_field and row.get(label_field) not in (None, ""):
+            set_label(sample, row[label_field])
+        return sample
+
+    def labels(self) -> list[Any]:
+        """The label field of every row, as read (no image is read)."""
+        label_field = self.fields[3]
+        return [row.get(label_field) if label_field else None for row in self.rows]
+
+    def describe(self) -> str:
+        """File and row count."""
+        return f"records {self.path} ({len(self.rows)} rows)"

@@ -205,7 +205,8 @@ def _prepare_columns(ds: Any, cfg: Any) -> Any:
         drop = [c for c in cfg.remove_columns if c in columns]
         if drop:
             ds = ds.remove_columns(drop)
-        keep = [c for c in (cfg.image_column, *cfg.text_columns, cfg.label_column) if c in columns]
+        wanted = (cfg.image_column, *cfg.text_columns, cfg.text_pair_column, cfg.label_column)
+        keep = [c for c in wanted if c and c in columns]
         keep = [c for c in dict.fromkeys(keep) if c not in drop]
         if not keep:
             raise SourceError(
@@ -221,6 +222,7 @@ def _prepare_columns(ds: Any, cfg: Any) -> Any:
 
 
 def row_sample(row: dict[str, Any], key: str, cfg: Any) -> Sample:
+    """One dataset row as a raw sample (images kept encoded; the label as read)."""
     image = row.get(cfg.image_column)
     if isinstance(image, dict):
         data = image.get("bytes")
@@ -233,9 +235,18 @@ def row_sample(row: dict[str, Any], key: str, cfg: Any) -> Sample:
         image = None
     texts = [t for c in cfg.text_columns for t in texts_of(row.get(c))]
     empty = not texts and any(has_text_field(row.get(c)) for c in cfg.text_columns)
-    sample = Sample(key=key, image=image, texts=texts, empty_text=empty)
+    pair = texts_of(row.get(cfg.text_pair_column)) if cfg.text_pair_column else []
+    sample = Sample(key=key, image=image, texts=texts, pair=pair[0] if pair else None)
+    sample.empty_text = empty
     set_label(sample, row.get(cfg.label_column))
     return sample
+
+
+def _class_names(dataset: Any, column: str) -> list[str] | None:
+    """The names of a `ClassLabel` column, else None."""
+    feature = (dataset.features or {}).get(column)
+    names = getattr(feature, "names", None)
+    return list(names) if names else None
 
 
 def _kinds(columns: Sequence[str] | None, cfg: Any) -> frozenset[str]:
@@ -264,6 +275,7 @@ class HuggingFaceSource(IndexedSource):
         self.cfg = cfg
         self.name = name
         self.kinds = _kinds(dataset.column_names, cfg)
+        self.class_names = _class_names(dataset, cfg.label_column)
 
     @classmethod
     def from_config(cls, cfg: Any, role: str) -> IndexedSource | StreamingSource:
@@ -281,6 +293,12 @@ class HuggingFaceSource(IndexedSource):
         """Row `index` as a raw sample."""
         return row_sample(self.dataset[int(index)], str(index), self.cfg)
 
+    def labels(self) -> list[Any]:
+        """The label column (no image is decoded)."""
+        if self.cfg.label_column not in self.dataset.column_names:
+            return [None] * len(self)
+        return list(self.dataset[self.cfg.label_column])
+
     def describe(self) -> str:
         """Dataset name, split and size."""
         return f"{self.name}, {len(self)} rows"
@@ -295,6 +313,7 @@ class HuggingFaceStream(StreamingSource):
         self.cfg = cfg
         self.name = name
         self.kinds = _kinds(dataset.column_names, cfg)
+        self.class_names = _class_names(dataset, cfg.label_column)
 
     def num_shards(self) -> int:
         """Number of shards (data files) of the stream."""

@@ -115,8 +115,15 @@ def split_member_name(name: str) -> tuple[str, str]:
     return key, ext.lower() if dot else ""
 
 
-def sample_from_files(key: str, files: dict[str, bytes], text_fields: Sequence[str]) -> Sample:
-    """A `Sample` from the files of one webdataset sample (extension -> bytes)."""
+def sample_from_files(
+    key: str,
+    files: dict[str, bytes],
+    text_fields: Sequence[str],
+    pair_field: str | None = None,
+    label_field: str = "label",
+) -> Sample:
+    """A `Sample` from the files of one webdataset sample (extension -> bytes); the `json`
+    member may hold the captions, a second text (`pair_field`) and the label (`label_field`)."""
     sample = Sample(key=key)
     for ext, data in files.items():
         last = ext.rsplit(".", 1)[-1]
@@ -137,8 +144,10 @@ def sample_from_files(key: str, files: dict[str, bytes], text_fields: Sequence[s
                         sample.texts = texts_of(meta[name])
                         break
                     sample.empty_text |= name in meta and has_text_field(meta[name])
-            if "label" in meta:
-                set_label(sample, meta["label"])
+            if pair_field and texts_of(meta.get(pair_field)):
+                sample.pair = texts_of(meta[pair_field])[0]
+            if label_field in meta:
+                set_label(sample, meta[label_field])
     for ext in ("cls", "cls2", "label"):
         if ext in files:
             set_label(sample, files[ext].decode("utf-8", errors="replace"))
@@ -146,8 +155,11 @@ def sample_from_files(key: str, files: dict[str, bytes], text_fields: Sequence[s
     return sample
 
 
-def read_tar_samples(stream: IO[bytes], text_fields: Sequence[str] = ("text",)) -> Iterator[Sample]:
-    """Samples of a webdataset tar stream: consecutive members sharing a key form one sample."""
+def read_tar_samples(
+    stream: IO[bytes], text_fields: Sequence[str] = ("text",), **fields: str | None
+) -> Iterator[Sample]:
+    """Samples of a webdataset tar stream: consecutive members sharing a key form one sample
+    (`fields`: `pair_field`, `label_field` of `sample_from_files`)."""
     key: str | None = None
     files: dict[str, bytes] = {}
     with tarfile.open(fileobj=stream, mode="r|*") as tar:
@@ -159,13 +171,13 @@ def read_tar_samples(stream: IO[bytes], text_fields: Sequence[str] = ("text",)) 
                 continue  # no extension, hidden files, __key__-style metadata
             if name_key != key:
                 if key is not None and files:
-                    yield sample_from_files(key, files, text_fields)
+                    yield sample_from_files(key, files, text_fields, **fields)
                 key, files = name_key, {}
             f = tar.extractfile(member)
             if f is not None:
                 files[ext] = f.read()
     if key is not None and files:
-        yield sample_from_files(key, files, text_fields)
+        yield sample_from_files(key, files, text_fields, **fields)
 
 
 class TarShards(StreamingSource):
@@ -195,6 +207,8 @@ class TarShards(StreamingSource):
         resampled: bool = False,
         preview_size: int = 1024,
         timeout: float = 5.0,
+        pair_field: str | None = None,
+        label_field: str = "label",
     ) -> None:
         super().__init__(shuffle_buffer, resampled, preview_size)
         if not urls:
@@ -202,6 +216,7 @@ class TarShards(StreamingSource):
         self.urls = list(urls)
         self.text_fields = tuple(text_fields)
         self.timeout = timeout
+        self.fields = {"pair_field": pair_field, "label_field": label_field}
 
     def num_shards(self) -> int:
         """Number of tar shards."""
@@ -212,7 +227,7 @@ class TarShards(StreamingSource):
         url = self.urls[shard]
         try:
             with open_shard(url, self.timeout) as stream:
-                yield from read_tar_samples(stream, self.text_fields)
+                yield from read_tar_samples(stream, self.text_fields, **self.fields)
         except (tarfile.TarError, OSError, EOFError) as exc:
             log.warning("skipping the rest of shard %s: %s", url, exc)
 
