@@ -14,6 +14,10 @@ Examples:
     python -m flava.linear_probe model.pretrained_model_key=flava_full data.kind=torchvision \\
         data.name=cifar10 data.root=/data probe.val_split=null      # val held out of train
     python -m flava.linear_probe data.kind=image_folder data.root=D   # D/train, D/val, D/test
+    python -m flava.linear_probe data.kind=image_folder data.root=D   # D/<class>/<image>: split
+        # as it is (probe.test_fraction, then probe.val_fraction of the rest; seeded by run.seed)
+Images that cannot be used are left out and counted (`data/skipped/<reason>`); above
+data.max_skipped_fraction the command stops with one line (exit 1).
 Writes <run.run_dir>/metrics.json. Keys: `python -m flava.linear_probe --help`.
 """
 
@@ -22,19 +26,21 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig
 
 from flava.config import cli_main
+from flava.data.sources.base import DataError
 from flava.tasks.eval_config import (
     LinearProbeRunConfig,
+    check_skipped,
     load_flava,
     print_table,
     resolve_device,
     save_results,
+    skip_metrics,
     validate_linear_probe,
 )
 from flava.tasks.finetune_config import describe_schema, load_schema_config
@@ -49,12 +55,25 @@ def _has_split(cfg: DictConfig, split: str | None) -> bool:
     if d.kind == "embedded":
         return True
     if d.kind == "image_folder":
-        return bool(d.root) and (Path(d.root) / split).is_dir()
+        from flava.tasks.task_data import has_split_folder
+
+        return has_split_folder(d.root, split)
     return d.name == "rendered_sst2" and split in ("val", "validation")
 
 
+def _carve(count: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(kept, held out): a seeded share `fraction` of range(count) held out, both sorted."""
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
+    held = max(1, int(round(fraction * count)))
+    return sorted(order[held:]), sorted(order[:held])
+
+
 def load_splits(cfg: DictConfig, image_size: int) -> tuple[list[tuple[Any, list[int]]], list[str]]:
-    """[(dataset, indices)] for train, val, test and the class names."""
+    """[(dataset, indices)] for train, val, test and the class names.
+
+    A folder without split subfolders (`D/<class>/<image>`) is split as it is: a seeded
+    `probe.test_fraction` for test, then `probe.val_fraction` of the rest for validation.
+    """
     from flava.tasks.task_data import image_classification_split
 
     d, p = cfg.data, cfg.probe
@@ -68,24 +87,28 @@ def load_splits(cfg: DictConfig, image_size: int) -> tuple[list[tuple[Any, list[
 
     train = split(p.train_split, p.train_size)
     classes = list(train.class_names)
-    test = split(p.test_split, p.test_size, classes)
-    all_train = list(range(len(train)))
-    if _has_split(cfg, p.val_split):
+    single = d.kind == "image_folder" and not _has_split(cfg, p.train_split)
+    if single:
+        rest, test_idx = _carve(len(train), p.test_fraction, cfg.run.seed + 1)
+        test = train
+        log.info(
+            "%s has no split folders: %d of %d images for test", d.root, len(test_idx), len(train)
+        )
+    else:
+        test = split(p.test_split, p.test_size, classes)
+        rest, test_idx = list(range(len(train))), list(range(len(test)))
+    if _has_split(cfg, p.val_split) and not single:
         val = split(p.val_split, p.val_size, classes)
-        return [
-            (train, all_train),
-            (val, list(range(len(val)))),
-            (test, list(range(len(test)))),
-        ], classes
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.run.seed))
-    held = max(1, int(round(p.val_fraction * len(train))))
-    val_idx, train_idx = sorted(order[:held].tolist()), sorted(order[held:].tolist())
-    log.info("no validation split: holding out %d of %d training images", held, len(train))
-    return [(train, train_idx), (train, val_idx), (test, list(range(len(test))))], classes
+        return [(train, rest), (val, list(range(len(val)))), (test, test_idx)], classes
+    keep, held = _carve(len(rest), p.val_fraction, cfg.run.seed)
+    log.info("no validation split: holding out %d of %d training images", len(held), len(rest))
+    train_idx, val_idx = [rest[i] for i in keep], [rest[i] for i in held]
+    return [(train, train_idx), (train, val_idx), (test, test_idx)], classes
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Probe per `cfg`; returns the metrics written to metrics.json."""
+    from flava.data.sources import SkipLog
     from flava.data.transforms import image_transform
     from flava.tasks.linear_probe import image_features, l2_grid, sweep_and_fit
 
@@ -100,8 +123,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         model = load_flava(cfg.model, r.seed).to(device).eval()
     transform = image_transform("eval", image_size=model.config.image.image_size)
     sets = []
+    skips = SkipLog()
     for dataset, indices in splits:
-        x = image_features(
+        x, kept = image_features(
             model,
             lambda i, ds=dataset, idx=indices: ds[idx[i]].image,
             len(indices),
@@ -111,9 +135,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             device,
             r.progress,
             r.num_workers,
+            skips,
         )
-        y = torch.tensor([int(dataset.target(i)) for i in indices])
+        y = torch.tensor([int(dataset.target(indices[i])) for i in kept], dtype=torch.long)
         sets.append((x, y))
+    read = sum(len(indices) for _, indices in splits)
+    check_skipped(cfg, {"classes": len(classes)}, skips, read)
     dtype = torch.float64 if p.dtype == "float64" else torch.float32
     grid = l2_grid(p.l2_min, p.l2_max, p.l2_points)
     result = sweep_and_fit(*sets, len(classes), grid, p.max_iter, dtype, device)
@@ -135,6 +162,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "sweep": [{"l2": l2, "val_accuracy": acc} for l2, acc in result.sweep],
         "model": cfg.model.pretrained_model_key or f"preset {cfg.model.preset} (random init)",
         "seconds": round(time.perf_counter() - start, 1),
+        **skip_metrics(skips, read),
     }
     run_dir = save_results(cfg.run.run_dir, cfg, metrics)
     print_table(f"linear probe ({cfg.data.kind}, {p.features}) -> {run_dir}", metrics)
@@ -149,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         lambda: describe_schema(LinearProbeRunConfig),
         lambda a: load_schema_config(a, LinearProbeRunConfig, validate_linear_probe),
         run,
+        stop_errors=(DataError,),
     )
 
 

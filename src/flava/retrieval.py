@@ -10,7 +10,10 @@ Examples:
         data.root=/data/coco            # dataset_coco.json + val2014/ (Karpathy test, 5k)
     python -m flava.retrieval model.pretrained_model_key=flava_full data.kind=flickr30k \\
         data.root=/data/flickr30k       # dataset_flickr30k.json + flickr30k-images/ (test, 1k)
-    python -m flava.retrieval data.kind=captions data.root=DIR   # DIR/captions.jsonl
+    python -m flava.retrieval data.kind=captions data.root=DIR   # DIR/captions.jsonl or .csv
+An image that cannot be used (unreadable, truncated, SVG, no caption) is left out with its
+captions and counted (`data/skipped/<reason>` in metrics.json); above
+data.max_skipped_fraction of them the command stops with one line (exit 1).
 Embeddings are cached in <run_dir>/cache (retrieval.cache_dir) as a .pt file keyed by the
 model, the dataset and a hash of the settings, and reused by later runs.
 Writes <run.run_dir>/metrics.json. Keys: `python -m flava.retrieval --help`.
@@ -31,13 +34,16 @@ import torch
 from omegaconf import DictConfig
 
 from flava.config import ConfigError, cli_main
+from flava.data.sources.base import DataError
 from flava.tasks.eval_config import (
     RetrievalRunConfig,
+    check_skipped,
     load_flava,
     model_tag,
     print_table,
     resolve_device,
     save_results,
+    skip_metrics,
     validate_retrieval,
 )
 from flava.tasks.finetune_config import describe_schema, load_schema_config
@@ -47,8 +53,11 @@ KARPATHY_FILES = {"coco": "dataset_coco.json", "flickr30k": "dataset_flickr30k.j
 
 
 def load_captioned(cfg: DictConfig, image_size: int) -> tuple[Any, str]:
-    """(CaptionedImages, split) for data.kind embedded / coco / flickr30k / captions."""
-    from flava.tasks.task_data import CaptionedImages, captions_folder, karpathy_split
+    """(source of images with all their captions, split) for data.kind embedded / coco /
+    flickr30k / captions, read through `flava.data.sources`."""
+    from flava.data.sources import Sample
+    from flava.data.sources.karpathy import SampleList
+    from flava.tasks.task_data import captions_folder, karpathy_split
 
     d = cfg.data
     split = d.split or "test"
@@ -56,7 +65,8 @@ def load_captioned(cfg: DictConfig, image_size: int) -> tuple[Any, str]:
         from flava.data.scenes import distinct_scenes
 
         items = distinct_scenes(split, d.size or 512, image_size=image_size, seed=d.seed)
-        return CaptionedImages([s.image for s in items], [list(s.captions) for s in items]), split
+        samples = [Sample(str(i), s.image, list(s.captions)) for i, s in enumerate(items)]
+        return SampleList(samples, "embedded scenes"), split
     if d.kind == "captions":
         if not d.root:
             raise ConfigError("data.root is required for captions data (DIR/captions.jsonl)")
@@ -79,9 +89,10 @@ def cache_file(cfg: DictConfig, data: Any, split: str, image_size: int) -> Path 
     directory = Path(rc.cache_dir) if rc.cache_dir else Path(cfg.run.run_dir) / "cache"
     model = model_tag(cfg.model, cfg.run.seed)
     content = hashlib.sha256()
-    for image, captions in zip(data.images, data.captions, strict=True):
-        content.update(str(image if isinstance(image, (str, Path)) else "").encode())
-        content.update(json.dumps(captions).encode())
+    for i in range(len(data)):
+        sample = data.sample(i)
+        content.update(str(sample.image if isinstance(sample.image, str) else "").encode())
+        content.update(json.dumps(sample.texts).encode())
     d = cfg.data
     key = json.dumps(
         {
@@ -99,38 +110,60 @@ def cache_file(cfg: DictConfig, data: Any, split: str, image_size: int) -> Path 
     return directory / f"{slug}-{d.kind}-{split}-{digest}.pt"
 
 
+def _captioned_image(data: Any, index: int) -> Any:
+    """The decoded image of sample `index`; BadSample when it has no caption or no usable image."""
+    from flava.data.sources import BadSample, decode_image
+
+    sample = data.sample(index)
+    if not sample.texts:
+        raise BadSample("empty_text", f"image {sample.key!r} has no caption")
+    return decode_image(sample.image)
+
+
 def embeddings(
     cfg: DictConfig, model: Any, data: Any, device: torch.device, path: Path | None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
-    """(image embeddings, caption embeddings, caption -> image, whether the cache was used)."""
+) -> dict[str, Any]:
+    """Image and caption embeddings, caption -> image, skip counts, whether the cache was used."""
+    from flava.data.sources import SkipLog
     from flava.data.tokenizer import load_tokenizer
     from flava.data.transforms import image_transform
-    from flava.tasks.retrieval import embed_images, embed_texts
-    from flava.tasks.task_data import LazyImages
+    from flava.tasks.retrieval import embed_texts, embed_usable_images
 
     if path is not None and path.is_file():
         saved = torch.load(path, map_location="cpu", weights_only=True)
         log.info("reusing cached embeddings %s", path)
-        return saved["images"], saved["texts"], saved["text_to_image"], True
+        return {**saved, "cached": True}
     r = cfg.run
     transform = image_transform("eval", image_size=model.config.image.image_size)
-    images = LazyImages(len(data.images), data.load)
-    texts = [c for caps in data.captions for c in caps]
-    owner = torch.tensor([i for i, caps in enumerate(data.captions) for _ in caps])
+    skips = SkipLog()
+    image_emb, kept = embed_usable_images(
+        model,
+        lambda i: _captioned_image(data, i),
+        len(data),
+        transform,
+        skips,
+        r.batch_size,
+        device,
+        r.progress,
+    )
+    captions = [data.sample(i).texts for i in kept]
+    texts = [c for caps in captions for c in caps]
+    owner = torch.tensor([i for i, caps in enumerate(captions) for _ in caps], dtype=torch.long)
     with torch.no_grad():
-        image_emb = embed_images(model, images, transform, r.batch_size, device, r.progress)
         text_emb = embed_texts(
             model, load_tokenizer(), texts, 4 * r.batch_size, r.text_max_length, device, r.progress
         )
+    out = {"images": image_emb, "texts": text_emb, "text_to_image": owner, "skipped": skips.counts}
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"images": image_emb, "texts": text_emb, "text_to_image": owner}, path)
+        torch.save({k: v for k, v in out.items()}, path)
         log.info("cached embeddings in %s", path)
-    return image_emb, text_emb, owner, False
+    return {**out, "cached": False}
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate per `cfg`; returns the metrics written to metrics.json."""
+    from flava.data.sources import SkipLog
     from flava.tasks.retrieval import recall_at_k
 
     start = time.perf_counter()
@@ -143,21 +176,26 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         model = load_flava(cfg.model, cfg.run.seed).to(device).eval()
     image_size = model.config.image.image_size
     path = cache_file(cfg, data, split, image_size)
-    image_emb, text_emb, owner, cached = embeddings(cfg, model, data, device, path)
+    found = embeddings(cfg, model, data, device, path)
+    image_emb, text_emb, owner = found["images"], found["texts"], found["text_to_image"]
+    skips = SkipLog()
+    skips.counts = dict(found["skipped"])
     recall = recall_at_k(image_emb, text_emb, owner, ks=list(cfg.retrieval.ks))
     order = sorted(recall, key=lambda key: (key.split("/")[0], int(key.split("@")[1])))
     metrics: dict[str, Any] = {f"retrieval/{key}": recall[key] for key in order}
     metrics.update(
         {
-            "images": len(data.images),
+            "images": len(image_emb),
             "captions": int(owner.numel()),
             "split": split,
             "model": cfg.model.pretrained_model_key or f"preset {cfg.model.preset} (random init)",
             "cache": str(path) if path else None,
-            "cache_hit": cached,
+            "cache_hit": found["cached"],
             "seconds": round(time.perf_counter() - start, 1),
         }
     )
+    check_skipped(cfg, metrics, skips, len(data))
+    metrics.update(skip_metrics(skips, len(data)))
     run_dir = save_results(cfg.run.run_dir, cfg, metrics)
     print_table(f"retrieval ({cfg.data.kind}, {split}, every caption) -> {run_dir}", metrics)
     return metrics
@@ -171,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         lambda: describe_schema(RetrievalRunConfig),
         lambda a: load_schema_config(a, RetrievalRunConfig, validate_retrieval),
         run,
+        stop_errors=(DataError,),
     )
 
 

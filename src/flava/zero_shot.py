@@ -11,6 +11,9 @@ Examples:
     python -m flava.zero_shot data.kind=torchvision data.name=cifar10 data.root=/data
     python -m flava.zero_shot data.kind=image_folder data.root=D \\
         zero_shot.class_names=names.json zero_shot.templates=templates.json
+An image folder is D/<split>/<class>/<image>, or D/<class>/<image> read as it is when it has
+no split subfolder. Images that cannot be used are left out and counted
+(`data/skipped/<reason>`); above data.max_skipped_fraction the command stops (exit 1).
 Class names: the dataset's (image folders: folder names, "_" read as spaces), ImageNet's 1000
 when the folder holds the 1000 WordNet-id folders (n01440764 ...), or a JSON list file.
 Templates: the scenes' own for embedded data, CLIP's 80 for ImageNet, "a photo of a {}."
@@ -30,13 +33,16 @@ import torch
 from omegaconf import DictConfig
 
 from flava.config import ConfigError, cli_main
+from flava.data.sources.base import DataError
 from flava.tasks.eval_config import (
     ZeroShotRunConfig,
+    check_skipped,
     load_flava,
     print_table,
     read_json_list,
     resolve_device,
     save_results,
+    skip_metrics,
     validate_zero_shot,
 )
 from flava.tasks.finetune_config import describe_schema, load_schema_config
@@ -108,10 +114,10 @@ def load_data_and_model(cfg: DictConfig, split: str, device: torch.device) -> tu
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate per `cfg`; returns the metrics written to metrics.json."""
+    from flava.data.sources import SkipLog
     from flava.data.tokenizer import load_tokenizer
     from flava.data.transforms import image_transform
-    from flava.tasks.retrieval import embed_images
-    from flava.tasks.task_data import LazyImages
+    from flava.tasks.retrieval import embed_usable_images
     from flava.tasks.zero_shot import class_embeddings, topk_accuracy
 
     start = time.perf_counter()
@@ -123,16 +129,25 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     names, templates = class_names_and_templates(cfg, list(data.class_names))
     tokenizer = load_tokenizer()
     transform = image_transform("eval", image_size=image_size)
-    images = LazyImages(len(data), lambda i: data[i].image)
-    labels = torch.tensor([int(data.target(i)) for i in range(len(data))])
+    skips = SkipLog()
     with torch.no_grad():
-        image_emb = embed_images(model, images, transform, r.batch_size, device, r.progress)
+        image_emb, kept = embed_usable_images(
+            model,
+            lambda i: data[i].image,
+            len(data),
+            transform,
+            skips,
+            r.batch_size,
+            device,
+            r.progress,
+        )
+        labels = torch.tensor([int(data.target(i)) for i in kept], dtype=torch.long)
         classes = class_embeddings(model, tokenizer, names, templates, r.text_max_length, device)
     acc = topk_accuracy(image_emb, classes, labels, ks=list(cfg.zero_shot.topk))
     metrics: dict[str, Any] = {f"zero_shot/{k}": v for k, v in acc.items()}
     metrics.update(
         {
-            "images": len(data),
+            "images": len(kept),
             "classes": len(names),
             "templates": len(templates),
             "split": split,
@@ -140,6 +155,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "seconds": round(time.perf_counter() - start, 1),
         }
     )
+    check_skipped(cfg, metrics, skips, len(data))
+    metrics.update(skip_metrics(skips, len(data)))
     run_dir = save_results(cfg.run.run_dir, cfg, metrics)
     print_table(f"zero-shot classification ({d.kind}, {split}) -> {run_dir}", metrics)
     return metrics
@@ -153,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         lambda: describe_schema(ZeroShotRunConfig),
         lambda a: load_schema_config(a, ZeroShotRunConfig, validate_zero_shot),
         run,
+        stop_errors=(DataError,),
     )
 
 

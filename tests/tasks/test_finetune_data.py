@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from flava.data.sources import decode_image
 from flava.data.tokenizer import load_tokenizer
 from flava.data.transforms import image_transform
 from flava.tasks.finetune_config import FinetuneConfig, load_schema_config, validate_finetune
@@ -173,7 +174,7 @@ def test_image_folder_and_retrieval_layouts(tmp_path):
     (coco / "dataset_coco.json").write_text(json.dumps({"images": entries}))
     data = karpathy_split(coco / "dataset_coco.json", coco, "test")
     assert data.captions == [["A red square.", "Something red."]]
-    assert data.load(0).size == (40, 30)
+    assert decode_image(data.sample(0).image).size == (40, 30)
     with pytest.raises(DatasetUnavailable, match="dataset_flickr30k.json"):
         karpathy_split(coco / "dataset_flickr30k.json", coco)
 

@@ -61,9 +61,10 @@ def test_feature_choices():
     model = FlavaModel(preset("tiny")).eval()
     images = [torch.zeros(3, 64, 64)] * 3
     transform = lambda t: {"pixel_values": t}  # noqa: E731
-    cls = image_features(model, images.__getitem__, 3, transform, "encoder_cls", batch_size=2)
-    proj = image_features(model, images.__getitem__, 3, transform, "projection", batch_size=2)
-    mean = image_features(model, images.__getitem__, 3, transform, "mean_patch", batch_size=2)
+    cls, kept = image_features(model, images.__getitem__, 3, transform, "encoder_cls", batch_size=2)
+    assert kept == [0, 1, 2]
+    proj, _ = image_features(model, images.__getitem__, 3, transform, "projection", batch_size=2)
+    mean, _ = image_features(model, images.__getitem__, 3, transform, "mean_patch", batch_size=2)
     with torch.no_grad():
         out = model.image_encoder(torch.zeros(1, 3, 64, 64))
     torch.testing.assert_close(cls[0], out.last_hidden_state[0, 0])

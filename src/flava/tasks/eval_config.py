@@ -54,6 +54,9 @@ class EvalDataConfig:
     """Seed of the embedded scenes' generator."""
     download: bool = False
     """Let torchvision download the dataset (needs network access)."""
+    max_skipped_fraction: float = 0.1
+    """Stop (exit 1, metrics.json written) when more than this fraction of the images or
+    captions read were bad (unreadable, truncated, SVG, empty captions, ...); 1 never stops."""
 
 
 @dataclass
@@ -135,6 +138,8 @@ class ProbeOptions:
     """Split the final accuracy is reported on."""
     val_fraction: float = 0.2
     """Held-out share of train when there is no validation split."""
+    test_fraction: float = 0.2
+    """Share of a folder without split subfolders (D/<class>/<image>) held out for test."""
     train_size: int = 1024
     """Embedded scenes for training (other datasets: all; see data.size to cap)."""
     val_size: int = 256
@@ -174,6 +179,11 @@ def _common_checks(cfg: DictConfig, kinds: tuple[str, ...]) -> list[tuple[bool, 
         (r.num_workers >= 0, "run.num_workers", "must be >= 0"),
         (r.text_max_length >= 3, "run.text_max_length", "must be >= 3"),
         (cfg.data.size is None or cfg.data.size > 0, "data.size", "must be > 0"),
+        (
+            0 <= cfg.data.max_skipped_fraction <= 1,
+            "data.max_skipped_fraction",
+            "must be in [0, 1]",
+        ),
     ]
 
 
@@ -214,6 +224,7 @@ def validate_linear_probe(cfg: DictConfig) -> None:
         (p.l2_points >= 1, "probe.l2_points", "must be >= 1"),
         (p.max_iter >= 1, "probe.max_iter", "must be >= 1"),
         (0 < p.val_fraction < 1, "probe.val_fraction", "must be in (0, 1)"),
+        (0 < p.test_fraction < 1, "probe.test_fraction", "must be in (0, 1)"),
         (p.dtype in ("float32", "float64"), "probe.dtype", "must be float32 or float64"),
         (min(p.train_size, p.val_size, p.test_size) > 0, "probe.train_size", "sizes must be > 0"),
     ]
@@ -280,6 +291,26 @@ def read_json_list(path: str, what: str) -> list[str]:
     if not isinstance(data, list) or not all(isinstance(x, str) for x in data):
         raise ConfigError(f"{what}: {p} must hold a JSON list of strings")
     return data
+
+
+def skip_metrics(skips: Any, read: int) -> dict[str, Any]:
+    """`data/skipped/<reason>`, `data/samples_read` and `data/skipped_fraction` of a run."""
+    counts = dict(sorted(skips.counts.items()))
+    out: dict[str, Any] = {f"data/skipped/{k}": v for k, v in counts.items()}
+    out["data/samples_read"] = read
+    out["data/skipped_fraction"] = sum(counts.values()) / max(1, read)
+    return out
+
+
+def check_skipped(cfg: DictConfig, metrics: dict[str, Any], skips: Any, read: int) -> None:
+    """Write metrics.json and stop (DataError, exit 1) when too many samples were bad."""
+    from flava.data.sources.base import DataError, too_many_skipped
+
+    limit = cfg.data.max_skipped_fraction
+    reason = too_many_skipped(skips.counts, read, limit, "samples")
+    if reason is not None:
+        save_results(cfg.run.run_dir, cfg, {**metrics, **skip_metrics(skips, read)})
+        raise DataError(f"{reason}; fix the data or raise data.max_skipped_fraction")
 
 
 def save_results(run_dir: str | Path, cfg: DictConfig, metrics: dict[str, Any]) -> Path:

@@ -26,7 +26,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
+from flava.data.sources.base import SkipLog
 from flava.model.flava import FlavaModel
 
 FEATURES = ("encoder_cls", "projection", "mean_patch")
@@ -44,40 +46,52 @@ def image_features(
     device: torch.device | str = "cpu",
     progress: bool = False,
     num_workers: int = 0,
-) -> torch.Tensor:
-    """[count, D] frozen features of images load(0) ... load(count - 1) (loaded by workers)."""
+    skips: SkipLog | None = None,
+) -> tuple[torch.Tensor, list[int]]:
+    """([K, D] frozen features, the K indices kept) of images load(0) ... load(count - 1),
+    loaded by workers; an image that cannot be used is left out and counted in `skips`."""
     if features not in FEATURES:
         raise ValueError(f"features must be one of {FEATURES}, got {features!r}")
+    skips = skips if skips is not None else SkipLog()
     was_training = model.training
     model.eval()
-    out = []
+    out, kept = [], []
     loader: Any = torch.utils.data.DataLoader(
         _Pixels(load, count, transform),
         batch_size=batch_size,
         num_workers=num_workers,
         shuffle=False,
+        collate_fn=_collate_usable,
     )
     if progress:
         from tqdm import tqdm
 
         loader = tqdm(loader, desc="features", leave=False)
     try:
-        for pixels in loader:
-            encoded = model.image_encoder(pixels.to(device))
-            if features == "projection":
-                feats = model.image_embedding(encoded)
-            elif features == "mean_patch":
-                feats = encoded.last_hidden_state[:, 1:].mean(dim=1)
-            else:
-                feats = encoded.last_hidden_state[:, 0]
-            out.append(feats.float().cpu())
+        for pixels, indices, failures in loader:
+            for index, exc in failures:
+                skips.add(exc, f"image {index}")
+            if not indices:
+                continue
+            kept += indices
+            out.append(_features(model, pixels.to(device), features).float().cpu())
     finally:
         model.train(was_training)
-    return torch.cat(out) if out else torch.empty(0, 0)
+    return (torch.cat(out) if out else torch.empty(0, 0)), kept
+
+
+def _features(model: FlavaModel, pixels: torch.Tensor, features: str) -> torch.Tensor:
+    """[B, D] features of one batch of pixels."""
+    encoded = model.image_encoder(pixels)
+    if features == "projection":
+        return model.image_embedding(encoded)
+    if features == "mean_patch":
+        return encoded.last_hidden_state[:, 1:].mean(dim=1)
+    return encoded.last_hidden_state[:, 0]
 
 
 class _Pixels(torch.utils.data.Dataset):
-    """Transformed pixels of image i."""
+    """(index, transformed pixels of image i) or (index, the exception it raised)."""
 
     def __init__(self, load: Callable[[int], Any], count: int, transform: Callable) -> None:
         self.load, self.count, self.transform = load, count, transform
@@ -85,8 +99,21 @@ class _Pixels(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.count
 
-    def __getitem__(self, index: int) -> torch.Tensor:
-        return self.transform(self.load(index))["pixel_values"]
+    def __getitem__(self, index: int) -> tuple[int, Any]:
+        try:
+            return index, self.transform(self.load(index))["pixel_values"]
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            return index, exc
+
+
+def _collate_usable(
+    items: list[tuple[int, Any]],
+) -> tuple[torch.Tensor | None, list[int], list[tuple[int, BaseException]]]:
+    """(pixels of the usable images, their indices, (index, exception) of the others)."""
+    good = [(i, x) for i, x in items if isinstance(x, torch.Tensor)]
+    bad = [(i, x) for i, x in items if not isinstance(x, torch.Tensor)]
+    pixels = torch.stack([x for _, x in good]) if good else None
+    return pixels, [i for i, _ in good], bad
 
 
 @dataclass

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from flava.data.sources.base import SkipLog
 from flava.model.flava import FlavaModel
 
 
@@ -70,6 +71,35 @@ def embed_images(
         )
         out.append(F.normalize(model.encode_image(pixels.to(device)).float(), dim=-1).cpu())
     return torch.cat(out) if out else torch.empty(0, model.config.projection_dim)
+
+
+@torch.no_grad()
+def embed_usable_images(
+    model: FlavaModel,
+    load: Callable[[int], Image.Image],
+    count: int,
+    transform: Callable[[Image.Image], dict[str, torch.Tensor]],
+    skips: SkipLog,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> tuple[torch.Tensor, list[int]]:
+    """(embeddings [K, P], indices kept) of images load(0) ... load(count - 1); an image that
+    cannot be used (`BadSample`, unreadable file) is left out and counted in `skips`."""
+    out, kept = [], []
+    for start in _progress(range(0, count, batch_size), progress, "images"):
+        pixels = []
+        for i in range(start, min(start + batch_size, count)):
+            try:
+                pixels.append(transform(load(i))["pixel_values"])
+            except (OSError, ValueError, Image.DecompressionBombError) as exc:
+                skips.add(exc, f"image {i}")
+                continue
+            kept.append(i)
+        if pixels:
+            emb = model.encode_image(torch.stack(pixels).to(device))
+            out.append(F.normalize(emb.float(), dim=-1).cpu())
+    return (torch.cat(out) if out else torch.empty(0, model.config.projection_dim)), kept
 
 
 @torch.no_grad()

@@ -1,38 +1,51 @@
-"""Downstream datasets behind one small interface, read from their published layouts.
+"""Downstream datasets as thin presets on the readers of `flava.data.sources`.
 
-Every fine-tuning dataset yields `Example`s (an image and / or a text, an optional second text,
-and a target) and knows its number of outputs. Kinds:
+Every fine-tuning and evaluation dataset is a `TaskDataset` of `Example`s (an image and / or a
+text, an optional second text, and a target) built from a source's raw `Sample`s, with the
+images decoded by `flava.data.sources.decode_image` only. A sample that cannot be used raises
+`BadSample` (counted and skipped by the command, never a traceback). Kinds:
 
+- `source`: any configured source (`SourceConfig`: records JSONL / CSV, image folders, Hugging
+  Face datasets, webdataset shards, captions folders) for your own data; labels as read, named
+  by the data (class folders, `ClassLabel` names, or the distinct label strings);
 - `embedded`: the generated scenes (flava.data.scenes): `image` (shape classes), `pair`
   (captions[0], statement) -> entailed, `vqa` (image, question) -> answer in ANSWERS;
-- `glue`: Hugging Face `datasets` `load_dataset("glue", task)` (imported lazily);
+- `glue`: a Hugging Face source (`load_dataset("glue", task)`) with the task's text columns;
 - `torchvision`: CIFAR10 / Food101 / RenderedSST2 under a root directory;
-- `image_folder`: `root/<split>/<class>/<image>`;
+- `image_folder`: `root/<split>/<class>/<image>`, or `root/<class>/<image>` as it is;
 - `vqa`: VQAv2 questions + annotations JSON and the COCO image directory;
 - `snli_ve`: SNLI-VE jsonl (Flickr30k image id, sentence2, gold_label) + Flickr30k images;
-- `hateful_memes`: Hateful Memes jsonl (img, text, label) under the dataset root.
+- `hateful_memes`: a records source over the jsonl (img, text, label) under the dataset root.
 
-Retrieval and zero-shot sets (Karpathy COCO / Flickr30K JSON, captions.jsonl folders, image
-folders) are read here too. A missing file fails at once with one line naming it
-(`DatasetUnavailable`, a `ConfigError`: exit status 2 from the entry points).
+Retrieval sets (Karpathy COCO / Flickr30K JSON, captions folders, embedded scenes) are sources
+of images with all their captions. A missing file fails at once with one line naming it
+(`DatasetUnavailable`, a `SourceError`: exit status 2 from the entry points).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
-from flava.config import ConfigError
+from flava.config import ConfigError, SourceConfig
+from flava.data.sources import (
+    BadSample,
+    ImageFolder,
+    IndexedSource,
+    Records,
+    Sample,
+    SourceError,
+    decode_image,
+)
+from flava.data.sources.folders import read_rows
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff")
 SNLI_VE_LABELS = ["entailment", "neutral", "contradiction"]
 GLUE_TASKS: dict[str, tuple[str, str | None, int]] = {
     # task: (first text column, second text column, outputs; 1 = regression)
@@ -51,10 +64,8 @@ TORCHVISION_DATASETS = {
     "food101": ("Food101", "food-101"),
     "rendered_sst2": ("RenderedSST2", "rendered-sst2"),
 }
-
-
-class DatasetUnavailable(ConfigError):
-    """A dataset that is not where the configuration says; the message is one line."""
+DatasetUnavailable = SourceError
+"""A dataset that is not where the configuration says; the message is one line."""
 
 
 @dataclass
@@ -84,7 +95,7 @@ class TaskDataset:
         return len(self.rows)
 
     def __getitem__(self, index: int) -> Example:
-        """Example `index`."""
+        """Example `index` (raises `BadSample` for a sample that cannot be used)."""
         return self.make(self.rows[index])
 
     def target(self, index: int) -> Any:
@@ -93,15 +104,15 @@ class TaskDataset:
             return self.target_of(self.rows[index])
         return self[index].target
 
+    def subset(self, indices: Sequence[int]) -> TaskDataset:
+        """The examples at `indices` (a carved-out validation split, a capped set)."""
+        rows = [self.rows[i] for i in indices]
+        return TaskDataset(rows, self.make, self.num_outputs, self.class_names, self.target_of)
 
-def open_image(path: Path) -> Image.Image:
-    """Read an image file fully (no open file handle is kept)."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return im
-    except FileNotFoundError:
-        raise DatasetUnavailable(f"image {path} not found") from None
+
+def open_image(path: Path | str) -> Image.Image:
+    """An image file decoded by the one image decoder (`BadSample` if it cannot be used)."""
+    return decode_image(str(path))
 
 
 def _need(path: Path, what: str) -> Path:
@@ -112,6 +123,112 @@ def _need(path: Path, what: str) -> Path:
 
 def _cap(rows: list[Any], size: int | None) -> list[Any]:
     return rows if size is None else rows[:size]
+
+
+# ---------------------------------------------------------------------------------------------
+# any source: labels named by the data
+
+
+def _as_int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value.strip())
+    return None
+
+
+def label_space(
+    values: Sequence[Any], class_names: Sequence[str] | None, task_type: str
+) -> tuple[list[str], Callable[[Any], Any]]:
+    """(class names, label value -> target) for labels as read.
+
+    Regression: floats. Integer labels (ints, integral floats, digit strings): class i, named by
+    `class_names` when the data names them. Anything else: the sorted distinct label strings.
+    A value outside the space raises `BadSample("bad_label")`.
+    """
+    present = [v for v in values if v is not None and v != ""]
+    if task_type == "regression":
+
+        def number(value: Any) -> float:
+            try:
+                return float(value)
+            except (TypeError, ValueError):
+                raise BadSample("bad_label", f"label {value!r} is not a number") from None
+
+        return [], number
+    ints = [_as_int(v) for v in present]
+    if present and all(i is not None and i >= 0 for i in ints):
+        count = max(max(ints) + 1, len(class_names or []))  # type: ignore[type-var]
+        names = list(class_names) if class_names and len(class_names) >= count else None
+        names = names or [str(i) for i in range(count)]
+        index: dict[Any, int] = {}
+    else:
+        names = sorted({str(v).strip() for v in present})
+        index = {n: i for i, n in enumerate(names)}
+
+    def target(value: Any) -> int:
+        i = _as_int(value) if not index else index.get(str(value).strip())
+        if i is None or not 0 <= i < len(names):
+            raise BadSample("bad_label", f"label {value!r} is not one of the {len(names)} classes")
+        return i
+
+    return names, target
+
+
+def example_of(sample: Sample, needs: Sequence[str], to_target: Callable[[Any], Any]) -> Example:
+    """The `Example` of a raw sample: its image decoded, its first text, second text, target."""
+    text = sample.texts[0] if sample.texts else None
+    if "image" in needs and sample.image is None:
+        raise BadSample("missing_image", f"sample {sample.key!r} has no image")
+    if "text" in needs and text is None:
+        raise BadSample("empty_text", f"sample {sample.key!r} has no text")
+    image = decode_image(sample.image) if "image" in needs else None
+    return Example(
+        image=image, text=text, text_pair=sample.pair, target=to_target(sample.raw_label)
+    )
+
+
+def source_task(
+    source: IndexedSource,
+    needs: Sequence[str],
+    task_type: str = "classification",
+    size: int | None = None,
+    space: tuple[list[str], Callable[[Any], Any]] | None = None,
+) -> TaskDataset:
+    """A source as a TaskDataset; `space` (names, target) from the training split, else built
+    from this source's labels; `needs`: the inputs the task reads ("image", "text")."""
+    labels = source.labels()
+    names, to_target = space or label_space(labels, source.class_names, task_type)
+    outputs = 1 if task_type == "regression" else len(names)
+    if task_type != "regression" and outputs < 2 and space is None:
+        raise DatasetUnavailable(
+            f"{source.describe()}: labels give {outputs} class; classification needs at least "
+            "two (set label_column: to the label field)"
+        )
+    rows = _cap(list(range(len(source))), size)
+    return TaskDataset(
+        rows,
+        lambda i: example_of(source.sample(i), needs, to_target),
+        outputs,
+        names,
+        lambda i: to_target(labels[i]),
+    )
+
+
+def build_source(cfg: Any, role: str) -> IndexedSource:
+    """A configured source read by index (streamed ones: their preview, read whole)."""
+    from flava.data import sources
+
+    if cfg.type == "embedded":
+        raise ConfigError("data.source.type=embedded: use data.kind=embedded for the scenes")
+    source = sources.build(cfg, role)
+    if isinstance(source, sources.StreamingSource):
+        source.preview_size = 10**9  # fine-tuning / evaluation sets are read whole, once
+    return source
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,20 +276,18 @@ class SceneTask:
 # GLUE through Hugging Face datasets
 
 
-@contextlib.contextmanager
-def _offline_when_unreachable(datasets: Any) -> Iterator[None]:
-    """Cache-only datasets / huggingface_hub while the hub is unreachable (no retry waits)."""
-    from huggingface_hub import constants
+def glue_source_config(
+    task: str, split: str, hf_path: str = "glue", cache_dir: str | None = None
+) -> Any:
+    """The `SourceConfig` of one GLUE split: a Hugging Face source with the task's columns."""
+    from omegaconf import OmegaConf
 
-    from flava.checkpoints.pretrained import _hub_reachable
-
-    saved = (datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE)
-    if not saved[0] and not _hub_reachable():
-        datasets.config.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE = saved
+    if task not in GLUE_TASKS:
+        raise ConfigError(f"data.name={task!r} is invalid: GLUE tasks are {', '.join(GLUE_TASKS)}")
+    a, b, _ = GLUE_TASKS[task]
+    fields = dict(type="huggingface", key=hf_path, subset=task, split=split, text_columns=[a])
+    fields.update(text_pair_column=b, label_column="label", image_column="", cache_dir=cache_dir)
+    return OmegaConf.merge(OmegaConf.structured(SourceConfig), fields)
 
 
 def glue_dataset(
@@ -183,39 +298,28 @@ def glue_dataset(
     cache_dir: str | None = None,
 ) -> TaskDataset:
     """One GLUE split; fails at once, in one line, when `datasets` or the data is unavailable."""
-    if task not in GLUE_TASKS:
-        raise ConfigError(f"data.name={task!r} is invalid: GLUE tasks are {', '.join(GLUE_TASKS)}")
-    fetch = (
-        f'on a connected machine run `python -c "import datasets; '
-        f"datasets.load_dataset('{hf_path}', '{task}')\"`, copy ~/.cache/huggingface/datasets "
-        "to this one, and set HF_DATASETS_CACHE (or data.cache_dir) to where it is"
-    )
+    cfg = glue_source_config(task, split, hf_path, cache_dir)
     try:
-        import datasets
+        import datasets  # noqa: F401
     except ModuleNotFoundError:
         raise DatasetUnavailable(
-            f"GLUE {task} needs the Hugging Face datasets package and the dataset in its cache: "
-            f"pip install datasets; {fetch}"
+            f"GLUE {task} needs the Hugging Face datasets package: pip install datasets"
         ) from None
     try:
-        with _offline_when_unreachable(datasets):
-            data = datasets.load_dataset(hf_path, task, split=split, cache_dir=cache_dir)
-    except Exception as exc:  # offline, not cached, unknown split ...
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        source = build_source(cfg, "train")
+    except SourceError as exc:
+        fetch = f"datasets.load_dataset('{hf_path}', '{task}')"
         raise DatasetUnavailable(
-            f"GLUE {task} ({split}) is not available: {type(exc).__name__}: {first}; {fetch}"
+            f"GLUE {task} ({split}): {exc}; to fill the cache run `python -c \"import datasets; "
+            f'{fetch}"` on a connected machine'
         ) from None
-    a, b, outputs = GLUE_TASKS[task]
-    if size is not None:
-        data = data.select(range(min(size, len(data))))
-    labels = data.features["label"]
-    names = list(getattr(labels, "names", []) or [])
-
-    def make(row: dict[str, Any]) -> Example:
-        target = float(row["label"]) if outputs == 1 else int(row["label"])
-        return Example(text=row[a], text_pair=row[b] if b else None, target=target)
-
-    return TaskDataset(data, make, outputs, names, lambda r: make(r).target)
+    regression = GLUE_TASKS[task][2] == 1
+    kind = "regression" if regression else "classification"
+    space = label_space([], None, kind) if regression else None
+    if not regression:
+        names = source.class_names or [str(i) for i in range(GLUE_TASKS[task][2])]
+        space = label_space(list(range(len(names))), names, kind)
+    return source_task(source, ("text",), kind, size, space)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,47 +381,38 @@ def torchvision_task(
 # image folders
 
 
-def scan_image_folder(
-    directory: Path, classes: list[str] | None = None
-) -> tuple[list[tuple[Path, int]], list[str]]:
-    """[(image path, class index)] and class names of `directory/<class>/<image>`."""
-    _need(directory, "image folder")
-    found = sorted(p.name for p in directory.iterdir() if p.is_dir())
-    if not found:
-        raise DatasetUnavailable(f"image folder {directory} has no class subfolders")
-    classes = classes if classes is not None else found
-    index = {c: i for i, c in enumerate(classes)}
-    unknown = [c for c in found if c not in index]
-    if unknown:
-        raise DatasetUnavailable(
-            f"image folder {directory}: class {unknown[0]!r} is not among the training classes"
-        )
-    items = [
-        (p, index[c])
-        for c in found
-        for p in sorted((directory / c).rglob("*"))
-        if p.suffix.lower() in IMAGE_SUFFIXES
-    ]
-    if not items:
-        raise DatasetUnavailable(f"image folder {directory} holds no images")
-    return items, classes
+def image_folder_path(root: str | None, split: str | None) -> Path:
+    """`root/<split>` when it exists, else `root` itself when it holds the class folders."""
+    if root is None:
+        raise ConfigError("data.root is required for image_folder data")
+    base = Path(root).expanduser()
+    if split and (base / split).is_dir():
+        return base / split
+    if base.is_dir() and split and _holds_images(base):
+        return base
+    return _need(base / split if split else base, "image folder")
+
+
+def _holds_images(folder: Path) -> bool:
+    """Whether `folder` is itself a class folder layout (images one level down)."""
+    from flava.data.sources import image_files
+
+    return any(c.is_dir() and image_files(c) for c in folder.iterdir())
 
 
 def image_folder_task(
     root: str | None, split: str, classes: list[str] | None = None, size: int | None = None
 ) -> TaskDataset:
-    """`root/<split>/<class>/<image>` as a classification TaskDataset."""
-    if root is None:
-        raise ConfigError("data.root is required for image_folder data")
-    items, classes = scan_image_folder(Path(root) / split, classes)
-    rows = _cap(items, size)
-    return TaskDataset(
-        rows,
-        lambda r: Example(image=open_image(r[0]), target=r[1]),
-        len(classes),
-        classes,
-        lambda r: r[1],
-    )
+    """`root/<split>/<class>/<image>` (or `root/<class>/<image>`) as a classification set."""
+    folder = ImageFolder(image_folder_path(root, split), classes)
+    names = folder.class_names or []
+    space = label_space(list(range(len(names))), names, "classification")
+    return source_task(folder, ("image",), "classification", size, space)
+
+
+def has_split_folder(root: str | None, split: str | None) -> bool:
+    """Whether `root/<split>` exists (else the folder is split by fraction, or read as it is)."""
+    return bool(root and split and (Path(root).expanduser() / split).is_dir())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -415,14 +510,7 @@ def vqa_task(
 
 def _read_jsonl(path: Path, what: str) -> list[dict[str, Any]]:
     _need(path, what)
-    rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise DatasetUnavailable(f"{what}: {path} line {n}: {exc.msg}") from None
-    return rows
+    return read_rows(path)
 
 
 def snli_ve_task(root: str | None, files: dict[str, str], size: int | None = None) -> TaskDataset:
@@ -455,23 +543,15 @@ def hateful_memes_task(
 ) -> TaskDataset:
     """Hateful Memes (files.annotations: train.jsonl / dev_seen.jsonl; img paths under root)."""
     base = Path(root or ".")
-    path = base / files.get("annotations", "train.jsonl")
-    ann = _read_jsonl(path, "Hateful Memes file")
-    images = base / files.get("images", "")
-    rows = []
-    for r in ann:
-        if "label" not in r:
-            raise DatasetUnavailable(f"Hateful Memes file {path} has rows without a label")
-        rows.append((images / r["img"], r["text"], int(r["label"])))
-    rows = _cap(rows, size)
-    if rows and not rows[0][0].exists():
-        raise DatasetUnavailable(f"Hateful Memes image {rows[0][0]} not found (data.root)")
-    return TaskDataset(
-        rows,
-        lambda r: Example(image=open_image(r[0]), text=r[1], target=r[2]),
-        2,
-        ["not hateful", "hateful"],
-        lambda r: r[2],
+    path = _need(base / files.get("annotations", "train.jsonl"), "Hateful Memes file")
+    records = Records(path, "img", ["text"], None, "label", base / files.get("images", ""))
+    names = ["not hateful", "hateful"]
+    return source_task(
+        records,
+        ("image", "text"),
+        "classification",
+        size,
+        label_space([0, 1], names, "classification"),
     )
 
 
@@ -479,48 +559,29 @@ def hateful_memes_task(
 # retrieval sets
 
 
-@dataclass
-class CaptionedImages:
-    """Images (paths or PIL images) with every caption of each."""
-
-    images: list[Any]
-    captions: list[list[str]]
-
-    def load(self, index: int) -> Image.Image:
-        """Image `index` as a PIL image."""
-        item = self.images[index]
-        return item if isinstance(item, Image.Image) else open_image(Path(item))
-
-
 def karpathy_split(
     annotations: Path, image_root: Path, split: str = "test", size: int | None = None
-) -> CaptionedImages:
-    """A Karpathy split (dataset_coco.json / dataset_flickr30k.json): images[].split etc."""
-    data = _load_json(annotations, "Karpathy annotation file")
-    images, captions = [], []
-    for entry in data.get("images", []):
-        if entry.get("split") != split:
-            continue
-        path = image_root / entry.get("filepath", "") / entry["filename"]
-        images.append(path)
-        captions.append([s["raw"] for s in entry["sentences"]])
-    if not images:
-        raise DatasetUnavailable(f"Karpathy annotation file {annotations} has no {split} images")
-    images, captions = _cap(images, size), _cap(captions, size)
-    if not Path(images[0]).exists():
-        raise DatasetUnavailable(f"image {images[0]} not found (set data.image_root)")
-    return CaptionedImages(images, captions)
+) -> IndexedSource:
+    """A Karpathy split (dataset_coco.json / dataset_flickr30k.json): images with every caption."""
+    from flava.data.sources.karpathy import KarpathySplit
+
+    return _capped(KarpathySplit(annotations, image_root, split), size)
 
 
-def captions_folder(root: Path, size: int | None = None) -> CaptionedImages:
-    """`root/captions.jsonl` with {"image": path relative to root, "captions": [...]} lines."""
-    rows = _cap(_read_jsonl(root / "captions.jsonl", "captions file"), size)
-    if not rows:
-        raise DatasetUnavailable(f"captions file {root / 'captions.jsonl'} is empty")
-    out = CaptionedImages([root / r["image"] for r in rows], [list(r["captions"]) for r in rows])
-    if not Path(out.images[0]).exists():
-        raise DatasetUnavailable(f"image {out.images[0]} not found")
-    return out
+def captions_folder(root: Path, size: int | None = None) -> IndexedSource:
+    """A captions folder (captions.jsonl / .csv; caption, captions or text fields) as a source."""
+    from flava.data.sources import CaptionedImages
+
+    return _capped(CaptionedImages(root), size)
+
+
+def _capped(source: IndexedSource, size: int | None) -> IndexedSource:
+    """The first `size` samples of a source (all when None)."""
+    from flava.data.sources.karpathy import SampleList
+
+    if size is None or size >= len(source):
+        return source
+    return SampleList([source.sample(i) for i in range(size)], source.describe())
 
 
 class LazyImages(Sequence):

@@ -13,6 +13,7 @@ Types (`SourceConfig.type`), one module each, built by `factory.build`:
   captions of one image gathered.
 - ``records`` (`folders.py`): one example per JSONL / CSV row (image path, texts, a second
   text, a label), for fine-tuning on your own data.
+- ``karpathy`` (`karpathy.py`): a Karpathy COCO / Flickr30K split, every caption of each image.
 - ``text_files`` (`text.py`): one document per line (.txt) or JSONL with a text field.
 - ``embedded``: the generated scenes (`flava.data.scenes`).
 
@@ -39,9 +40,16 @@ from flava.data.sources.base import (
     image_format,
     robust_item,
     skip_reason,
+    too_many_skipped,
 )
 from flava.data.sources.factory import SOURCE_TYPES, build, check, unknown_type
-from flava.data.sources.folders import CaptionedImages, ImageFolder, read_captions
+from flava.data.sources.folders import (
+    CaptionedImages,
+    ImageFolder,
+    Records,
+    read_captions,
+    read_rows,
+)
 from flava.data.sources.huggingface import (
     HuggingFaceSource,
     HuggingFaceStream,
@@ -92,11 +100,14 @@ __all__ = [
     "load_huggingface",
     "open_shard",
     "read_captions",
+    "read_rows",
     "read_tar_samples",
+    "Records",
     "robust_item",
     "row_sample",
     "sample_from_files",
     "skip_reason",
     "split_member_name",
+    "too_many_skipped",
     "unknown_type",
 ]

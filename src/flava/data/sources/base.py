@@ -67,6 +67,9 @@ class BadSample(ValueError):
         super().__init__(message)
         self.reason = reason
 
+    def __reduce__(self) -> tuple[Any, tuple[str, str]]:
+        return type(self), (self.reason, str(self))  # survives DataLoader workers
+
 
 class DataError(RuntimeError):
     """The data cannot feed the run (too many bad samples); the message is one line."""
@@ -393,6 +396,18 @@ class StreamingSource:
         state = dict(self.__dict__)
         state["_preview"] = None  # workers do not need the preview; keep pickles small
         return state
+
+
+def too_many_skipped(counts: dict[str, int], read: int, limit: float, what: str) -> str | None:
+    """The one-line reason to stop when more than `limit` of the `read` samples were skipped."""
+    skipped = sum(counts.values())
+    if read <= 0 or skipped <= limit * read:
+        return None
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if v)
+    return (
+        f"{skipped} of {read} {what} ({skipped / read:.1%}) were skipped as bad ({reasons}), "
+        f"more than max_skipped_fraction={limit}"
+    )
 
 
 def image_files(folder: Path) -> list[Path]:

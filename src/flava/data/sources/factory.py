@@ -8,6 +8,7 @@ from typing import Any
 from flava.data.sources.base import IndexedSource, SourceError, StreamingSource
 from flava.data.sources.folders import CaptionedImages, ImageFolder, Records
 from flava.data.sources.huggingface import HuggingFaceSource, check_huggingface
+from flava.data.sources.karpathy import KarpathySplit
 from flava.data.sources.text import TextFiles
 from flava.data.sources.webdataset import TarShards, expand_shards
 
@@ -18,6 +19,7 @@ SOURCE_TYPES = (
     "image_folder",
     "captions",
     "records",
+    "karpathy",
     "text_files",
 )
 
@@ -54,6 +56,10 @@ def build(cfg: Any, role: str) -> IndexedSource | StreamingSource:
         return CaptionedImages(
             _need_path(cfg), cfg.captions_file, cfg.image_column, list(cfg.text_columns)
         )
+    if kind == "karpathy":
+        split = cfg.split or ("train" if role == "train" else "test")
+        path = Path(_need_path(cfg)).expanduser()
+        return KarpathySplit(path, cfg.image_root or path.parent, split)
     if kind == "text_files":
         return TextFiles(_need_path(cfg), list(cfg.text_columns))
     raise SourceError(unknown_type(kind))
@@ -82,7 +88,7 @@ def check(cfg: Any) -> None:
         if not patterns:
             raise SourceError("webdataset source without shards: set shards: [paths or URLs]")
         expand_shards(patterns)
-    elif kind in ("image_folder", "captions", "text_files", "records"):
+    elif kind in ("image_folder", "captions", "text_files", "records", "karpathy"):
         path = Path(_need_path(cfg)).expanduser()
         if not path.exists() and not any(c in str(path) for c in "*?["):
             raise SourceError(f"{kind} path {path} not found")
