@@ -1,9 +1,13 @@
-"""The shard writer: every source type to webdataset tars, manifest, resume, CLI errors."""
+"""The shard writer: every source type to webdataset tars, manifest, resume, bad samples skipped
+and counted, CLI errors and exit statuses."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import tarfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +15,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from flava.config import ConfigError, SourceConfig
-from flava.data import sources, write_shards
+from flava.data import sources
 from flava.data.write_shards import main, write
 
 from . import sample_data
@@ -71,19 +75,20 @@ def test_resume_skips_complete_shards_and_rewrites_a_partial_one(data, tmp_path,
     (out / "shards-000001.tar").unlink()
     (out / ".shards-000002.tar.tmp").write_bytes(b"partial")  # an interrupted write
     (out / "shards-000002.tar").unlink()
-    calls = []
-    real = write_shards.write_shard
+    read = []
+    real = source.sample
 
-    def counting(src, path, start, stop, *args):
-        calls.append(path.name)
-        return real(src, path, start, stop, *args)
+    def counting(index):
+        read.append(index)
+        return real(index)
 
-    monkeypatch.setattr(write_shards, "write_shard", counting)
+    monkeypatch.setattr(source, "sample", counting)
     manifest = write(source, out, shard_size=10)
-    assert sorted(calls) == ["shards-000001.tar", "shards-000002.tar"]
+    assert read == list(range(10, 24))  # the complete first shard is neither read nor written
     assert (out / "shards-000000.tar").stat().st_mtime_ns == before["shards-000000.tar"]
     assert not list(out.glob(".*.tmp"))
     assert [s["samples"] for s in manifest["shards"]] == [10, 10, 4] and manifest["complete"]
+    assert manifest["samples_read"] == 24 and manifest["skipped"] == {}
     texts = [m.decode() for s in sorted(out.glob("*.tar")) for m in members(s).values()]
     assert len(texts) == 24 and texts[0].endswith("(document 0)")
     with pytest.raises(ConfigError, match="another source or shard size"):
@@ -125,6 +130,7 @@ def test_cli_every_source_type(data, tmp_path, capsys):
         (["type=captions", "path={root}/missing"], "missing not found"),
         (["type=tfrecord", "path=x"], "not known"),
         (["{root}/hf_streamed.yaml"], "streamed"),
+        (["--max-skipped-fraction", "2", "embedded"], "must be in [0, 1]"),
     ],
 )
 def test_cli_errors_are_one_line(data, tmp_path, capsys, args, needle):
@@ -135,3 +141,76 @@ def test_cli_errors_are_one_line(data, tmp_path, capsys, args, needle):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and needle in err and len(err.splitlines()) == 1
+
+
+@pytest.fixture(scope="module")
+def messy(tmp_path_factory):
+    root = tmp_path_factory.mktemp("messy")
+    sample_data.messy_captions_folder(root / "captions")
+    sample_data.messy_class_folder(root / "classes")
+    return root
+
+
+def read_back(out: Path) -> list[sources.Sample]:
+    shards = sources.TarShards(sources.expand_shards([str(out)]), shuffle_buffer=0)
+    return [s for i in range(shards.num_shards()) for s in shards.shard_samples(i)]
+
+
+def test_messy_captions_folder_skips_and_counts_bad_samples(messy, tmp_path, capsys):
+    files = sample_data.messy_files(10)
+    expected = Counter(reason for *_, reason in files if reason) + Counter(empty_text=1)
+    good = [f"{i:09d}" for i, (*_, reason) in enumerate(files) if reason is None and i != 9]
+    out = tmp_path / "shards"
+    argv = [str(messy / "captions"), str(out), "--shard-size", "4", "--max-skipped-fraction", "1"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and len(captured.out.strip().splitlines()) == 1
+    assert "9 samples in 3 shards" in captured.out and "4 of 13 skipped" in captured.out
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["skipped"] == dict(expected) and sum(expected.values()) == 4
+    assert (manifest["samples_read"], manifest["num_samples"], manifest["complete"]) == (
+        13,
+        9,
+        True,
+    )
+    shards = manifest["shards"]
+    assert [s["samples"] for s in shards] == [4, 4, 1]  # --shard-size good samples per shard
+    assert sum(s["samples_read"] for s in shards) == 13
+    assert sum((Counter(s["skipped"]) for s in shards), Counter()) == expected
+    back = read_back(out)
+    assert [s.key for s in back] == good
+    assert [s.texts for s in back] == [sample_data.captions_of(int(k))[:1] for k in good]
+    for sample in back:
+        original = (messy / "captions" / "images" / files[int(sample.key)][0]).read_bytes()
+        assert sample.image == original  # JPEG / PNG stored as they are, once decoded
+        assert sources.decode_image(sample.image).size[0] > 0
+    before = {p.name: p.read_bytes() for p in out.glob("*.tar")}
+    (out / "shards-000001.tar").unlink()
+    assert main(argv) == 0  # rerun: the same plan, the missing shard written again identically
+    capsys.readouterr()
+    assert {p.name: p.read_bytes() for p in out.glob("*.tar")} == before
+    assert json.loads((out / "manifest.json").read_text()) == manifest
+
+
+def test_messy_class_folder_fails_above_max_skipped_fraction(messy, tmp_path):
+    reasons = {name: reason for name, _, reason in sample_data.messy_files(12)}
+    folder = sources.ImageFolder(messy / "classes")
+    good = [f"{i:09d}" for i, rel in enumerate(folder.files) if reasons[Path(rel).name] is None]
+    out = tmp_path / "classes"
+    done = subprocess.run(
+        [sys.executable, "-m", "flava.data.write_shards", str(messy / "classes"), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    err = done.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: 3 of 15 samples (20.0%) were skipped")
+    assert "--max-skipped-fraction 1" in err[0] and str(out) in err[0]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["skipped"] == dict(Counter(r for r in reasons.values() if r))
+    assert (manifest["samples_read"], manifest["num_samples"]) == (15, 12)
+    back = read_back(out)
+    assert [s.key for s in back] == good
+    assert [s.label for s in back] == [folder.sample(int(k)).label for k in good]

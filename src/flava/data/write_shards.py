@@ -4,10 +4,18 @@ SRC is a data path whose type is detected (a folder with captions.jsonl / captio
 image-class folder, text files, a Hugging Face dataset saved with `save_to_disk`), a YAML / JSON
 file holding one `SourceConfig`, the word `embedded`, or `key=value` fields of a `SourceConfig`
 (`type=huggingface path=/data/hf split=validation`). OUT_DIR receives `shards-000000.tar`, ...
-of N samples each (the last one shorter) and `manifest.json` (shard names, sample counts, the
-source). Each shard is written under a temporary name and renamed when complete, so a rerun
-skips complete shards and rewrites a partial one. JPEG and PNG images are stored as they are
-(`--reencode` or `--max-side` re-encode them); other images become JPEG of `--quality`.
+of N good samples each (the last one shorter) and `manifest.json` (shard names, the source
+sample range of each shard, sample counts, skipped samples per reason, the source).
+
+Every image is decoded once to check it; JPEG and PNG are then stored as they are (`--reencode`
+or `--max-side` re-encode them), other images become JPEG of `--quality`. A sample that cannot
+be used (an SVG, empty, truncated or unreadable image, a decompression bomb, a missing file or
+dead URL, no image where the source has images, an empty caption) is skipped and counted under
+its `flava.data.sources.SKIP_REASONS` entry. Shards are written in order, each under a temporary
+name renamed when complete, so a rerun keeps the complete shards and goes on after them.
+Progress goes to stdout. Exit status: 0; 1 when more than `--max-skipped-fraction` (default 0.1)
+of the samples read were skipped (the shards and manifest are still written); 2 for a bad
+source or argument; each failure is one line on stderr.
 Read the result with `{type: webdataset, shards: [OUT_DIR]}`.
 
 Examples:
@@ -18,6 +26,8 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import io
 import json
 import logging
@@ -25,7 +35,7 @@ import multiprocessing
 import os
 import sys
 import tarfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +45,14 @@ from PIL import Image
 
 from flava.config import ConfigError, SourceConfig
 from flava.data.sources import (
+    SKIP_REASONS,
+    BadSample,
     Sample,
+    SkipLog,
     SourceError,
     StreamingSource,
     decode_image,
+    describe,
     fetch,
     image_format,
 )
@@ -47,8 +61,12 @@ from flava.data.transforms import to_rgb
 log = logging.getLogger("flava.write_shards")
 
 MANIFEST = "manifest.json"
+Files = list[tuple[str, bytes]]  # the tar members of one sample: (name, bytes)
 _TEXT_COLUMNS = ("text", "caption", "captions", "sentences", "sentence")
-_SOURCE: Any = None  # the source being written (inherited by forked writer processes)
+_SOURCE: Any = None  # the source being written (inherited by forked worker processes)
+_SKIPS = SkipLog()  # skipped samples of this process, logged sparingly
+# What reading a sample may raise for a sample that cannot be used (as `robust_item` counts).
+_SAMPLE_ERRORS = (OSError, ValueError, Image.DecompressionBombError)
 
 
 def detect(path: str) -> dict[str, Any]:
@@ -144,17 +162,38 @@ def open_source(cfg: Any, role: str = "train", image_size: int = 224) -> Any:
     return source
 
 
+def sample_kind(source: Any) -> str:
+    """What every sample of `source` must hold: "vl" (image and text), "image" or "text"."""
+    kinds = getattr(source, "kinds", frozenset({"image", "text", "vl"}))
+    if "image" in kinds and "text" in kinds:
+        return "vl"
+    return "image" if "image" in kinds else "text"
+
+
+def check_sample(sample: Sample, kind: str) -> None:
+    """Raise `BadSample` when `sample` lacks the image or the text that `kind` needs."""
+    if kind != "text" and sample.image is None:
+        raise BadSample("missing_image", f"sample {sample.key!r} has no image")
+    if kind != "image" and not sample.texts:
+        raise BadSample("empty_text", f"sample {sample.key!r}: empty or whitespace-only text")
+
+
 def encode_image(
     image: bytes | Image.Image | str, quality: int, reencode: bool, max_side: int | None
 ) -> tuple[str, bytes]:
-    """(extension, bytes): JPEG / PNG bytes kept, anything else (or asked) JPEG of `quality`."""
+    """(extension, bytes) of an image decoded once to check it (`BadSample` if it cannot be):
+    JPEG / PNG bytes kept, anything else (or asked) JPEG of `quality`."""
     if isinstance(image, str):
-        image = fetch(image)
+        try:
+            image = fetch(image)
+        except (OSError, ValueError) as exc:
+            raise BadSample("image_unavailable", f"cannot fetch {image}: {exc}") from None
+    picture = decode_image(image)
     if isinstance(image, bytes) and not reencode and max_side is None:
         fmt = image_format(image)
         if fmt in ("jpg", "png"):
             return fmt, image
-    picture = to_rgb(decode_image(image))
+    picture = to_rgb(picture)
     if max_side is not None and max(picture.size) > max_side:
         picture = picture.copy()  # to_rgb may return the caller's own image
         picture.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
@@ -180,32 +219,106 @@ def sample_files(
     return files
 
 
+def prepare_sample(
+    source: Any, index: int, kind: str, quality: int, reencode: bool, max_side: int | None
+) -> tuple[Files | None, dict[str, int]]:
+    """(tar members, {}) of sample `index`, or (None, {reason: 1}) for a sample that cannot be
+    used (logged and counted by the shared bad-sample policy, `SkipLog`)."""
+    sample = None
+    try:
+        sample = source.sample(index)
+        check_sample(sample, kind)
+        return sample_files(sample, f"{index:09d}", quality, reencode, max_side), {}
+    except _SAMPLE_ERRORS as exc:
+        name = f"sample {index}" + (f" ({sample.key})" if sample is not None else "")
+        _SKIPS.add(exc, f"{name} of {describe(source)}")
+        return None, _SKIPS.take()
+
+
+def _prepare_job(
+    options: tuple[str, int, bool, int | None], index: int
+) -> tuple[int, Files | None, dict[str, int]]:
+    return (index, *prepare_sample(_SOURCE, index, *options))
+
+
+@contextlib.contextmanager
+def _preparer(
+    source: Any, options: tuple[str, int, bool, int | None], processes: int
+) -> Iterator[Callable[[range], Iterator[tuple[int, Files | None, dict[str, int]]]]]:
+    """A function from sample indices to their prepared samples, in order (in `processes`)."""
+    global _SOURCE, _SKIPS
+    _SOURCE, _SKIPS = source, SkipLog()
+    job = functools.partial(_prepare_job, options)
+    try:
+        if processes > 1 and "fork" in multiprocessing.get_all_start_methods():
+            with multiprocessing.get_context("fork").Pool(processes) as pool:
+                yield lambda indices: pool.imap(job, indices, chunksize=8)
+        else:
+            yield lambda indices: map(job, indices)
+    finally:
+        _SOURCE = None
+
+
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     info = tarfile.TarInfo(name)
     info.size, info.mode, info.mtime = len(data), 0o644, 0
     tar.addfile(info, io.BytesIO(data))
 
 
-def write_shard(
-    source: Any,
-    path: Path,
-    start: int,
-    stop: int,
-    quality: int = 95,
-    reencode: bool = False,
-    max_side: int | None = None,
-) -> int:
-    """Write samples start..stop-1 to `path` (via a temporary file, renamed when complete)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    written = 0
-    with tarfile.open(tmp, "w") as tar:
-        for index in range(start, stop):
-            sample = source.sample(index)
-            for name, data in sample_files(sample, f"{index:09d}", quality, reencode, max_side):
-                _add(tar, name, data)
-            written += 1
-    os.replace(tmp, path)
-    return written
+class _ShardFile:
+    """One shard being written (a temporary tar renamed when closed) and its manifest entry."""
+
+    def __init__(self, path: Path, start: int) -> None:
+        self.path, self.tmp = path, path.with_name(f".{path.name}.tmp")
+        self.tar = tarfile.open(self.tmp, "w")  # closed by `close`
+        self.entry: dict[str, Any] = {
+            "name": path.name,
+            "samples": 0,
+            "start": start,
+            "stop": start,
+            "samples_read": 0,
+            "skipped": {},
+        }
+
+    def add(self, index: int, files: Files | None, skipped: dict[str, int]) -> None:
+        """Add source sample `index`: its members, or its skip counts."""
+        for name, data in files or []:
+            _add(self.tar, name, data)
+        self.entry["samples"] += files is not None
+        self.entry["samples_read"] += 1
+        self.entry["stop"] = index + 1
+        for reason, n in skipped.items():
+            self.entry["skipped"][reason] = self.entry["skipped"].get(reason, 0) + n
+
+    def close(self) -> dict[str, Any]:
+        """Finish the tar, rename it to its final name; the manifest entry."""
+        self.tar.close()
+        os.replace(self.tmp, self.path)
+        counts = self.entry["skipped"]
+        self.entry["skipped"] = {r: counts[r] for r in SKIP_REASONS if r in counts}
+        return self.entry
+
+
+def _fill(
+    prepared: Iterator[tuple[int, Files | None, dict[str, int]]],
+    out: Path,
+    prefix: str,
+    number: int,
+    shard_size: int,
+    record: Callable[[dict[str, Any]], None],
+) -> None:
+    """Write prepared samples into shards `number`, ... of `shard_size` good samples; a full
+    shard closes at the next good sample, so bad samples count in the shard before them."""
+    shard: _ShardFile | None = None
+    for index, files, skipped in prepared:
+        if shard is not None and files is not None and shard.entry["samples"] >= shard_size:
+            record(shard.close())
+            shard, number = None, number + 1
+        if shard is None:
+            shard = _ShardFile(out / f"{prefix}-{number:06d}.tar", index)
+        shard.add(index, files, skipped)
+    if shard is not None:
+        record(shard.close())
 
 
 def count_samples(path: Path) -> int:
@@ -223,9 +336,58 @@ def count_samples(path: Path) -> int:
     return len(keys)
 
 
-def _write_job(job: tuple[int, str, int, int, int, bool, int | None]) -> tuple[int, int]:
-    shard, path, start, stop, quality, reencode, max_side = job
-    return shard, write_shard(_SOURCE, Path(path), start, stop, quality, reencode, max_side)
+def _resume(out: Path, total: int, shard_size: int) -> tuple[list[dict[str, Any]], list[str]]:
+    """(the leading shards of an earlier run still complete on disk, all its shard names)."""
+    path = out / MANIFEST
+    if not path.is_file():
+        return [], []
+    try:
+        old = json.loads(path.read_text())
+    except ValueError:
+        raise ConfigError(f"{path} is not valid JSON; delete it to write {out} again") from None
+    if (old.get("source_samples"), old.get("shard_size")) != (total, shard_size):
+        raise ConfigError(
+            f"{out} holds shards of another source or shard size ({old.get('source')}: "
+            f"{old.get('source_samples', old.get('num_samples'))} samples, shard size "
+            f"{old.get('shard_size')}); use a new OUT_DIR or delete it"
+        )
+    kept: list[dict[str, Any]] = []
+    for entry in old.get("shards", []):
+        if "stop" not in entry or count_samples(out / entry["name"]) != entry["samples"]:
+            break  # this one and the ones after it are written again (the same, in order)
+        kept.append(entry)
+    return kept, [entry["name"] for entry in old.get("shards", [])]
+
+
+def _totals(manifest: dict[str, Any], shards: list[dict[str, Any]], total: int) -> None:
+    """Set the manifest's shard list, sample and skip counts, and whether it is complete."""
+    skipped = {r: sum(s["skipped"].get(r, 0) for s in shards) for r in SKIP_REASONS}
+    manifest["num_samples"] = sum(s["samples"] for s in shards)
+    manifest["samples_read"] = sum(s["samples_read"] for s in shards)
+    manifest["skipped"] = {r: n for r, n in skipped.items() if n}
+    manifest["num_shards"] = len(shards)
+    manifest["shards"] = list(shards)
+    manifest["complete"] = bool(shards) and shards[-1]["stop"] == total
+
+
+def _new_manifest(
+    source: Any, fields: dict[str, Any], shard_size: int, options: tuple[Any, ...]
+) -> dict[str, Any]:
+    """The manifest of an empty output (its counts are set by `_totals`)."""
+    _, quality, reencode, max_side = options
+    manifest: dict[str, Any] = {
+        "format": "webdataset",
+        "source": describe(source),
+        "source_config": fields,
+        "source_samples": len(source),
+        "shard_size": shard_size,
+        "images": "JPEG (re-encoded)" if reencode or max_side else "original JPEG/PNG, else JPEG",
+        "jpeg_quality": quality,
+        "max_side": max_side,
+    }
+    if hasattr(source, "classes"):
+        manifest["classes"] = list(source.classes)
+    return manifest
 
 
 def write(
@@ -240,107 +402,108 @@ def write(
     source_fields: dict[str, Any] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Write all samples of `source` as shards of `shard_size` into `out_dir`; the manifest."""
-    global _SOURCE
+    """Write the good samples of `source` as shards of `shard_size` into `out_dir`, skipping
+    and counting bad ones; the manifest."""
     if shard_size < 1:
         raise ConfigError(f"--shard-size must be >= 1, got {shard_size}")
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     total = len(source)
-    describe = source.describe() if hasattr(source, "describe") else type(source).__name__
     if total == 0:
-        raise SourceError(f"{describe} has no samples")
-    count = (total + shard_size - 1) // shard_size
-    names = [f"{prefix}-{i:06d}.tar" for i in range(count)]
-    manifest_path = out / MANIFEST
-    manifest: dict[str, Any] = {
-        "format": "webdataset",
-        "source": describe,
-        "source_config": source_fields or {},
-        "num_samples": total,
-        "shard_size": shard_size,
-        "num_shards": count,
-        "images": "JPEG (re-encoded)" if reencode or max_side else "original JPEG/PNG, else JPEG",
-        "jpeg_quality": quality,
-        "max_side": max_side,
-        "shards": [],
-        "complete": False,
-    }
-    if hasattr(source, "classes"):
-        manifest["classes"] = list(source.classes)
-    done: dict[str, int] = {}
-    if manifest_path.is_file():
-        old = json.loads(manifest_path.read_text())
-        if (old.get("num_samples"), old.get("shard_size")) != (total, shard_size):
-            raise ConfigError(
-                f"{out} holds shards of another source or shard size ({old.get('source')}: "
-                f"{old.get('num_samples')} samples, shard size {old.get('shard_size')}); use a "
-                "new OUT_DIR or delete it"
-            )
-        done = {s["name"]: int(s["samples"]) for s in old.get("shards", [])}
+        raise SourceError(f"{describe(source)} has no samples")
+    options = (sample_kind(source), quality, reencode, max_side)
+    manifest = _new_manifest(source, source_fields or {}, shard_size, options)
+    shards, old_names = _resume(out, total, shard_size)
     for stale in out.glob(f".{prefix}-*.tar.tmp"):
         stale.unlink()  # a partial shard of an interrupted run
-    jobs, finished = [], {}
-    for i, name in enumerate(names):
-        start, stop = i * shard_size, min(total, (i + 1) * shard_size)
-        path = out / name
-        if path.is_file():
-            have = done.get(name)
-            have = count_samples(path) if have is None else have
-            if have == stop - start:
-                finished[i] = have
-                continue
-        jobs.append((i, str(path), start, stop, quality, reencode, max_side))
 
     def save() -> None:
-        manifest["shards"] = [{"name": names[k], "samples": finished[k]} for k in sorted(finished)]
-        manifest["complete"] = len(finished) == count
-        tmp = manifest_path.with_name(f".{MANIFEST}.tmp")
+        _totals(manifest, shards, total)
+        tmp = out / f".{MANIFEST}.tmp"
         tmp.write_text(json.dumps(manifest, indent=2))
-        os.replace(tmp, manifest_path)
+        os.replace(tmp, out / MANIFEST)
 
-    def record(shard: int, samples: int) -> None:
-        finished[shard] = samples
+    def record(entry: dict[str, Any]) -> None:
+        shards.append(entry)
         save()
         if progress:
-            progress(f"{names[shard]}: {samples} samples ({len(finished)}/{count} shards)")
+            read = f"samples {entry['start']}..{entry['stop'] - 1} of {total}"
+            progress(f"{entry['name']}: {entry['samples']} samples ({read})")
 
-    if progress and finished:
-        progress(f"{len(finished)} complete shard(s) kept")
-    _SOURCE = source
-    try:
-        if processes > 1 and len(jobs) > 1 and "fork" in multiprocessing.get_all_start_methods():
-            with multiprocessing.get_context("fork").Pool(processes) as pool:
-                for shard, samples in pool.imap_unordered(_write_job, jobs):
-                    record(shard, samples)
-        else:
-            for job in jobs:
-                record(*_write_job(job))
-    finally:
-        _SOURCE = None
+    if progress and shards:
+        progress(f"{len(shards)} complete shard(s) kept")
+    start = shards[-1]["stop"] if shards else 0
+    if start < total:
+        with _preparer(source, options, processes) as prepare:
+            prepared = prepare(range(start, total))
+            _fill(prepared, out, prefix, len(shards), shard_size, record)
     save()
+    for name in set(old_names) - {s["name"] for s in shards}:
+        (out / name).unlink(missing_ok=True)  # an earlier run's shard past the new last one
     return manifest
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit status (2 for a bad source or argument)."""
+def _reasons(manifest: dict[str, Any]) -> str:
+    return ", ".join(f"{reason} {n}" for reason, n in manifest["skipped"].items())
+
+
+def summary(manifest: dict[str, Any], out_dir: str) -> str:
+    """One line: samples and shards written, samples skipped per reason, how to read them."""
+    line = f"{manifest['num_samples']} samples in {manifest['num_shards']} shards -> {out_dir}"
+    skipped = sum(manifest["skipped"].values())
+    if skipped:
+        line += f"; {skipped} of {manifest['samples_read']} skipped ({_reasons(manifest)})"
+    return f"{line} (read with {{type: webdataset, shards: [{out_dir}]}})"
+
+
+def skipped_error(manifest: dict[str, Any], limit: float, out_dir: str) -> str | None:
+    """The one-line error when too many samples were skipped (`datasets.max_skipped_fraction`'s
+    rule: more than `limit` of the samples read), else None."""
+    read, skipped = manifest["samples_read"], sum(manifest["skipped"].values())
+    if manifest["num_samples"] == 0:
+        return f"all {read} samples were skipped ({_reasons(manifest)}); fix the data"
+    if skipped <= limit * read:
+        return None
+    return (
+        f"{skipped} of {read} samples ({skipped / read:.1%}) were skipped ({_reasons(manifest)});"
+        f" shards in {out_dir} hold the rest; fix the data or pass --max-skipped-fraction 1"
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m flava.data.write_shards",
         description=__doc__.split("\n\n")[0] if __doc__ else None,
     )
-    parser.add_argument("src", nargs="+", help="data path, source YAML/JSON, or key=value fields")
-    parser.add_argument("out_dir", help="output folder (shards + manifest.json)")
-    parser.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
-    parser.add_argument("--prefix", default="shards", help="shard name prefix")
-    parser.add_argument("--quality", type=int, default=95, help="JPEG quality when encoding")
-    parser.add_argument("--reencode", action="store_true", help="re-encode every image as JPEG")
-    parser.add_argument("--max-side", type=int, default=None, help="downscale longer sides")
-    parser.add_argument("--processes", type=int, default=1, help="shards written in parallel")
-    parser.add_argument("--role", default="train", choices=("train", "val"), help="split role")
-    parser.add_argument("--image-size", type=int, default=224, help="embedded scenes' size")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    add = parser.add_argument
+    add("src", nargs="+", help="data path, source YAML/JSON, or key=value fields")
+    add("out_dir", help="output folder (shards + manifest.json)")
+    add("--shard-size", type=int, default=1000, help="good samples per shard")
+    add("--prefix", default="shards", help="shard name prefix")
+    add("--quality", type=int, default=95, help="JPEG quality when encoding")
+    add("--reencode", action="store_true", help="re-encode every image as JPEG")
+    add("--max-side", type=int, default=None, help="downscale longer sides")
+    add("--processes", type=int, default=1, help="processes reading and encoding samples")
+    add("--role", default="train", choices=("train", "val"), help="split role")
+    add("--image-size", type=int, default=224, help="embedded scenes' size")
+    add(
+        "--max-skipped-fraction",
+        type=float,
+        default=0.1,
+        help="exit 1 when more than this fraction of the samples read were skipped as bad",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status (1: too many bad samples, 2: bad source/argument)."""
+    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     try:
+        if not 0 <= args.max_skipped_fraction <= 1:
+            raise ConfigError(
+                f"--max-skipped-fraction must be in [0, 1], got {args.max_skipped_fraction}"
+            )
         cfg = source_config(args.src)
         source = open_source(cfg, args.role, args.image_size)
         fields = {
@@ -363,10 +526,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(
-        f"{manifest['num_samples']} samples in {manifest['num_shards']} shards -> {args.out_dir}"
-        f" (read with {{type: webdataset, shards: [{args.out_dir}]}})"
-    )
+    print(summary(manifest, args.out_dir))
+    error = skipped_error(manifest, args.max_skipped_fraction, args.out_dir)
+    if error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     return 0
 
 
