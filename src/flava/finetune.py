@@ -14,6 +14,7 @@ from __future__ import annotations
 import sys
 
 from flava.config import cli_main
+from flava.data.sources.base import DataError
 from flava.tasks.finetune_config import (
     FinetuneConfig,
     describe_schema,
@@ -36,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         lambda: describe_schema(FinetuneConfig),
         lambda a: load_schema_config(a, FinetuneConfig, validate_finetune),
         _run,
+        stop_errors=(DataError,),
     )
 
 

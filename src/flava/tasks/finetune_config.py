@@ -20,6 +20,7 @@ from flava.config import (
     ConfigError,
     EvaluationConfig,
     LightningConfig,
+    SourceConfig,
     TrainingConfig,
     _config_path,
     _one_line,
@@ -30,6 +31,7 @@ from flava.config import (
 MODALITIES = ("text", "image", "multimodal")
 TASK_TYPES = ("classification", "regression", "vqa")
 DATA_KINDS = (
+    "source",
     "embedded",
     "glue",
     "torchvision",
@@ -119,6 +121,8 @@ class SplitConfig:
     """Number of examples (embedded: scenes to generate; others: first N, None: all)."""
     seed: int = 0
     """Generator seed (embedded scenes)."""
+    path: str | None = None
+    """data.kind=source: this split's file or folder (default: data.source.path)."""
 
 
 @dataclass
@@ -126,7 +130,18 @@ class FinetuneDataConfig:
     """Which dataset, where, and how its inputs are processed."""
 
     kind: str = "embedded"
-    """embedded, glue, torchvision, image_folder, vqa, snli_ve or hateful_memes."""
+    """source (your own data, see data.source), embedded, glue, torchvision, image_folder, vqa,
+    snli_ve or hateful_memes."""
+    source: SourceConfig = field(default_factory=lambda: SourceConfig(type="records"))
+    """data.kind=source: how to read it (type records / image_folder / huggingface / webdataset
+    / captions, path, image_column, text_columns, text_pair_column, label_column, ...); each
+    split's name is the Hugging Face split, its path (if set) replaces source.path."""
+    val_fraction: float = 0.0
+    """Carve this seeded share (training.seed) of the training split out as the validation set;
+    data.val is then not read (use when the data has no validation split)."""
+    max_skipped_fraction: float = 0.1
+    """Stop (with a checkpoint, exit 1) when more than this fraction of the training examples
+    read were bad (unreadable or truncated images, SVG, empty texts, bad labels); 1 never stops."""
     name: str | None = None
     """embedded: image, pair or vqa; glue: the task (mnli ...); torchvision: cifar10 ..."""
     root: str | None = None
@@ -268,7 +283,9 @@ def validate_finetune(cfg: DictConfig) -> None:
         (d.kind in DATA_KINDS, "data.kind", f"must be one of {', '.join(DATA_KINDS)}"),
         (d.text_max_length >= 3, "data.text_max_length", "must be >= 3"),
         (d.answer_vocab_size >= 1, "data.answer_vocab_size", "must be >= 1"),
-        (len(d.val) > 0, "data.val", "needs at least one validation split"),
+        (len(d.val) > 0 or d.val_fraction > 0, "data.val", "needs a split, or data.val_fraction"),
+        (0 <= d.val_fraction < 1, "data.val_fraction", "must be in [0, 1)"),
+        (0 <= d.max_skipped_fraction <= 1, "data.max_skipped_fraction", "must be in [0, 1]"),
         (
             len(d.crop_scale) == 2 and 0 < d.crop_scale[0] <= d.crop_scale[1] <= 1,
             "data.crop_scale",

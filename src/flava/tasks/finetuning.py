@@ -264,6 +264,8 @@ def expected_task(d: DictConfig) -> tuple[str | None, str | None]:
         return "image", "classification"
     if d.kind == "vqa":
         return "multimodal", "vqa"
+    if d.kind == "source":
+        return None, None
     return "multimodal", "classification"
 
 
@@ -286,14 +288,58 @@ def _split_prefixes(d: DictConfig) -> list[str]:
     return prefixes
 
 
+NEEDS = {"text": ("text",), "image": ("image",), "multimodal": ("image", "text")}
+
+
+def _source_sets(cfg: DictConfig, splits: list[Any]) -> list[Any]:
+    """data.kind=source: each split read through the configured source; labels named by the
+    training split (validation splits use its classes)."""
+    from omegaconf import OmegaConf
+
+    from flava.tasks.task_data import build_source, source_task
+
+    d, k = cfg.data, cfg.task
+    sets: list[Any] = []
+    for n, split in enumerate(splits):
+        entry = OmegaConf.merge(d.source, {"split": d.source.split or split.name})
+        if split.path:
+            entry.path = split.path
+        if entry.type == "image_folder" and sets:
+            entry.classes = list(sets[0].folder_classes or [])
+        try:
+            source = build_source(entry, "train" if n == 0 else "val")
+        except ConfigError as exc:
+            raise type(exc)(
+                f"data.source ({entry.type} {entry.path or entry.key}): {exc}"
+            ) from None
+        space = sets[0].space if sets else None
+        sets.append(source_task(source, NEEDS[k.modality], k.type, split.size, space))
+    return sets
+
+
+def _carve_validation(cfg: DictConfig, train: Any) -> tuple[Any, Any]:
+    """(train, val): a seeded share data.val_fraction of the training set held out."""
+    import numpy as np
+
+    order = np.random.default_rng([cfg.training.seed, 0x7A1]).permutation(len(train))
+    held = max(1, int(round(cfg.data.val_fraction * len(train))))
+    if held >= len(train):
+        raise ConfigError(f"data.val_fraction={cfg.data.val_fraction} leaves no training data")
+    log.info("data.val_fraction: %d of %d examples held out for validation", held, len(train))
+    return train.subset(sorted(order[held:].tolist())), train.subset(sorted(order[:held].tolist()))
+
+
 def build_datasets(
     cfg: DictConfig, image_size: int
 ) -> tuple[Any, list[tuple[str, Any]], list[str], int]:
     """(train set, [(metric prefix, validation set)], class names / answers, outputs)."""
     d = cfg.data
-    splits = [d.train, *d.val]
-    prefixes = _split_prefixes(d)
-    if d.kind == "embedded":
+    carve = d.val_fraction > 0
+    splits = [d.train] if carve else [d.train, *d.val]
+    prefixes = ["val"] if carve else _split_prefixes(d)
+    if d.kind == "source":
+        sets = _source_sets(cfg, splits)
+    elif d.kind == "embedded":
         sets = [
             SceneTask(d.name or "image", s.name, s.size or 512, image_size, s.seed) for s in splits
         ]
@@ -306,7 +352,7 @@ def build_datasets(
     elif d.kind == "image_folder":
         train = image_folder_task(d.root, d.train.name, None, d.train.size)
         sets = [train] + [
-            image_folder_task(d.root, s.name, train.class_names, s.size) for s in d.val
+            image_folder_task(d.root, s.name, train.class_names, s.size) for s in splits[1:]
         ]
     elif d.kind == "vqa":
         rows = [read_vqa(d.root, dict(s.files)) for s in splits]
@@ -319,6 +365,9 @@ def build_datasets(
     else:  # pragma: no cover - validated before
         raise ConfigError(f"data.kind={d.kind!r} is invalid")
     train, vals = sets[0], sets[1:]
+    if carve:
+        train, val = _carve_validation(cfg, train)
+        vals = [val]
     outputs = train.num_outputs
     if cfg.task.type == "regression" and outputs != 1:
         raise ConfigError(f"task.type=regression needs a regression dataset ({outputs} classes)")
@@ -456,6 +505,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     log.info("majority baseline ...")
     baseline = majority_baseline(train, vals, k.type)
     trainer.fit(module, datamodule=data, ckpt_path=resume)
+    counts = data_counts(module)
+    if module.stopped:
+        from flava.data.sources.base import DataError
+
+        stem, message = module.stopped
+        path = run_dir / "checkpoints" / f"{stem}.ckpt"
+        trainer.save_checkpoint(path)
+        if trainer.is_global_zero:
+            write_metrics(run_dir, counts)
+        raise DataError(f"{message}; checkpoint written to {path}")
     final = _validated(trainer, module, data)
     best_path = best_cb.best_model_path
     best_step = trainer.global_step
@@ -475,6 +534,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     extra = {"task": k.name, "type": k.type, "class_names": class_names}
     module.model.save(model_dir, extra)  # the best checkpoint's weights
     metrics.update(loss_trends(read_logged(run_dir)))
+    metrics.update(counts)
+    metrics.update({f"data/val_skipped/{r}": n for r, n in sorted(module.val_skipped.items())})
     metrics.update(
         {
             "task": k.name,
@@ -491,6 +552,25 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     write_metrics(run_dir, metrics)
     print(summary(metrics, run_dir))
     return metrics
+
+
+def data_counts(module: Any) -> dict[str, Any]:
+    """`data/skipped/<reason>`, `data/samples_read`, `data/skipped_fraction` of the training run
+    (this process's counts; summed over processes under DDP)."""
+    from flava.data.sources.base import SKIP_REASONS
+
+    reasons = list(SKIP_REASONS)
+    local = [module.skipped.get(r, 0) for r in reasons] + [module.samples_read]
+    values = torch.tensor(local, dtype=torch.float64)
+    trainer = module._trainer
+    if trainer is not None and trainer.world_size > 1:
+        values = trainer.strategy.reduce(values.to(module.device), reduce_op="sum").cpu()
+    counts = dict(zip(reasons, (int(v) for v in values[:-1].tolist()), strict=True))
+    read = int(values[-1])
+    out: dict[str, Any] = {f"data/skipped/{r}": n for r, n in counts.items() if n}
+    out["data/samples_read"] = read
+    out["data/skipped_fraction"] = sum(counts.values()) / max(1, read)
+    return out
 
 
 def _image_size(cfg: DictConfig) -> int:

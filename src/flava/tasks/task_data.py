@@ -89,6 +89,10 @@ class TaskDataset:
     num_outputs: int
     class_names: list[str] = field(default_factory=list)
     target_of: Any = None
+    space: Any = None
+    """(class names, label -> target) of a source's labels; validation splits reuse it."""
+    folder_classes: list[str] | None = None
+    """Class folder names in label order (image folders; validation folders reuse them)."""
 
     def __len__(self) -> int:
         """Number of examples."""
@@ -107,7 +111,15 @@ class TaskDataset:
     def subset(self, indices: Sequence[int]) -> TaskDataset:
         """The examples at `indices` (a carved-out validation split, a capped set)."""
         rows = [self.rows[i] for i in indices]
-        return TaskDataset(rows, self.make, self.num_outputs, self.class_names, self.target_of)
+        return TaskDataset(
+            rows,
+            self.make,
+            self.num_outputs,
+            self.class_names,
+            self.target_of,
+            self.space,
+            self.folder_classes,
+        )
 
 
 def open_image(path: Path | str) -> Image.Image:
@@ -216,6 +228,8 @@ def source_task(
         outputs,
         names,
         lambda i: to_target(labels[i]),
+        (names, to_target),
+        getattr(source, "classes", None),
     )
 
 
@@ -310,7 +324,7 @@ def glue_dataset(
     except SourceError as exc:
         fetch = f"datasets.load_dataset('{hf_path}', '{task}')"
         raise DatasetUnavailable(
-            f"GLUE {task} ({split}): {exc}; to fill the cache run `python -c \"import datasets; "
+            f'GLUE {task} ({split}): {exc}; to fill the cache run `python -c "import datasets; '
             f'{fetch}"` on a connected machine'
         ) from None
     regression = GLUE_TASKS[task][2] == 1

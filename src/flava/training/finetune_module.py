@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -10,8 +11,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
+from PIL import Image
 from torch import nn
 
+from flava.data.sources.base import DataError, SkipLog, skip_reason, too_many_skipped
 from flava.data.tokenizer import FlavaTokenizer
 from flava.data.transforms import ImageTransform
 from flava.tasks.finetuning import FlavaClassifier, TaskMetrics
@@ -19,6 +22,8 @@ from flava.tasks.task_data import Example
 from flava.training.module import lr_lambda
 
 INPUT_KEYS = ("pixel_values", "input_ids", "attention_mask", "token_type_ids")
+_MAX_REPLACEMENTS = 8  # draws for a bad training example before the data is declared broken
+_DATA_CHECK_MIN = 10  # batches' worth of examples read before the skipped fraction is judged
 
 
 class Collator:
@@ -39,8 +44,14 @@ class Collator:
     def __call__(
         self, examples: Sequence[Example], generator: torch.Generator | None = None
     ) -> dict[str, torch.Tensor]:
-        """Collate; `generator` drives random crops / flips of training images."""
-        batch: dict[str, torch.Tensor] = {}
+        """Collate; `generator` drives random crops / flips of training images. Failed examples
+        (`BadSample` and friends, from `UsableExamples`) are left out and counted in "skipped"."""
+        skipped = Counter(skip_reason(e) for e in examples if isinstance(e, BaseException))
+        examples = [e for e in examples if not isinstance(e, BaseException)]
+        batch: dict[str, Any] = {"skipped": dict(skipped)}
+        if not examples:
+            batch["targets"] = torch.empty(0)
+            return batch
         if self.modality in ("image", "multimodal"):
             views = self.transform.batch([e.image for e in examples], generator=generator)
             batch["pixel_values"] = views["pixel_values"]
@@ -67,6 +78,23 @@ class Collator:
         return torch.tensor(values, dtype=torch.long)
 
 
+class UsableExamples(torch.utils.data.Dataset):
+    """A validation set whose bad examples come back as their exception (the collator drops
+    and counts them) instead of stopping the run."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        try:
+            return self.dataset[index]
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            return exc
+
+
 class EpochBatches(torch.utils.data.IterableDataset):
     """Endless training batches indexed by global batch number (exact resume, no communication)."""
 
@@ -89,6 +117,7 @@ class EpochBatches(torch.utils.data.IterableDataset):
         self.dataset, self.collate = dataset, collate
         self.batch_size, self.seed = batch_size, seed
         self.rank, self.world_size, self.start_batch = rank, world_size, start_batch
+        self.skips = SkipLog()
 
     def indices(self, batch_index: int) -> np.ndarray:
         """Dataset indices of this process's share of global batch `batch_index`."""
@@ -108,10 +137,29 @@ class EpochBatches(torch.utils.data.IterableDataset):
         generator = torch.Generator().manual_seed(
             int(np.random.default_rng([self.seed, batch_index, self.rank]).integers(2**62))
         )
-        examples = [self.dataset[int(i)] for i in self.indices(batch_index)]
+        rng = np.random.default_rng([self.seed, batch_index, self.rank, 0xBAD])
+        indices = self.indices(batch_index)
+        examples = [self._example(int(i), rng) for i in indices]
         out = self.collate(examples, generator)
         out["batch_index"] = torch.tensor(batch_index)
+        out["skipped"] = self.skips.take()
+        out["samples_read"] = len(indices) + sum(out["skipped"].values())
         return out
+
+    def _example(self, index: int, rng: np.random.Generator) -> Example:
+        """Example `index`; a bad one is counted and replaced by a randomly drawn one."""
+        reasons = []
+        for _ in range(_MAX_REPLACEMENTS):
+            try:
+                return self.dataset[index]
+            except (OSError, ValueError, Image.DecompressionBombError) as exc:
+                self.skips.add(exc, f"training example {index}")
+                reasons.append(skip_reason(exc))
+                index = int(rng.integers(len(self.dataset)))
+        raise DataError(
+            f"{_MAX_REPLACEMENTS} training examples in a row could not be used "
+            f"({', '.join(sorted(set(reasons)))}); check the data"
+        )
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = torch.utils.data.get_worker_info()
@@ -158,7 +206,7 @@ class FinetuneData(L.LightningDataModule):
         t = self.cfg.training
         return [
             torch.utils.data.DataLoader(
-                ds,
+                UsableExamples(ds),
                 batch_size=t.batch_size,
                 shuffle=False,
                 num_workers=t.num_workers,
@@ -199,6 +247,36 @@ class FinetuneModule(L.LightningModule):
             TaskMetrics(list(k.metrics), k.type, outputs) for _ in prefixes
         )
         self.batches_seen = 0
+        self.skipped: dict[str, int] = {}  # bad training examples, per reason (this process)
+        self.samples_read = 0
+        self.val_skipped: dict[str, int] = {}  # bad validation examples of the last pass
+        self._val_pass: dict[str, int] = {}
+        self.stopped: tuple[str, str] | None = None  # (checkpoint stem, one-line reason)
+
+    def _count_data(self, batch: dict[str, Any]) -> None:
+        """Add the batch's skipped examples; stop when too large a fraction of them was bad."""
+        for reason, n in batch.get("skipped", {}).items():
+            self.skipped[reason] = self.skipped.get(reason, 0) + int(n)
+        self.samples_read += int(batch.get("samples_read", 0))
+        limit = self.cfg.data.max_skipped_fraction
+        if self.samples_read < _DATA_CHECK_MIN * self.cfg.training.batch_size:
+            return
+        reason = too_many_skipped(self.skipped, self.samples_read, limit, "training examples")
+        if reason is not None:
+            self.stopped = (
+                "bad-data-stop",
+                f"stopped at step {self.global_step}: {reason}; fix the data or raise "
+                "data.max_skipped_fraction",
+            )
+            self.trainer.should_stop = True
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["flava_counters"] = {"skipped": self.skipped, "samples_read": self.samples_read}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        counters = checkpoint.get("flava_counters", {})
+        self.skipped = dict(counters.get("skipped", {}))
+        self.samples_read = int(counters.get("samples_read", 0))
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Logits for a collated batch."""
@@ -206,6 +284,7 @@ class FinetuneModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         self.batches_seen = int(batch["batch_index"]) + 1
+        self._count_data(batch)
         loss = task_loss(self(batch), batch["targets"], self.cfg.task.type)
         size = batch["targets"].shape[0]
         self.log("train/loss", loss, on_step=True, prog_bar=True, batch_size=size)
@@ -214,8 +293,12 @@ class FinetuneModule(L.LightningModule):
     def validation_step(
         self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0
     ) -> None:
-        logits = self(batch)
+        for reason, n in batch.get("skipped", {}).items():
+            self._val_pass[reason] = self._val_pass.get(reason, 0) + int(n)
         targets = batch["targets"]
+        if targets.shape[0] == 0:
+            return
+        logits = self(batch)
         loss = task_loss(logits, targets, self.cfg.task.type)
         self.metrics[dataloader_idx].update(logits, targets)
         self.log(
@@ -228,6 +311,7 @@ class FinetuneModule(L.LightningModule):
         )
 
     def on_validation_epoch_end(self) -> None:
+        self.val_skipped, self._val_pass = self._val_pass, {}
         for prefix, metrics in zip(self.prefixes, self.metrics, strict=True):
             for name, value in metrics.compute().items():  # synced across processes
                 self.log(f"{prefix}/{name}", value, add_dataloader_idx=False)
