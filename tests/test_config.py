@@ -16,6 +16,16 @@ def test_every_shipped_pretraining_config_validates():
         assert cfg.training.learning_rate > 0
 
 
+def test_every_shipped_finetuning_config_validates():
+    from flava.tasks.finetune_config import FinetuneConfig, load_schema_config, validate_finetune
+
+    names = [n for n in shipped_configs() if n.startswith("finetuning/")]
+    assert "finetuning/own_data.yaml" in names
+    for name in names:
+        cfg = load_schema_config([f"config={name}"], FinetuneConfig, validate_finetune)
+        assert cfg.training.learning_rate > 0 and cfg.data.kind
+
+
 def test_original_release_paths_resolve():
     for spelling in (
         "flava/configs/pretraining/demo.yaml",

@@ -150,3 +150,24 @@ def test_retrieval_reads_the_captions_file_pretraining_reads(tmp_path, fmt):
     assert m["images"] == 6 and m["captions"] == sum(
         len(sample_data.captions_of(i)) for i in range(6)
     )
+
+
+def test_readme_own_data_commands(tmp_path):
+    """The two README commands, on real files, with the tiny preset and a few steps."""
+    records = _records(tmp_path / "memes")
+    folder = sample_data.messy_class_folder(tmp_path / "my_classes")
+    small = [*TUNE, "data.max_skipped_fraction=1", "training.learning_rate=1e-4"]
+    commands = [
+        [f"data.source.path={records}", "task.modality=multimodal", "data.val_fraction=0.2"],
+        [
+            "data.source.type=image_folder",
+            f"data.source.path={folder}",
+            "task.modality=image",
+            "data.val_fraction=0.2",
+        ],
+    ]
+    for n, args in enumerate(commands):
+        run_dir = tmp_path / f"run{n}"
+        argv = ["config=finetuning/own_data.yaml", *args, *small, f"training.run_dir={run_dir}"]
+        assert finetune.main(argv) == 0
+        assert (run_dir / "model" / "head.safetensors").exists()
