@@ -119,6 +119,12 @@ class EvaluationConfig:
     """Validation images (with all their captions) to evaluate on."""
     batch_size: int = 64
     """Embedding batch size."""
+    class_names: str | None = None
+    """Zero-shot on labelled datasets.image.val entries: JSON list of class names in label order
+    (default: the folder names, "_" read as spaces, or the dataset's label names)."""
+    templates: str | None = None
+    """Zero-shot prompt templates: a JSON list file, imagenet80 or imagenet7 (default: the
+    scenes' own for embedded data, "a photo of a {}." otherwise)."""
 
 
 @dataclass
@@ -399,6 +405,40 @@ def training_checks(t: DictConfig) -> list[tuple[bool, str, str]]:
     ]
 
 
+def evaluation_checks(
+    ev: DictConfig, d: DictConfig, max_scenes: int
+) -> list[tuple[bool, str, str]]:
+    """Value checks of training.evaluation (the scene cap applies to embedded vl validation)."""
+    embedded = any(s.type == "embedded" for s in d.vl.val)
+    most = max_scenes if embedded else sys.maxsize
+    named = ("imagenet80", "imagenet7")
+    return [
+        (
+            1 <= ev.num_samples <= most,
+            "training.evaluation.num_samples",
+            f"must be 1 to {max_scenes} (distinct held-out scenes)" if embedded else "must be >= 1",
+        ),
+        (ev.batch_size >= 1, "training.evaluation.batch_size", "must be >= 1"),
+        (
+            ev.every_n_steps is None or ev.every_n_steps >= 1,
+            "training.evaluation.every_n_steps",
+            "must be >= 1 or null",
+        ),
+        (
+            ev.class_names is None or Path(ev.class_names).expanduser().is_file(),
+            "training.evaluation.class_names",
+            "must be a JSON list file of class names (not found)",
+        ),
+        (
+            ev.templates is None
+            or ev.templates in named
+            or Path(ev.templates).expanduser().is_file(),
+            "training.evaluation.templates",
+            "must be imagenet80, imagenet7 or a JSON list file of templates with {} (not found)",
+        ),
+    ]
+
+
 def validate(cfg: DictConfig) -> None:
     """Value checks that types alone cannot express."""
     from flava.data.scenes import MAX_DISTINCT_SCENES
@@ -418,11 +458,7 @@ def validate(cfg: DictConfig) -> None:
             "must be auto, dalle or kmeans",
         ),
         (m.kmeans_codes >= 2, "model.kmeans_codes", "must be >= 2"),
-        (
-            1 <= t.evaluation.num_samples <= MAX_DISTINCT_SCENES,
-            "training.evaluation.num_samples",
-            f"must be 1 to {MAX_DISTINCT_SCENES} (distinct held-out scenes)",
-        ),
+        *evaluation_checks(t.evaluation, d, MAX_DISTINCT_SCENES),
         (
             0 <= m.losses.itm_negative_probability < 1,
             "model.losses.itm_negative_probability",

@@ -59,7 +59,7 @@ def run(cfg: Any) -> dict[str, Any]:
     """Train per `cfg`; returns the metrics written to metrics.json (rank 0)."""
     import lightning as L
 
-    from flava.training.callbacks import ZeroShotEvaluation, scene_evaluation_set
+    from flava.training.callbacks import build_evaluation
     from flava.training.data import PretrainingData, check_sources
     from flava.training.module import FlavaPretrainingModule
 
@@ -74,35 +74,16 @@ def run(cfg: Any) -> dict[str, Any]:
     resume = t.lightning_load_from_checkpoint
     if resume and not Path(resume).exists():
         raise CheckpointError(f"training.lightning_load_from_checkpoint: {resume}: no such file")
-    callbacks = []
-    evaluation = None
-    ev = t.evaluation
-    embedded_val = any(s.type == "embedded" for s in cfg.datasets.vl.val)
-    if ev.enabled and embedded_val and "vl" in cfg.datasets.selected:
-        image = module.model.config.image
-        evaluation = ZeroShotEvaluation(
-            scene_evaluation_set(ev.num_samples, image.image_size, cfg.datasets.vl.val[0].seed),
-            data.tokenizer,
-            data.val_builder.transform,
-            ev.batch_size,
-            cfg.datasets.text_max_length,
-            ev.every_n_steps,
-        )
-        callbacks.append(evaluation)
-    trainer = build_trainer(cfg, run_dir, callbacks)
+    image_size = module.model.config.image.image_size
+    evaluation = build_evaluation(cfg, image_size, data.tokenizer, data.val_builder.transform)
+    trainer = build_trainer(cfg, run_dir, [evaluation] if evaluation else [])
     metrics: dict[str, Any] = {}
     if not resume:
         module.on_fit_start()  # fit the k-means codebook before the "before" validation
         before = trainer.validate(module, datamodule=data, verbose=False)
         metrics.update(_flatten("before", _merge(before)))
     trainer.fit(module, datamodule=data, ckpt_path=resume)
-    counts = {f"nonfinite_skipped/{k}": v for k, v in module.nonfinite.items()}
-    data_totals = module.data_totals()  # summed over processes: every process calls it
-    counts["data/samples_read"] = data_totals.pop("samples_read")
-    counts.update({f"data/skipped/{k}": v for k, v in data_totals.items()})
-    counts["data/skipped_fraction"] = sum(data_totals.values()) / max(
-        1, counts["data/samples_read"]
-    )
+    counts = _counts(module)
     if module.stopped:
         stem, message = module.stopped
         path = run_dir / "checkpoints" / f"{stem}.ckpt"
@@ -126,6 +107,8 @@ def run(cfg: Any) -> dict[str, Any]:
     if evaluation is not None:
         for when, values in evaluation.results.items():
             metrics.update(_flatten(when, values))
+        metrics.update(evaluation.counts)
+        metrics["eval/history"] = evaluation.history
     metrics.update(
         {"steps": trainer.global_step, "seconds": round(timer(), 1), "checkpoint": str(model_dir)}
     )
@@ -133,6 +116,18 @@ def run(cfg: Any) -> dict[str, Any]:
     plot_curves(run_dir, rows, evaluation.history if evaluation else [])
     print(summary(metrics, run_dir))
     return metrics
+
+
+def _counts(module: Any) -> dict[str, Any]:
+    """Non-finite steps skipped and training samples read / skipped by reason."""
+    counts = {f"nonfinite_skipped/{k}": v for k, v in module.nonfinite.items()}
+    data_totals = module.data_totals()  # summed over processes: every process calls it
+    counts["data/samples_read"] = data_totals.pop("samples_read")
+    counts.update({f"data/skipped/{k}": v for k, v in data_totals.items()})
+    counts["data/skipped_fraction"] = sum(data_totals.values()) / max(
+        1, counts["data/samples_read"]
+    )
+    return counts
 
 
 def _merge(results: list[dict[str, float]]) -> dict[str, float]:

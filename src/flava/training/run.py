@@ -158,23 +158,31 @@ def plot_curves(
             sum(values[max(0, i - k + 1) : i + 1]) / len(values[max(0, i - k + 1) : i + 1])
             for i in range(len(values))
         ]
-        axes[0].plot(steps, smooth, label=name.removeprefix("train/"))
+        marker = "o" if len(steps) < 3 else None  # a line needs two points
+        axes[0].plot(steps, smooth, marker=marker, label=name.removeprefix("train/"))
     axes[0].set(title="training losses (smoothed)", xlabel="step", ylabel="loss")
     axes[0].legend(fontsize=8)
-    keys = [k for k in (history[0] if history else {}) if k != "step"]
-    for key in keys:
-        axes[1].plot(
-            [h["step"] for h in history],
-            [h.get(key, float("nan")) for h in history],
-            marker="o",
-            label=key,
-        )
-    axes[1].set(title="zero-shot evaluation (validation)", xlabel="step", ylim=(0, 1.02))
-    if keys:
-        axes[1].legend(fontsize=7)
+    plot_evaluation(axes[1], history)
     fig.tight_layout()
     fig.savefig(run_dir / "curves.png", dpi=100)
     plt.close(fig)
+
+
+def plot_evaluation(ax: Any, history: list[dict[str, float]]) -> None:
+    """Retrieval (solid) and zero-shot (dashed) metrics over steps on one matplotlib axis."""
+    keys = list(dict.fromkeys(k for h in history for k in h if k != "step"))
+    for key in keys:
+        pts = [(h["step"], h[key]) for h in history if key in h]
+        steps, values = zip(*pts, strict=True)
+        style = "--" if key.startswith("zero_shot/") else "-"
+        ax.plot(steps, values, style, marker="o", markersize=3, label=key)
+    ax.set(title="zero-shot evaluation (validation)", xlabel="step", ylim=(0, 1.02))
+    if keys:
+        ax.legend(fontsize=7)
+    else:
+        note = "no evaluation\n(disabled, or no usable vl validation pairs\n"
+        note += "nor labelled image validation)"
+        ax.text(0.5, 0.5, note, ha="center", va="center", fontsize=9, transform=ax.transAxes)
 
 
 class Timer:
