@@ -145,7 +145,9 @@ def test_huggingface_saved_dataset_and_streaming(data, tmp_path):
 
 
 def test_unknown_types_and_missing_paths_fail_in_one_line(tmp_path):
-    with pytest.raises(ConfigError, match="image_folder, captions, records, karpathy, text_files") as info:
+    with pytest.raises(
+        ConfigError, match="image_folder, captions, records, karpathy, text_files"
+    ) as info:
         build_source(source_cfg(type="tfrecord"), "train", 32)
     assert "'tfrecord'" in str(info.value) and "\n" not in str(info.value)
     missing = tmp_path / "nowhere"

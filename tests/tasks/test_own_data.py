@@ -33,7 +33,7 @@ def _metrics(run_dir: Path) -> dict:
 
 
 def _skipped(metrics: dict, prefix: str = "data/skipped/") -> dict:
-    return {k[len(prefix) :]: v for k, v in metrics.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in metrics.items() if k.startswith(prefix) and v}
 
 
 def _records(root: Path) -> Path:

@@ -294,12 +294,10 @@ def read_json_list(path: str, what: str) -> list[str]:
 
 
 def skip_metrics(skips: Any, read: int) -> dict[str, Any]:
-    """`data/skipped/<reason>`, `data/samples_read` and `data/skipped_fraction` of a run."""
-    counts = dict(sorted(skips.counts.items()))
-    out: dict[str, Any] = {f"data/skipped/{k}": v for k, v in counts.items()}
-    out["data/samples_read"] = read
-    out["data/skipped_fraction"] = sum(counts.values()) / max(1, read)
-    return out
+    """The metrics.json entries of a `SkipLog` after `read` samples."""
+    from flava.data.sources.base import skip_metrics as entries
+
+    return entries(dict(sorted(skips.counts.items())), read)
 
 
 def check_skipped(cfg: DictConfig, metrics: dict[str, Any], skips: Any, read: int) -> None:

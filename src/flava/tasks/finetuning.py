@@ -439,6 +439,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     from flava.checkpoints import CheckpointError
     from flava.data.tokenizer import load_tokenizer
+    from flava.training.counts import SkipCounter
     from flava.training.finetune_module import Collator, FinetuneData, FinetuneModule
     from flava.training.run import (
         Timer,
@@ -505,7 +506,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     log.info("majority baseline ...")
     baseline = majority_baseline(train, vals, k.type)
     trainer.fit(module, datamodule=data, ckpt_path=resume)
-    counts = data_counts(module)
+    counts = SkipCounter.metrics(module.counter.totals(module))  # every process calls it
     if module.stopped:
         from flava.data.sources.base import DataError
 
@@ -552,25 +553,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     write_metrics(run_dir, metrics)
     print(summary(metrics, run_dir))
     return metrics
-
-
-def data_counts(module: Any) -> dict[str, Any]:
-    """`data/skipped/<reason>`, `data/samples_read`, `data/skipped_fraction` of the training run
-    (this process's counts; summed over processes under DDP)."""
-    from flava.data.sources.base import SKIP_REASONS
-
-    reasons = list(SKIP_REASONS)
-    local = [module.skipped.get(r, 0) for r in reasons] + [module.samples_read]
-    values = torch.tensor(local, dtype=torch.float64)
-    trainer = module._trainer
-    if trainer is not None and trainer.world_size > 1:
-        values = trainer.strategy.reduce(values.to(module.device), reduce_op="sum").cpu()
-    counts = dict(zip(reasons, (int(v) for v in values[:-1].tolist()), strict=True))
-    read = int(values[-1])
-    out: dict[str, Any] = {f"data/skipped/{r}": n for r, n in counts.items() if n}
-    out["data/samples_read"] = read
-    out["data/skipped_fraction"] = sum(counts.values()) / max(1, read)
-    return out
 
 
 def _image_size(cfg: DictConfig) -> int:

@@ -14,16 +14,16 @@ from omegaconf import DictConfig
 from PIL import Image
 from torch import nn
 
-from flava.data.sources.base import DataError, SkipLog, skip_reason, too_many_skipped
+from flava.data.sources.base import DataError, SkipLog, skip_reason
 from flava.data.tokenizer import FlavaTokenizer
 from flava.data.transforms import ImageTransform
 from flava.tasks.finetuning import FlavaClassifier, TaskMetrics
 from flava.tasks.task_data import Example
+from flava.training.counts import SkipCounter
 from flava.training.module import lr_lambda
 
 INPUT_KEYS = ("pixel_values", "input_ids", "attention_mask", "token_type_ids")
 _MAX_REPLACEMENTS = 8  # draws for a bad training example before the data is declared broken
-_DATA_CHECK_MIN = 10  # batches' worth of examples read before the skipped fraction is judged
 
 
 class Collator:
@@ -247,36 +247,25 @@ class FinetuneModule(L.LightningModule):
             TaskMetrics(list(k.metrics), k.type, outputs) for _ in prefixes
         )
         self.batches_seen = 0
-        self.skipped: dict[str, int] = {}  # bad training examples, per reason (this process)
-        self.samples_read = 0
+        self.counter = SkipCounter()  # bad training examples per reason, examples read
         self.val_skipped: dict[str, int] = {}  # bad validation examples of the last pass
         self._val_pass: dict[str, int] = {}
         self.stopped: tuple[str, str] | None = None  # (checkpoint stem, one-line reason)
 
     def _count_data(self, batch: dict[str, Any]) -> None:
         """Add the batch's skipped examples; stop when too large a fraction of them was bad."""
-        for reason, n in batch.get("skipped", {}).items():
-            self.skipped[reason] = self.skipped.get(reason, 0) + int(n)
-        self.samples_read += int(batch.get("samples_read", 0))
-        limit = self.cfg.data.max_skipped_fraction
-        if self.samples_read < _DATA_CHECK_MIN * self.cfg.training.batch_size:
-            return
-        reason = too_many_skipped(self.skipped, self.samples_read, limit, "training examples")
+        self.counter.add(batch)
+        limit, size = self.cfg.data.max_skipped_fraction, self.cfg.training.batch_size
+        reason = self.counter.check(self, limit, "data.max_skipped_fraction", size)
         if reason is not None:
-            self.stopped = (
-                "bad-data-stop",
-                f"stopped at step {self.global_step}: {reason}; fix the data or raise "
-                "data.max_skipped_fraction",
-            )
+            self.stopped = ("bad-data-stop", reason)
             self.trainer.should_stop = True
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["flava_counters"] = {"skipped": self.skipped, "samples_read": self.samples_read}
+        checkpoint["flava_counters"] = self.counter.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        counters = checkpoint.get("flava_counters", {})
-        self.skipped = dict(counters.get("skipped", {}))
-        self.samples_read = int(counters.get("samples_read", 0))
+        self.counter.load_state_dict(checkpoint.get("flava_counters", {}))
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Logits for a collated batch."""

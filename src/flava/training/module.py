@@ -10,18 +10,14 @@ import lightning as L
 import torch
 from omegaconf import DictConfig
 
-from flava.data.sources.base import SKIP_REASONS
 from flava.model.codebook import ImageCodebook
 from flava.model.flava import FlavaForPreTraining, MaskedPredictionHead
 from flava.model.presets import preset
 from flava.objectives.pretraining import LossWeights, pretraining_step
 from flava.objectives.targets import KMeansCodebook
+from flava.training.counts import SkipCounter
 
 log = logging.getLogger(__name__)
-# The skipped-sample fraction is checked (summed over processes) every this many steps, once
-# this many batches' worth of samples have been read.
-_DATA_CHECK_EVERY = 10
-_DATA_CHECK_MIN = 10
 KIND_NAMES = {"vl": "pair", "image": "image", "text": "text"}
 
 
@@ -110,8 +106,7 @@ class FlavaPretrainingModule(L.LightningModule):
         self.batches_seen = 0
         self.nonfinite: dict[str, int] = {}  # skipped steps per batch kind
         self.nonfinite_in_row = 0
-        self.skipped: dict[str, int] = {}  # bad training samples skipped, per reason
-        self.samples_read = 0  # training samples read (used + skipped) by this process
+        self.counter = SkipCounter()  # bad training samples skipped, per reason; samples read
         self.stream_records: dict[str, int] = {}  # position of each iterable-source reader
         self.stopped: tuple[str, str] | None = None  # (checkpoint stem, one-line reason)
         self._kind = "pair"
@@ -162,51 +157,28 @@ class FlavaPretrainingModule(L.LightningModule):
 
     def _count_data(self, batch: dict[str, Any]) -> None:
         """Add the batch's skipped samples; stop when too large a fraction of them was bad."""
-        for reason, n in batch.get("skipped", {}).items():
-            self.skipped[reason] = self.skipped.get(reason, 0) + int(n)
-        self.samples_read += int(batch.get("samples_read", 0))
+        self.counter.add(batch)
         self.stream_records.update(batch.get("stream_records", {}))
-        if self.global_step % _DATA_CHECK_EVERY or self._trainer is None:
-            return
-        totals = self.data_totals()
-        read, skipped = totals.pop("samples_read"), sum(totals.values())
-        if skipped:
-            self.log("data/skipped", float(skipped), on_step=True, reduce_fx="max")
-            self.log("data/skipped_fraction", skipped / max(1, read), on_step=True)
-        limit = self.cfg.datasets.max_skipped_fraction
-        if read >= _DATA_CHECK_MIN * self.cfg.training.batch_size and skipped > limit * read:
-            reasons = ", ".join(f"{k} {v}" for k, v in sorted(totals.items()) if v)
-            self.stopped = (
-                "bad-data-stop",
-                f"stopped at step {self.global_step}: {skipped} of {read} training samples "
-                f"({skipped / read:.1%}) were skipped as bad ({reasons}), more than "
-                f"datasets.max_skipped_fraction={limit}; fix or drop the source, or raise it",
-            )
+        limit, size = self.cfg.datasets.max_skipped_fraction, self.cfg.training.batch_size
+        reason = self.counter.check(self, limit, "datasets.max_skipped_fraction", size)
+        if reason is not None:
+            self.stopped = ("bad-data-stop", reason)
             self.trainer.should_stop = True
 
     def data_totals(self) -> dict[str, int]:
         """Skipped samples per reason and samples read, summed over processes (all must call)."""
-        local = [self.skipped.get(r, 0) for r in SKIP_REASONS] + [self.samples_read]
-        counts = torch.tensor(local, dtype=torch.float64, device=self.device)
-        if self._trainer is not None and self._trainer.world_size > 1:
-            counts = self.trainer.strategy.reduce(counts, reduce_op="sum")
-        values = [int(v) for v in counts.tolist()]
-        out = dict(zip(SKIP_REASONS, values[:-1], strict=True))
-        out["samples_read"] = values[-1]
-        return out
+        return self.counter.totals(self)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["flava_counters"] = {
             "nonfinite": dict(self.nonfinite),
-            "skipped": dict(self.skipped),
-            "samples_read": self.samples_read,
+            **self.counter.state_dict(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         counters = checkpoint.get("flava_counters", {})
         self.nonfinite = dict(counters.get("nonfinite", {}))
-        self.skipped = dict(counters.get("skipped", {}))
-        self.samples_read = int(counters.get("samples_read", 0))
+        self.counter.load_state_dict(counters)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         self.batches_seen = int(batch["batch_index"]) + 1

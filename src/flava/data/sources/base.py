@@ -410,6 +410,14 @@ def too_many_skipped(counts: dict[str, int], read: int, limit: float, what: str)
     )
 
 
+def skip_metrics(counts: dict[str, int], read: int) -> dict[str, Any]:
+    """`data/samples_read`, `data/skipped/<reason>` and `data/skipped_fraction` (metrics.json)."""
+    out: dict[str, Any] = {"data/samples_read": read}
+    out.update({f"data/skipped/{k}": v for k, v in counts.items()})
+    out["data/skipped_fraction"] = sum(counts.values()) / max(1, read)
+    return out
+
+
 def image_files(folder: Path) -> list[Path]:
     """Every image file under `folder` (recursively, sorted), by extension; SVG, HEIC, AVIF and
     PDF files are listed too, to be counted as skipped when decoded."""
