@@ -26,6 +26,7 @@ from flava.training.run import (
     plot_curves,
     prepare_run_dir,
     read_logged,
+    stop_with_checkpoint,
     write_metrics,
 )
 
@@ -85,12 +86,7 @@ def run(cfg: Any) -> dict[str, Any]:
     trainer.fit(module, datamodule=data, ckpt_path=resume)
     counts = _counts(module)
     if module.stopped:
-        stem, message = module.stopped
-        path = run_dir / "checkpoints" / f"{stem}.ckpt"
-        trainer.save_checkpoint(path)
-        if trainer.is_global_zero:
-            write_metrics(run_dir, counts)
-        raise TrainingStopped(f"{message}; checkpoint written to {path}")
+        raise TrainingStopped(stop_with_checkpoint(trainer, run_dir, module.stopped, counts))
     after = trainer.validate(module, datamodule=data, verbose=False)
     metrics.update(_flatten("after", _merge(after)))
     if not trainer.is_global_zero:
@@ -120,13 +116,10 @@ def run(cfg: Any) -> dict[str, Any]:
 
 def _counts(module: Any) -> dict[str, Any]:
     """Non-finite steps skipped and training samples read / skipped by reason."""
+    from flava.training.counts import SkipCounter
+
     counts = {f"nonfinite_skipped/{k}": v for k, v in module.nonfinite.items()}
-    data_totals = module.data_totals()  # summed over processes: every process calls it
-    counts["data/samples_read"] = data_totals.pop("samples_read")
-    counts.update({f"data/skipped/{k}": v for k, v in data_totals.items()})
-    counts["data/skipped_fraction"] = sum(data_totals.values()) / max(
-        1, counts["data/samples_read"]
-    )
+    counts.update(SkipCounter.metrics(module.data_totals()))  # every process calls it
     return counts
 
 

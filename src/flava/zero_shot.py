@@ -24,7 +24,6 @@ Writes <run.run_dir>/metrics.json. Keys: `python -m flava.zero_shot --help`.
 from __future__ import annotations
 
 import logging
-import re
 import sys
 import time
 from typing import Any
@@ -32,67 +31,22 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from flava.config import ConfigError, cli_main
+from flava.config import cli_main
 from flava.data.sources.base import DataError
 from flava.tasks.eval_config import (
     ZeroShotRunConfig,
     check_skipped,
     load_flava,
     print_table,
-    read_json_list,
     resolve_device,
     save_results,
     skip_metrics,
     validate_zero_shot,
 )
 from flava.tasks.finetune_config import describe_schema, load_schema_config
+from flava.tasks.zero_shot import class_names_and_templates
 
 log = logging.getLogger("flava")
-DEFAULT_TEMPLATES = ["a photo of a {}."]
-_WNID = re.compile(r"^n\d{8}$")
-
-
-def is_imagenet_style(class_dirs: list[str]) -> bool:
-    """Whether the class folders are ImageNet-1k's 1000 WordNet ids."""
-    return len(class_dirs) == 1000 and all(_WNID.match(c) for c in class_dirs)
-
-
-def class_names_and_templates(
-    cfg: DictConfig, dataset_classes: list[str]
-) -> tuple[list[str], list[str]]:
-    """Names in label order and templates, from the files given or the dataset's defaults."""
-    from flava.tasks.zero_shot import imagenet_classnames, imagenet_templates
-
-    z, kind = cfg.zero_shot, cfg.data.kind
-    imagenet = kind == "image_folder" and is_imagenet_style(dataset_classes)
-    if z.class_names:
-        names = read_json_list(z.class_names, "zero_shot.class_names")
-    elif imagenet:
-        names = imagenet_classnames()
-    elif kind == "image_folder":
-        names = [c.replace("_", " ") for c in dataset_classes]
-    else:
-        names = list(dataset_classes)
-    if len(names) != len(dataset_classes):
-        raise ConfigError(
-            f"zero_shot.class_names has {len(names)} names but the dataset has "
-            f"{len(dataset_classes)} classes"
-        )
-    if z.templates in ("imagenet80", "imagenet7"):
-        templates = imagenet_templates(int(z.templates.removeprefix("imagenet")))
-    elif z.templates:
-        templates = read_json_list(z.templates, "zero_shot.templates")
-    elif kind == "embedded":
-        from flava.data.scenes import ZERO_SHOT_TEMPLATES
-
-        templates = list(ZERO_SHOT_TEMPLATES)
-    elif imagenet:
-        templates = imagenet_templates(80)
-    else:
-        templates = list(DEFAULT_TEMPLATES)
-    if not templates or any("{}" not in t for t in templates):
-        raise ConfigError("zero_shot.templates: every template must contain {}")
-    return names, templates
 
 
 def load_data_and_model(cfg: DictConfig, split: str, device: torch.device) -> tuple[Any, Any]:

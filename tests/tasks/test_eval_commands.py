@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from flava import linear_probe, retrieval, zero_shot
+from flava.tasks.zero_shot import is_imagenet_style
 
 FAST = ["run.progress=false", "run.num_workers=0", "run.batch_size=8"]
 
@@ -45,8 +46,8 @@ def test_zero_shot_embedded_and_image_folder(tmp_path, capsys):
 
 
 def test_zero_shot_defaults_for_folders():
-    assert zero_shot.is_imagenet_style([f"n{i:08d}" for i in range(1000)])
-    assert not zero_shot.is_imagenet_style(["cat", "dog"])
+    assert is_imagenet_style([f"n{i:08d}" for i in range(1000)])
+    assert not is_imagenet_style(["cat", "dog"])
 
 
 def test_retrieval_embedded_with_cache_reuse(tmp_path, monkeypatch):

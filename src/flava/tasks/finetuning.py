@@ -447,6 +447,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         loss_trends,
         prepare_run_dir,
         read_logged,
+        stop_with_checkpoint,
         write_metrics,
     )
 
@@ -510,12 +511,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if module.stopped:
         from flava.data.sources.base import DataError
 
-        stem, message = module.stopped
-        path = run_dir / "checkpoints" / f"{stem}.ckpt"
-        trainer.save_checkpoint(path)
-        if trainer.is_global_zero:
-            write_metrics(run_dir, counts)
-        raise DataError(f"{message}; checkpoint written to {path}")
+        raise DataError(stop_with_checkpoint(trainer, run_dir, module.stopped, counts))
     final = _validated(trainer, module, data)
     best_path = best_cb.best_model_path
     best_step = trainer.global_step

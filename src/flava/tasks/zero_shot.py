@@ -7,11 +7,13 @@ averaged and renormalised; an image is assigned the class whose embedding is mos
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Sequence
 from importlib import resources
 
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig
 
 from flava.model.flava import FlavaModel
 from flava.tasks.retrieval import embed_texts
@@ -64,3 +66,56 @@ def topk_accuracy(
         top = logits.topk(k_eff, dim=1).indices
         out[f"top{k}"] = (top == labels[:, None]).any(dim=1).float().mean().item()
     return out
+
+
+DEFAULT_TEMPLATES = ["a photo of a {}."]
+_WNID = re.compile(r"^n\d{8}$")
+
+
+def is_imagenet_style(class_dirs: list[str]) -> bool:
+    """Whether the class folders are ImageNet-1k's 1000 WordNet ids."""
+    return len(class_dirs) == 1000 and all(_WNID.match(c) for c in class_dirs)
+
+
+def class_names_and_templates(
+    cfg: DictConfig, dataset_classes: list[str]
+) -> tuple[list[str], list[str]]:
+    """Names in label order and templates, from the files given or the dataset's defaults."""
+    from flava.tasks.eval_config import read_json_list
+
+    z, kind = cfg.zero_shot, cfg.data.kind
+    imagenet = kind == "image_folder" and is_imagenet_style(dataset_classes)
+    if z.class_names:
+        names = read_json_list(z.class_names, "zero_shot.class_names")
+    elif imagenet:
+        names = imagenet_classnames()
+    elif kind == "image_folder":
+        names = [c.replace("_", " ") for c in dataset_classes]
+    else:
+        names = list(dataset_classes)
+    if len(names) != len(dataset_classes):
+        raise _config_error(
+            f"zero_shot.class_names has {len(names)} names but the dataset has "
+            f"{len(dataset_classes)} classes"
+        )
+    if z.templates in ("imagenet80", "imagenet7"):
+        templates = imagenet_templates(int(z.templates.removeprefix("imagenet")))
+    elif z.templates:
+        templates = read_json_list(z.templates, "zero_shot.templates")
+    elif kind == "embedded":
+        from flava.data.scenes import ZERO_SHOT_TEMPLATES
+
+        templates = list(ZERO_SHOT_TEMPLATES)
+    elif imagenet:
+        templates = imagenet_templates(80)
+    else:
+        templates = list(DEFAULT_TEMPLATES)
+    if not templates or any("{}" not in t for t in templates):
+        raise _config_error("zero_shot.templates: every template must contain {}")
+    return names, templates
+
+
+def _config_error(message: str) -> Exception:
+    from flava.config import ConfigError
+
+    return ConfigError(message)

@@ -267,7 +267,7 @@ def names_and_templates(
 ) -> tuple[list[str], list[str]] | None:
     """Class names in label order and prompt templates for a labelled image entry, or None."""
     from flava.tasks.eval_config import read_json_list
-    from flava.zero_shot import class_names_and_templates
+    from flava.tasks.zero_shot import class_names_and_templates
 
     known = dataset_classes(source, entry)
     if known is None:

@@ -123,6 +123,19 @@ def loss_trends(rows: list[dict[str, float]], window: float = 0.1) -> dict[str, 
     return out
 
 
+def stop_with_checkpoint(
+    trainer: L.Trainer, run_dir: Path, stopped: tuple[str, str], counts: dict[str, Any]
+) -> str:
+    """Write `checkpoints/<stem>.ckpt` and the counts of a run that stopped early; the one-line
+    reason to raise (exit status 1)."""
+    stem, message = stopped
+    path = run_dir / "checkpoints" / f"{stem}.ckpt"
+    trainer.save_checkpoint(path)
+    if trainer.is_global_zero:
+        write_metrics(run_dir, counts)
+    return f"{message}; checkpoint written to {path}"
+
+
 def write_metrics(run_dir: Path, metrics: dict[str, Any]) -> None:
     """metrics.json with sorted keys."""
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
