@@ -31,8 +31,9 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from flava.data.pretraining import BatchBuilder, SceneSource
+from flava.data.pretraining import BatchBuilder
 from flava.data.sources.base import Item
+from flava.data.sources.embedded import SceneSource
 from flava.data.tokenizer import load_tokenizer
 from flava.data.transforms import image_transform
 from flava.objectives.masking import BlockMaskGenerator

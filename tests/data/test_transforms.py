@@ -11,7 +11,7 @@ from PIL import Image
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from flava.data.pretraining import SceneSource
+from flava.data.sources.embedded import SceneSource
 from flava.data.transforms import (
     CLIP_MEAN,
     CLIP_STD,

@@ -180,29 +180,6 @@ def source_records(
         epoch += 1
 
 
-class SceneSource:
-    """The embedded generated scenes (flava.data.scenes): images, captions, pairs."""
-
-    kinds = frozenset(KINDS)
-
-    def __init__(self, split: str, size: int, image_size: int, seed: int = 0) -> None:
-        from flava.data.scenes import SceneDataset
-
-        self.scenes = SceneDataset(split=split, size=size, image_size=image_size, seed=seed)
-
-    def __len__(self) -> int:
-        return len(self.scenes)
-
-    def item(self, index: int, kind: str, rng: np.random.Generator) -> Item:
-        """Scene `index` as an image, one of its captions, or both."""
-        scene = self.scenes[index]
-        caption = scene.captions[int(rng.integers(len(scene.captions)))]
-        return Item(
-            image=scene.image if kind in ("image", "vl") else None,
-            text=caption if kind in ("text", "vl") else None,
-        )
-
-
 class BatchBuilder:
     """Turns a list of `Item`s of one kind into a model batch (transforms, masks, tokens)."""
 

@@ -127,33 +127,11 @@ def source_config(args: Sequence[str]) -> Any:
         raise ConfigError(f"source: {str(exc).splitlines()[0]}") from None
 
 
-class _Scenes:
-    """The embedded scenes as raw samples (all captions of each scene)."""
-
-    def __init__(self, cfg: Any, image_size: int, role: str) -> None:
-        from flava.data.pretraining import SceneSource
-
-        split = cfg.split or ("train" if role == "train" else "val")
-        self.source = SceneSource(split, cfg.size, image_size, cfg.seed)
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def sample(self, index: int) -> Sample:
-        scene = self.source.scenes[index]
-        return Sample(key=str(index), image=scene.image, texts=list(scene.captions))
-
-    def describe(self) -> str:
-        return f"embedded scenes ({len(self)})"
-
-
 def open_source(cfg: Any, role: str = "train", image_size: int = 224) -> Any:
     """A random-access source with `sample(index)` for `cfg`."""
-    if cfg.type == "embedded":
-        return _Scenes(cfg, image_size, role)
     from flava.data import sources
 
-    source = sources.build(cfg, role)
+    source = sources.build(cfg, role, image_size)
     if isinstance(source, StreamingSource):
         raise SourceError(
             f"{source.describe()} is streamed; write_shards reads random-access sources "

@@ -238,18 +238,9 @@ def _where(kind: str, index: int) -> str:
 
 
 def _built(entry: DictConfig, image_size: int, kind: str, index: int) -> Any:
-    from flava.training.data import build_source
+    from flava.training.data import checked_source
 
-    try:
-        source = build_source(entry, "val", image_size, kind)
-    except ConfigError as exc:
-        raise type(exc)(f"{_where(kind, index)}: {exc}") from None
-    if kind not in source.kinds:
-        gives = "/".join(sorted(source.kinds))
-        raise ConfigError(
-            f"{_where(kind, index)} ({entry.type}): gives {gives} samples, not {kind}"
-        )
-    return source
+    return checked_source(entry, "val", image_size, kind, f"{_where(kind, index)} ({entry.type})")
 
 
 def dataset_classes(source: Any, entry: DictConfig) -> tuple[list[str], str] | None:

@@ -14,7 +14,6 @@ from flava.data.pretraining import (
     BatchBuilder,
     FixedBatches,
     MixedBatches,
-    SceneSource,
     Stream,
 )
 from flava.data.tokenizer import load_tokenizer
@@ -25,16 +24,25 @@ from flava.objectives.masking import BlockMaskGenerator
 
 def build_source(cfg: DictConfig, role: str, image_size: int, kind: str | None = None) -> Any:
     """One configured dataset for the "train" or "val" role (`kind`: the stream it serves)."""
-    if cfg.type == "embedded":
-        split = cfg.split or ("train" if role == "train" else "val")
-        return SceneSource(split=split, size=cfg.size, image_size=image_size, seed=cfg.seed)
     from flava.data import sources
 
     if cfg.type not in sources.SOURCE_TYPES:
         raise ConfigError(sources.unknown_type(cfg.type))
-    source = sources.build(cfg, role)
+    source = sources.build(cfg, role, image_size)
     if kind is not None and isinstance(source, sources.StreamingSource):
         source.preview_kind = kind
+    return source
+
+
+def checked_source(entry: DictConfig, role: str, image_size: int, kind: str, where: str) -> Any:
+    """`build_source`, failing in one line (prefixed by `where`) unless it gives `kind` samples."""
+    try:
+        source = build_source(entry, role, image_size, kind)
+    except ConfigError as exc:
+        raise type(exc)(f"{where}: {exc}") from None
+    if kind not in source.kinds:
+        gives = "/".join(sorted(source.kinds))
+        raise ConfigError(f"{where}: gives {gives} samples, not {kind}")
     return source
 
 
@@ -115,16 +123,8 @@ class PretrainingData(L.LightningDataModule):
                     continue
                 sources = []
                 for i, entry in enumerate(entries):
-                    try:
-                        source = build_source(entry, role, size, kind)
-                    except ConfigError as exc:
-                        raise type(exc)(f"{_where(kind, role, i, entry)}: {exc}") from None
-                    if kind not in source.kinds:
-                        gives = "/".join(sorted(source.kinds))
-                        raise ConfigError(
-                            f"{_where(kind, role, i, entry)}: gives {gives} samples, not {kind}"
-                        )
-                    sources.append(source)
+                    where = _where(kind, role, i, entry)
+                    sources.append(checked_source(entry, role, size, kind, where))
                 out[kind] = Stream(kind, sources, [float(e.weight) for e in entries])
             self._streams[role] = out
         return self._streams[role]

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from flava.data.sources.base import IndexedSource, SourceError, StreamingSource
+from flava.data.sources.embedded import SceneSource
 from flava.data.sources.folders import CaptionedImages, ImageFolder, Records
 from flava.data.sources.huggingface import HuggingFaceSource, check_huggingface
 from flava.data.sources.karpathy import KarpathySplit
@@ -24,9 +25,13 @@ SOURCE_TYPES = (
 )
 
 
-def build(cfg: Any, role: str) -> IndexedSource | StreamingSource:
-    """A non-embedded source from its `SourceConfig` for the "train" or "val" role."""
+def build(cfg: Any, role: str, image_size: int = 224) -> IndexedSource | StreamingSource:
+    """A source from its `SourceConfig` for the "train" or "val" role (`image_size`: the side
+    of the generated scenes)."""
     kind = cfg.type
+    if kind == "embedded":
+        split = cfg.split or ("train" if role == "train" else "val")
+        return SceneSource(split=split, size=cfg.size, image_size=image_size, seed=cfg.seed)
     if kind == "huggingface":
         return HuggingFaceSource.from_config(cfg, role)
     if kind == "webdataset":

@@ -1,0 +1,39 @@
+"""The embedded source type: the generated scenes of `flava.data.scenes` (nothing to download)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from flava.data.sources.base import IndexedSource, Item, Sample
+
+
+class SceneSource(IndexedSource):
+    """The embedded generated scenes (flava.data.scenes): images, captions, pairs."""
+
+    kinds = frozenset({"image", "text", "vl"})
+
+    def __init__(self, split: str, size: int, image_size: int, seed: int = 0) -> None:
+        from flava.data.scenes import SceneDataset
+
+        self.scenes = SceneDataset(split=split, size=size, image_size=image_size, seed=seed)
+
+    def __len__(self) -> int:
+        return len(self.scenes)
+
+    def sample(self, index: int) -> Sample:
+        """Scene `index` with all its captions."""
+        scene = self.scenes[index]
+        return Sample(key=str(index), image=scene.image, texts=list(scene.captions))
+
+    def item(self, index: int, kind: str, rng: np.random.Generator) -> Item:
+        """Scene `index` as an image, one of its captions, or both."""
+        scene = self.scenes[index]
+        caption = scene.captions[int(rng.integers(len(scene.captions)))]
+        return Item(
+            image=scene.image if kind in ("image", "vl") else None,
+            text=caption if kind in ("text", "vl") else None,
+        )
+
+    def describe(self) -> str:
+        """Split size."""
+        return f"embedded scenes ({len(self)})"
