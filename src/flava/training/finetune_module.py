@@ -20,7 +20,7 @@ from flava.data.transforms import ImageTransform
 from flava.tasks.finetuning import FlavaClassifier, TaskMetrics
 from flava.tasks.task_data import Example
 from flava.training.counts import SkipCounter
-from flava.training.module import lr_lambda
+from flava.training.optim import adamw_with_schedule
 
 INPUT_KEYS = ("pixel_values", "input_ids", "attention_mask", "token_type_ids")
 _MAX_REPLACEMENTS = 8  # draws for a bad training example before the data is declared broken
@@ -307,29 +307,6 @@ class FinetuneModule(L.LightningModule):
             metrics.reset()
 
     def configure_optimizers(self) -> dict[str, Any]:
-        t = self.cfg.training
-        decay, no_decay = [], []
-        for name, p in self.model.named_parameters():
-            if not p.requires_grad:
-                continue
-            skip = p.ndim < 2 or name.endswith(("cls_token", "mask_token", "pos_embed"))
-            (no_decay if skip else decay).append(p)
-        optimizer = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": t.adam_weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
-            lr=t.learning_rate,
-            betas=tuple(t.adam_betas),
-            eps=t.adam_eps,
-            fused=(self.device.type == "cuda") or None,
+        return adamw_with_schedule(
+            self.model.named_parameters(), self.cfg.training, self.device, self.trainer.max_steps
         )
-        total = t.lr_decay_steps or self.trainer.max_steps
-        total = total if total and total > 0 else 10**9
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lr_lambda(t.warmup_steps, total, t.lr_schedule, t.min_lr_ratio)
-        )
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
-        }

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
 import lightning as L
@@ -16,6 +15,7 @@ from flava.model.presets import preset
 from flava.objectives.pretraining import LossWeights, pretraining_step
 from flava.objectives.targets import KMeansCodebook
 from flava.training.counts import SkipCounter
+from flava.training.optim import adamw_with_schedule
 
 log = logging.getLogger(__name__)
 KIND_NAMES = {"vl": "pair", "image": "image", "text": "text"}
@@ -69,22 +69,6 @@ def build_model(mcfg: DictConfig) -> tuple[FlavaForPreTraining, KMeansCodebook |
         model.mim_head = MaskedPredictionHead(image, mcfg.kmeans_codes)
         model.mmm_image_head = MaskedPredictionHead(model.config.multimodal, mcfg.kmeans_codes)
     return model, KMeansCodebook(mcfg.kmeans_codes, image.patch_size)
-
-
-def lr_lambda(warmup: int, total: int, schedule: str, min_ratio: float):  # noqa: ANN201
-    """Linear warm-up to 1, then cosine / linear decay to min_ratio, or constant."""
-
-    def factor(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        if schedule == "constant" or total <= warmup:
-            return 1.0
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        if schedule == "linear":
-            return min_ratio + (1 - min_ratio) * (1 - progress)
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return factor
 
 
 class FlavaPretrainingModule(L.LightningModule):
@@ -258,31 +242,6 @@ class FlavaPretrainingModule(L.LightningModule):
                 )
 
     def configure_optimizers(self) -> dict[str, Any]:
-        t = self.cfg.training
-        decay, no_decay = [], []
-        for name, p in self.model.named_parameters():
-            if not p.requires_grad:
-                continue
-            skip = p.ndim < 2 or name.endswith(("cls_token", "mask_token", "pos_embed"))
-            (no_decay if skip else decay).append(p)
-        groups = [
-            {"params": decay, "weight_decay": t.adam_weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
-        fused = self.device.type == "cuda"
-        optimizer = torch.optim.AdamW(
-            groups,
-            lr=t.learning_rate,
-            betas=tuple(t.adam_betas),
-            eps=t.adam_eps,
-            fused=fused or None,
+        return adamw_with_schedule(
+            self.model.named_parameters(), self.cfg.training, self.device, self.trainer.max_steps
         )
-        total = t.lr_decay_steps or self.trainer.max_steps
-        total = total if total and total > 0 else 10**9
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lr_lambda(t.warmup_steps, total, t.lr_schedule, t.min_lr_ratio)
-        )
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
-        }

@@ -1,0 +1,72 @@
+"""The optimiser of every run: AdamW (paper: betas 0.9 / 0.999) with warm-up then decay.
+
+Weight decay skips biases, norms and the token / position embeddings. AdamW runs as PyTorch's
+fused kernel where it has one (CUDA; CPU from PyTorch 2.4): on a 2-core CPU the per-tensor
+loop took about 0.2 s of a 0.5 s `tiny` step, the fused kernel about a sixth of that.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+NO_DECAY_SUFFIXES = ("cls_token", "mask_token", "pos_embed")
+
+
+def lr_lambda(warmup: int, total: int, schedule: str, min_ratio: float) -> Callable[[int], float]:
+    """Linear warm-up to 1, then cosine / linear decay to min_ratio, or constant."""
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant" or total <= warmup:
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        if schedule == "linear":
+            return min_ratio + (1 - min_ratio) * (1 - progress)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def fused_supported(device: torch.device) -> bool:
+    """Whether AdamW has a fused kernel for parameters on `device`."""
+    if device.type == "cuda":
+        return True
+    version = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
+    return device.type == "cpu" and version >= (2, 4)
+
+
+def adamw_with_schedule(
+    named_parameters: Iterable[tuple[str, torch.nn.Parameter]],
+    t: DictConfig,
+    device: torch.device,
+    max_steps: int | None,
+) -> dict[str, Any]:
+    """Lightning's `configure_optimizers` answer: AdamW over the trainable parameters and the
+    per-step learning-rate schedule of `training.*` (length `lr_decay_steps` or `max_steps`)."""
+    decay, no_decay = [], []
+    for name, p in named_parameters:
+        if not p.requires_grad:
+            continue
+        skip = p.ndim < 2 or name.endswith(NO_DECAY_SUFFIXES)
+        (no_decay if skip else decay).append(p)
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": t.adam_weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=t.learning_rate,
+        betas=tuple(t.adam_betas),
+        eps=t.adam_eps,
+        fused=fused_supported(device) or None,
+    )
+    total = t.lr_decay_steps or max_steps
+    total = total if total and total > 0 else 10**9
+    schedule = lr_lambda(t.warmup_steps, total, t.lr_schedule, t.min_lr_ratio)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
