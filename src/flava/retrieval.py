@@ -56,7 +56,7 @@ def load_captioned(cfg: DictConfig, image_size: int) -> tuple[Any, str]:
     """(source of images with all their captions, split) for data.kind embedded / coco /
     flickr30k / captions, read through `flava.data.sources`."""
     from flava.data.sources import Sample
-    from flava.data.sources.karpathy import SampleList
+    from flava.data.sources.base import SampleList
     from flava.tasks.task_data import captions_folder, karpathy_split
 
     d = cfg.data

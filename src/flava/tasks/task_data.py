@@ -591,7 +591,7 @@ def captions_folder(root: Path, size: int | None = None) -> IndexedSource:
 
 def _capped(source: IndexedSource, size: int | None) -> IndexedSource:
     """The first `size` samples of a source (all when None)."""
-    from flava.data.sources.karpathy import SampleList
+    from flava.data.sources.base import SampleList
 
     if size is None or size >= len(source):
         return source

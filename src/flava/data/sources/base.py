@@ -323,6 +323,24 @@ class IndexedSource:
         return type(self).__name__
 
 
+class SampleList(IndexedSource):
+    """Samples held in memory (generated scenes, a subset of another source)."""
+
+    def __init__(self, samples: list[Sample], name: str = "samples") -> None:
+        self.samples, self.name = samples, name
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def sample(self, index: int) -> Sample:
+        """Sample `index`."""
+        return self.samples[index]
+
+    def describe(self) -> str:
+        """Name and size."""
+        return f"{self.name} ({len(self)})"
+
+
 class StreamingSource:
     """Base of streamed sources: shards of `Sample`s, plus random access to a preview prefix."""
 

@@ -62,21 +62,3 @@ class KarpathySplit(IndexedSource):
     def describe(self) -> str:
         """File, split and image count."""
         return f"karpathy {self.path} ({self.split}, {len(self)} images)"
-
-
-class SampleList(IndexedSource):
-    """Samples held in memory (generated scenes, a subset of another source)."""
-
-    def __init__(self, samples: list[Sample], name: str = "samples") -> None:
-        self.samples, self.name = samples, name
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def sample(self, index: int) -> Sample:
-        """Sample `index`."""
-        return self.samples[index]
-
-    def describe(self) -> str:
-        """Name and size."""
-        return f"{self.name} ({len(self)})"
