@@ -171,3 +171,17 @@ def test_readme_own_data_commands(tmp_path):
         argv = ["config=finetuning/own_data.yaml", *args, *small, f"training.run_dir={run_dir}"]
         assert finetune.main(argv) == 0
         assert (run_dir / "model" / "head.safetensors").exists()
+
+
+def test_a_validation_split_never_rereads_the_training_file(tmp_path, capsys):
+    records = _records(tmp_path)
+    argv = [*TUNE, "data.kind=source", f"data.source.path={records}", "task.modality=text"]
+    assert finetune.main([*argv, f"training.run_dir={tmp_path / 'run'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: data.val[0] would read the training data again")
+    val = tmp_path / "val.jsonl"
+    val.write_text(records.read_text())
+    argv += [f"data.val=[{{path: {val}}}]", f"training.run_dir={tmp_path / 'run2'}"]
+    assert finetune.main(argv) == 0  # a text classifier: images are not read at all
+    m = _metrics(tmp_path / "run2")
+    assert not _skipped(m) and "final/val/accuracy" in m

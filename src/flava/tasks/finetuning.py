@@ -302,8 +302,14 @@ def _source_sets(cfg: DictConfig, splits: list[Any]) -> list[Any]:
     sets: list[Any] = []
     for n, split in enumerate(splits):
         entry = OmegaConf.merge(d.source, {"split": d.source.split or split.name})
+        if n and not split.path and d.source.type != "huggingface":
+            raise ConfigError(
+                f"data.val[{n - 1}] would read the training data again ({d.source.type} splits "
+                "are files): give it path: (e.g. 'data.val=[{path: val.jsonl}]') or set "
+                "data.val_fraction=0.2"
+            )
         if split.path:
-            entry.path = split.path
+            entry.path, entry.shards = split.path, []
         if entry.type == "image_folder" and sets:
             entry.classes = list(sets[0].folder_classes or [])
         try:
@@ -424,7 +430,7 @@ def build_classifier(cfg: DictConfig, num_outputs: int, seed: int = 0) -> FlavaC
 
 
 def _validated(trainer: Any, module: Any, data: Any, ckpt_path: str | None = None) -> dict:
-    trainer.validate(module, datamodule=data, verbose=False, ckpt_path=ckpt_path)
+    trainer.validate(module, datamodule=data, verbose=False, ckpt_path=ckpt_path, weights_only=True)
     return {
         k: float(v)
         for k, v in trainer.callback_metrics.items()
@@ -517,9 +523,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     best_step = trainer.global_step
     best = final
     if best_path:
-        best_step = int(
-            torch.load(best_path, map_location="cpu", weights_only=False)["global_step"]
-        )
+        from flava.checkpoints.io import read_checkpoint
+
+        best_step = int(read_checkpoint(best_path)["global_step"])
         if best_step != trainer.global_step:
             best = _validated(trainer, module, data, ckpt_path=best_path)
     metrics: dict[str, Any] = {f"final/{key}": v for key, v in final.items()}
@@ -567,7 +573,7 @@ def _image_size(cfg: DictConfig) -> int:
 
 
 def summary(metrics: dict[str, Any], run_dir: Path) -> str:
-    """A table: metric | majority baseline | final | best."""
+    """A table: metric | majority baseline | final | best; then the training loss trend."""
     lines = [
         f"\nFLAVA fine-tuning {metrics['task']}: {metrics['steps']} steps in "
         f"{metrics['seconds']:.0f} s (best at step {metrics['best_step']}) -> {run_dir}",
@@ -578,6 +584,12 @@ def summary(metrics: dict[str, Any], run_dir: Path) -> str:
         values = [metrics.get(f"{p}/{key}") for p in ("baseline/majority", "final", "best")]
         cells = "".join(f"{v:10.4f}" if isinstance(v, float) else f"{'-':>10}" for v in values)
         lines.append(f"{key:<36}{cells}")
+    trends = sorted(k[len("train/") : -len("/first")] for k in metrics if k.endswith("/first"))
+    if trends:
+        lines.append(f"{'training (first -> last 10%)':<46}{'first':>10}{'last':>10}")
+    for name in trends:
+        first, last = metrics[f"train/{name}/first"], metrics[f"train/{name}/last"]
+        lines.append(f"  train/{name:<38}{first:10.4f}{last:10.4f}")
     return "\n".join(lines)
 
 
