@@ -66,7 +66,12 @@ class LightningConfig:
     strategy: str = "auto"
     """auto, ddp, fsdp, or another Lightning strategy name."""
     precision: str = "32"
-    """32, bf16-mixed, 16-mixed (LayerNorm, softmax and losses stay fp32)."""
+    """32, bf16-mixed, 16-mixed, bf16-true, 16-true, 64 or auto (bf16-mixed on GPUs with bf16,
+    16-mixed on older GPUs, 32 on CPUs without native bf16; the choice is saved in config.yaml).
+    bf16 / fp16 on a CPU without native support stop before any work (LayerNorm, softmax and
+    losses stay fp32 under mixed precision)."""
+    force_precision: bool = False
+    """Train in a bf16 / fp16 precision even on hardware that has no native support for it."""
     gradient_clip_val: float | None = 1.0
     """Clip the gradient norm (None: no clipping)."""
     accumulate_grad_batches: int = 1
@@ -380,6 +385,8 @@ def _legacy(data: Any) -> Any:
 
 def training_checks(t: DictConfig) -> list[tuple[bool, str, str]]:
     """Value checks of the shared TrainingConfig section."""
+    from flava.training.precision import PRECISIONS
+
     return [
         (t.learning_rate > 0, "training.learning_rate", "must be > 0"),
         (t.batch_size > 0, "training.batch_size", "must be > 0"),
@@ -392,10 +399,9 @@ def training_checks(t: DictConfig) -> list[tuple[bool, str, str]]:
             "must be cosine, linear or constant",
         ),
         (
-            t.lightning.precision
-            in ("32", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "64", "64-true"),
+            t.lightning.precision in PRECISIONS,
             "training.lightning.precision",
-            "must be 32, bf16-mixed or 16-mixed",
+            f"must be one of {', '.join(PRECISIONS)}",
         ),
         (
             t.lightning.accumulate_grad_batches >= 1,

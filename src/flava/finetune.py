@@ -12,6 +12,7 @@ task.json). Keys: `python -m flava.finetune --help`.
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 from flava.config import cli_main
 from flava.data.sources.base import DataError
@@ -23,9 +24,15 @@ from flava.tasks.finetune_config import (
 )
 
 
-def _run(cfg: object) -> object:
+def _run(cfg: Any) -> object:
+    from flava.checkpoints.io import read_checkpoint
     from flava.tasks.finetuning import run
+    from flava.training.precision import resolve_precision
 
+    resolve_precision(cfg)  # a precision the hardware lacks fails here, before any work
+    resume = cfg.training.lightning_load_from_checkpoint
+    if resume:  # missing, or needing more than tensors and plain containers: one line, exit 2
+        read_checkpoint(resume, "training.lightning_load_from_checkpoint")
     return run(cfg)
 
 

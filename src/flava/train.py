@@ -16,7 +16,6 @@ from typing import Any
 
 import torch
 
-from flava.checkpoints import CheckpointError
 from flava.config import cli_main, describe, load_config
 from flava.data.sources.base import DataError, robust_item
 from flava.training.run import (
@@ -60,21 +59,24 @@ def run(cfg: Any) -> dict[str, Any]:
     """Train per `cfg`; returns the metrics written to metrics.json (rank 0)."""
     import lightning as L
 
+    from flava.checkpoints.io import read_checkpoint
     from flava.training.callbacks import build_evaluation
     from flava.training.data import PretrainingData, check_sources
     from flava.training.module import FlavaPretrainingModule
+    from flava.training.precision import resolve_precision
 
     timer = Timer()
     t = cfg.training
+    resume = t.lightning_load_from_checkpoint
+    resolve_precision(cfg)  # a precision the hardware lacks fails here, before any work
+    if resume:  # missing, or needing more than tensors and plain containers: one line, exit 2
+        read_checkpoint(resume, "training.lightning_load_from_checkpoint")
     check_sources(cfg)  # unreachable datasets fail here, in seconds, before the model is built
     L.seed_everything(t.seed if t.seed >= 0 else None, workers=True, verbose=False)
     run_dir = prepare_run_dir(cfg)
     module = FlavaPretrainingModule(cfg)
     data = PretrainingData(cfg, module.model.config, module.codebook_size)
     module.kmeans_images = lambda: kmeans_fit_images(data, cfg.model.kmeans_images)
-    resume = t.lightning_load_from_checkpoint
-    if resume and not Path(resume).exists():
-        raise CheckpointError(f"training.lightning_load_from_checkpoint: {resume}: no such file")
     image_size = module.model.config.image.image_size
     evaluation = build_evaluation(cfg, image_size, data.tokenizer, data.val_builder.transform)
     trainer = build_trainer(cfg, run_dir, [evaluation] if evaluation else [])
@@ -83,7 +85,7 @@ def run(cfg: Any) -> dict[str, Any]:
         module.on_fit_start()  # fit the k-means codebook before the "before" validation
         before = trainer.validate(module, datamodule=data, verbose=False)
         metrics.update(_flatten("before", _merge(before)))
-    trainer.fit(module, datamodule=data, ckpt_path=resume)
+    trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)
     counts = _counts(module)
     if module.stopped:
         raise TrainingStopped(stop_with_checkpoint(trainer, run_dir, module.stopped, counts))

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from flava.checkpoints.io import CheckpointError
 from flava.model.config import CodebookConfig
 
 TRANSFORMERS_PREFIX = "image_codebook."
@@ -335,6 +336,9 @@ def load_openai_encoder(path: str | os.PathLike) -> tuple[CodebookConfig, dict[s
             try:
                 obj = torch.load(name, map_location="cpu", weights_only=True)
             except Exception:  # not a plain state dict: read it with the restricted unpickler
+                # weights_only=False only hands torch.load our own unpickler: it imports nothing,
+                # dall_e / torch.nn classes become inert placeholders, every other global is
+                # refused (torch's weights_only unpickler cannot hold a pickled Encoder object)
                 obj = torch.load(
                     name, map_location="cpu", weights_only=False, pickle_module=restricted_pickle
                 )
@@ -353,5 +357,5 @@ def load_openai_encoder(path: str | os.PathLike) -> tuple[CodebookConfig, dict[s
         config = _infer_config(state, fields)
         _check_shapes(state, config)
     except Exception as e:
-        raise ValueError(f"{name}: {_one_line(str(e)) or type(e).__name__}") from None
+        raise CheckpointError(f"{name}: {_one_line(str(e)) or type(e).__name__}") from None
     return config, state

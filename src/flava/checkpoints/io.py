@@ -1,4 +1,8 @@
-"""Reading and writing weight files safely: safetensors, or torch.load(weights_only=True)."""
+"""Reading and writing weight files safely: safetensors, or torch.load(weights_only=True).
+
+Every pickle a user can point at (a .bin, a Lightning .ckpt) is read with weights_only=True:
+only tensors and plain containers; a file that needs anything else is refused in one line.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import json
 import os
 import pickle
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -64,17 +69,62 @@ def save_weights(path: Path, state: dict[str, torch.Tensor]) -> None:
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
 
 
+_BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation")
+
+
+def _refusal(exc: BaseException) -> str:
+    """The line of a weights_only refusal that says what the file wanted (e.g. a GLOBAL)."""
+    for line in str(exc).splitlines():
+        line = line.strip().removeprefix("WeightsUnpickler error:").strip()
+        if line and not line.startswith(_BOILERPLATE):
+            return line[:200].rstrip(".")
+    return type(exc).__name__
+
+
+def safe_torch_load(path: str | os.PathLike, what: str | None = None) -> Any:
+    """torch.load(weights_only=True) on CPU (memory-mapped for zip files): only tensors and
+    plain containers; anything else is refused with one line naming `what` (default: the file)."""
+    path = Path(path)
+    what = what or str(path)
+    if not path.exists():
+        raise CheckpointError(f"{what}: no such file")
+    if path.is_dir():
+        raise CheckpointError(f"{what}: is a directory, expected a checkpoint file")
+    mmap = zipfile.is_zipfile(path)
+    with path.open("rb") as f:
+        head = f.read(2)
+    if not mmap and head == b"PK":
+        raise CheckpointError(f"{what}: a damaged or incomplete zip file (truncated?)")
+    if not mmap and head[:1] != b"\x80":  # protocol 2+ pickle: torch's legacy format
+        raise CheckpointError(f"{what}: not a PyTorch file (neither a torch.save zip nor a pickle)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{what}: refused to unpickle: it needs more than tensors and plain containers "
+            f"({_refusal(exc)}); nothing in it was run"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{what}: not a readable PyTorch file ({first})") from None
+
+
+def read_checkpoint(path: str | os.PathLike, key: str | None = None) -> dict[str, Any]:
+    """A Lightning checkpoint (given as config `key`), read safely (weights_only=True); one-line
+    CheckpointError when it is missing, unsafe, unreadable or not a Lightning checkpoint."""
+    what = f"{key}={os.fspath(path)}" if key else os.fspath(path)
+    data = safe_torch_load(path, what)
+    if not isinstance(data, dict) or not isinstance(data.get("state_dict"), dict):
+        raise CheckpointError(
+            f"{what}: not a Lightning checkpoint (no state_dict); give a .ckpt the run wrote, "
+            "e.g. <run_dir>/checkpoints/last.ckpt"
+        )
+    return data
+
+
 def load_torch_file(path: Path) -> dict[str, torch.Tensor]:
     """torch.load with weights_only=True; a pickle that wants more is refused in one line."""
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            f"{path}: refused to unpickle (only tensors are loaded, weights_only=True): {first}"
-        ) from None
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise CheckpointError(f"{path}: not a readable PyTorch file ({exc})") from None
+    data = safe_torch_load(path)
     if isinstance(data, dict) and "state_dict" in data and isinstance(data["state_dict"], dict):
         data = data["state_dict"]
     if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):

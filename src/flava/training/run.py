@@ -48,6 +48,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[L.Callback]) -
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
+    from flava.training.precision import lightning_precision
+
     lc = cfg.training.lightning
     ck = cfg.training.lightning_checkpoint
     loggers: list[Any] = [CSVLogger(save_dir=str(run_dir), name="logs", version="")]
@@ -66,7 +68,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[L.Callback]) -
         save_on_train_epoch_end=ck.save_on_train_epoch_end,
         verbose=ck.verbose,
     )
-    precision = {"32": "32-true", "64": "64-true"}.get(lc.precision, lc.precision)
+    precision = lightning_precision(lc)  # checked against the hardware, auto resolved
     accelerator, devices = lc.accelerator, lc.devices
     if lc.gpus is not None:  # the original release's spelling
         accelerator, devices = "gpu", lc.gpus
