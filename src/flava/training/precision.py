@@ -105,6 +105,8 @@ def cuda_features(strategy: str) -> tuple[str, bool | None]:
             out = ""
         flag, _, name = out.strip().partition(" ")
         return name or "CUDA device", {"1": True, "0": False}.get(flag)
+    if not torch.cuda.is_available():  # a GPU run configured here: Lightning says so later
+        return "no CUDA device", None
     props = torch.cuda.get_device_properties(0)
     return props.name, props.major >= 8 or bool(torch.version.hip)
 
