@@ -11,6 +11,11 @@ sources: the embedded generated scenes (`SceneSource`; generating a scene is its
 real JPEG / PNG files written from scikit-image's sample photographs (random crops and sizes;
 generated textures when scikit-image is missing). The floor is decode + one resize to 224x224
 per sample, the least any pipeline must do; the table also splits the pipeline into its stages.
+
+Bounded in wall time: per source, the warm-up and the timed rounds stop once --max-seconds have
+passed (each timed function reads the clock after every batch and stops there; every function
+still gets at least one timed batch), with a progress line after every round. The report starts
+with the CPU (model, torch's CPU capability, native bf16 or not).
 """
 
 from __future__ import annotations
@@ -39,7 +44,9 @@ from flava.data.transforms import image_transform
 from flava.objectives.masking import BlockMaskGenerator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_step import write_report  # noqa: E402
+from machine import describe, log, machine_info, write_report  # noqa: E402
+
+Timed = Callable[[float], int]  # deadline (perf_counter) -> samples processed
 
 WORDS = (
     "a photo of the {} next to a {} on a sunny day",
@@ -59,6 +66,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--files", type=int, default=300, help="image files written (JPEG + PNG)")
     p.add_argument("--scene-size", type=int, default=256, help="side of the generated scenes")
     p.add_argument("--repeats", type=int, default=5, help="timed rounds (best is reported)")
+    p.add_argument(
+        "--max-seconds",
+        type=float,
+        default=120.0,
+        help="per source: no further batch or round starts after this many seconds of warm-up "
+        "and rounds (default 120; at least one timed batch per function)",
+    )
     p.add_argument("--json", type=Path)
     return p.parse_args(argv)
 
@@ -135,21 +149,93 @@ def floor_resize(img: Image.Image, size: int) -> torch.Tensor:
     return F.resize(F.pil_to_tensor(rgb), [size, size], InterpolationMode.BICUBIC, antialias=True)
 
 
-def best_rates(fns: dict[str, Callable[[], int]], repeats: int) -> dict[str, float]:
-    """Best samples/s of each function over `repeats` rounds that call them in turn.
+def best_rates(
+    fns: dict[str, Timed], args: argparse.Namespace, source: str
+) -> tuple[dict[str, float], int]:
+    """(best samples/s of each function, rounds run) over up to --repeats rounds within
+    --max-seconds.
 
-    Each function returns the samples it processed. Calling them in turn within every round (not
-    each `repeats` times in a row) lets a slow spell of the machine hit all of them alike.
+    Each function returns the samples it processed before the deadline. Calling them in turn
+    within every round (not each `repeats` times in a row) lets a slow spell of the machine hit all
+    of them alike.
     """
+    start = time.perf_counter()
+    deadline = start + args.max_seconds
     for fn in fns.values():
-        fn()  # warm-up
+        fn(deadline)  # warm-up
     best = dict.fromkeys(fns, 0.0)
-    for _ in range(repeats):
+    rounds = 0
+    while rounds < args.repeats:
         for name, fn in fns.items():
-            start = time.perf_counter()
-            n = fn()
-            best[name] = max(best[name], n / (time.perf_counter() - start))
-    return best
+            begin = time.perf_counter()
+            n = fn(deadline)
+            best[name] = max(best[name], n / (time.perf_counter() - begin))
+        rounds += 1
+        elapsed = time.perf_counter() - start
+        log(f"  {source}: round {rounds}/{args.repeats} done ({elapsed:.1f} s)")
+        if time.perf_counter() >= deadline and rounds < args.repeats:
+            log(f"  {source}: --max-seconds {args.max_seconds:g} reached after {rounds} rounds")
+            break
+    return best, rounds
+
+
+def over(batches: Sequence[Sequence], work: Callable[[Sequence], object], deadline: float) -> int:
+    """Call `work` on each batch until the batches or the time run out; samples processed."""
+    n = 0
+    for batch in batches:
+        work(batch)
+        n += len(batch)
+        if time.perf_counter() >= deadline:
+            break
+    return n
+
+
+def stage_functions(
+    items: Callable[[Sequence[int]], list[Item]],
+    n: int,
+    builder: BatchBuilder,
+    args: argparse.Namespace,
+) -> dict[str, Timed]:
+    """The pipeline, the decode + resize floor and each stage as deadline-bounded functions."""
+    batches = [range(i, min(i + args.batch_size, n)) for i in range(0, n, args.batch_size)]
+    size = args.image_size
+    decoded = [items(idx) for idx in batches]  # stage timings on already decoded samples
+
+    def pipeline(deadline: float) -> int:
+        g, rng = torch.Generator().manual_seed(0), np.random.default_rng(0)
+        return over(batches, lambda idx: builder(items(idx), "vl", g, rng), deadline)
+
+    def floor(deadline: float) -> int:
+        def work(idx: Sequence[int]) -> None:
+            torch.stack([floor_resize(item.image, size) for item in items(idx)])
+
+        return over(batches, work, deadline)
+
+    def transforms(deadline: float) -> int:
+        g = torch.Generator().manual_seed(0)
+
+        def work(batch: Sequence[Item]) -> None:
+            views = [builder.transform(i.image, generator=g) for i in batch]
+            {k: torch.stack([v[k] for v in views]) for k in views[0]}
+
+        return over(decoded, work, deadline)
+
+    def masks(deadline: float) -> int:
+        rng = np.random.default_rng(0)
+        return over(decoded, lambda b: builder.mask_generator.batch(len(b), rng), deadline)
+
+    def texts(deadline: float) -> int:
+        g = torch.Generator().manual_seed(0)
+        return over(decoded, lambda b: builder.texts([i.text for i in b], g), deadline)
+
+    return {
+        "pipeline": pipeline,
+        "floor_decode_resize": floor,
+        "stage_decode": lambda deadline: over(batches, items, deadline),
+        "stage_transforms_and_collate": transforms,
+        "stage_block_masks": masks,
+        "stage_tokenise_and_text_masking": texts,
+    }
 
 
 def measure(
@@ -160,71 +246,35 @@ def measure(
     args: argparse.Namespace,
 ) -> dict[str, float]:
     """Pipeline, floor and per-stage rates (samples/s on one core) for one source."""
-    batches = [range(i, min(i + args.batch_size, n)) for i in range(0, n, args.batch_size)]
-    size = args.image_size
-
-    def pipeline() -> int:
-        g, rng = torch.Generator().manual_seed(0), np.random.default_rng(0)
-        for idx in batches:
-            builder(items(idx), "vl", g, rng)
-        return n
-
-    def floor() -> int:
-        for idx in batches:
-            torch.stack([floor_resize(item.image, size) for item in items(idx)])
-        return n
-
-    def decode_only() -> int:
-        for idx in batches:
-            items(idx)
-        return n
-
-    decoded = [items(idx) for idx in batches]  # stage timings on already decoded samples
-
-    def transforms() -> int:
-        g = torch.Generator().manual_seed(0)
-        for batch in decoded:
-            views = [builder.transform(i.image, generator=g) for i in batch]
-            {k: torch.stack([v[k] for v in views]) for k in views[0]}
-        return n
-
-    def masks() -> int:
-        rng = np.random.default_rng(0)
-        for batch in decoded:
-            builder.mask_generator.batch(len(batch), rng)
-        return n
-
-    def texts() -> int:
-        g = torch.Generator().manual_seed(0)
-        for batch in decoded:
-            builder.texts([i.text for i in batch], g)
-        return n
-
-    rates = best_rates(
-        {
-            "pipeline": pipeline,
-            "floor_decode_resize": floor,
-            "stage_decode": decode_only,
-            "stage_transforms_and_collate": transforms,
-            "stage_block_masks": masks,
-            "stage_tokenise_and_text_masking": texts,
-        },
-        args.repeats,
-    )
+    log(f"  {name}: decoding {n} samples for the stage timings, then warm-up and rounds...")
+    rates, rounds = best_rates(stage_functions(items, n, builder, args), args, name)
     rates["pipeline_over_floor"] = rates["pipeline"] / rates["floor_decode_resize"]
-    print(
-        f"{name:<10}{rates['pipeline']:>10.1f}{rates['floor_decode_resize']:>10.1f}"
-        f"{rates['pipeline_over_floor']:>8.2f}x{rates['stage_decode']:>10.1f}"
-        f"{rates['stage_transforms_and_collate']:>11.1f}{rates['stage_block_masks']:>10.0f}"
-        f"{rates['stage_tokenise_and_text_masking']:>10.0f}"
-    )
+    rates["rounds"] = rounds
     return rates
+
+
+def print_table(results: dict[str, dict[str, float]]) -> None:
+    """One row of samples/s per source."""
+    print(
+        f"\n{'source':<10}{'pipeline':>10}{'floor':>10}{'ratio':>9}{'decode':>10}"
+        f"{'transform':>11}{'masks':>10}{'text':>10}   (samples/s per core)"
+    )
+    for key, rates in results.items():
+        name = "jpeg+png" if key == "files" else key
+        print(
+            f"{name:<10}{rates['pipeline']:>10.1f}{rates['floor_decode_resize']:>10.1f}"
+            f"{rates['pipeline_over_floor']:>8.2f}x{rates['stage_decode']:>10.1f}"
+            f"{rates['stage_transforms_and_collate']:>11.1f}{rates['stage_block_masks']:>10.0f}"
+            f"{rates['stage_tokenise_and_text_masking']:>10.0f}"
+        )
 
 
 def main(argv: list[str] | None = None) -> dict:
     """Measure both sources, print a table, optionally write JSON."""
     args = parse_args(argv)
     torch.set_num_threads(1)
+    machine = machine_info()
+    log(describe(machine))
     grid = args.image_size // 16
     builder = BatchBuilder(
         load_tokenizer(),
@@ -233,14 +283,11 @@ def main(argv: list[str] | None = None) -> dict:
         text_max_length=77,
         mlm_probability=0.15,
     )
-    print(
+    log(
         f"input pipeline, one core: {args.image_size} px + {grid * 8} px codebook view, "
         f"{BlockMaskGenerator(grid).num_masking_patches}/{grid * grid} masked patches, "
-        f"77 tokens, batch {args.batch_size}, best of {args.repeats}"
-    )
-    print(
-        f"{'source':<10}{'pipeline':>10}{'floor':>10}{'ratio':>9}{'decode':>10}"
-        f"{'transform':>11}{'masks':>10}{'text':>10}   (samples/s per core)"
+        f"77 tokens, batch {args.batch_size}, best of {args.repeats} rounds, at most "
+        f"{args.max_seconds:g} s per source"
     )
     results = {}
     scenes = SceneSource("train", size=args.samples, image_size=args.scene_size)
@@ -249,6 +296,7 @@ def main(argv: list[str] | None = None) -> dict:
         "scenes", lambda idx: [scenes.item(i, "vl", rng) for i in idx], args.samples, builder, args
     )
     with tempfile.TemporaryDirectory(prefix="flava-data-bench-") as tmp:
+        log(f"writing {args.files} JPEG / PNG files...")
         files = write_files(Path(tmp), args.files)
         n = min(args.samples, len(files))
 
@@ -257,10 +305,12 @@ def main(argv: list[str] | None = None) -> dict:
 
         results["files"] = measure("jpeg+png", file_items, n, builder, args)
         sizes = [os.path.getsize(p) for p, _ in files]
+    print_table(results)
     report = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "command": " ".join(["python", "benchmarks/data.py", *(argv or sys.argv[1:])]),
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "machine": machine,
         "load_average": os.getloadavg(),
         "files_mean_kib": statistics.mean(sizes) / 1024,
         "rates_samples_per_s_per_core": results,

@@ -10,8 +10,14 @@ positive) and the same objectives: global contrastive on the unmasked pair, ITM,
 MMM-text on the masked pair, MIM targets from a forward pass of the DALL-E codebook on both
 sides. Each (side, round) runs in its own subprocess so that its peak memory is its own; rounds
 alternate ours/theirs (ABBA...) in one invocation so that a shared machine's load hits both.
-The machine's matrix-product peak is measured in the same invocation and FLOPs are counted
-with FlopCounterMode (codebook forward included) to give model-FLOPs utilisation.
+The matrix-product peak of the run's precision (fp32 or bf16, not both) is measured at the start
+and the end of the same invocation and FLOPs are counted with FlopCounterMode (codebook forward
+included) to give model-FLOPs utilisation.
+
+Nothing waits unbounded: each peak measurement stops after --peak-seconds, each run stops timing
+steps once --max-seconds have passed (the clock is read after every step; at least one timed
+step), and a worker subprocess still running after --worker-timeout is killed and reported as
+failed. The report starts with the CPU (model, torch's CPU capability, native bf16 or not).
 """
 
 from __future__ import annotations
@@ -21,8 +27,8 @@ import contextlib
 import datetime
 import json
 import os
-import platform
 import resource
+import signal
 import statistics
 import subprocess
 import sys
@@ -34,6 +40,18 @@ from typing import Any
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from machine import (  # noqa: E402
+    describe,
+    log,
+    machine_info,
+    matmul_peak,
+    slow_bf16_note,
+    sync,
+    write_report,
+)
+
 SIDES = ("ours", "transformers", "torchmultimodal")
 MASK_ID, CLS_ID, SEP_ID, PAD_ID = 103, 101, 102, 0
 
@@ -43,7 +61,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--preset", default="flava_full", help="model preset (default flava_full)")
     p.add_argument("--batch-size", type=int, default=8, help="pairs per step (default 8)")
-    p.add_argument("--steps", type=int, default=3, help="timed steps per run, after 1 warm-up")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=3,
+        help="timed steps per run, after 1 warm-up (fewer once --max-seconds have passed)",
+    )
     p.add_argument("--rounds", type=int, default=1, help="runs per side, alternating ABBA")
     p.add_argument("--text-length", type=int, default=40, help="padded text length (default 40)")
     p.add_argument("--precision", choices=("32", "bf16-mixed"), default="32")
@@ -68,6 +91,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "host sync on the padding mask), codebook-channels-last",
     )
     p.add_argument("--no-flops", action="store_true", help="skip the FlopCounterMode pass")
+    add_time_limits(p)
     p.add_argument(
         "--cache-dir",
         type=Path,
@@ -82,38 +106,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def add_time_limits(p: argparse.ArgumentParser) -> None:
+    """The options that bound every measurement in wall time."""
+    p.add_argument(
+        "--max-seconds",
+        type=float,
+        default=300.0,
+        help="per run: no further timed step starts after this many seconds of timed steps "
+        "(default 300; at least one timed step)",
+    )
+    p.add_argument(
+        "--peak-seconds",
+        type=float,
+        default=4.0,
+        help="wall-time budget of each matmul-peak measurement (default 4)",
+    )
+    p.add_argument(
+        "--worker-timeout",
+        type=float,
+        default=1800.0,
+        help="kill a worker subprocess (prepare, or one run) after this many seconds and report "
+        "it as failed (default 1800; 0: no limit)",
+    )
+
+
 # ----------------------------------------------------------------------------- measurements
-
-
-def sync(device: torch.device) -> None:
-    """Wait for queued device work (no-op on CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def matmul_peak(
-    device: torch.device, dtype: torch.dtype, size: int | None = None, seconds: float = 2.0
-) -> float:
-    """Best achieved GFLOP/s of a square matmul loop (size 2048 on CPU, 8192 on GPU)."""
-    n = size or (8192 if device.type == "cuda" else 2048)
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
-    out = torch.empty(n, n, device=device, dtype=dtype)
-    torch.matmul(a, b, out=out)
-    sync(device)
-    best = 0.0
-    for _ in range(4):
-        count, start = 0, time.perf_counter()
-        while True:
-            torch.matmul(a, b, out=out)
-            count += 1
-            if count % 4 == 0:
-                sync(device)
-                elapsed = time.perf_counter() - start
-                if elapsed >= seconds / 4:
-                    break
-        best = max(best, 2 * n**3 * count / elapsed / 1e9)
-    return best
 
 
 def rss_now() -> int:
@@ -184,104 +201,117 @@ def transformers_config(preset_name: str) -> Any:
 # ----------------------------------------------------------------------------- the two sides
 
 
-def build_side(
-    side: str, args: argparse.Namespace, workdir: Path, device: torch.device
-) -> tuple[torch.nn.Module, Callable[[dict], torch.Tensor]]:
+Built = tuple[torch.nn.Module, Callable[[dict], torch.Tensor]]
+
+
+def build_side(side: str, args: argparse.Namespace, workdir: Path, device: torch.device) -> Built:
     """(model in train mode on `device`, loss function of a batch) for one side."""
-    if side == "ours":
-        from flava.model import FlavaForPreTraining, preset
-        from flava.objectives.pretraining import LossWeights, pretraining_step
+    builders = {"ours": build_ours, "transformers": build_transformers}
+    if side == "torchmultimodal":
+        return build_torchmultimodal(args, device)
+    if side not in builders:
+        raise ValueError(f"unknown side {side!r}")
+    return builders[side](args, workdir, device)
 
-        config = preset(args.preset)
-        if args.activation_checkpointing:
-            config = config.with_activation_checkpointing(True)
-        model = FlavaForPreTraining(config)
-        model.load_state_dict(torch.load(workdir / "ours.pt", weights_only=True), strict=True)
-        model.to(device).train()
-        if args.compile:
-            for enc in (
-                model.flava.image_encoder,
-                model.flava.text_encoder,
-                model.flava.multimodal_encoder,
-            ):
-                enc.compile()
-        weights = LossWeights()
-        experiments = set(filter(None, args.experiment.split(",")))
-        if "always-mask" in experiments:  # candidate: no host sync on the padding mask
-            import flava.model.encoders as encoders
 
-            encoders.padding_mask = lambda m: None if m is None else m.bool()[:, None, None, :]
-        channels_last = "codebook-channels-last" in experiments
-        if channels_last:  # candidate: NHWC convolutions in the frozen codebook
-            model.codebook.to(memory_format=torch.channels_last)
+def build_ours(args: argparse.Namespace, workdir: Path, device: torch.device) -> Built:
+    """Our FlavaForPreTraining on the shared weights, with --experiment candidates applied."""
+    from flava.model import FlavaForPreTraining, preset
+    from flava.objectives.pretraining import LossWeights, pretraining_step
 
-        def ours_loss(batch: dict) -> torch.Tensor:
-            def targets(b: dict) -> torch.Tensor:
-                pixels = b["codebook_pixel_values"]
-                if channels_last:
-                    pixels = pixels.contiguous(memory_format=torch.channels_last)
-                return model.codebook.get_codebook_indices(pixels)
+    config = preset(args.preset)
+    if args.activation_checkpointing:
+        config = config.with_activation_checkpointing(True)
+    model = FlavaForPreTraining(config)
+    model.load_state_dict(torch.load(workdir / "ours.pt", weights_only=True), strict=True)
+    model.to(device).train()
+    if args.compile:
+        for enc in (
+            model.flava.image_encoder,
+            model.flava.text_encoder,
+            model.flava.multimodal_encoder,
+        ):
+            enc.compile()
+    weights = LossWeights()
+    experiments = set(filter(None, args.experiment.split(",")))
+    if "always-mask" in experiments:  # candidate: no host sync on the padding mask
+        import flava.model.encoders as encoders
 
-            out = pretraining_step(model, batch, "pair", targets, weights, 0.0)
-            return out["loss"]
+        encoders.padding_mask = lambda m: None if m is None else m.bool()[:, None, None, :]
+    channels_last = "codebook-channels-last" in experiments
+    if channels_last:  # candidate: NHWC convolutions in the frozen codebook
+        model.codebook.to(memory_format=torch.channels_last)
 
-        return model, ours_loss
+    def ours_loss(batch: dict) -> torch.Tensor:
+        def targets(b: dict) -> torch.Tensor:
+            pixels = b["codebook_pixel_values"]
+            if channels_last:
+                pixels = pixels.contiguous(memory_format=torch.channels_last)
+            return model.codebook.get_codebook_indices(pixels)
 
-    if side == "transformers":
-        import transformers
+        out = pretraining_step(model, batch, "pair", targets, weights, 0.0)
+        return out["loss"]
 
-        transformers.logging.set_verbosity_error()
-        hf = transformers.FlavaForPreTraining(transformers_config(args.preset))
-        missing, unexpected = hf.load_state_dict(
-            torch.load(workdir / "transformers.pt", weights_only=True), strict=False
+    return model, ours_loss
+
+
+def build_transformers(args: argparse.Namespace, workdir: Path, device: torch.device) -> Built:
+    """transformers' FlavaForPreTraining on the shared weights."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    hf = transformers.FlavaForPreTraining(transformers_config(args.preset))
+    missing, unexpected = hf.load_state_dict(
+        torch.load(workdir / "transformers.pt", weights_only=True), strict=False
+    )
+    if unexpected or [k for k in missing if not k.endswith("position_ids")]:
+        raise RuntimeError(f"weights do not fit: {missing[:4]} {unexpected[:4]}")
+    hf.to(device).train()
+    if args.activation_checkpointing:
+        hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if args.compile:
+        for enc in (hf.flava.image_model, hf.flava.text_model, hf.flava.multimodal_model):
+            enc.compile()
+    eps = 0.1  # DALL-E's map_pixels: transformers expects already mapped codebook pixels
+
+    def hf_loss(batch: dict) -> torch.Tensor:
+        return hf(
+            input_ids=batch["input_ids"],
+            input_ids_masked=batch["input_ids_masked"],
+            pixel_values=batch["pixel_values"],
+            codebook_pixel_values=(1 - 2 * eps) * batch["codebook_pixel_values"] + eps,
+            attention_mask=batch["attention_mask"],
+            bool_masked_pos=batch["bool_masked_pos"],
+            mlm_labels=batch["mlm_labels"].clone(),
+            itm_labels=batch["itm_labels"],
+            return_loss=True,
+        ).loss
+
+    return hf, hf_loss
+
+
+def build_torchmultimodal(args: argparse.Namespace, device: torch.device) -> Built:
+    """Best effort: TorchMultimodal's FLAVA with its own random weights (no weight mapping)."""
+    from torchmultimodal.models.flava.model import flava_model_for_pretraining
+
+    if args.preset != "flava_full":
+        raise RuntimeError("TorchMultimodal builds only the flava_full shape")
+    tmm = flava_model_for_pretraining().to(device).train()
+
+    def tmm_loss(batch: dict) -> torch.Tensor:
+        out = tmm(
+            image=batch["pixel_values"],
+            text=batch["input_ids"],
+            image_for_codebook=batch["codebook_pixel_values"],
+            image_patches_mask=batch["bool_masked_pos"],
+            text_masked=batch["input_ids_masked"],
+            itm_labels=batch["itm_labels"],
+            mlm_labels=batch["mlm_labels"],
         )
-        if unexpected or [k for k in missing if not k.endswith("position_ids")]:
-            raise RuntimeError(f"weights do not fit: {missing[:4]} {unexpected[:4]}")
-        hf.to(device).train()
-        if args.activation_checkpointing:
-            hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if args.compile:
-            for enc in (hf.flava.image_model, hf.flava.text_model, hf.flava.multimodal_model):
-                enc.compile()
-        eps = 0.1  # DALL-E's map_pixels: transformers expects already mapped codebook pixels
+        losses = [v for v in vars(out.losses).values() if isinstance(v, torch.Tensor)]
+        return sum(losses)
 
-        def hf_loss(batch: dict) -> torch.Tensor:
-            return hf(
-                input_ids=batch["input_ids"],
-                input_ids_masked=batch["input_ids_masked"],
-                pixel_values=batch["pixel_values"],
-                codebook_pixel_values=(1 - 2 * eps) * batch["codebook_pixel_values"] + eps,
-                attention_mask=batch["attention_mask"],
-                bool_masked_pos=batch["bool_masked_pos"],
-                mlm_labels=batch["mlm_labels"].clone(),
-                itm_labels=batch["itm_labels"],
-                return_loss=True,
-            ).loss
-
-        return hf, hf_loss
-
-    if side == "torchmultimodal":  # best effort: its own random weights (no weight mapping)
-        from torchmultimodal.models.flava.model import flava_model_for_pretraining
-
-        if args.preset != "flava_full":
-            raise RuntimeError("TorchMultimodal builds only the flava_full shape")
-        tmm = flava_model_for_pretraining().to(device).train()
-
-        def tmm_loss(batch: dict) -> torch.Tensor:
-            out = tmm(
-                image=batch["pixel_values"],
-                text=batch["input_ids"],
-                image_for_codebook=batch["codebook_pixel_values"],
-                image_patches_mask=batch["bool_masked_pos"],
-                text_masked=batch["input_ids_masked"],
-                itm_labels=batch["itm_labels"],
-                mlm_labels=batch["mlm_labels"],
-            )
-            losses = [v for v in vars(out.losses).values() if isinstance(v, torch.Tensor)]
-            return sum(losses)
-
-        return tmm, tmm_loss
-    raise ValueError(f"unknown side {side!r}")
+    return tmm, tmm_loss
 
 
 def make_optimizer(model: torch.nn.Module, kind: str) -> torch.optim.Optimizer:
@@ -320,6 +350,7 @@ def prepare(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
     transformers.logging.set_verbosity_error()
     torch.manual_seed(0)
+    log(f"  prepare: building transformers' {args.preset} and converting its weights")
     hf = transformers.FlavaForPreTraining(transformers_config(args.preset))
     hf_state = hf.state_dict()
     torch.save(hf_state, workdir / "transformers.pt")
@@ -352,6 +383,7 @@ def prepare(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         plain = argparse.Namespace(**{**vars(args), "activation_checkpointing": False})
         plain.compile, plain.experiment = False, ""
         model, loss_fn = build_side(side, plain, workdir, device)
+        log(f"  prepare: counting the FLOPs of one {side} step (one fp32 forward + backward)")
         flops[side] = count_flops(loss_fn, batch)
         if side == "ours":
             with flop_counter() as counter:
@@ -362,6 +394,32 @@ def prepare(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     workload = Workload(args.batch_size, batch["input_ids"].shape[1])
     info["analytic_flops_unpadded"] = step_flops(config, workload)["total"]
     return info
+
+
+def timed_steps(
+    args: argparse.Namespace, device: torch.device, step: Callable[[], float], side: str
+) -> tuple[float, list[float], list[float]]:
+    """(warm-up seconds, timed step seconds, losses): one warm-up, then up to --steps timed
+    steps, no further step once --max-seconds of timed steps have passed (at least one)."""
+    times: list[float] = []
+    losses: list[float] = []
+    warmup = 0.0
+    for i in range(1 + args.steps):
+        sync(device)
+        start = time.perf_counter()
+        losses.append(step())
+        sync(device)
+        elapsed = time.perf_counter() - start
+        if i == 0:  # the warm-up (allocations, optimizer state, compilation)
+            warmup = elapsed
+            log(f"    {side}: warm-up step {elapsed:.2f} s, loss {losses[-1]:.4f}")
+            continue
+        times.append(elapsed)
+        log(f"    {side}: step {i}/{args.steps} {elapsed:.2f} s")
+        if sum(times) >= args.max_seconds and i < args.steps:
+            log(f"    {side}: --max-seconds {args.max_seconds:g} reached after {i} timed steps")
+            break
+    return warmup, times, losses
 
 
 def run(args: argparse.Namespace, side: str, workdir: Path) -> dict[str, Any]:
@@ -376,27 +434,22 @@ def run(args: argparse.Namespace, side: str, workdir: Path) -> dict[str, Any]:
     ready_rss = rss_now()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    times, losses = [], []
-    for step in range(1 + args.steps):
-        sync(device)
-        start = time.perf_counter()
+
+    def step() -> float:
         with autocast(args, device):
             loss = loss_fn(batch)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        sync(device)
-        elapsed = time.perf_counter() - start
-        losses.append(float(loss.detach()))
-        if step:  # the first step is the warm-up (allocations, optimizer state, compilation)
-            times.append(elapsed)
-        else:
-            warmup = elapsed
+        return float(loss.detach())
+
+    warmup, times, losses = timed_steps(args, device, step, side)
     out = {
         "side": side,
         "step_times_s": times,
         "warmup_s": warmup,
         "median_step_s": statistics.median(times),
+        "steps_cut_by_max_seconds": len(times) < args.steps,
         "losses": losses,
         "ready_rss_bytes": ready_rss,
         "peak_rss_bytes": rss_peak(),
@@ -421,16 +474,31 @@ def worker_env(args: argparse.Namespace) -> dict[str, str]:
 
 
 def spawn(raw: list[str], role: str, side: str, workdir: Path, out: Path, env: dict) -> dict:
-    """Run one worker subprocess with the same options `raw` and read back its JSON."""
+    """Run one worker subprocess with the same options `raw` and read back its JSON.
+
+    Its progress lines go straight to our stdout; its stderr is kept for the error message. It
+    runs in its own process group, killed whole after --worker-timeout seconds.
+    """
     argv = [sys.executable, __file__, *raw, "--_role", role, "--_side", side]
     argv += ["--_workdir", str(workdir), "--_out", str(out)]
-    proc = subprocess.run(argv, env=env, capture_output=True, text=True)
+    limit = parse_args(raw).worker_timeout or None
+    out.unlink(missing_ok=True)
+    proc = subprocess.Popen(
+        argv, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        _, stderr = proc.communicate(timeout=limit)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        return {"side": side, "error": f"worker killed after --worker-timeout {limit:g} s"}
     if proc.returncode:
         code = proc.returncode
         why = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
         if code == -9:
             why += " (out of memory?)"
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-12:]
+        tail = stderr.strip().splitlines()[-12:]
         return {"side": side, "error": "\n".join([*tail, f"worker {why}"])}
     return json.loads(out.read_text())
 
@@ -451,10 +519,13 @@ def gib(n: float | None) -> str:
     return "-" if n is None else f"{n / 2**30:.2f}"
 
 
-def summarise(results: list[dict], info: dict, peaks: dict, args: argparse.Namespace) -> dict:
+def peak_dtype(args: argparse.Namespace) -> tuple[str, torch.dtype]:
+    """The matrix-product dtype whose peak the MFU of this run is against."""
+    return ("bf16", torch.bfloat16) if args.precision == "bf16-mixed" else ("fp32", torch.float32)
+
+
+def summarise(results: list[dict], info: dict, peak: float, args: argparse.Namespace) -> dict:
     """Aggregate rounds per side: median step time, worst peak memory, MFU, ratios."""
-    peak_key = "bf16" if args.precision == "bf16-mixed" else "fp32"
-    peak = peaks[peak_key]
     model_flops = info.get("flops", {}).get("ours")
     sides: dict[str, dict] = {}
     for r in results:
@@ -499,12 +570,11 @@ def summarise(results: list[dict], info: dict, peaks: dict, args: argparse.Names
     return summary
 
 
-def print_table(summary: dict, info: dict, peaks: dict, args: argparse.Namespace) -> None:
+def print_table(summary: dict, info: dict, peak: float, args: argparse.Namespace) -> None:
     """Human-readable result table."""
-    peak_key = "bf16" if args.precision == "bf16-mixed" else "fp32"
     print(
-        f"\nmatmul peak: fp32 {peaks['fp32']:.1f} GFLOP/s, bf16 {peaks['bf16']:.1f} GFLOP/s "
-        f"(MFU below is against {peak_key})"
+        f"\nmatmul peak ({peak_dtype(args)[0]}, best of start and end): {peak:.1f} GFLOP/s "
+        "(MFU below is against it)"
     )
     if "flops" in info:
         f = info["flops"]
@@ -542,6 +612,92 @@ def print_table(summary: dict, info: dict, peaks: dict, args: argparse.Namespace
         print(f"ours / transformers: {text}")
 
 
+def available_sides(args: argparse.Namespace, notes: list[str]) -> list[str]:
+    """The --sides that can run here (TorchMultimodal only where it imports)."""
+    sides = [s.strip() for s in args.sides.split(",") if s.strip()]
+    if "torchmultimodal" in sides:
+        try:
+            import torchmultimodal  # noqa: F401
+        except ImportError:
+            sides.remove("torchmultimodal")
+            notes.append("TorchMultimodal is not importable here: skipped")
+    return sides
+
+
+def get_info(raw: list[str], args: argparse.Namespace, workdir: Path, env: dict) -> dict:
+    """Prepared weights, batch and FLOP counts: from the cache, or from a prepare worker."""
+    cached = workdir / "prepare.json"
+    if args.cache_dir and cached.exists():
+        info = json.loads(cached.read_text())
+        if args.no_flops or "flops" in info:
+            log(f"reusing prepared weights, batch and FLOP counts in {workdir}")
+            return info
+    log("preparing weights, batch and FLOP counts (worker subprocess)...")
+    start = time.perf_counter()
+    info = spawn(raw, "prepare", "-", workdir, cached, env)
+    if "error" in info:
+        raise SystemExit(f"preparing weights failed:\n{info['error']}")
+    log(f"prepared weights, batch and FLOP counts in {time.perf_counter() - start:.0f} s")
+    return info
+
+
+def expect(info: dict, peak: float, args: argparse.Namespace) -> None:
+    """Say how long a step of ours takes at least at the measured peak, and what bounds it."""
+    flops = info.get("flops", {}).get("ours")
+    if not flops or not peak:
+        return
+    least = flops / peak / 1e9
+    log(
+        f"one step of ours is {flops / 1e12:.3f} TFLOP: at least {least:.1f} s at the measured "
+        f"peak; timing stops after --max-seconds {args.max_seconds:g} per run"
+        + (f", a worker is killed after {args.worker_timeout:g} s" if args.worker_timeout else "")
+    )
+    if args.worker_timeout and 2 * least > args.worker_timeout:
+        log("note: warm-up + one step will likely not fit in --worker-timeout")
+
+
+def run_sides(
+    raw: list[str], args: argparse.Namespace, sides: list[str], workdir: Path, env: dict
+) -> tuple[list[dict], list[str]]:
+    """Every (side, round) in ABBA order, each in its own worker; results and notes."""
+    results: list[dict] = []
+    notes: list[str] = []
+    for i, side in enumerate(side_order(sides, args.rounds)):
+        log(f"  run {i} {side}: starting worker")
+        r = spawn(raw, "run", side, workdir, workdir / f"run-{i}.json", env)
+        if "error" in r and "signal 9" in r["error"]:  # a shared machine's memory: retry once
+            log(f"  run {i} {side}: {r['error'].splitlines()[-1]}; retrying once")
+            notes.append(f"run {i} {side}: {r['error'].splitlines()[-1]}; retried")
+            r = spawn(raw, "run", side, workdir, workdir / f"run-{i}.json", env)
+        r["run"] = i
+        results.append(r)
+        if "error" in r:
+            log(f"  run {i} {side}: FAILED: {r['error'].splitlines()[-1]}")
+            continue
+        log(
+            f"  run {i} {side}: median {r['median_step_s']:.3f} s "
+            f"(steps {', '.join(f'{t:.2f}' for t in r['step_times_s'])}; "
+            f"warm-up {r['warmup_s']:.2f}), peak RSS {gib(r['peak_rss_bytes'])} GiB, "
+            f"loss {r['losses'][0]:.4f} -> {r['losses'][-1]:.4f}"
+        )
+    return results, notes
+
+
+def header(args: argparse.Namespace, machine: dict, notes: list[str]) -> None:
+    """The report's first lines: the machine, the settings, the notes so far."""
+    log(describe(machine))
+    log(
+        f"train step: preset {args.preset}, batch {args.batch_size}, text {args.text_length}, "
+        f"precision {args.precision}, checkpointing {args.activation_checkpointing}, "
+        f"compile {args.compile}, device {args.device}, AdamW {args.optimizer}, "
+        f"experiments on ours: {args.experiment or 'none'}, "
+        f"{args.steps} timed steps x {args.rounds} round(s), at most {args.max_seconds:g} s of "
+        f"timed steps per run"
+    )
+    for note in notes:
+        log(note if note.startswith("note: ") else f"note: {note}")
+
+
 def main(argv: list[str] | None = None) -> dict | None:
     """Parent: peak, prepare, alternate the sides, report; or one worker role."""
     raw = list(sys.argv[1:] if argv is None else argv)
@@ -555,88 +711,40 @@ def main(argv: list[str] | None = None) -> dict | None:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is visible")
     device = torch.device(args.device)
-    sides = [s.strip() for s in args.sides.split(",") if s.strip()]
+    machine = machine_info(device)
     notes: list[str] = []
-    if "torchmultimodal" in sides:
-        try:
-            import torchmultimodal  # noqa: F401
-        except ImportError:
-            sides.remove("torchmultimodal")
-            notes.append("TorchMultimodal is not importable here: skipped")
-    print(
-        f"train step: preset {args.preset}, batch {args.batch_size}, text {args.text_length}, "
-        f"precision {args.precision}, checkpointing {args.activation_checkpointing}, "
-        f"compile {args.compile}, device {args.device}, AdamW {args.optimizer}, "
-        f"experiments on ours: {args.experiment or 'none'}, "
-        f"{args.steps} timed steps x {args.rounds} round(s)"
-    )
-    for note in notes:
-        print(f"note: {note}")
-    peaks = {
-        "fp32": matmul_peak(device, torch.float32),
-        "bf16": matmul_peak(device, torch.bfloat16),
-    }
-    print(f"matmul peak (start): fp32 {peaks['fp32']:.1f}, bf16 {peaks['bf16']:.1f} GFLOP/s")
-    results: list[dict] = []
+    sides = available_sides(args, notes)
+    key, dtype = peak_dtype(args)
+    slow = slow_bf16_note(device, machine) if key == "bf16" else None
+    header(args, machine, [*notes, *([slow] if slow else [])])
+    notes += [slow] if slow else []
+    peak_runs = [matmul_peak(device, dtype, args.peak_seconds)]
     env = worker_env(args)
     if env.get("OMP_WAIT_POLICY") and "OMP_WAIT_POLICY" not in os.environ:
         notes.append("OMP_WAIT_POLICY=PASSIVE in the workers (compiled CPU kernels)")
-        print(f"note: {notes[-1]}")
+        log(f"note: {notes[-1]}")
     with contextlib.ExitStack() as stack:
         if args.cache_dir:
-            key = f"{args.preset}-b{args.batch_size}-t{args.text_length}-{args.device}"
-            workdir = args.cache_dir / key
+            key_dir = f"{args.preset}-b{args.batch_size}-t{args.text_length}-{args.device}"
+            workdir = args.cache_dir / key_dir
             workdir.mkdir(parents=True, exist_ok=True)
         else:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="flava-bench-")))
-        start = time.perf_counter()
-        cached = workdir / "prepare.json"
-        reuse = args.cache_dir and cached.exists()
-        if reuse and (args.no_flops or "flops" in json.loads(cached.read_text())):
-            info = json.loads(cached.read_text())
-            print(f"reusing prepared weights, batch and FLOP counts in {workdir}")
-        else:
-            info = spawn(raw, "prepare", "-", workdir, cached, env)
-            if "error" in info:
-                raise SystemExit(f"preparing weights failed:\n{info['error']}")
-            print(f"prepared weights, batch and FLOP counts in {time.perf_counter() - start:.0f} s")
-        for i, side in enumerate(side_order(sides, args.rounds)):
-            r = spawn(raw, "run", side, workdir, workdir / f"run-{i}.json", env)
-            if "error" in r and "signal 9" in r["error"]:  # a shared machine's memory: retry once
-                print(f"  run {i} {side}: {r['error'].splitlines()[-1]}; retrying once")
-                notes.append(f"run {i} {side}: {r['error'].splitlines()[-1]}; retried")
-                r = spawn(raw, "run", side, workdir, workdir / f"run-{i}.json", env)
-            r["run"] = i
-            results.append(r)
-            if "error" in r:
-                print(f"  run {i} {side}: FAILED: {r['error'].splitlines()[-1]}")
-            else:
-                print(
-                    f"  run {i} {side}: median {r['median_step_s']:.3f} s "
-                    f"(steps {', '.join(f'{t:.2f}' for t in r['step_times_s'])}; "
-                    f"warm-up {r['warmup_s']:.2f}), peak RSS {gib(r['peak_rss_bytes'])} GiB, "
-                    f"loss {r['losses'][0]:.4f} -> {r['losses'][-1]:.4f}"
-                )
-    end_peaks = {
-        "fp32": matmul_peak(device, torch.float32),
-        "bf16": matmul_peak(device, torch.bfloat16),
-    }
-    print(f"matmul peak (end): fp32 {end_peaks['fp32']:.1f}, bf16 {end_peaks['bf16']:.1f} GFLOP/s")
-    peaks = {k: max(peaks[k], end_peaks[k]) for k in peaks}
-    summary = summarise(results, info, peaks, args)
-    print_table(summary, info, peaks, args)
+        info = get_info(raw, args, workdir, env)
+        expect(info, peak_runs[0]["gflops"], args)
+        results, run_notes = run_sides(raw, args, sides, workdir, env)
+    notes += run_notes
+    peak_runs.append(matmul_peak(device, dtype, args.peak_seconds))
+    peak = max(r["gflops"] for r in peak_runs)
+    summary = summarise(results, info, peak, args)
+    print_table(summary, info, peak, args)
     report = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "command": " ".join(["python", "benchmarks/train_step.py", *raw]),
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "machine": {
-            "platform": platform.platform(),
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "load_average": os.getloadavg(),
-        },
-        "matmul_peak_gflops": peaks,
+        "machine": {**machine, "load_average_end": os.getloadavg()},
+        "matmul_peak_gflops": {key: peak},
+        "matmul_peak_runs": peak_runs,
         "info": info,
         "notes": notes,
         "runs": results,
@@ -644,14 +752,6 @@ def main(argv: list[str] | None = None) -> dict | None:
     }
     write_report(args.json, report)
     return report
-
-
-def write_report(path: Path | None, report: dict) -> None:
-    """Write a benchmark's figures as JSON to `path` (if given) and say where."""
-    if path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=2))
-        print(f"wrote {path}")
 
 
 if __name__ == "__main__":
