@@ -133,7 +133,7 @@ def _merge(results: list[dict[str, float]]) -> dict[str, float]:
 
 
 def summary(metrics: dict[str, Any], run_dir: Path) -> str:
-    """A short before/after table."""
+    """A short before/after table, then the training loss of each batch kind and objective."""
     lines = [
         f"\nFLAVA pretraining: {metrics['steps']} steps in {metrics['seconds']:.0f} s -> {run_dir}",
         f"{'metric':<42}{'before':>10}{'after':>10}",
@@ -143,10 +143,11 @@ def summary(metrics: dict[str, Any], run_dir: Path) -> str:
         b, a = metrics.get(f"before/{key}"), metrics.get(f"after/{key}")
         fmt = lambda v: f"{v:10.4f}" if isinstance(v, float) else f"{'-':>10}"  # noqa: E731
         lines.append(f"{key:<42}{fmt(b)}{fmt(a)}")
-    lines.append(f"{'training loss (first -> last 10%)':<42}")
-    for key in sorted(k for k in metrics if k.endswith("/first")):
-        name = key[: -len("/first")]
-        lines.append(f"  {name:<40}{metrics[key]:10.4f}{metrics[name + '/last']:10.4f}")
+    lines.append(f"{'training (first -> last 10% of its steps)':<42}{'first':>10}{'last':>10}")
+    names = [k.removeprefix("train/")[: -len("/first")] for k in metrics if k.endswith("/first")]
+    for name in sorted(names, key=lambda n: ("/" not in n, n)):  # <kind>/loss, then objectives
+        first, last = metrics[f"train/{name}/first"], metrics[f"train/{name}/last"]
+        lines.append(f"  {name:<40}{first:10.4f}{last:10.4f}")
     return "\n".join(lines)
 
 

@@ -48,6 +48,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[L.Callback]) -
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
+    from flava.training.console import console_callbacks
     from flava.training.precision import lightning_precision
 
     lc = cfg.training.lightning
@@ -69,6 +70,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[L.Callback]) -
         verbose=ck.verbose,
     )
     precision = lightning_precision(lc)  # checked against the hardware, auto resolved
+    show_bar, console = console_callbacks(lc.enable_progress_bar, lc.log_every_n_steps)
     accelerator, devices = lc.accelerator, lc.devices
     if lc.gpus is not None:  # the original release's spelling
         accelerator, devices = "gpu", lc.gpus
@@ -88,10 +90,11 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[L.Callback]) -
         limit_val_batches=lc.limit_val_batches,
         num_sanity_val_steps=lc.num_sanity_val_steps,
         log_every_n_steps=lc.log_every_n_steps,
-        enable_progress_bar=lc.enable_progress_bar,
+        enable_progress_bar=show_bar,  # a step bar on a terminal, else a line every N steps
+        enable_model_summary=False,  # console's ParameterSummary replaces it (no FLOPs column)
         deterministic=lc.deterministic,
         logger=loggers,
-        callbacks=[checkpoint, LearningRateMonitor(logging_interval="step"), *callbacks],
+        callbacks=[checkpoint, LearningRateMonitor(logging_interval="step"), *console, *callbacks],
         default_root_dir=str(run_dir),
     )
 
@@ -109,19 +112,58 @@ def read_logged(run_dir: Path) -> list[dict[str, float]]:
     return rows
 
 
-def loss_trends(rows: list[dict[str, float]], window: float = 0.1) -> dict[str, float]:
-    """Mean of each train/* loss over the first and last `window` of its logged values."""
+def _first_last(prefix: str, series: dict[str, list[float]], window: float) -> dict[str, float]:
+    """`<prefix>/<name>/first|last`: means of the first and last `window` of each series."""
     out: dict[str, float] = {}
-    names = sorted(
-        {k for r in rows for k in r if k.startswith("train/") and k != "train/logit_scale"}
-    )
-    for name in names:
-        values = [r[name] for r in rows if name in r and math.isfinite(r[name])]
+    for name, raw in series.items():
+        values = [v for v in raw if math.isfinite(v)]
         if len(values) < 2:
             continue
         n = max(1, int(len(values) * window))
-        out[f"{name}/first"] = sum(values[:n]) / n
-        out[f"{name}/last"] = sum(values[-n:]) / n
+        out[f"{prefix}/{name}/first"] = sum(values[:n]) / n
+        out[f"{prefix}/{name}/last"] = sum(values[-n:]) / n
+    return out
+
+
+def row_kind(row: dict[str, float], kinds: list[str]) -> str | None:
+    """The batch kind of a logged training row: the one whose train/loss_<kind> is its loss."""
+    loss = row.get("train/loss")
+    return next((k for k in kinds if loss is not None and row.get(f"train/loss_{k}") == loss), None)
+
+
+def fresh_values(rows: list[dict[str, float]], key: str) -> list[float]:
+    """A key's logged values with each unchanged repeat dropped.
+
+    Lightning hands the logger every key's latest value, so a row repeats the objectives that
+    another kind of batch logged at an earlier step.
+    """
+    values: list[float] = []
+    for row in rows:
+        if key in row and (not values or row[key] != values[-1]):
+            values.append(row[key])
+    return values
+
+
+def loss_trends(rows: list[dict[str, float]], window: float = 0.1) -> dict[str, float]:
+    """First / last `window` means of the training losses, never a total over mixed kinds.
+
+    Pretraining (rows with `train/loss_<kind>`): each kind's total over that kind's rows
+    (`train/<kind>/loss/first|last`) and each objective, which one kind computes, over its new
+    values (`train/<objective>/first|last`). Fine-tuning: `train/loss/first|last`.
+    """
+    kinds = sorted(
+        {k.removeprefix("train/loss_") for r in rows for k in r if k.startswith("train/loss_")}
+    )
+    out: dict[str, float] = {}
+    for kind in kinds:
+        own = [r[f"train/loss_{kind}"] for r in rows if row_kind(r, kinds) == kind]
+        out.update(_first_last(f"train/{kind}", {"loss": own}, window))
+    names = {k.removeprefix("train/") for r in rows for k in r if k.startswith("train/")}
+    names = {n for n in names if not n.startswith("loss_") and not n.endswith("accuracy")}
+    names -= {"logit_scale", "loss"} if kinds else {"logit_scale"}
+    logged = fresh_values if kinds else lambda rs, k: [r[k] for r in rs if k in r]
+    series = {name: logged(rows, f"train/{name}") for name in sorted(names)}
+    out.update(_first_last("train", series, window))
     return out
 
 
