@@ -207,6 +207,7 @@ def plot_curves(
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for name in names:
         pts = [(r["step"], r[name]) for r in rows if name in r and "step" in r]
+        pts = [p for i, p in enumerate(pts) if i == 0 or p[1] != pts[i - 1][1]]  # fresh values
         if not pts:
             continue
         steps, values = zip(*pts, strict=True)
