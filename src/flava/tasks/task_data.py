@@ -598,27 +598,6 @@ def _capped(source: IndexedSource, size: int | None) -> IndexedSource:
     return SampleList([source.sample(i) for i in range(size)], source.describe())
 
 
-class LazyImages(Sequence):
-    """A read-only sequence of images loaded on access (`load(i)`), slices included."""
-
-    def __init__(self, count: int, load: Any) -> None:
-        self.count, self.load = count, load
-
-    def __len__(self) -> int:
-        """Number of images."""
-        return self.count
-
-    def __getitem__(self, index: Any) -> Any:
-        """Image `index`, or a list of images for a slice."""
-        if isinstance(index, slice):
-            return [self.load(i) for i in range(*index.indices(self.count))]
-        if index < 0:
-            index += self.count
-        if not 0 <= index < self.count:
-            raise IndexError(index)
-        return self.load(index)
-
-
 def image_classification_split(
     kind: str,
     split: str,
