@@ -47,6 +47,22 @@ def make_directory(path: str | Path, key: str) -> Path:
     return Path(path)
 
 
+PRECISIONS = (
+    "auto",
+    "32",
+    "32-true",
+    "64",
+    "64-true",
+    "bf16-mixed",
+    "bf16-true",
+    "bf16",
+    "16-mixed",
+    "16-true",
+    "16",
+)
+"""Every accepted value of training.lightning.precision (the one list the config check uses)."""
+
+
 @dataclass
 class LightningConfig:
     """Arguments passed to `lightning.Trainer` (a typed subset)."""
@@ -385,8 +401,6 @@ def _legacy(data: Any) -> Any:
 
 def training_checks(t: DictConfig) -> list[tuple[bool, str, str]]:
     """Value checks of the shared TrainingConfig section."""
-    from flava.training.precision import PRECISIONS
-
     return [
         (t.learning_rate > 0, "training.learning_rate", "must be > 0"),
         (t.batch_size > 0, "training.batch_size", "must be > 0"),

@@ -32,7 +32,7 @@ import torch
 from omegaconf import DictConfig
 
 from flava.config import cli_main
-from flava.data.sources.base import DataError
+from flava.data.sources.base import DataError, skip_metrics
 from flava.tasks.eval_config import (
     LinearProbeRunConfig,
     check_skipped,
@@ -40,7 +40,6 @@ from flava.tasks.eval_config import (
     print_table,
     resolve_device,
     save_results,
-    skip_metrics,
     validate_linear_probe,
 )
 from flava.tasks.finetune_config import describe_schema, load_schema_config
@@ -162,7 +161,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "sweep": [{"l2": l2, "val_accuracy": acc} for l2, acc in result.sweep],
         "model": cfg.model.pretrained_model_key or f"preset {cfg.model.preset} (random init)",
         "seconds": round(time.perf_counter() - start, 1),
-        **skip_metrics(skips, read),
+        **skip_metrics(skips.counts, read),
     }
     run_dir = save_results(cfg.run.run_dir, cfg, metrics)
     print_table(f"linear probe ({cfg.data.kind}, {p.features}) -> {run_dir}", metrics)

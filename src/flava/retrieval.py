@@ -34,7 +34,7 @@ import torch
 from omegaconf import DictConfig
 
 from flava.config import ConfigError, cli_main
-from flava.data.sources.base import DataError
+from flava.data.sources.base import DataError, skip_metrics
 from flava.tasks.eval_config import (
     RetrievalRunConfig,
     check_skipped,
@@ -43,7 +43,6 @@ from flava.tasks.eval_config import (
     print_table,
     resolve_device,
     save_results,
-    skip_metrics,
     validate_retrieval,
 )
 from flava.tasks.finetune_config import describe_schema, load_schema_config
@@ -195,7 +194,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         }
     )
     check_skipped(cfg, metrics, skips, len(data))
-    metrics.update(skip_metrics(skips, len(data)))
+    metrics.update(skip_metrics(skips.counts, len(data)))
     run_dir = save_results(cfg.run.run_dir, cfg, metrics)
     print_table(f"retrieval ({cfg.data.kind}, {split}, every caption) -> {run_dir}", metrics)
     return metrics

@@ -32,7 +32,7 @@ import torch
 from omegaconf import DictConfig
 
 from flava.config import cli_main
-from flava.data.sources.base import DataError
+from flava.data.sources.base import DataError, skip_metrics
 from flava.tasks.eval_config import (
     ZeroShotRunConfig,
     check_skipped,
@@ -40,7 +40,6 @@ from flava.tasks.eval_config import (
     print_table,
     resolve_device,
     save_results,
-    skip_metrics,
     validate_zero_shot,
 )
 from flava.tasks.finetune_config import describe_schema, load_schema_config
@@ -110,7 +109,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         }
     )
     check_skipped(cfg, metrics, skips, len(data))
-    metrics.update(skip_metrics(skips, len(data)))
+    metrics.update(skip_metrics(skips.counts, len(data)))
     run_dir = save_results(cfg.run.run_dir, cfg, metrics)
     print_table(f"zero-shot classification ({d.kind}, {split}) -> {run_dir}", metrics)
     return metrics

@@ -34,6 +34,7 @@ import torch
 from PIL import Image
 
 from flava.data.sources.base import (
+    SAMPLE_ERRORS,
     DataError,
     Item,
     SkipLog,
@@ -425,7 +426,7 @@ class MixedBatches(torch.utils.data.IterableDataset):
                 try:
                     items.append(src.decode(record, kind, rng))
                     failures = 0
-                except (OSError, ValueError, Image.DecompressionBombError) as exc:
+                except SAMPLE_ERRORS as exc:
                     failures += 1  # a bad record: skip it
                     self.skips.add(exc, f"a {kind} record of {describe(src)}")
                     if failures >= _MAX_FAILURES:

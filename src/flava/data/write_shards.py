@@ -45,15 +45,15 @@ from PIL import Image
 
 from flava.config import ConfigError, SourceConfig
 from flava.data.sources import (
+    SAMPLE_ERRORS,
     SKIP_REASONS,
-    BadSample,
     Sample,
     SkipLog,
     SourceError,
     StreamingSource,
     decode_image,
     describe,
-    fetch,
+    fetch_image,
     image_format,
 )
 from flava.data.transforms import to_rgb
@@ -65,8 +65,6 @@ Files = list[tuple[str, bytes]]  # the tar members of one sample: (name, bytes)
 _TEXT_COLUMNS = ("text", "caption", "captions", "sentences", "sentence")
 _SOURCE: Any = None  # the source being written (inherited by forked worker processes)
 _SKIPS = SkipLog()  # skipped samples of this process, logged sparingly
-# What reading a sample may raise for a sample that cannot be used (as `robust_item` counts).
-_SAMPLE_ERRORS = (OSError, ValueError, Image.DecompressionBombError)
 
 
 def detect(path: str) -> dict[str, Any]:
@@ -148,24 +146,13 @@ def sample_kind(source: Any) -> str:
     return "image" if "image" in kinds else "text"
 
 
-def check_sample(sample: Sample, kind: str) -> None:
-    """Raise `BadSample` when `sample` lacks the image or the text that `kind` needs."""
-    if kind != "text" and sample.image is None:
-        raise BadSample("missing_image", f"sample {sample.key!r} has no image")
-    if kind != "image" and not sample.texts:
-        raise BadSample("empty_text", f"sample {sample.key!r}: empty or whitespace-only text")
-
-
 def encode_image(
     image: bytes | Image.Image | str, quality: int, reencode: bool, max_side: int | None
 ) -> tuple[str, bytes]:
     """(extension, bytes) of an image decoded once to check it (`BadSample` if it cannot be):
     JPEG / PNG bytes kept, anything else (or asked) JPEG of `quality`."""
     if isinstance(image, str):
-        try:
-            image = fetch(image)
-        except (OSError, ValueError) as exc:
-            raise BadSample("image_unavailable", f"cannot fetch {image}: {exc}") from None
+        image = fetch_image(image)
     picture = decode_image(image)
     if isinstance(image, bytes) and not reencode and max_side is None:
         fmt = image_format(image)
@@ -205,9 +192,9 @@ def prepare_sample(
     sample = None
     try:
         sample = source.sample(index)
-        check_sample(sample, kind)
+        sample.require(kind)
         return sample_files(sample, f"{index:09d}", quality, reencode, max_side), {}
-    except _SAMPLE_ERRORS as exc:
+    except SAMPLE_ERRORS as exc:
         name = f"sample {index}" + (f" ({sample.key})" if sample is not None else "")
         _SKIPS.add(exc, f"{name} of {describe(source)}")
         return None, _SKIPS.take()

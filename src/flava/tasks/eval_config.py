@@ -293,21 +293,14 @@ def read_json_list(path: str, what: str) -> list[str]:
     return data
 
 
-def skip_metrics(skips: Any, read: int) -> dict[str, Any]:
-    """The metrics.json entries of a `SkipLog` after `read` samples."""
-    from flava.data.sources.base import skip_metrics as entries
-
-    return entries(dict(sorted(skips.counts.items())), read)
-
-
 def check_skipped(cfg: DictConfig, metrics: dict[str, Any], skips: Any, read: int) -> None:
     """Write metrics.json and stop (DataError, exit 1) when too many samples were bad."""
-    from flava.data.sources.base import DataError, too_many_skipped
+    from flava.data.sources.base import DataError, skip_metrics, too_many_skipped
 
     limit = cfg.data.max_skipped_fraction
     reason = too_many_skipped(skips.counts, read, limit, "samples")
     if reason is not None:
-        save_results(cfg.run.run_dir, cfg, {**metrics, **skip_metrics(skips, read)})
+        save_results(cfg.run.run_dir, cfg, {**metrics, **skip_metrics(skips.counts, read)})
         raise DataError(f"{reason}; fix the data or raise data.max_skipped_fraction")
 
 

@@ -26,9 +26,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
-from flava.data.sources.base import SkipLog
+from flava.data.sources.base import SAMPLE_ERRORS, SkipLog
 from flava.model.flava import FlavaModel
 
 FEATURES = ("encoder_cls", "projection", "mean_patch")
@@ -102,7 +101,7 @@ class _Pixels(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[int, Any]:
         try:
             return index, self.transform(self.load(index))["pixel_values"]
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        except SAMPLE_ERRORS as exc:
             return index, exc
 
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from flava.data.sources.base import SkipLog
+from flava.data.sources.base import SAMPLE_ERRORS, SkipLog
 from flava.model.flava import FlavaModel
 
 
@@ -92,7 +92,7 @@ def embed_usable_images(
         for i in range(start, min(start + batch_size, count)):
             try:
                 pixels.append(transform(load(i))["pixel_values"])
-            except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            except SAMPLE_ERRORS as exc:
                 skips.add(exc, f"image {i}")
                 continue
             kept.append(i)

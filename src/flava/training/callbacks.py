@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from flava.config import ConfigError
-from flava.data.sources.base import BadSample, Sample, SkipLog, SourceError
+from flava.data.sources.base import SAMPLE_ERRORS, BadSample, Sample, SkipLog, SourceError
 from flava.data.tokenizer import FlavaTokenizer
 from flava.data.transforms import ImageTransform
 from flava.model.flava import FlavaModel
@@ -201,7 +201,7 @@ def collect(
             out.append((as_view(item.image, transform), sample))
         except SourceError:
             raise
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        except SAMPLE_ERRORS as exc:
             skips.add(exc, f"{where} sample {int(index)}")
             continue
         if len(out) == count:
@@ -243,13 +243,12 @@ def _built(entry: DictConfig, image_size: int, kind: str, index: int) -> Any:
     return checked_source(entry, "val", image_size, kind, f"{_where(kind, index)} ({entry.type})")
 
 
-def dataset_classes(source: Any, entry: DictConfig) -> tuple[list[str], str] | None:
+def dataset_classes(source: Any) -> tuple[list[str], str] | None:
     """Class names a source knows (class folders, a ClassLabel) and their kind, else None."""
-    classes = getattr(source, "classes", None)
-    if classes:
-        return list(classes), "image_folder"
-    features = getattr(getattr(source, "dataset", None), "features", None) or {}
-    names = getattr(features.get(entry.label_column), "names", None)
+    folders = getattr(source, "classes", None)  # raw folder names: ImageNet ids are recognised
+    if folders:
+        return list(folders), "image_folder"
+    names = getattr(source, "class_names", None)  # e.g. a Hugging Face ClassLabel
     return (list(names), "huggingface") if names else None
 
 
@@ -260,7 +259,7 @@ def names_and_templates(
     from flava.tasks.eval_config import read_json_list
     from flava.tasks.zero_shot import class_names_and_templates
 
-    known = dataset_classes(source, entry)
+    known = dataset_classes(source)
     if known is None:
         if not ev.class_names:
             return None

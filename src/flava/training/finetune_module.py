@@ -11,10 +11,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
-from PIL import Image
 from torch import nn
 
-from flava.data.sources.base import DataError, SkipLog, skip_reason
+from flava.data.sources.base import SAMPLE_ERRORS, SkipLog, robust_read, skip_reason
 from flava.data.tokenizer import FlavaTokenizer
 from flava.data.transforms import ImageTransform
 from flava.tasks.finetuning import FlavaClassifier, TaskMetrics
@@ -23,7 +22,6 @@ from flava.training.counts import SkipCounter
 from flava.training.optim import adamw_with_schedule
 
 INPUT_KEYS = ("pixel_values", "input_ids", "attention_mask", "token_type_ids")
-_MAX_REPLACEMENTS = 8  # draws for a bad training example before the data is declared broken
 
 
 class Collator:
@@ -91,7 +89,7 @@ class UsableExamples(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> Any:
         try:
             return self.dataset[index]
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        except SAMPLE_ERRORS as exc:
             return exc
 
 
@@ -148,17 +146,9 @@ class EpochBatches(torch.utils.data.IterableDataset):
 
     def _example(self, index: int, rng: np.random.Generator) -> Example:
         """Example `index`; a bad one is counted and replaced by a randomly drawn one."""
-        reasons = []
-        for _ in range(_MAX_REPLACEMENTS):
-            try:
-                return self.dataset[index]
-            except (OSError, ValueError, Image.DecompressionBombError) as exc:
-                self.skips.add(exc, f"training example {index}")
-                reasons.append(skip_reason(exc))
-                index = int(rng.integers(len(self.dataset)))
-        raise DataError(
-            f"{_MAX_REPLACEMENTS} training examples in a row could not be used "
-            f"({', '.join(sorted(set(reasons)))}); check the data"
+        count = len(self.dataset)
+        return robust_read(
+            self.dataset.__getitem__, count, index, rng, self.skips, "training example"
         )
 
     def __iter__(self) -> Iterator[dict[str, Any]]:

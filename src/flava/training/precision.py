@@ -19,24 +19,10 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from flava.config import ConfigError
+from flava.config import PRECISIONS, ConfigError
 
 log = logging.getLogger("flava")
 
-PRECISIONS = (
-    "auto",
-    "32",
-    "32-true",
-    "64",
-    "64-true",
-    "bf16-mixed",
-    "bf16-true",
-    "bf16",
-    "16-mixed",
-    "16-true",
-    "16",
-)
-"""Every accepted value of training.lightning.precision (the one list the config check uses)."""
 
 LIGHTNING_NAMES = {"32": "32-true", "64": "64-true", "bf16": "bf16-mixed", "16": "16-mixed"}
 """Short spellings -> the names Lightning uses (it warns about the short ones)."""

@@ -24,6 +24,7 @@ that cannot be used raises `base.BadSample` with one of `base.SKIP_REASONS`.
 from flava.data.sources.base import (
     CAPTION_FIELDS,
     IMAGE_EXTENSIONS,
+    SAMPLE_ERRORS,
     SKIP_REASONS,
     BadSample,
     DataError,
@@ -37,9 +38,11 @@ from flava.data.sources.base import (
     decode_image,
     describe,
     fetch,
+    fetch_image,
     image_files,
     image_format,
     robust_item,
+    robust_read,
     skip_reason,
     too_many_skipped,
 )
@@ -72,6 +75,7 @@ from flava.data.sources.webdataset import (
 __all__ = [
     "CAPTION_FIELDS",
     "IMAGE_EXTENSIONS",
+    "SAMPLE_ERRORS",
     "SKIP_REASONS",
     "SOURCE_TYPES",
     "BadSample",
@@ -97,6 +101,7 @@ __all__ = [
     "expand_braces",
     "expand_shards",
     "fetch",
+    "fetch_image",
     "image_files",
     "image_format",
     "load_huggingface",
@@ -106,6 +111,7 @@ __all__ = [
     "read_tar_samples",
     "Records",
     "robust_item",
+    "robust_read",
     "row_sample",
     "sample_from_files",
     "skip_reason",

@@ -19,7 +19,7 @@ import logging
 import urllib.error
 import urllib.request
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,6 +168,12 @@ class Sample:
             return "bad_label"
         return None
 
+    def require(self, kind: str) -> None:
+        """Raise `BadSample` (missing_image / empty_text) unless the sample can serve `kind`."""
+        if not self.has(kind):
+            reason = "missing_image" if self.image is None and kind != "text" else "empty_text"
+            raise BadSample(reason, f"sample {self.key!r} has no {kind} data")
+
     def item(self, kind: str, rng: np.random.Generator) -> Item:
         """The `Item` of `kind`: the decoded image and / or one of the texts drawn with `rng`."""
         problem = self.problem(kind)
@@ -175,9 +181,7 @@ class Sample:
             raise BadSample(problem, f"sample {self.key!r}: label {self.bad_label!r} is not an int")
         if problem == "empty_text":
             raise BadSample(problem, f"sample {self.key!r}: empty or whitespace-only text")
-        if not self.has(kind):
-            reason = "missing_image" if self.image is None else "empty_text"
-            raise BadSample(reason, f"sample {self.key!r} has no {kind} data")
+        self.require(kind)
         text = None
         if kind in ("text", "vl"):
             many = len(self.texts) > 1
@@ -193,6 +197,14 @@ def fetch(location: str, timeout: float = 10.0) -> bytes:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.read()
     return Path(location).expanduser().read_bytes()
+
+
+def fetch_image(location: str) -> bytes:
+    """The bytes of an image URL or path; `BadSample("image_unavailable")` if they cannot be had."""
+    try:
+        return fetch(location)
+    except (OSError, ValueError) as exc:
+        raise BadSample("image_unavailable", f"cannot fetch {location}: {exc}") from None
 
 
 def _unsupported_format(data: bytes) -> str | None:
@@ -221,10 +233,7 @@ def decode_image(data: bytes | Image.Image | str | None) -> Image.Image:
     if data is None:
         raise BadSample("missing_image", "no image")
     if isinstance(data, str):
-        try:
-            data = fetch(data)
-        except (OSError, ValueError) as exc:
-            raise BadSample("image_unavailable", f"cannot fetch {data}: {exc}") from None
+        data = fetch_image(data)
     if not data:
         raise BadSample("zero_byte_image", "the image file is empty (0 bytes)")
     try:
@@ -431,7 +440,7 @@ def too_many_skipped(counts: dict[str, int], read: int, limit: float, what: str)
 def skip_metrics(counts: dict[str, int], read: int) -> dict[str, Any]:
     """`data/samples_read`, `data/skipped/<reason>` and `data/skipped_fraction` (metrics.json)."""
     out: dict[str, Any] = {"data/samples_read": read}
-    out.update({f"data/skipped/{k}": v for k, v in counts.items()})
+    out.update({f"data/skipped/{k}": v for k, v in sorted(counts.items())})
     out["data/skipped_fraction"] = sum(counts.values()) / max(1, read)
     return out
 
@@ -451,21 +460,41 @@ def describe(source: Any) -> str:
     return text() if callable(text) else type(source).__name__
 
 
-def robust_item(
-    source: Any, index: int, kind: str, rng: np.random.Generator, skips: SkipLog | None = None
-) -> Item:
-    """`source.item(index)`, replacing an unusable sample (bad file, dead URL, empty caption)
-    by a randomly drawn one; each skipped sample is counted in `skips` by reason."""
-    skips = skips if skips is not None else SkipLog()
+SAMPLE_ERRORS = (OSError, ValueError, Image.DecompressionBombError)
+"""What reading one sample may raise for a sample that cannot be used (it is skipped)."""
+
+
+def robust_read(
+    read: Callable[[int], Any],
+    count: int,
+    index: int,
+    rng: np.random.Generator,
+    skips: SkipLog,
+    name: str,
+    noun: str = "samples",
+) -> Any:
+    """`read(index)`, replacing an unusable sample (bad file, dead URL, empty caption) by one
+    drawn from range(count) with `rng`; each skipped sample is counted in `skips` by reason.
+    `name` (the source) and `noun` (what it holds) go into the log and the stop message."""
     reasons: list[str] = []
     for _ in range(_MAX_REPLACEMENTS):
         try:
-            return source.item(index, kind, rng)
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            skips.add(exc, f"sample {index} of {describe(source)}")
+            return read(index)
+        except SAMPLE_ERRORS as exc:
+            skips.add(exc, f"sample {index} of {name}")
             reasons.append(skip_reason(exc))
-            index = int(rng.integers(len(source)))
+            index = int(rng.integers(count))
     raise DataError(
-        f"{describe(source)}: {_MAX_REPLACEMENTS} {kind} samples in a row could not be used "
+        f"{name}: {_MAX_REPLACEMENTS} {noun} in a row could not be used "
         f"({', '.join(sorted(set(reasons)))}); check the data or drop this source"
     )
+
+
+def robust_item(
+    source: Any, index: int, kind: str, rng: np.random.Generator, skips: SkipLog | None = None
+) -> Item:
+    """`source.item(index)`, bad samples replaced and counted (see `robust_read`)."""
+    skips = skips if skips is not None else SkipLog()
+    read = lambda i: source.item(i, kind, rng)  # noqa: E731
+    name, noun = describe(source), f"{kind} samples"
+    return robust_read(read, len(source), index, rng, skips, name, noun)
