@@ -55,6 +55,7 @@ from flava.data.sources import (
     describe,
     fetch_image,
     image_format,
+    too_many_skipped,
 )
 from flava.data.transforms import to_rgb
 
@@ -424,15 +425,14 @@ def summary(manifest: dict[str, Any], out_dir: str) -> str:
 def skipped_error(manifest: dict[str, Any], limit: float, out_dir: str) -> str | None:
     """The one-line error when too many samples were skipped (`datasets.max_skipped_fraction`'s
     rule: more than `limit` of the samples read), else None."""
-    read, skipped = manifest["samples_read"], sum(manifest["skipped"].values())
+    read = manifest["samples_read"]
     if manifest["num_samples"] == 0:
         return f"all {read} samples were skipped ({_reasons(manifest)}); fix the data"
-    if skipped <= limit * read:
+    reason = too_many_skipped(manifest["skipped"], read, limit, "samples")
+    if reason is None:
         return None
-    return (
-        f"{skipped} of {read} samples ({skipped / read:.1%}) were skipped ({_reasons(manifest)});"
-        f" shards in {out_dir} hold the rest; fix the data or pass --max-skipped-fraction 1"
-    )
+    hint = "fix the data or pass --max-skipped-fraction 1"
+    return f"{reason}; shards in {out_dir} hold the rest; {hint}"
 
 
 def _parser() -> argparse.ArgumentParser:
