@@ -256,3 +256,19 @@ def test_empty_dataset_and_missing_column_fail_before_training(tmp_path, capsys)
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "image_column='image'" in err and "picture, words" in err
+
+
+def test_a_kmeans_codebook_larger_than_the_patches_fails_in_one_line(tmp_path, capsys):
+    folder = sample_data.captions_folder(tmp_path / "caps", count=4)
+    argv = [
+        *SMALL,
+        f"training.run_dir={tmp_path / 'run'}",
+        "datasets.selected=[vl]",
+        f"datasets.vl.train=[{{type: captions, path: {folder}}}]",
+        f"datasets.vl.val=[{{type: captions, path: {folder}}}]",
+        "model.kmeans_images=2",
+        "model.kmeans_codes=512",
+    ]
+    assert main(argv) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and "model.kmeans_codes=512" in err[0] and "patches" in err[0]

@@ -9,6 +9,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig
 
+from flava.config import ConfigError
 from flava.model.codebook import ImageCodebook
 from flava.model.flava import FlavaForPreTraining, MaskedPredictionHead
 from flava.model.presets import preset
@@ -114,9 +115,15 @@ class FlavaPretrainingModule(L.LightningModule):
             if self.kmeans_images is None:
                 raise RuntimeError("k-means MIM targets need training images to fit on")
             pixels = self.kmeans_images()
-            inertia = self.kmeans.fit(
-                pixels.to(self.kmeans.centroids.device), seed=self.cfg.training.seed
-            )
+            try:
+                inertia = self.kmeans.fit(
+                    pixels.to(self.kmeans.centroids.device), seed=self.cfg.training.seed
+                )
+            except ValueError as exc:  # too few patches for the codebook
+                raise ConfigError(
+                    f"model.kmeans_codes={self.kmeans.num_codes}: {exc} (model.kmeans_images="
+                    f"{self.cfg.model.kmeans_images}, {pixels.shape[0]} training images found)"
+                ) from None
             log.info(
                 "fitted a %d-code k-means MIM codebook on %d images (inertia %.4f)",
                 self.kmeans.num_codes,
