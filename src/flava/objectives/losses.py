@@ -3,6 +3,24 @@
 Global contrastive loss gathers embeddings from every process with gradients flowing back
 through the gather, but computes only the local rows of the logits, so memory stays linear in
 the global batch. Masked prediction heads run only on the masked positions.
+
+Data parallelism (DDP, FSDP) averages the gradients of the W processes, so a loss that is a mean
+over the process's own items matches one process on the global batch only when every process
+holds the same number of items. Masked-token losses (MIM, MLM, MMM-image, MMM-text) do not: the
+number of masked tokens differs per process, and MMM runs on the matched pairs only, whose number
+differs too. `masked_prediction_loss` therefore normalises by the global count through
+`global_mean(total, count)`: each process returns `sum of its token losses / global count * W`,
+where the global count is all-reduced (SUM, no gradient) over the processes. The mean over
+processes of these per-process losses, and DDP's average of their gradients, then equal the mean
+over all masked tokens of the global batch exactly. On one process it is the plain mean. The value
+one process logs is its share of the global mean scaled by W (not its local mean); the mean over
+processes (what `sync_dist=True` logs) is the global mean. Every process must call the loss at
+the same step, also with nothing masked locally (the all-reduce is collective); with nothing
+masked on any process the loss is a zero that keeps the graph. ITM and contrastive losses are
+means over the equal-sized local batches (contrastive over a gathered global batch), which DDP's
+averaging already makes global, so they need no such normalisation. Gradient accumulation
+(several micro-batches per optimizer step) is not covered: each micro-batch is normalised by its
+own global count, so micro-batches count equally whatever their numbers of masked tokens.
 """
 
 from __future__ import annotations
@@ -18,9 +36,33 @@ LOGIT_SCALE_MAX = math.log(100.0)
 IGNORE_INDEX = -100
 
 
+def world_size() -> int:
+    """Number of data-parallel processes: torch.distributed's world size, 1 when not initialised."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return 1
+
+
+def global_mean(total: torch.Tensor, count: int | torch.Tensor) -> torch.Tensor:
+    """This process's share of a mean over all processes' items, scaled by the world size W.
+
+    `total` is the sum of the local items' losses, `count` the number of local items. Returns
+    `total / global count * W` with the global count all-reduced (SUM, no gradient) over the
+    processes, so that the mean over processes of the results (and DDP's average of their
+    gradients) is the mean over every item of the global batch. Every process must call it. On
+    one process it is `total / count`. A global count of 0 divides by 1 (a zero `total` stays a
+    zero that keeps the graph).
+    """
+    world = world_size()
+    n = torch.as_tensor(count, device=total.device).detach().to(torch.long).clone()
+    if world > 1:
+        dist.all_reduce(n, op=dist.ReduceOp.SUM)  # gloo has no ReduceOp.AVG: SUM, then * W
+    return total / n.clamp(min=1) * world
+
+
 def _gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     """All rows of `x` from every process (autograd flows back to each) and this rank's offset."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if world_size() == 1:
         return x, 0
     from torch.distributed.nn.functional import all_gather
 
@@ -36,7 +78,9 @@ def contrastive_loss(
 ) -> dict[str, torch.Tensor]:
     """Global InfoNCE over L2-normalised embeddings [B, P]; `logit_scale` is the log-scale.
 
-    Returns {"contrastive": loss, "contrastive_accuracy": image->text top-1 accuracy}.
+    Returns {"contrastive": loss, "contrastive_accuracy": image->text top-1 accuracy}. The loss
+    is a mean over the local rows; local batches have the same size on every process, so DDP's
+    gradient average makes it the mean over the global batch.
     """
     image = F.normalize(image_embeddings.float(), dim=-1)  # [B, P]
     text = F.normalize(text_embeddings.float(), dim=-1)  # [B, P]
@@ -58,7 +102,10 @@ def masked_prediction_loss(
 ) -> torch.Tensor:
     """Cross-entropy of `head` on the positions of `hidden` [B, N, D] whose label is set [B, N].
 
-    The head (dense + LayerNorm + decoder to the vocabulary) runs only on those positions.
+    The head (dense + LayerNorm + decoder to the vocabulary) runs only on those positions. On one
+    process: the mean over them. On W > 1 processes: `global_mean` of their summed cross-entropy
+    (sum / masked positions of all processes * W; every process must call it, also when it has
+    nothing masked). With nothing masked: a zero that keeps the graph.
     """
     if hidden.shape[:2] != labels.shape:
         raise ValueError(
@@ -66,13 +113,23 @@ def masked_prediction_loss(
         )
     selected = labels != ignore_index  # [B, N]
     logits = head(hidden[selected])  # [M, V]
-    if logits.shape[0] == 0:  # nothing masked: a zero that keeps the graph
-        return logits.sum() * 0.0
-    return F.cross_entropy(logits.float(), labels[selected])
+    if world_size() == 1:
+        if logits.shape[0] == 0:  # nothing masked: a zero that keeps the graph
+            return logits.sum() * 0.0
+        return F.cross_entropy(logits.float(), labels[selected])
+    if logits.shape[0] == 0:  # nothing masked here; the count still joins the all-reduce
+        total = logits.float().sum() * 0.0
+    else:
+        total = F.cross_entropy(logits.float(), labels[selected], reduction="sum")
+    return global_mean(total, logits.shape[0])
 
 
 def itm_loss(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Image-text matching cross-entropy over [B, 2] logits; labels 1 = matched, 0 = not."""
+    """Image-text matching cross-entropy over [B, 2] logits; labels 1 = matched, 0 = not.
+
+    A mean over the local batch: batches have the same size on every process, so DDP's gradient
+    average already makes it the mean over the global batch (no `global_mean` needed).
+    """
     loss = F.cross_entropy(logits.float(), labels.long())
     accuracy = (logits.argmax(-1) == labels).float().mean()
     return {"itm": loss, "itm_accuracy": accuracy.detach()}

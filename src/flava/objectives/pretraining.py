@@ -6,6 +6,12 @@
   masked pair through the multimodal encoder. ITM negatives take another caption of the same
   batch; MMM losses use matched pairs only.
 
+Masked-token losses are normalised by the masked count of all data-parallel processes
+(`losses.global_mean`); contrastive and ITM are means over equal-sized local batches, which DDP's
+gradient average already makes global. With several processes MMM runs on every process, even
+one whose batch has no matched pair (its share is then a zero), so that all join the count's
+all-reduce and return the same keys.
+
 Each function returns a dict of exactly the losses (and accuracies) it computed, plus "loss",
 the weighted sum.
 """
@@ -23,6 +29,7 @@ from flava.objectives.losses import (
     contrastive_loss,
     itm_loss,
     masked_prediction_loss,
+    world_size,
 )
 
 Batch = dict[str, torch.Tensor]
@@ -111,10 +118,11 @@ def pair_step(
             b, negative_probability if weights.itm else 0.0, generator, batch["pixel_values"].device
         )
         positive = itm_labels.bool()
-        any_positive = bool(positive.any())
+        # With several processes every one joins MMM's all-reduce, matched pairs or not.
+        run_mmm = world_size() > 1 or bool(positive.any())
         masked_pos = batch["bool_masked_pos"]
         image_labels = None
-        if weights.mmm_image and targets is not None and any_positive:
+        if weights.mmm_image and targets is not None and run_mmm:
             # Before any encoder runs: the frozen codebook's feature maps then come and go while
             # no activations are held for the backward pass, so they do not raise the peak memory.
             image_labels = mim_labels(targets(batch), masked_pos)[positive]
@@ -136,9 +144,9 @@ def pair_step(
     fused = flava.fuse(image_m, text_m, mask_m).last_hidden_state  # [B, 1 + (1 + Ni) + Nt, D]
     if weights.itm:
         losses.update(itm_loss(model.itm_head(fused), itm_labels))
-    if not any_positive:
+    if not run_mmm:
         return _total(losses, weights)
-    fused_pos = fused[positive]  # MMM on matched pairs only
+    fused_pos = fused[positive]  # MMM on matched pairs only (maybe none on this process)
     n_image = image_m.last_hidden_state.shape[1] - 1
     if image_labels is not None:
         image_part = fused_pos[:, 2 : 2 + n_image]  # skip mm CLS and image CLS
