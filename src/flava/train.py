@@ -59,11 +59,13 @@ def run(cfg: Any) -> dict[str, Any]:
     """Train per `cfg`; returns the metrics written to metrics.json (rank 0)."""
     import lightning as L
 
+    from flava.checkpoints import save_pretrained
     from flava.checkpoints.io import read_checkpoint
     from flava.training.callbacks import build_evaluation
     from flava.training.data import PretrainingData, check_sources
     from flava.training.module import FlavaPretrainingModule
     from flava.training.precision import resolve_precision
+    from flava.training.sharding import full_model_state
 
     timer = Timer()
     t = cfg.training
@@ -91,10 +93,11 @@ def run(cfg: Any) -> dict[str, Any]:
         raise TrainingStopped(stop_with_checkpoint(trainer, run_dir, module.stopped, counts))
     after = trainer.validate(module, datamodule=data, verbose=False)
     metrics.update(_flatten("after", _merge(after)))
+    weights = full_model_state(module.model)  # every process takes part when sharded
     if not trainer.is_global_zero:
         return metrics
     model_dir = run_dir / "model"
-    module.model.save_pretrained(model_dir)
+    save_pretrained(module.model, model_dir, weights)
     if module.kmeans is not None:
         from flava.checkpoints.io import save_weights
 

@@ -49,8 +49,11 @@ def _class_name(module: nn.Module) -> str:
     return type(module).__name__
 
 
-def save_pretrained(module: nn.Module, directory: str | os.PathLike) -> None:
-    """Write `config.json` + `model.safetensors` (FlavaModel, FlavaForPreTraining, codebook)."""
+def save_pretrained(
+    module: nn.Module, directory: str | os.PathLike, state: dict[str, torch.Tensor] | None = None
+) -> None:
+    """Write `config.json` + `model.safetensors` (FlavaModel, FlavaForPreTraining, codebook);
+    `state`: the weights to write instead of `module.state_dict()` (e.g. gathered shards)."""
     from flava.model.codebook import ImageCodebook
 
     out = Path(directory)
@@ -61,7 +64,7 @@ def save_pretrained(module: nn.Module, directory: str | os.PathLike) -> None:
     else:
         config = module.config.to_dict()  # type: ignore[union-attr]
         has_codebook = getattr(module, "codebook", None) is not None
-    save_weights(out / "model.safetensors", module.state_dict())
+    save_weights(out / "model.safetensors", module.state_dict() if state is None else state)
     write_json(
         out / "config.json",
         {
@@ -229,6 +232,10 @@ def _load(
 ) -> None:
     expected = {k for k in model.state_dict() if not k.startswith("codebook.")}
     shapes = model.state_dict()
+    state = {  # saves from before logit_scale became a 1-element vector hold it 0-d
+        k: v.reshape(shapes[k].shape) if k.endswith("logit_scale") and k in shapes else v
+        for k, v in state.items()
+    }
     wrong = [k for k in state if k in shapes and shapes[k].shape != state[k].shape]
     if wrong:
         k = wrong[0]

@@ -112,7 +112,9 @@ def flava_state_from_transformers(
         if head in _ENCODERS and "." in body:
             if not _map_encoder(head, body.split(".", 1)[1], out, value, pending):
                 unplaced.append(key)
-        elif body.split(".")[0] in _TOP_KEYS or body == "logit_scale":
+        elif body == "logit_scale":
+            out[body] = value.reshape(1)  # 0-d in transformers, a 1-element vector in ours
+        elif body.split(".")[0] in _TOP_KEYS:
             out[body] = value
         elif head in _HEADS:
             rest = body[len(head) + 1 :]
@@ -185,6 +187,8 @@ def flava_state_to_transformers(state: dict[str, torch.Tensor]) -> dict[str, tor
             module, _, kind = rest.rpartition(".")
             module = {"pooler.dense": "pooler.dense", "classifier": "seq_relationship"}[module]
             out[f"itm_head.{module}.{kind}"] = value
+        elif body == "logit_scale":
+            out[key] = value.reshape(())
         else:
             out[key] = value
     return out

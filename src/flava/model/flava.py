@@ -80,7 +80,9 @@ class FlavaModel(_Pretrained, nn.Module):
         mm = config.multimodal.hidden_size
         self.image_to_mm_projection = nn.Linear(config.image.hidden_size, mm)
         self.text_to_mm_projection = nn.Linear(config.text.hidden_size, mm)
-        self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init_value)))
+        # log temperature as a 1-element vector (transformers holds it 0-d; the checkpoint
+        # mapping reshapes): FSDP2 shards no 0-d parameters
+        self.logit_scale = nn.Parameter(torch.full((1,), float(config.logit_scale_init_value)))
         init_weights(self, config.initializer_range)
 
     def image_embedding(self, image: EncoderOutput) -> torch.Tensor:

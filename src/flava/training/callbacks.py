@@ -105,10 +105,12 @@ class ZeroShotEvaluation(L.Callback):
         self.history: list[dict[str, float]] = []
 
     def _evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
+        from flava.training.sharding import gathered
+
         metrics: dict[str, float] = {}
         for data in self.sets:
-            metrics.update(
-                zero_shot_metrics(
+            with gathered(pl_module):  # projections of a sharded root, outside its forward
+                zero_shot = zero_shot_metrics(
                     pl_module.model.flava,
                     data,
                     self.tokenizer,
@@ -116,7 +118,7 @@ class ZeroShotEvaluation(L.Callback):
                     self.batch_size,
                     self.max_length,
                 )
-            )
+            metrics.update(zero_shot)
         step = trainer.global_step
         self.history.append({"step": step, **metrics})
         if trainer.is_global_zero:  # TensorBoard and CSV at any step, whatever log_every_n_steps

@@ -131,9 +131,18 @@ class FlavaPretrainingModule(L.LightningModule):
                 inertia,
             )
 
-    def _step(
-        self, batch: dict[str, Any], generator: torch.Generator | None
+    def configure_model(self) -> None:
+        """Under `strategy: fsdp` (FSDP2): shard per layer, encoder, head and this module."""
+        from flava.training.sharding import ShardedStrategy, shard
+
+        if isinstance(self.trainer.strategy, ShardedStrategy):
+            mesh = self.device_mesh["data_parallel"]
+            shard(self, self.model, mesh, self.trainer.precision)
+
+    def forward(
+        self, batch: dict[str, Any], generator: torch.Generator | None = None
     ) -> dict[str, torch.Tensor]:
+        """The pretraining step of one batch (its losses); the root of sharding runs it."""
         kind = KIND_NAMES[batch["kind"]]
         tensors = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
         return pretraining_step(
@@ -145,6 +154,11 @@ class FlavaPretrainingModule(L.LightningModule):
             self.cfg.model.losses.itm_negative_probability,
             generator,
         )
+
+    def _step(
+        self, batch: dict[str, Any], generator: torch.Generator | None
+    ) -> dict[str, torch.Tensor]:
+        return self(batch, generator)
 
     def _count_data(self, batch: dict[str, Any]) -> None:
         """Add the batch's skipped samples; stop when too large a fraction of them was bad."""
@@ -161,6 +175,7 @@ class FlavaPretrainingModule(L.LightningModule):
         return self.counter.totals(self)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["flava_model_config"] = self.model.config.to_dict()  # for flava.convert
         checkpoint["flava_counters"] = {
             "nonfinite": dict(self.nonfinite),
             **self.counter.state_dict(),
@@ -180,19 +195,18 @@ class FlavaPretrainingModule(L.LightningModule):
         )
         out = self._step(batch, generator)
         size = next(v.shape[0] for v in batch.values() if isinstance(v, torch.Tensor))
+        # the mean over processes of each one's loss is the loss of the global batch
+        sync = self.trainer.world_size > 1
+        log = {"on_step": True, "batch_size": size, "sync_dist": sync}
         for name, value in out.items():
             if name != "loss":
-                self.log(f"train/{name}", value, on_step=True, batch_size=size)
-        self.log(
-            f"train/loss_{KIND_NAMES[batch['kind']]}", out["loss"], on_step=True, batch_size=size
-        )
-        self.log("train/loss", out["loss"], on_step=True, prog_bar=True, batch_size=size)
-        self.log(
-            "train/logit_scale",
-            self.model.flava.logit_scale.detach(),
-            on_step=True,
-            batch_size=size,
-        )
+                self.log(f"train/{name}", value.detach(), **log)
+        self.log(f"train/loss_{KIND_NAMES[batch['kind']]}", out["loss"].detach(), **log)
+        self.log("train/loss", out["loss"].detach(), prog_bar=True, **log)
+        scale = self.model.flava.logit_scale.detach()
+        if hasattr(scale, "full_tensor"):  # sharded (FSDP2): gather the one value
+            scale = scale.full_tensor()
+        self.log("train/logit_scale", scale.reshape(()), on_step=True, batch_size=size)
         return out["loss"]
 
     def optimizer_step(
@@ -204,6 +218,8 @@ class FlavaPretrainingModule(L.LightningModule):
             loss = optimizer_closure()
             grads = [p.grad for p in self.model.parameters() if p.grad is not None]
             norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+            if hasattr(norm, "full_tensor"):  # sharded gradients: the norm over all shards
+                norm = norm.full_tensor()
             finite = bool(torch.isfinite(norm)) and (loss is None or bool(torch.isfinite(loss)))
             if not finite:  # DDP has averaged the gradients: every process agrees
                 optimizer.zero_grad(set_to_none=True)  # AdamW skips parameters without grads

@@ -34,12 +34,10 @@ def _strategy(name: str) -> Any:
         from lightning.pytorch.strategies import DDPStrategy
 
         return DDPStrategy(find_unused_parameters=True)
-    if name == "fsdp":
-        from lightning.pytorch.strategies import FSDPStrategy
+    if name == "fsdp":  # FSDP2 (fully_shard) per layer, through Lightning, on CPU and GPU
+        from flava.training.sharding import ShardedStrategy
 
-        from flava.model.transformer import Layer
-
-        return FSDPStrategy(auto_wrap_policy={Layer}, use_orig_params=True)
+        return ShardedStrategy()
     return name
 
 
