@@ -21,10 +21,12 @@ from flava.data.sources.base import DataError, robust_item
 from flava.training.run import (
     Timer,
     build_trainer,
+    check_resume,
     loss_trends,
     plot_curves,
     prepare_run_dir,
     read_logged,
+    resume_for_strategy,
     stop_with_checkpoint,
     write_metrics,
 )
@@ -60,7 +62,6 @@ def run(cfg: Any) -> dict[str, Any]:
     import lightning as L
 
     from flava.checkpoints import save_pretrained
-    from flava.checkpoints.io import read_checkpoint
     from flava.training.callbacks import build_evaluation
     from flava.training.data import PretrainingData, check_sources
     from flava.training.module import FlavaPretrainingModule
@@ -72,7 +73,7 @@ def run(cfg: Any) -> dict[str, Any]:
     resume = t.lightning_load_from_checkpoint
     resolve_precision(cfg)  # a precision the hardware lacks fails here, before any work
     if resume:  # missing, or needing more than tensors and plain containers: one line, exit 2
-        read_checkpoint(resume, "training.lightning_load_from_checkpoint")
+        resume = check_resume(resume, "training.lightning_load_from_checkpoint")
     check_sources(cfg)  # unreachable datasets fail here, in seconds, before the model is built
     L.seed_everything(t.seed if t.seed >= 0 else None, workers=True, verbose=False)
     run_dir = prepare_run_dir(cfg)
@@ -82,6 +83,8 @@ def run(cfg: Any) -> dict[str, Any]:
     image_size = module.model.config.image.image_size
     evaluation = build_evaluation(cfg, image_size, data.tokenizer, data.val_builder.transform)
     trainer = build_trainer(cfg, run_dir, [evaluation] if evaluation else [])
+    if resume:  # a sharded checkpoint for DDP, or a single file for fsdp, converted
+        resume = resume_for_strategy(resume, t.lightning.strategy, module, run_dir)
     metrics: dict[str, Any] = {}
     if not resume:
         module.on_fit_start()  # fit the k-means codebook before the "before" validation

@@ -41,6 +41,19 @@ def fused_supported(device: torch.device) -> bool:
     return device.type == "cpu" and version >= (2, 4)
 
 
+def decay_groups(
+    named_parameters: Iterable[tuple[str, torch.nn.Parameter]],
+) -> tuple[list[tuple[str, torch.nn.Parameter]], list[tuple[str, torch.nn.Parameter]]]:
+    """(decayed, not decayed) trainable (name, parameter) pairs, in the optimizer's order."""
+    decay, no_decay = [], []
+    for name, p in named_parameters:
+        if not p.requires_grad:
+            continue
+        skip = p.ndim < 2 or name.endswith(NO_DECAY_SUFFIXES)
+        (no_decay if skip else decay).append((name, p))
+    return decay, no_decay
+
+
 def adamw_with_schedule(
     named_parameters: Iterable[tuple[str, torch.nn.Parameter]],
     t: DictConfig,
@@ -49,16 +62,11 @@ def adamw_with_schedule(
 ) -> dict[str, Any]:
     """Lightning's `configure_optimizers` answer: AdamW over the trainable parameters and the
     per-step learning-rate schedule of `training.*` (length `lr_decay_steps` or `max_steps`)."""
-    decay, no_decay = [], []
-    for name, p in named_parameters:
-        if not p.requires_grad:
-            continue
-        skip = p.ndim < 2 or name.endswith(NO_DECAY_SUFFIXES)
-        (no_decay if skip else decay).append(p)
+    decay, no_decay = decay_groups(named_parameters)
     optimizer = torch.optim.AdamW(
         [
-            {"params": decay, "weight_decay": t.adam_weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
+            {"params": [p for _, p in decay], "weight_decay": t.adam_weight_decay},
+            {"params": [p for _, p in no_decay], "weight_decay": 0.0},
         ],
         lr=t.learning_rate,
         betas=tuple(t.adam_betas),

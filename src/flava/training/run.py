@@ -255,3 +255,49 @@ def set_threads() -> None:
     """Use every core for intra-op parallelism unless the user set OMP_NUM_THREADS."""
     if "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, os.cpu_count() or 1))
+
+
+def check_resume(path: str, key: str) -> str:
+    """The checkpoint to resume from, checked before any work (one line, exit 2, when missing,
+    incomplete or unsafe): a single file, or a sharded directory (or its `.old` copy, left
+    when a crash came between swapping a new checkpoint in and removing the previous one)."""
+    from flava.checkpoints.io import read_checkpoint
+    from flava.checkpoints.sharded import check_sharded, is_sharded_checkpoint
+
+    old = Path(path + ".old")
+    if not Path(path).exists() and is_sharded_checkpoint(old):
+        log.warning("%s is missing; resuming from the previous checkpoint %s", path, old)
+        path = str(old)
+    if Path(path).is_dir():
+        check_sharded(path, f"{key}={path}")
+    else:
+        read_checkpoint(path, key)
+    return path
+
+
+def resume_for_strategy(path: str, strategy: str, module: L.LightningModule, run_dir: Path) -> str:
+    """`path` in the layout the strategy reads: a sharded checkpoint consolidated into one file
+    for DDP / one process; a single file's optimizer state keyed by parameter name for `fsdp`
+    (Lightning would otherwise key it by the order of named_parameters, not of the optimizer's
+    groups). Conversions are written per process under `<run_dir>/.resume/`."""
+    from flava.checkpoints.io import read_checkpoint
+    from flava.checkpoints.sharded import is_sharded_checkpoint, write_consolidated
+    from flava.training.optim import decay_groups
+
+    sharded = is_sharded_checkpoint(path)
+    if sharded == (strategy == "fsdp"):
+        return path
+    out = run_dir / ".resume" / f"rank{os.environ.get('RANK', '0')}.ckpt"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if sharded:
+        log.info("consolidating the sharded checkpoint %s for strategy %s", path, strategy)
+        return str(write_consolidated(path, out))
+    checkpoint = read_checkpoint(path)
+    decay, no_decay = decay_groups(module.named_parameters())
+    names = [name for name, _ in decay + no_decay]
+    for state in checkpoint.get("optimizer_states", []):
+        state["state"] = {names[i]: v for i, v in state["state"].items()}
+        for group in state["param_groups"]:
+            group["params"] = [names[i] for i in group["params"]]
+    torch.save(checkpoint, out)
+    return str(out)

@@ -63,6 +63,41 @@ class ShardedStrategy(ModelParallelStrategy):
                 shutil.rmtree(old) if old.is_dir() else old.unlink()
         self.barrier("flava_checkpoint_swapped")
 
+    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> Any:
+        """Lightning's loading of a sharded checkpoint (any process count: DCP re-shards), with
+        the AdamW state of parameters that had no gradient yet (a pooler, a batch kind not yet
+        seen) allowed to be absent: their fresh state is kept, as in an uninterrupted run."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint import DefaultLoadPlanner
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        from flava.checkpoints.sharded import META, is_sharded_checkpoint
+
+        path = Path(self.broadcast(checkpoint_path))
+        if not is_sharded_checkpoint(path):
+            return super().load_checkpoint(path, weights_only)
+        from flava.checkpoints.io import safe_torch_load
+
+        module = self.model
+        state = {"state_dict": get_model_state_dict(module)}
+        dcp.load(state, checkpoint_id=path)
+        module.load_state_dict(state["state_dict"], strict=self.lightning_module.strict_loading)
+        for index, optimizer in enumerate(self.optimizers):
+            key = f"optimizer_{index}"
+            optim_state = {key: get_optimizer_state_dict(module, optimizer)}
+            dcp.load(
+                optim_state, checkpoint_id=path, planner=DefaultLoadPlanner(allow_partial_load=True)
+            )
+            set_optimizer_state_dict(
+                module, optimizer, optim_state[key], options=StateDictOptions(cpu_offload=True)
+            )
+        return safe_torch_load(path / META, str(path / META))
+
 
 def is_sharded(module: nn.Module) -> bool:
     """Whether `fully_shard` has been applied to `module`."""
