@@ -25,6 +25,7 @@ from flava.plan import (
     LAYER_BYTES,
     STRATEGIES,
     Workload,
+    communication_bytes,
     flop_counter,
     main,
     memory_per_gpu,
@@ -214,7 +215,7 @@ def test_plan_orders_strategies_and_recommends_the_smallest_that_fits(capsys):
         s for s in STRATEGIES if result["strategies"][s]["fits"]
     )
     ckpt = result["strategies"]["fsdp + activation checkpointing"]
-    assert ckpt["step_time_s"] > result["strategies"]["fsdp"]["step_time_s"]
+    assert ckpt["compute_seconds"] > result["strategies"]["fsdp"]["compute_seconds"]
     small = plan(preset("tiny"), Workload(batch_size=8), gpus=1, gpu_memory_gib=80)
     assert small["recommendation"] == "ddp"
     out = main(["--preset", "10b", "--gpus", "64", "--gpu-memory", "80", "--batch-size", "16"])
@@ -223,3 +224,203 @@ def test_plan_orders_strategies_and_recommends_the_smallest_that_fits(capsys):
     assert "fsdp + activation checkpointing" in text and "TFLOP" in text
     main(["--preset", "10b", "--gpus", "1", "--gpu-memory", "40", "--batch-size", "16"])
     assert "nothing fits" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- communication
+
+
+def test_communication_bytes_by_hand_on_tiny():
+    config, w = preset("tiny"), Workload(batch_size=8)
+    trainable = parameter_counts(config)["trainable"]  # 16,195,831 (codebook excluded)
+    # FSDP2 units (parameters x gathers per pair step; reduce-scattered): layers of 198,272,
+    # image and text 4 each, 2 forward passes -> 4 gathers, multimodal 2 layers, 1 pass -> 2;
+    # the encoders' own units: image 117,632 x 3 (101,120 without the pooler), text 3,940,480 x 3
+    # (3,923,968), multimodal 16,896 x 2 (384); ITM + MMM heads (16,770 + 1,073,536 +
+    # 3,954,106) x 2; root (projections, logit scale) 66,049 x 1
+    gathered = 198_272 * (4 * 4 + 4 * 4 + 2 * 2) + 117_632 * 3 + 3_940_480 * 3 + 16_896 * 2
+    gathered += (16_770 + 1_073_536 + 3_954_106) * 2 + 66_049
+    reduced = 198_272 * 10 + 101_120 + 3_923_968 + 384 + 5_044_412 + 66_049
+    assert (gathered, reduced) == (29_500_793, 11_118_653)
+    contrastive = 4 * (2 - 1) * 8 * config.projection_dim * 4  # W = 2, B = 8, P = 128
+    assert contrastive == 16_384
+    for precision in ("32", "bf16-mixed"):
+        ddp = communication_bytes(config, w, 2, precision, "ddp")
+        assert ddp == {
+            "all_reduce": 2 * 0.5 * 4 * trainable,  # fp32 gradients in both precisions
+            "all_gather": 0.0,
+            "reduce_scatter": 0.0,
+            "contrastive": contrastive,
+            "total": 64_783_324 + contrastive,
+        }
+        unit = 4 if precision == "32" else 2  # gathers in the compute dtype
+        fsdp = communication_bytes(config, w, 2, precision, "fsdp")
+        assert fsdp == {
+            "all_reduce": 0.0,
+            "all_gather": 0.5 * unit * gathered,
+            "reduce_scatter": 0.5 * 4 * reduced,  # fp32 reduction in both precisions
+            "contrastive": contrastive,
+            "total": {"32": 81_238_892, "bf16-mixed": 51_738_099}[precision] + contrastive,
+        }
+        # the recomputed forward is not gathered again (see the two-process test below)
+        ckpt = communication_bytes(config, w, 2, precision, "fsdp + activation checkpointing")
+        assert ckpt == fsdp
+    for strategy in STRATEGIES:
+        assert communication_bytes(config, w, 1, "bf16-mixed", strategy)["total"] == 0
+    with pytest.raises(ValueError, match="strategy"):
+        communication_bytes(config, w, 2, "32", "zero3")
+
+
+def test_bound_follows_the_interconnect(capsys):
+    config, w = preset("flava_full"), Workload(batch_size=16)
+    slow = plan(config, w, gpus=16, gpu_memory_gib=80, interconnect_gbps=0.001)
+    fast = plan(config, w, gpus=16, gpu_memory_gib=80, interconnect_gbps=1e6)
+    for strategy in STRATEGIES:
+        s, f = slow["strategies"][strategy], fast["strategies"][strategy]
+        assert s["bound"] == "communication" and f["bound"] == "compute"
+        assert s["communication_seconds"] == s["communication_bytes_per_step"] / 1e6
+        assert s["step_time_s"] == s["communication_seconds"] > s["compute_seconds"]
+        assert f["step_time_s"] == f["compute_seconds"] > f["communication_seconds"]
+        assert s["compute_seconds"] == f["compute_seconds"]
+    one = plan(config, w, gpus=1, gpu_memory_gib=80, interconnect_gbps=0.001)
+    for s in one["strategies"].values():
+        assert s["communication_bytes_per_step"] == s["communication_seconds"] == 0
+        assert s["bound"] == "compute" and s["step_time_s"] == s["compute_seconds"]
+    with pytest.raises(ValueError, match="interconnect"):
+        plan(config, w, gpus=2, gpu_memory_gib=80, interconnect_gbps=0)
+    main(["--preset", "tiny", "--gpus", "1"])
+    text = capsys.readouterr().out
+    assert "1 process: nothing is communicated" in text and "not modelled" not in text
+
+
+def test_interconnect_option_reaches_the_json(tmp_path, capsys):
+    out = tmp_path / "plan.json"
+    args = ["--preset", "flava_full", "--gpus", "16", "--batch-size", "128", "--json", str(out)]
+    main([*args, "--interconnect", "0.001"])
+    text = capsys.readouterr().out
+    assert "interconnect 0.001 GB/s" in text and "communication-bound" in text
+    assert "overlap" in text
+    saved = json.loads(out.read_text())
+    assert saved["interconnect_gbps"] == 0.001
+    for strategy in STRATEGIES:
+        s = saved["strategies"][strategy]
+        assert s["bound"] == "communication"
+        for key in ("communication_bytes_per_step", "communication_seconds", "compute_seconds"):
+            assert s[key] > 0
+        assert set(s["communication_bytes_by_collective"]) == {
+            "all_reduce",
+            "all_gather",
+            "reduce_scatter",
+            "contrastive",
+        }
+    main(args)  # default 25 GB/s: flava_full at batch 128 is compute-bound
+    saved = json.loads(out.read_text())
+    assert saved["interconnect_gbps"] == 25
+    assert {s["bound"] for s in saved["strategies"].values()} == {"compute"}
+    for bad in ("0", "-1", "nan", "inf"):
+        with pytest.raises(SystemExit):
+            main([*args, "--interconnect", bad])
+        assert "--interconnect must be positive" in capsys.readouterr().err
+
+
+class _Step(torch.nn.Module):
+    """The pair step's loss as the forward of the root (as FlavaPretrainingModule's forward)."""
+
+    def __init__(self, model: FlavaForPreTraining) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        model = self.model
+
+        def targets(b: dict[str, torch.Tensor]) -> torch.Tensor:
+            return model.codebook.get_codebook_indices(b["codebook_pixel_values"])
+
+        return pair_step(model, batch, targets, LossWeights(), negative_probability=0.0)["loss"]
+
+
+_MEASURED = [
+    ("ddp", "32"),
+    ("ddp", "bf16-mixed"),
+    ("fsdp", "32"),
+    ("fsdp", "bf16-mixed"),
+    ("fsdp + activation checkpointing", "32"),
+]
+
+
+def _collective_worker(rank: int, port: int, out: dict) -> None:
+    """Full-size bytes of every FSDP2 all-gather / reduce-scatter and DDP bucket, second step."""
+    import torch.distributed as dist
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from flava.training.sharding import shard
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    torch.set_num_threads(1)  # two processes on the machine's cores: no oversubscription
+    seen = dict.fromkeys(("all_gather", "reduce_scatter", "all_reduce"), 0)
+    all_gather, reduce_scatter = dist.all_gather_single, dist.reduce_scatter_single
+
+    def gather(output, *args, **kwargs):
+        seen["all_gather"] += output.numel() * output.element_size()
+        return all_gather(output, *args, **kwargs)
+
+    def scatter(*args, **kwargs):
+        full = kwargs["input"] if "input" in kwargs else args[1]
+        seen["reduce_scatter"] += full.numel() * full.element_size()
+        return reduce_scatter(*args, **kwargs)
+
+    def bucket_hook(state, bucket):
+        seen["all_reduce"] += bucket.buffer().numel() * bucket.buffer().element_size()
+        return default_hooks.allreduce_hook(None, bucket)
+
+    dist.all_gather_single, dist.reduce_scatter_single = gather, scatter
+    try:
+        w = Workload(batch_size=2, text_length=16)
+        for strategy, precision in _MEASURED:
+            torch.manual_seed(0)
+            config = preset("tiny").with_activation_checkpointing(strategy.endswith("ing"))
+            model = FlavaForPreTraining(config).train()
+            step: torch.nn.Module = _Step(model)
+            if strategy == "ddp":
+                step = torch.nn.parallel.DistributedDataParallel(step, find_unused_parameters=True)
+                step.register_comm_hook(None, bucket_hook)
+            else:  # as flava.training.sharding applies FSDP2 under strategy: fsdp
+                shard(step, model, init_device_mesh("cpu", (2,)), precision)
+            batch = exact_batch(config, w, seed=rank)
+            half = precision != "32"
+            for _ in range(2):
+                seen.update(all_gather=0, reduce_scatter=0, all_reduce=0)
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=half):
+                    loss = step(batch)
+                loss.backward()
+            out[(rank, strategy, precision)] = dict(seen)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.distributed
+def test_communication_matches_two_process_collectives(monkeypatch):
+    import torch.multiprocessing as mp
+
+    # the spawned processes import this module by name: its parent folder on their path
+    monkeypatch.syspath_prepend(str(__import__("pathlib").Path(__file__).parents[1]))
+    manager = mp.Manager()
+    out = manager.dict()
+    port = 29700 + os.getpid() % 1000
+    mp.spawn(_collective_worker, args=(port, out), nprocs=2, join=True)
+    config, w = preset("tiny"), Workload(batch_size=2, text_length=16)
+    for strategy, precision in _MEASURED:
+        measured = out[(0, strategy, precision)]
+        assert measured == out[(1, strategy, precision)]
+        model = communication_bytes(config, w, 2, precision, strategy)
+        # per process, ring: (W - 1) / W of the full tensor, twice for an all-reduce
+        assert measured["all_reduce"] * 2 * 0.5 == model["all_reduce"], strategy
+        for name in ("all_gather", "reduce_scatter"):
+            # FSDP2 pads each parameter's first dimension to a multiple of W: [1, N, D] tensors
+            # of the image encoder gather 2 rows here (0.03% of the bytes)
+            assert measured[name] * 0.5 == pytest.approx(model[name], rel=1e-3, abs=0), (
+                strategy,
+                precision,
+                name,
+            )

@@ -2,6 +2,7 @@
 
     python -m flava.plan --preset 10b --gpus 64 --gpu-memory 80 --batch-size 16
     python -m flava.plan --preset flava_full --gpus 8 --batch-size 64 --precision 32 --json p.json
+    python -m flava.plan --preset flava_full --gpus 16 --batch-size 128 --interconnect 25
 
 Everything is analytic (nothing is built or allocated), for the largest step kind, the
 image-text pair step: global contrastive on the unmasked pair, ITM + MMM on the masked pair,
@@ -26,7 +27,37 @@ heads' log-probabilities on masked positions; the step's peak is that or, if lar
 codebook's transient feature maps (the codebook runs before any encoder keeps activations). FLOPs
 count matrix products (2 per multiply-add) as `torch.utils.flop_counter.FlopCounterMode` does:
 backward = 2x forward for linear layers, 2.5x for attention (flash-style recompute), the
-codebook forward only. Step time = FLOPs / (MFU x peak); communication is not modelled.
+codebook forward only. Compute time = FLOPs / (MFU x peak).
+
+Communication: bytes each process sends (and receives) per step with ring collectives, W
+processes, as counted on torch's DDP and FSDP2 (`fully_shard`, as `flava.training.sharding`
+applies it) with 2 processes on gloo (tests/test_plan.py):
+
+- ddp: one all-reduce of the fp32 gradients of every trainable parameter (DDP reduces whole
+  buckets, the parameters a pair step leaves unused included; fp32 under bf16-mixed too; the
+  frozen codebook has none): 2 (W-1)/W x 4 B/param.
+- fsdp: all-gathers in the compute dtype (bf16 under bf16-mixed, fp32 under 32), (W-1)/W of each
+  unit's parameters per gather; reduce-scatters in fp32, (W-1)/W of the parameters that have a
+  gradient. A layer is gathered for each forward pass through it and again for the backward of
+  each (resharded after forward and after each backward use; the pair step runs the image and
+  the text encoder twice, unmasked and masked), its gradient reduced once. An encoder's own unit
+  (embeddings, final norm, pooler) is gathered per forward pass and once for the backward; its
+  pooler has no gradient in a pair step. The ITM and MMM heads: a gather in forward and one in
+  backward. The root (projections, logit scale) stays gathered from forward to backward: one.
+  Not communicated: the frozen codebook (replicated, outside sharding) and the MIM and MLM heads
+  (unimodal objectives, unused by a pair step). FSDP2's padding of each parameter's first
+  dimension to a multiple of W is ignored (the image encoder's [1, N, D] position embedding, CLS
+  and mask tokens gather W rows). Activation checkpointing adds no gather: the layer's
+  pre-backward hook gathers it before autograd recomputes it, and the recomputed forward skips
+  FSDP's hooks.
+- both: the contrastive loss all-gathers the fp32 image and text embeddings [B, P] and
+  reduce-scatters their gradients: 4 x (W-1) x B x P x 4 B. Scalar all-reduces are ignored.
+
+Communication time = bytes / `--interconnect` (GB/s per process, bus bandwidth of the slowest
+link the ring crosses: ~25 for 200 Gb/s InfiniBand per GPU between nodes, ~450 for NVLink
+within one H100 node). Step time = max(compute, communication): it assumes DDP's bucketed
+all-reduce and FSDP's prefetched gathers overlap compute completely; the step is
+communication-bound when communication takes longer. With one process nothing is communicated.
 """
 
 from __future__ import annotations
@@ -51,6 +82,8 @@ PRECISIONS = ("32", "bf16-mixed")
 # autocast's bf16 weight copies are not per token: they are counted with the parameters.
 LAYER_BYTES = {"32": (24, 4), "bf16-mixed": (16, 2)}
 EXTRA_STATES_PER_PASS = 3  # embedding / final-norm tensors of width D kept per encoder pass
+INTERCONNECT_GBPS = 25.0  # GB/s per process: 200 Gb/s InfiniBand per GPU between nodes
+NVLINK_GBPS = 450.0  # GB/s per process (bus bandwidth) within one H100 NVLink node
 
 
 @dataclass
@@ -225,14 +258,18 @@ def activation_bytes(
     return out
 
 
-def memory_per_gpu(
-    config: FlavaConfig, w: Workload, gpus: int, precision: str, strategy: str
-) -> dict[str, float]:
-    """Bytes per GPU: parameters, gradients, optimiser, buffers, activations, total."""
+def _check(precision: str, strategy: str) -> None:
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
+
+
+def memory_per_gpu(
+    config: FlavaConfig, w: Workload, gpus: int, precision: str, strategy: str
+) -> dict[str, float]:
+    """Bytes per GPU: parameters, gradients, optimiser, buffers, activations, total."""
+    _check(precision, strategy)
     counts = parameter_counts(config)
     trainable, codebook = counts["trainable"], counts["codebook"]
     mixed = precision == "bf16-mixed"
@@ -295,6 +332,60 @@ def _fits(
     return memory_per_gpu(config, trial, gpus, precision, strategy)["total"] <= budget
 
 
+# ----------------------------------------------------------------------------- communication
+
+
+def fsdp_units(config: FlavaConfig, w: Workload) -> list[tuple[str, int, int, int]]:
+    """(unit, parameters, all-gathers per pair step, parameters reduce-scattered) of every FSDP2
+    unit (`flava.training.sharding.shard`) the pair step communicates for."""
+    counts, passes = parameter_counts(config), [c for _, c, _ in _passes(config, w)]
+    units = []
+    for name, c in (
+        ("image", config.image),
+        ("text", config.text),
+        ("multimodal", config.multimodal),
+    ):
+        p, layer = passes.count(c), layer_parameters(c)
+        d = c.hidden_size
+        own = counts[f"{name}_encoder"] - c.num_hidden_layers * layer  # embeddings, norm, pooler
+        for k in range(c.num_hidden_layers):  # resharded after every forward and backward use
+            units.append((f"{name}.layer{k}", layer, 2 * p, layer))
+        # once per forward pass and once for the backward (image / text: their inputs need no
+        # gradient, so it stays gathered until the end); the pair step leaves the pooler unused
+        units.append((f"{name}_encoder", own, p + 1, own - d * d - d))
+    m, i, t = config.multimodal, config.image, config.text
+    dm = m.hidden_size
+    for name, size in (
+        ("mmm_image_head", _head(dm, i.vocab_size)),
+        ("mmm_text_head", _head(dm, t.vocab_size)),
+        ("itm_head", dm * dm + dm + 2 * dm + 2),
+    ):
+        units.append((name, size, 2, size))
+    # the root (projections, logit scale) stays gathered from forward to backward
+    units.append(("root", counts["projections"], 1, counts["projections"]))
+    return units
+
+
+def communication_bytes(
+    config: FlavaConfig, w: Workload, gpus: int, precision: str, strategy: str
+) -> dict[str, float]:
+    """Bytes each process sends per pair step (ring collectives), by collective, and total."""
+    _check(precision, strategy)
+    share = (gpus - 1) / gpus
+    out = {"all_reduce": 0.0, "all_gather": 0.0, "reduce_scatter": 0.0}
+    if strategy == "ddp":  # every bucket, unused parameters' zeros included; fp32 gradients
+        out["all_reduce"] = 2 * share * 4 * parameter_counts(config)["trainable"]
+    else:  # FSDP2: gathers in the compute dtype, reduce-scatters in fp32
+        units = fsdp_units(config, w)
+        gather = 2 if precision == "bf16-mixed" else 4
+        out["all_gather"] = share * gather * sum(n * k for _, n, k, _ in units)
+        out["reduce_scatter"] = share * 4 * sum(r for *_, r in units)
+    # fp32 image + text embeddings [B, P]: all-gathered, gradients reduce-scattered
+    out["contrastive"] = 2 * 2 * (gpus - 1) * w.batch_size * config.projection_dim * 4
+    out["total"] = sum(out.values())
+    return out
+
+
 # ----------------------------------------------------------------------------- the plan
 
 
@@ -307,8 +398,12 @@ def plan(
     mfu: float = 0.4,
     gpu_tflops: float = 989.0,
     reserve_gib: float = 3.0,
+    interconnect_gbps: float = INTERCONNECT_GBPS,
 ) -> dict[str, Any]:
-    """Memory per strategy, FLOPs, step time and the recommended (smallest fitting) strategy."""
+    """Memory, communication and step time per strategy, FLOPs and the recommended (smallest
+    fitting) strategy; `interconnect_gbps` is the bus bandwidth per process in GB/s."""
+    if not interconnect_gbps > 0:
+        raise ValueError(f"interconnect_gbps must be positive, not {interconnect_gbps}")
     budget = (gpu_memory_gib - reserve_gib) * GIB
     flops = step_flops(config, w)
     rate = mfu * gpu_tflops * 1e12
@@ -318,11 +413,20 @@ def plan(
         work = flops["total"]
         if strategy.endswith("checkpointing"):
             work += flops["recompute_with_checkpointing"]
+        compute = work / rate
+        comm = communication_bytes(config, w, gpus, precision, strategy)
+        comm_s = comm["total"] / (interconnect_gbps * 1e9)
+        step = max(compute, comm_s)  # communication overlaps compute
         strategies[strategy] = {
             **mem,
             "fits": mem["total"] <= budget,
-            "step_time_s": work / rate,
-            "samples_per_s": gpus * w.batch_size * rate / work,
+            "compute_seconds": compute,
+            "communication_bytes_per_step": comm["total"],
+            "communication_bytes_by_collective": {k: v for k, v in comm.items() if k != "total"},
+            "communication_seconds": comm_s,
+            "bound": "communication" if comm_s > compute else "compute",
+            "step_time_s": step,
+            "samples_per_s": gpus * w.batch_size / step,
             "max_batch_per_gpu": max_batch(config, w, gpus, precision, strategy, budget),
         }
     fitting = [s for s in STRATEGIES if strategies[s]["fits"]]
@@ -336,6 +440,8 @@ def plan(
         "precision": precision,
         "mfu": mfu,
         "gpu_tflops": gpu_tflops,
+        "interconnect_gbps": interconnect_gbps,
+        "step_time_model": "max(compute_seconds, communication_seconds): full overlap",
         "parameters": parameter_counts(config),
         "flops_per_gpu": flops,
         "strategies": strategies,
@@ -387,14 +493,37 @@ def format_plan(result: dict[str, Any], name: str) -> str:
     peak = result["mfu"] * result["gpu_tflops"]
     lines.append(
         f"step time at MFU {result['mfu']:.0%} of {result['gpu_tflops']:g} TFLOP/s "
-        f"(= {peak:.0f} TFLOP/s achieved):"
+        f"(= {peak:.0f} TFLOP/s achieved), interconnect {result['interconnect_gbps']:g} GB/s "
+        "per process:"
     )
+    head = (
+        f"  {'':<31}{'compute s':>11}{'comm GB':>11}{'comm s':>11}{'step s':>11}  {'bound':<21}"
+        f"{'samples/s globally':>18}"
+    )
+    lines += [head, "  " + "-" * (len(head) - 2)]
     for strategy, s in result["strategies"].items():
         lines.append(
-            f"  {strategy:<31}{s['step_time_s']:9.3f} s   {s['samples_per_s']:>12,.0f} samples/s"
-            " globally"
+            f"  {strategy:<31}{s['compute_seconds']:>11.3f}"
+            f"{s['communication_bytes_per_step'] / 1e9:>11.3f}{s['communication_seconds']:>11.3f}"
+            f"{s['step_time_s']:>11.3f}  {s['bound'] + '-bound':<21}{s['samples_per_s']:>18,.0f}"
         )
-    lines.append("(communication is not modelled; the checkpointing time includes the recompute)")
+    if gpus == 1:
+        lines.append("(1 process: nothing is communicated, step = compute time)")
+    else:
+        dtype = "bf16" if result["precision"] == "bf16-mixed" else "fp32"
+        lines += [
+            "(comm GB = bytes each process sends per step: ddp all-reduces the fp32 gradients;",
+            f" fsdp all-gathers each unit's {dtype} parameters per use in forward and backward",
+            " and reduce-scatters the fp32 gradients; both gather the contrastive embeddings.",
+            " comm s = comm GB / interconnect; step s = max(compute, comm), assuming that they",
+            " overlap fully)",
+        ]
+        if gpus <= 8 and result["interconnect_gbps"] < NVLINK_GBPS:
+            lines.append(
+                f"(if the {gpus} GPUs share one NVLink node (H100: ~{NVLINK_GBPS:g} GB/s): "
+                f"--interconnect {NVLINK_GBPS:g})"
+            )
+    lines.append("(the checkpointing compute time includes the recompute)")
     rec = result["recommendation"]
     if rec:
         lines.append(f"\nrecommended: {rec} (the smallest strategy that fits)")
@@ -451,6 +580,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--mfu", type=float, default=0.4, help="model-FLOPs utilisation (0-1]")
     p.add_argument("--gpu-tflops", type=float, default=989.0, help="peak TFLOP/s (H100 bf16)")
     p.add_argument("--reserve", type=float, default=3.0, help="GiB kept free per GPU")
+    p.add_argument(
+        "--interconnect",
+        type=float,
+        default=INTERCONNECT_GBPS,
+        metavar="GBPS",
+        help=f"GB/s per process, bus bandwidth (default {INTERCONNECT_GBPS:g}: 200 Gb/s "
+        f"InfiniBand per GPU between nodes; NVLink within one H100 node: ~{NVLINK_GBPS:g})",
+    )
     p.add_argument("--json", type=Path, help="also write the plan to this file")
     args = p.parse_args(argv)
     for name in ("gpus", "batch_size", "text_length"):
@@ -462,6 +599,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         p.error("--gpu-memory must exceed --reserve")
     if math.isnan(args.gpu_tflops) or args.gpu_tflops <= 0:
         p.error("--gpu-tflops must be positive")
+    if not 0 < args.interconnect < math.inf:
+        p.error("--interconnect must be positive")
     config = preset(args.preset)
     w = Workload(args.batch_size, args.text_length)
     result = plan(
@@ -473,6 +612,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.mfu,
         args.gpu_tflops,
         args.reserve,
+        args.interconnect,
     )
     result["preset"] = args.preset
     print(format_plan(result, args.preset))
