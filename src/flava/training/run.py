@@ -294,10 +294,21 @@ def resume_for_strategy(path: str, strategy: str, module: L.LightningModule, run
         return str(write_consolidated(path, out))
     checkpoint = read_checkpoint(path)
     decay, no_decay = decay_groups(module.named_parameters())
-    names = [name for name, _ in decay + no_decay]
+    params = decay + no_decay
     for state in checkpoint.get("optimizer_states", []):
-        state["state"] = {names[i]: v for i, v in state["state"].items()}
+        named = {params[i][0]: v for i, v in state["state"].items()}
+        step = next((v["step"] for v in named.values() if "step" in v), torch.zeros(()))
+        for name, p in params:  # no gradient yet: AdamW's fresh state, as it would create it
+            named.setdefault(
+                name,
+                {
+                    "step": torch.zeros_like(step),
+                    "exp_avg": torch.zeros(p.shape),
+                    "exp_avg_sq": torch.zeros(p.shape),
+                },
+            )
+        state["state"] = named
         for group in state["param_groups"]:
-            group["params"] = [names[i] for i in group["params"]]
+            group["params"] = [params[i][0] for i in group["params"]]
     torch.save(checkpoint, out)
     return str(out)
