@@ -19,6 +19,17 @@ within an epoch the readers' shards are disjoint and one pass reads every sample
 sources instead draw shards with replacement per reader (multi-node, no epochs). Resuming at
 batch `b` replays each reader's stream up to the records it had consumed (read, not decoded);
 resampled streams just start fresh draws.
+
+Every random choice of a sample (which caption, a replacement for a bad sample, its crop and
+flip, its block mask, its text mask) is drawn from its own generators, keyed by (seed, batch
+index, position of the sample in the global batch): sample j of rank r's share is at position
+r * batch_size + j. So a global batch of a random-access source does not depend on how it is
+split over processes: one process with batch size 2B builds the concatenation of what ranks 0
+and 1 of two processes with batch size B build (text tensors up to trailing padding, as each
+batch is padded to its longest text unless `BatchBuilder(padding="max_length")`; padding is
+masked out everywhere). Iterable sources read different records on every rank, but use the same
+per-sample keys. What is not split-invariant is what the model step does within a local batch
+(ITM negatives are paired within it, `flava.objectives.pretraining.itm_pairing`).
 """
 
 from __future__ import annotations
@@ -54,6 +65,9 @@ _CHUNK = 1024
 _EMPTY_EPOCHS = 3
 # Consecutive records that fail to decode after which a stream is declared broken.
 _MAX_FAILURES = 1000
+# Keys of the per-sample random draws of training and validation batches.
+_TRAIN_DRAWS = 0x7D5A
+_VAL_DRAWS = 0xE7A1
 
 
 class Source(Protocol):
@@ -181,8 +195,29 @@ def source_records(
         epoch += 1
 
 
+def sample_draws(
+    seed: int, key: int, batch_index: int, positions: Sequence[int]
+) -> tuple[list[np.random.Generator], list[torch.Generator]]:
+    """Per-sample generators (numpy, torch) of the samples at `positions` of a global batch.
+
+    Sample p's generators are seeded from (seed, key, batch_index, p) only, so they do not
+    depend on which process builds the sample, nor on the other samples of its batch.
+    """
+    rngs = [np.random.default_rng([seed, key, batch_index, int(p)]) for p in positions]
+    generators = [torch.Generator().manual_seed(int(r.integers(2**62))) for r in rngs]
+    return rngs, generators
+
+
 class BatchBuilder:
-    """Turns a list of `Item`s of one kind into a model batch (transforms, masks, tokens)."""
+    """Turns a list of `Item`s of one kind into a model batch (transforms, masks, tokens).
+
+    The random draws come from `generator` (torch: crops, flips, text masks) and `rng` (numpy:
+    block masks): either one of each shared by the whole batch, drawn sample after sample, or a
+    sequence of each with one per item (see `sample_draws`), so that an item's crop, flip and
+    masks depend on its own generators only. Texts are padded to the batch's longest
+    (`padding="longest"`) or to `text_max_length` (`"max_length"`); with per-item generators a
+    text's masks are drawn over its own tokens, so they do not depend on the padding.
+    """
 
     def __init__(
         self,
@@ -192,7 +227,10 @@ class BatchBuilder:
         text_max_length: int = 77,
         mlm_probability: float = 0.15,
         whole_word_masking: bool = False,
+        padding: str = "longest",
     ) -> None:
+        if padding not in ("longest", "max_length"):
+            raise ValueError(f"padding must be 'longest' or 'max_length', got {padding!r}")
         self.tokenizer = tokenizer
         self.transform = transform
         # Pairs are never flipped: a mirrored image contradicts "left of" / "right of" captions.
@@ -202,12 +240,13 @@ class BatchBuilder:
         self.text_max_length = text_max_length
         self.mlm_probability = mlm_probability
         self.whole_word_masking = whole_word_masking
+        self.padding = padding
 
     def images(
         self,
         images: Sequence[Image.Image],
-        generator: torch.Generator,
-        rng: np.random.Generator,
+        generator: torch.Generator | Sequence[torch.Generator],
+        rng: np.random.Generator | Sequence[np.random.Generator],
         paired: bool = False,
     ) -> dict[str, torch.Tensor]:
         """pixel_values [B, 3, S, S] (+ codebook_pixel_values) and bool_masked_pos [B, N];
@@ -217,10 +256,15 @@ class BatchBuilder:
         out["bool_masked_pos"] = self.mask_generator.batch(len(images), rng)
         return out
 
-    def texts(self, texts: Sequence[str], generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def texts(
+        self, texts: Sequence[str], generator: torch.Generator | Sequence[torch.Generator]
+    ) -> dict[str, torch.Tensor]:
         """input_ids, attention_mask, token_type_ids, input_ids_masked, mlm_labels [B, L]."""
         tok = self.tokenizer(
-            list(texts), max_length=self.text_max_length, return_word_ids=self.whole_word_masking
+            list(texts),
+            max_length=self.text_max_length,
+            padding=self.padding,
+            return_word_ids=self.whole_word_masking,
         )
         masked, labels = mask_tokens(
             tok["input_ids"],
@@ -240,9 +284,13 @@ class BatchBuilder:
         }
 
     def __call__(
-        self, items: Sequence[Item], kind: str, generator: torch.Generator, rng: np.random.Generator
+        self,
+        items: Sequence[Item],
+        kind: str,
+        generator: torch.Generator | Sequence[torch.Generator],
+        rng: np.random.Generator | Sequence[np.random.Generator],
     ) -> dict[str, Any]:
-        """Collate one batch of `kind`."""
+        """Collate one batch of `kind` (one generator / rng for the batch, or one per item)."""
         batch: dict[str, Any] = {"kind": kind}
         if kind in ("image", "vl"):
             batch.update(self.images([i.image for i in items], generator, rng, kind == "vl"))
@@ -412,19 +460,22 @@ class MixedBatches(torch.utils.data.IterableDataset):
         used: int,
         records: _CountedRecords | None = None,
     ) -> dict[str, Any]:
-        rng = np.random.default_rng([self.seed, index, self.rank])
-        generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        first = self.rank * self.batch_size  # position of our first sample in the global batch
+        positions = range(first, first + self.batch_size)
+        rngs, generators = sample_draws(self.seed, _TRAIN_DRAWS, index, positions)
         stream = self.streams[kind]
         src = stream.sources[source]
         if records is None:
             indices = self._indices(kind, source, used)
-            items = [robust_item(src, int(i), kind, rng, self.skips) for i in indices]
+            items = [
+                robust_item(src, int(i), kind, rng, self.skips) for i, rng in zip(indices, rngs)
+            ]
         else:
             items, failures = [], 0
             while len(items) < self.batch_size:
                 record = next(records)
                 try:
-                    items.append(src.decode(record, kind, rng))
+                    items.append(src.decode(record, kind, rngs[len(items)]))
                     failures = 0
                 except SAMPLE_ERRORS as exc:
                     failures += 1  # a bad record: skip it
@@ -434,7 +485,7 @@ class MixedBatches(torch.utils.data.IterableDataset):
                             f"{describe(src)}: {failures} {kind} records in a row could not be "
                             f"used (last: {skip_reason(exc)}); check the shards"
                         ) from None
-        batch = self.builder(items, kind, generator, rng)
+        batch = self.builder(items, kind, generators, rngs)
         batch["batch_index"] = index
         skipped = self.skips.take()
         batch["skipped"] = skipped
@@ -450,7 +501,11 @@ class MixedBatches(torch.utils.data.IterableDataset):
 
 
 class FixedBatches(torch.utils.data.Dataset):
-    """A fixed list of validation batches of one kind (deterministic transforms and masks)."""
+    """A fixed list of validation batches of one kind (deterministic transforms and masks).
+
+    Batch `index` holds samples index * global_batch ... of the source, this process's share
+    at rank * batch_size, with per-sample draws keyed like training's (split-invariant).
+    """
 
     def __init__(
         self,
@@ -478,12 +533,12 @@ class FixedBatches(torch.utils.data.Dataset):
         return self.num_batches
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        rng = np.random.default_rng([self.seed, 0xE7A1, index, self.rank])
-        generator = torch.Generator().manual_seed(index)
-        start = (index * self.world_size + self.rank) * self.batch_size
+        first = self.rank * self.batch_size
+        positions = range(first, first + self.batch_size)
+        rngs, generators = sample_draws(self.seed, _VAL_DRAWS, index, positions)
+        start = index * self.world_size * self.batch_size + first
         source = self.stream.sources[0]
         items = [
-            robust_item(source, i, self.stream.kind, rng)
-            for i in range(start, start + self.batch_size)
+            robust_item(source, start + j, self.stream.kind, rng) for j, rng in enumerate(rngs)
         ]
-        return self.builder(items, self.stream.kind, generator, rng)
+        return self.builder(items, self.stream.kind, generators, rngs)

@@ -199,6 +199,17 @@ def _check_triplet(name: str, value: Sequence[float], positive: bool) -> tuple[f
     return out
 
 
+def _per_image(
+    generator: torch.Generator | Sequence[torch.Generator] | None, count: int
+) -> Sequence[torch.Generator | None]:
+    """``generator`` as one generator (or None) per image."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return [generator] * count
+    if len(generator) != count:
+        raise ValueError(f"got {len(generator)} generators for {count} images")
+    return generator
+
+
 class ImageTransform:
     """Picklable PIL -> tensors transform giving ``pixel_values`` (+ ``codebook_pixel_values``)."""
 
@@ -259,18 +270,23 @@ class ImageTransform:
         return F.crop(resized, top, left, size, size)
 
     def batch(
-        self, images: Sequence[Image.Image], generator: torch.Generator | None = None
+        self,
+        images: Sequence[Image.Image],
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Transform a list of images into stacked views ``[B, 3, S, S]`` (+ ``[B, 3, C, C]``).
 
         The same as stacking :meth:`__call__` of each image in turn (same random draws), but each
         view is written straight into the batch, which saves a copy and an allocation per image.
+        ``generator`` is one generator drawn from image after image, or a sequence of one per
+        image (each image's crop and flip then depend on its own generator only).
         """
         size, side = self.image_size, self.codebook_size
+        generators = _per_image(generator, len(images))
         pixels = torch.empty(len(images), 3, size, size)
         codebook = None if side is None else torch.empty(len(images), 3, side, side)
         for i, image in enumerate(images):
-            view = self._view(image, generator)
+            view = self._view(image, generators[i])
             # (x / 255 - mean) / std, in place while the view is still in cache; the same float
             # operations as torchvision's to_dtype(scale=True) + normalize, so the same values
             pixels[i].copy_(view).mul_(1.0 / 255.0).sub_(self._mean).div_(self._std)

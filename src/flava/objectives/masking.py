@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -145,13 +146,24 @@ class BlockMaskGenerator:
         flat = self._unpack(bits.to_bytes(self._num_bytes, "little"), 1)
         return flat.reshape(self.height, self.width)
 
-    def batch(self, n: int, rng: np.random.Generator | None = None) -> torch.Tensor:
-        """Draw ``n`` masks as a bool tensor ``[n, H * W]``, row-major like ViT patches."""
+    def batch(
+        self, n: int, rng: np.random.Generator | Sequence[np.random.Generator] | None = None
+    ) -> torch.Tensor:
+        """Draw ``n`` masks as a bool tensor ``[n, H * W]``, row-major like ViT patches.
+
+        ``rng`` is one generator drawn from mask after mask, or a sequence of ``n`` generators,
+        one per mask (each mask then depends on its own generator only).
+        """
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n}")
-        rng = self._resolve_rng(rng)
+        if rng is None or isinstance(rng, np.random.Generator):
+            rngs: Sequence[np.random.Generator] = [self._resolve_rng(rng)] * n
+        elif len(rng) != n:
+            raise ValueError(f"got {len(rng)} generators for {n} masks")
+        else:
+            rngs = rng
         size = self._num_bytes
-        packed = b"".join(self._sample_bits(rng).to_bytes(size, "little") for _ in range(n))
+        packed = b"".join(self._sample_bits(r).to_bytes(size, "little") for r in rngs)
         return torch.from_numpy(self._unpack(packed, n))
 
     def _unpack(self, packed: bytes, n: int) -> np.ndarray:
@@ -222,13 +234,16 @@ class BlockMaskGenerator:
 # words are selected with `probability` and all their pieces become targets; the 80/10/10 choice
 # is still made per piece. With ensure_one, a row with an eligible token but no target gets one
 # random eligible token (or word). Labels hold the original id at targets, ignore_index elsewhere.
+# `generator` is one generator for the whole batch, or one per row: row i's draws then come from
+# generator[i] alone and cover the row up to its last eligible token (or its eligible words), so
+# they depend on the row's own tokens only, not on the other rows nor on trailing padding.
 def mask_tokens(
     input_ids: torch.Tensor,
     special_tokens_mask: torch.Tensor,
     mask_token_id: int,
     vocab_size: int,
     probability: float = 0.15,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
     word_ids: torch.Tensor | None = None,
     ensure_one: bool = True,
     ignore_index: int = -100,
@@ -258,15 +273,38 @@ def mask_tokens(
 
     device = input_ids.device
     shape = input_ids.shape
+    rows: list[torch.Generator] | None = None
+    if generator is not None and not isinstance(generator, torch.Generator):
+        rows = list(generator)
+        if len(rows) != shape[0]:
+            raise ValueError(f"got {len(rows)} generators for {shape[0]} rows")
+        generator = None
     rand_device = generator.device if generator is not None else device
-
-    def uniform() -> torch.Tensor:
-        """Uniform [0, 1) draws of the input's shape, on the input's device."""
-        return torch.rand(shape, generator=generator, device=rand_device).to(device)
 
     eligible = ~special_tokens_mask.to(device=device, dtype=torch.bool)
     if input_ids.numel() == 0:
         return input_ids.clone(), torch.full_like(input_ids, ignore_index)
+    if word_ids is not None:
+        word_ids = word_ids.to(device=device, dtype=torch.long)
+        eligible = eligible & (word_ids >= 0)
+    if rows is not None:
+        # each row draws over its positions up to its last eligible one: padding draws nothing
+        position = torch.arange(shape[1], device=device)
+        within = position < torch.where(eligible, position + 1, 0).amax(dim=1, keepdim=True)
+        lengths = within.sum(1).tolist()
+
+    def spread(parts: list[torch.Tensor], fill: float | int) -> torch.Tensor:
+        """Per-row draws (row i's first lengths[i] positions) as a [B, L] tensor."""
+        out = torch.full(shape, fill, dtype=parts[0].dtype, device=device)
+        out[within] = torch.cat(parts).to(device)
+        return out
+
+    def uniform() -> torch.Tensor:
+        """Uniform [0, 1) draws of the input's shape, on the input's device."""
+        if rows is not None:  # 2.0: beyond a row's tokens (never eligible, so never used)
+            parts = [torch.rand(n, generator=g, device=g.device) for g, n in zip(rows, lengths)]
+            return spread(parts, 2.0)
+        return torch.rand(shape, generator=generator, device=rand_device).to(device)
 
     if word_ids is None:
         selected = (uniform() < probability) & eligible
@@ -278,17 +316,23 @@ def mask_tokens(
             forced = torch.zeros_like(selected).scatter_(1, pick, True)
             selected = selected | (forced & need)
     else:
-        word_ids = word_ids.to(device=device, dtype=torch.long)
-        eligible = eligible & (word_ids >= 0)
         # Give every (row, word) pair a compact index so that one draw serves all its pieces.
-        rows = torch.arange(shape[0], device=device).unsqueeze(1)
+        row_ids = torch.arange(shape[0], device=device).unsqueeze(1)
         span = int(word_ids.max().clamp(min=0).item()) + 1
-        keys = torch.where(eligible, rows * span + word_ids, torch.full_like(word_ids, -1))
+        keys = torch.where(eligible, row_ids * span + word_ids, torch.full_like(word_ids, -1))
         unique_keys, word_index = torch.unique(keys, return_inverse=True)
         num_words = unique_keys.numel()
+        if rows is not None:  # words of a row, in the order of unique_keys (row by row)
+            real = unique_keys[unique_keys >= 0]
+            words = torch.bincount(real // span, minlength=shape[0]).tolist()
+            unused = num_words - real.numel()  # the key -1 (not a word), first if present
 
         def word_uniform() -> torch.Tensor:
             """One uniform draw per word, broadcast to all of its pieces."""
+            if rows is not None:
+                parts = [torch.full((unused,), 2.0)]
+                parts += [torch.rand(n, generator=g, device=g.device) for g, n in zip(rows, words)]
+                return torch.cat([t.to(device) for t in parts])[word_index]
             draws = torch.rand(num_words, generator=generator, device=rand_device).to(device)
             return draws[word_index]
 
@@ -304,9 +348,17 @@ def mask_tokens(
     action = uniform()
     to_mask = selected & (action < 0.8)
     to_random = selected & (action >= 0.8) & (action < 0.9)
-    random_tokens = torch.randint(
-        vocab_size, shape, generator=generator, device=rand_device, dtype=input_ids.dtype
-    ).to(device)
+    if rows is not None:
+        dtype = input_ids.dtype
+        parts = [
+            torch.randint(vocab_size, (n,), generator=g, device=g.device, dtype=dtype)
+            for g, n in zip(rows, lengths)
+        ]
+        random_tokens = spread(parts, 0)
+    else:
+        random_tokens = torch.randint(
+            vocab_size, shape, generator=generator, device=rand_device, dtype=input_ids.dtype
+        ).to(device)
 
     masked = torch.where(to_mask, torch.full_like(input_ids, mask_token_id), input_ids)
     masked = torch.where(to_random, random_tokens, masked)
