@@ -183,6 +183,8 @@ class TrainingConfig:
     """Length of the schedule in steps (None: training.lightning.max_steps)."""
     nonfinite_patience: int = 20
     """Stop (with a checkpoint) after this many optimiser steps in a row with non-finite values."""
+    compile: bool = False
+    """torch.compile each transformer layer (after sharding under fsdp; with DDP alike)."""
 
 
 @dataclass

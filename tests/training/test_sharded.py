@@ -1,6 +1,7 @@
 """`strategy: fsdp` (FSDP2 through Lightning) on CPU with gloo: the same training as DDP and as one
 process on the same global batches; sharded checkpoints that survive SIGKILL and resume with the
-same or another process count and strategy; consolidation; the shipped sharded configs start."""
+same or another process count and strategy; consolidation; the shipped scale configs start;
+`training.compile` under DDP and FSDP2 follows eager."""
 
 from __future__ import annotations
 
@@ -109,8 +110,8 @@ def fsdp_run(tmp_path_factory) -> Path:
 
 def test_fsdp_trains_as_ddp_and_as_one_process(fsdp_run, tmp_path):
     assert json.loads((fsdp_run / "metrics.json").read_text())["steps"] == STEPS
-    ddp = tmp_path / "ddp"
-    _torchrun(2, ddp, "training.lightning.strategy=ddp")
+    ddp = tmp_path / "ddp"  # compiled: training.compile with DDP, against eager FSDP
+    _torchrun(2, ddp, "training.lightning.strategy=ddp", "training.compile=true")
     one = tmp_path / "one"
     args = [*FAST, f"training.run_dir={one}", f"training.batch_size={2 * BATCH}"]
     assert main(args) == 0
@@ -229,12 +230,13 @@ def test_one_process_sharded_checkpoint_resumes_with_two(fsdp_run, tmp_path):
     )
     last = one / "checkpoints" / "last.ckpt"
     assert (last / "__0_0.distcp").exists() and not (last / "__1_0.distcp").exists()
-    two = tmp_path / "two"
+    two = tmp_path / "two"  # compiled: training.compile under FSDP2, against eager
     _torchrun(
         2,
         two,
         "training.lightning.strategy=fsdp",
         f"training.lightning_load_from_checkpoint={last}",
+        "training.compile=true",
     )
     _assert_same_losses(fsdp_run, two, range(3, STEPS))
     assert _max_difference(_weights(two / "model"), _weights(fsdp_run / "model")) < 1e-4

@@ -132,12 +132,15 @@ class FlavaPretrainingModule(L.LightningModule):
             )
 
     def configure_model(self) -> None:
-        """Under `strategy: fsdp` (FSDP2): shard per layer, encoder, head and this module."""
-        from flava.training.sharding import ShardedStrategy, shard
+        """Under `strategy: fsdp` (FSDP2): shard per layer, encoder, head and this module; with
+        `training.compile`, compile every layer (in place: parameter names unchanged)."""
+        from flava.training.sharding import ShardedStrategy, compile_layers, shard
 
         if isinstance(self.trainer.strategy, ShardedStrategy):
             mesh = self.device_mesh["data_parallel"]
             shard(self, self.model, mesh, self.trainer.precision)
+        if self.cfg.training.compile:
+            compile_layers(self.model)
 
     def forward(
         self, batch: dict[str, Any], generator: torch.Generator | None = None

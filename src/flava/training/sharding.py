@@ -125,9 +125,9 @@ def shard(root: nn.Module, model: nn.Module, mesh: Any, precision: str) -> None:
         return
     flava = model.flava
     options = {"mesh": mesh, "mp_policy": mixed_precision(precision)}
+    for layer in layers(model):
+        fully_shard(layer, **options)
     for encoder in (flava.image_encoder, flava.text_encoder, flava.multimodal_encoder):
-        for layer in encoder.encoder.layers:
-            fully_shard(layer, **options)
         fully_shard(encoder, **options)
     for name in ("mim_head", "mlm_head", "mmm_image_head", "mmm_text_head", "itm_head"):
         fully_shard(getattr(model, name), **options)
@@ -135,6 +135,21 @@ def shard(root: nn.Module, model: nn.Module, mesh: Any, precision: str) -> None:
     if model.codebook is not None:  # replicated and frozen: outside sharding and reduction
         model.codebook.to(mesh.device_type)
     fully_shard(root, ignored_params=frozen or None, **options)
+
+
+def layers(model: nn.Module) -> list[nn.Module]:
+    """The transformer layers of the three encoders of a FlavaForPreTraining."""
+    flava = model.flava
+    encoders = (flava.image_encoder, flava.text_encoder, flava.multimodal_encoder)
+    return [layer for encoder in encoders for layer in encoder.encoder.layers]
+
+
+def compile_layers(model: nn.Module) -> None:
+    """`torch.compile` every transformer layer in place (`Module.compile`: the state-dict keys
+    stay as they are). Layers of one shape share their compiled code; idempotent."""
+    for layer in layers(model):
+        if getattr(layer, "_compiled_call_impl", None) is None:
+            layer.compile()
 
 
 @contextlib.contextmanager
