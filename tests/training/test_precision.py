@@ -150,3 +150,14 @@ def test_auto_resolves_to_32_and_is_recorded(avx2, tmp_path, main, argv):
     assert saved.training.lightning.precision == "32"
     for ckpt in (run_dir / "checkpoints").glob("*.ckpt"):  # what we write loads weights_only
         assert read_checkpoint(ckpt)["global_step"] == 1
+
+
+@pytest.mark.parametrize(
+    ("main", "argv"), [(train.main, PRETRAIN), (finetune.main, FINETUNE)], ids=["train", "finetune"]
+)
+def test_bf16_mixed_clips_gradients_with_the_fused_adamw(tmp_path, main, argv):
+    # Lightning's mixed-precision plugin refuses to clip for any fused optimizer ("does not allow
+    # for gradient clipping"): every bf16-mixed run with the default gradient_clip_val=1 stopped
+    forced = ["training.lightning.precision=bf16-mixed", "training.lightning.force_precision=true"]
+    clip = "training.lightning.gradient_clip_val=1e-6"  # clips every step
+    assert main([*argv, f"training.run_dir={tmp_path / 'run'}", *forced, clip]) == 0

@@ -286,3 +286,12 @@ def test_shipped_scale_configs_start_and_finish_under_fsdp(tmp_path):
     for name in fsdp:
         metrics = json.loads((tmp_path / name.replace("/", "_") / "metrics.json").read_text())
         assert metrics["steps"] == 2
+
+
+def test_mixed_precision_computes_in_half_and_reduces_in_fp32():
+    from flava.training.sharding import mixed_precision
+
+    policy = mixed_precision("bf16-mixed")
+    assert (policy.param_dtype, policy.reduce_dtype) == (torch.bfloat16, torch.float32)
+    assert mixed_precision("16-mixed").param_dtype == torch.float16
+    assert mixed_precision("32").param_dtype is None  # fp32 throughout

@@ -19,7 +19,7 @@ from flava.data.transforms import ImageTransform
 from flava.tasks.finetuning import FlavaClassifier, TaskMetrics
 from flava.tasks.task_data import Example
 from flava.training.counts import SkipCounter
-from flava.training.optim import adamw_with_schedule
+from flava.training.optim import adamw_with_schedule, clip_gradients
 
 INPUT_KEYS = ("pixel_values", "input_ids", "attention_mask", "token_type_ids")
 
@@ -295,6 +295,11 @@ class FinetuneModule(L.LightningModule):
             for name, value in metrics.compute().items():  # synced across processes
                 self.log(f"{prefix}/{name}", value, add_dataloader_idx=False)
             metrics.reset()
+
+    def configure_gradient_clipping(
+        self, optimizer: Any, gradient_clip_val: Any = None, gradient_clip_algorithm: Any = None
+    ) -> None:
+        clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_optimizers(self) -> dict[str, Any]:
         return adamw_with_schedule(

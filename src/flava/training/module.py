@@ -16,7 +16,7 @@ from flava.model.presets import preset
 from flava.objectives.pretraining import LossWeights, pretraining_step
 from flava.objectives.targets import KMeansCodebook
 from flava.training.counts import SkipCounter
-from flava.training.optim import adamw_with_schedule
+from flava.training.optim import adamw_with_schedule, clip_gradients
 
 log = logging.getLogger(__name__)
 KIND_NAMES = {"vl": "pair", "image": "image", "text": "text"}
@@ -266,6 +266,11 @@ class FlavaPretrainingModule(L.LightningModule):
                     add_dataloader_idx=False,
                     sync_dist=True,
                 )
+
+    def configure_gradient_clipping(
+        self, optimizer: Any, gradient_clip_val: Any = None, gradient_clip_algorithm: Any = None
+    ) -> None:
+        clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_optimizers(self) -> dict[str, Any]:
         return adamw_with_schedule(

@@ -2,7 +2,8 @@
 
 Weight decay skips biases, norms and the token / position embeddings. AdamW runs as PyTorch's
 fused kernel where it has one (CUDA; CPU from PyTorch 2.4): on a 2-core CPU the per-tensor
-loop took about 0.2 s of a 0.5 s `tiny` step, the fused kernel about a sixth of that.
+loop took about 0.2 s of a 0.5 s `tiny` step, the fused kernel about a sixth of that. Under
+`16-mixed` (a loss scaler) it runs unfused; gradients are clipped by `clip_gradients`.
 """
 
 from __future__ import annotations
@@ -71,10 +72,30 @@ def adamw_with_schedule(
         lr=t.learning_rate,
         betas=tuple(t.adam_betas),
         eps=t.adam_eps,
-        fused=fused_supported(device) or None,
+        # a fused step unscales fp16 gradients itself: Lightning could not clip them first
+        fused=(fused_supported(device) and str(t.lightning.precision) != "16-mixed") or None,
     )
     total = t.lr_decay_steps or max_steps
     total = total if total and total > 0 else 10**9
     schedule = lr_lambda(t.warmup_steps, total, t.lr_schedule, t.min_lr_ratio)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def clip_gradients(
+    module: Any, optimizer: Any, value: float | None, algorithm: str | None = None
+) -> None:
+    """`configure_gradient_clipping` of our LightningModules: Lightning's clipping, except that
+    under fp32 / bf16 (no loss scaler, so nothing to unscale) the fused AdamW is allowed, which
+    Lightning's mixed-precision plugin refuses for any fused optimizer. Sharded (FSDP2)
+    gradients are clipped by their global norm."""
+    if not value:
+        return
+    if getattr(module.trainer.precision_plugin, "scaler", None) is not None:
+        module.clip_gradients(optimizer, value, algorithm)  # fp16: unscale, then clip
+        return
+    params = [p for p in module.parameters() if p.grad is not None]
+    if algorithm == "value":
+        torch.nn.utils.clip_grad_value_(params, value)
+    else:
+        torch.nn.utils.clip_grad_norm_(params, value)
