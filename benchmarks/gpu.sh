@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One prepared run for a lent GPU (H100 / H200, under 10 minutes: each part is time-limited,
 # 560 s in all, so one `run` call with timeout_s=600 holds it): bf16 flava_full training
-# step, ours vs transformers, eager and torch.compile; embedding throughput; the plan's memory
-# estimate next to the measured peak. Installs nothing and needs no network.
+# step, ours vs transformers, eager and torch.compile; the real `flava.train` under FSDP2 +
+# compile + bf16; embedding throughput; the plan's memory estimate next to the measured peak.
+# Installs nothing and needs no network.
 #
 #   bash benchmarks/gpu.sh                 # results under $OUT (or benchmarks/gpu-results/)
 #   BATCH=96 STEPS=10 bash benchmarks/gpu.sh
@@ -62,16 +63,25 @@ run() {  # run NAME LIMIT_S COMMAND...: log, time-limit, keep going on failure
 COMMON=(--device "$DEVICE" --preset "$PRESET" --steps "$STEPS")
 run plan 20 "$PY" -m flava.plan --preset "$PRESET" --gpus 1 --gpu-memory "${GPU_MEMORY:-80}" \
     --batch-size "$BATCH" --text-length 40 --json "$OUT/plan.json"
-run train_bf16 170 "$PY" benchmarks/train_step.py "${COMMON[@]}" --precision bf16-mixed \
+run train_bf16 160 "$PY" benchmarks/train_step.py "${COMMON[@]}" --precision bf16-mixed \
     --batch-size "$BATCH" --sides "$SIDES" --json "$OUT/train_bf16.json"
-run train_bf16_compile 200 "$PY" benchmarks/train_step.py "${COMMON[@]}" --precision bf16-mixed \
+run train_bf16_compile 170 "$PY" benchmarks/train_step.py "${COMMON[@]}" --precision bf16-mixed \
     --batch-size "$BATCH" --compile --no-flops --sides "$SIDES" \
     --json "$OUT/train_bf16_compile.json"
-# Candidate changes, ours only, against ours in train_bf16: no host sync on the padding mask,
-# channels-last codebook.
-run train_bf16_experiments 90 "$PY" benchmarks/train_step.py "${COMMON[@]}" \
-    --precision bf16-mixed --batch-size "$BATCH" --no-flops --sides ours \
-    --experiment always-mask,codebook-channels-last --json "$OUT/train_bf16_experiments.json"
-run inference_bf16 80 "$PY" benchmarks/inference.py "${COMMON[@]}" --precision bf16 \
+# The real command under sharding: FSDP2 (one process, so nothing is split, but every unit is
+# gathered and reduce-scattered as on many) + torch.compile + bf16-mixed, pair batches of the
+# embedded scenes; samples/s per logged step in the log, the step count and seconds in metrics.json.
+FSDP_STEPS=$((STEPS + 10))
+run train_fsdp_compile_bf16 150 "$PY" -m torch.distributed.run --nproc_per_node 1 \
+    --master_port 29555 -m flava.train config=pretraining/demo.yaml \
+    "training.run_dir=$OUT/fsdp_run" "model.preset=$PRESET" "training.batch_size=$BATCH" \
+    training.num_workers=8 "training.lightning.accelerator=$([ "$DEVICE" = cpu ] && echo cpu || echo gpu)" \
+    training.lightning.devices=1 training.lightning.strategy=fsdp \
+    training.lightning.precision=bf16-mixed training.lightning.force_precision=true \
+    training.compile=true "training.lightning.max_steps=$FSDP_STEPS" training.warmup_steps=5 \
+    training.lightning.log_every_n_steps=1 training.lightning.limit_val_batches=1 \
+    training.lightning_checkpoint.every_n_train_steps=null training.evaluation.enabled=false \
+    "datasets.selected=[vl]"
+run inference_bf16 60 "$PY" benchmarks/inference.py "${COMMON[@]}" --precision bf16 \
     --batch-size 256 --json "$OUT/inference_bf16.json"
 echo "results in $OUT" | tee -a "$LOG"

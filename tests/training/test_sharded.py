@@ -122,6 +122,17 @@ def test_fsdp_trains_as_ddp_and_as_one_process(fsdp_run, tmp_path):
     # ~5e-5 in six steps (measured); the losses above hold to 1e-5
     assert _max_difference(fsdp, ddp_weights) < 1e-4
     assert _max_difference(fsdp, _weights(one / "model")) < 1e-4
+    # DDP's single-file checkpoint resumes under fsdp (optimizer state re-keyed by name)
+    on = tmp_path / "ddp_to_fsdp"
+    last = ddp / "checkpoints" / "last.ckpt"
+    _torchrun(
+        2,
+        on,
+        "training.lightning.strategy=fsdp",
+        f"training.lightning.max_steps={STEPS + 1}",
+        f"training.lightning_load_from_checkpoint={last}",
+    )
+    assert json.loads((on / "metrics.json").read_text())["steps"] == STEPS + 1
 
 
 def test_sigkilled_fsdp_run_resumes_with_two_or_one_process(fsdp_run, tmp_path):
