@@ -2,6 +2,7 @@
 
     python benchmarks/train_step.py --preset flava_full --batch-size 8 --steps 3
     python benchmarks/train_step.py --preset tiny --steps 5 --precision bf16-mixed --json out.json
+    python benchmarks/train_step.py --preset tiny --steps 3 --sides ours,ours-compiled
 
 Both sides get the same weights (transformers' FlavaForPreTraining randomly initialised from
 the preset's transformers config, converted into ours with the checkpoint mapping), the same
@@ -10,6 +11,17 @@ positive) and the same objectives: global contrastive on the unmasked pair, ITM,
 MMM-text on the masked pair, MIM targets from a forward pass of the DALL-E codebook on both
 sides. Each (side, round) runs in its own subprocess so that its peak memory is its own; rounds
 alternate ours/theirs (ABBA...) in one invocation so that a shared machine's load hits both.
+
+Sides (--sides): `ours`, `transformers`, `torchmultimodal`, and `ours-compiled`: our model
+exactly as `ours` but compiled the way training compiles it (`training.compile`:
+flava.training.sharding.compile_layers, every transformer layer `Module.compile()`d in place), so
+`--sides ours,ours-compiled` times eager against compiled in one invocation and reports the
+ratio ours-compiled / ours. --compile compiles the other sides too: `ours` through the same
+compile_layers, transformers' three encoders whole (with --compile, `ours-compiled` is the same
+as `ours`). The step's FLOPs are counted once for ours (eager) and reused for ours-compiled. On
+CPU, whenever anything is compiled (--compile, or the ours-compiled side), every worker runs with
+OMP_WAIT_POLICY=PASSIVE, eager sides included, so that all sides share one OpenMP setting.
+
 The matrix-product peak of the run's precision (fp32 or bf16, not both) is measured at the start
 and the end of the same invocation and FLOPs are counted with FlopCounterMode (codebook forward
 included) to give model-FLOPs utilisation.
@@ -52,7 +64,10 @@ from machine import (  # noqa: E402
     write_report,
 )
 
-SIDES = ("ours", "transformers", "torchmultimodal")
+SIDES = ("ours", "ours-compiled", "transformers", "torchmultimodal")
+FLOP_SIDE = {"ours-compiled": "ours"}  # sides that do the FLOPs of another: counted once
+# (numerator, denominator) of the ratio lines; the last only where --compile compiles both
+RATIOS = (("ours", "transformers"), ("ours-compiled", "ours"), ("ours-compiled", "transformers"))
 MASK_ID, CLS_ID, SEP_ID, PAD_ID = 103, 101, 102, 0
 
 
@@ -71,7 +86,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--text-length", type=int, default=40, help="padded text length (default 40)")
     p.add_argument("--precision", choices=("32", "bf16-mixed"), default="32")
     p.add_argument("--activation-checkpointing", action="store_true", help="on both sides")
-    p.add_argument("--compile", action="store_true", help="torch.compile the encoders")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile every side: ours layer by layer as training does (compile_layers), "
+        "transformers' encoders whole (the ours-compiled side is compiled either way)",
+    )
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument(
         "--optimizer",
@@ -82,7 +102,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--sides",
         default="ours,transformers,torchmultimodal",
-        help="comma-separated sides; torchmultimodal is skipped unless importable",
+        help="comma-separated sides among " + ", ".join(SIDES) + " (ours-compiled: ours with "
+        "every transformer layer compiled, as training.compile does); torchmultimodal is "
+        "skipped unless importable",
     )
     p.add_argument(
         "--experiment",
@@ -209,15 +231,19 @@ def build_side(side: str, args: argparse.Namespace, workdir: Path, device: torch
     builders = {"ours": build_ours, "transformers": build_transformers}
     if side == "torchmultimodal":
         return build_torchmultimodal(args, device)
+    if side == "ours-compiled":
+        return build_ours(argparse.Namespace(**{**vars(args), "compile": True}), workdir, device)
     if side not in builders:
         raise ValueError(f"unknown side {side!r}")
     return builders[side](args, workdir, device)
 
 
 def build_ours(args: argparse.Namespace, workdir: Path, device: torch.device) -> Built:
-    """Our FlavaForPreTraining on the shared weights, with --experiment candidates applied."""
+    """Our FlavaForPreTraining on the shared weights, with --experiment candidates applied;
+    with `args.compile` every transformer layer compiled in place, as training.compile does."""
     from flava.model import FlavaForPreTraining, preset
     from flava.objectives.pretraining import LossWeights, pretraining_step
+    from flava.training.sharding import compile_layers
 
     config = preset(args.preset)
     if args.activation_checkpointing:
@@ -226,12 +252,7 @@ def build_ours(args: argparse.Namespace, workdir: Path, device: torch.device) ->
     model.load_state_dict(torch.load(workdir / "ours.pt", weights_only=True), strict=True)
     model.to(device).train()
     if args.compile:
-        for enc in (
-            model.flava.image_encoder,
-            model.flava.text_encoder,
-            model.flava.multimodal_encoder,
-        ):
-            enc.compile()
+        compile_layers(model)
     weights = LossWeights()
     experiments = set(filter(None, args.experiment.split(",")))
     if "always-mask" in experiments:  # candidate: no host sync on the padding mask
@@ -341,7 +362,8 @@ def count_flops(loss_fn: Callable[[dict], torch.Tensor], batch: dict) -> int:
 
 
 def prepare(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    """Shared weights and batch on disk, plus FLOPs per step of each side (fp32, no recompute)."""
+    """Shared weights and batch on disk, plus FLOPs per step of ours and transformers (fp32,
+    eager, no recompute; ours-compiled does ours' FLOPs)."""
     import transformers
 
     from flava.checkpoints.dalle import codebook_state_from_transformers
@@ -464,11 +486,14 @@ def worker_env(args: argparse.Namespace) -> dict[str, str]:
     """Environment of the worker subprocesses.
 
     Compiled CPU kernels use OpenMP; on a loaded machine its spinning threads starved the run
-    (tiny preset: 15 s per compiled step instead of 0.28 s), so --compile on CPU makes the
-    OpenMP threads sleep when idle (both sides alike).
+    (tiny preset: 15 s per compiled step instead of 0.28 s), so on CPU, when anything is
+    compiled (--compile, or the ours-compiled side among --sides), the OpenMP threads sleep
+    when idle in every worker (all sides alike, eager ones included, so that eager and compiled
+    are timed under the same OpenMP setting).
     """
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    if args.compile and args.device == "cpu":
+    compiled = args.compile or "ours-compiled" in requested_sides(args)
+    if compiled and args.device == "cpu":
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     return env
 
@@ -524,8 +549,16 @@ def peak_dtype(args: argparse.Namespace) -> tuple[str, torch.dtype]:
     return ("bf16", torch.bfloat16) if args.precision == "bf16-mixed" else ("fp32", torch.float32)
 
 
+def ratio_key(num: str, den: str) -> str:
+    """The summary's key of the ratio num / den ('ratio_ours_compiled_over_ours')."""
+    return f"ratio_{num}_over_{den}".replace("-", "_")
+
+
 def summarise(results: list[dict], info: dict, peak: float, args: argparse.Namespace) -> dict:
-    """Aggregate rounds per side: median step time, worst peak memory, MFU, ratios."""
+    """Aggregate rounds per side: median step time, worst peak memory, MFU, ratios.
+
+    MFU of every side is against ours' FLOPs (the same work done); a side's `step_flops` is its
+    own count (ours-compiled: ours' count)."""
     model_flops = info.get("flops", {}).get("ours")
     sides: dict[str, dict] = {}
     for r in results:
@@ -543,7 +576,7 @@ def summarise(results: list[dict], info: dict, peak: float, args: argparse.Names
             summary[name] = {"error": s["error"]}
             continue
         median = statistics.median(s["times"])
-        flops = info.get("flops", {}).get(name) or model_flops
+        flops = info.get("flops", {}).get(FLOP_SIDE.get(name, name)) or model_flops
         row = {
             "median_step_s": median,
             "samples_per_s": args.batch_size / median,
@@ -557,16 +590,19 @@ def summarise(results: list[dict], info: dict, peak: float, args: argparse.Names
             row["achieved_gflops"] = model_flops / median / 1e9
             row["mfu"] = model_flops / median / 1e9 / peak
         summary[name] = row
-    ours, theirs = summary.get("ours", {}), summary.get("transformers", {})
-    if "median_step_s" in ours and "median_step_s" in theirs:
-        summary["ratio_ours_over_transformers"] = {
-            "step_time": ours["median_step_s"] / theirs["median_step_s"],
-            "peak_rss": ours["peak_rss_bytes"] / theirs["peak_rss_bytes"],
+    for num, den in RATIOS:
+        if num == "ours-compiled" and den == "transformers" and not args.compile:
+            continue  # compiled against eager transformers: not like for like
+        a, b = summary.get(num, {}), summary.get(den, {})
+        if "median_step_s" not in a or "median_step_s" not in b:
+            continue
+        ratio = {
+            "step_time": a["median_step_s"] / b["median_step_s"],
+            "peak_rss": a["peak_rss_bytes"] / b["peak_rss_bytes"],
         }
-        if "cuda_peak_bytes" in ours:
-            summary["ratio_ours_over_transformers"]["cuda_peak"] = (
-                ours["cuda_peak_bytes"] / theirs["cuda_peak_bytes"]
-            )
+        if "cuda_peak_bytes" in a and "cuda_peak_bytes" in b:
+            ratio["cuda_peak"] = a["cuda_peak_bytes"] / b["cuda_peak_bytes"]
+        summary[ratio_key(num, den)] = ratio
     return summary
 
 
@@ -606,15 +642,27 @@ def print_table(summary: dict, info: dict, peak: float, args: argparse.Namespace
             line += f"{'-':>10}{'-':>8}"
         line += f"{row['first_loss']:>10.4f}"
         print(line)
-    ratio = summary.get("ratio_ours_over_transformers")
-    if ratio:
-        text = ", ".join(f"{k} {v:.3f}x" for k, v in ratio.items())
-        print(f"ours / transformers: {text}")
+    for num, den in RATIOS:
+        ratio = summary.get(ratio_key(num, den))
+        if ratio:
+            text = ", ".join(f"{k} {v:.3f}x" for k, v in ratio.items())
+            print(f"{num} / {den}: {text}")
+
+
+def requested_sides(args: argparse.Namespace) -> list[str]:
+    """The --sides, in order; an unknown name stops the run."""
+    sides = [s.strip() for s in args.sides.split(",") if s.strip()]
+    unknown = [s for s in sides if s not in SIDES]
+    if unknown:
+        raise SystemExit(f"--sides: unknown {', '.join(unknown)} (known: {', '.join(SIDES)})")
+    return sides
 
 
 def available_sides(args: argparse.Namespace, notes: list[str]) -> list[str]:
     """The --sides that can run here (TorchMultimodal only where it imports)."""
-    sides = [s.strip() for s in args.sides.split(",") if s.strip()]
+    sides = requested_sides(args)
+    if args.compile and "ours" in sides and "ours-compiled" in sides:
+        notes.append("--compile compiles ours as well: ours and ours-compiled are the same")
     if "torchmultimodal" in sides:
         try:
             import torchmultimodal  # noqa: F401
@@ -688,7 +736,8 @@ def header(args: argparse.Namespace, machine: dict, notes: list[str]) -> None:
     log(describe(machine))
     log(
         f"train step: preset {args.preset}, batch {args.batch_size}, text {args.text_length}, "
-        f"precision {args.precision}, checkpointing {args.activation_checkpointing}, "
+        f"sides {args.sides}, precision {args.precision}, "
+        f"checkpointing {args.activation_checkpointing}, "
         f"compile {args.compile}, device {args.device}, AdamW {args.optimizer}, "
         f"experiments on ours: {args.experiment or 'none'}, "
         f"{args.steps} timed steps x {args.rounds} round(s), at most {args.max_seconds:g} s of "
