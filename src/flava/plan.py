@@ -14,10 +14,23 @@ Memory per GPU, by strategy (Lightning's, as `flava.train` sets them up):
   gradients 4, AdamW moments 8. bf16-mixed: bf16 working copies of the weights 2 B/param
   (autocast's cast cache, alive for the step), fp32 gradients 4, optimiser = fp32 moments 8 +
   the fp32 master parameters 4. With more than one GPU DDP adds its gradient buckets (4 B/param).
-- fsdp (FULL_SHARD, one unit per transformer layer, root unit = everything else): parameters,
-  gradients and optimiser state are divided by the GPU count; the gathered root unit (embeddings,
-  heads, projections, codebook) and two gathered layers (current + prefetched, with their
-  unsharded gradients) come on top, in bf16 for bf16-mixed.
+- fsdp (FSDP2 as `flava.training.sharding.shard` applies it: one unit per transformer layer,
+  per encoder (its embeddings, final norm, pooler), per pretraining head, and the root =
+  projections + logit scale): fp32 parameters 4 B/param, fp32 gradients 4 and AdamW's two fp32
+  moments 8 of the trainable parameters, each divided by the GPU count (the fp32 shards are the
+  master weights under bf16-mixed too); the frozen DALL-E codebook replicated, full size in fp32,
+  no gradient, no optimiser state. Buffers are the unsharded units (bf16 under bf16-mixed, fp32
+  under 32): the largest unit's parameters (the text encoder's own with its token embeddings or
+  the MMM text head with its vocabulary decoder, about the same size; an encoder's unit stays
+  gathered around its layers) + two of the largest layer (current and prefetched: FSDP2's
+  reshard_after_forward=True and backward prefetch of one unit); the largest unit's unsharded
+  gradient (compute dtype) and the fp32 reduce-scatter input it is copied into (both for a
+  moment); the root's parameters and gradient, gathered for the whole step (FSDP2 keeps the root
+  unsharded from forward to backward). All summed as if they coexisted with every gradient shard
+  and the activations: an upper bound of the peak (measured on 2 CPU processes, fp32: within 3%
+  for flava_full at batch 2, 16% above for tiny at batch 8; tests/test_plan.py). Ignored: the
+  padding of shards to a multiple of W, and the small image encoder unit (kept gathered through
+  the backward, as the text one, since their inputs need no gradient).
 - fsdp + activation checkpointing: as fsdp, but each layer keeps only its input; one layer's
   activations are recomputed at a time during the backward pass (and its forward FLOPs again).
 
@@ -280,13 +293,10 @@ def memory_per_gpu(
         optimizer = 8 * trainable + (4 * trainable if mixed else 0)
         buffers = 4 * trainable if gpus > 1 else 0  # DDP gradient buckets
     else:
-        params = 4 * (trainable + codebook) / gpus  # fp32 shards (the master copy)
+        params = 4 * trainable / gpus + 4 * codebook  # fp32 shards; codebook replicated
         grads = 4 * trainable / gpus
         optimizer = 8 * trainable / gpus
-        root = counts["total"] - counts["in_layers"]
-        # Gathered root unit for the whole step with its unsharded gradients (the codebook has
-        # none), plus the current and the prefetched layer and the current layer's gradients.
-        buffers = work * (2 * root - codebook) + 3 * work * counts["largest_layer"]
+        buffers = sum(fsdp_buffers(config, w, precision).values())
     checkpointing = strategy.endswith("checkpointing")
     act = activation_bytes(config, w, precision, checkpointing)
     total = params + grads + optimizer + buffers + act["total"]
@@ -297,6 +307,24 @@ def memory_per_gpu(
         "buffers": buffers,
         "activations": act["total"],
         "total": total,
+    }
+
+
+def largest_unit(config: FlavaConfig, w: Workload) -> int:
+    """Parameters of the largest FSDP2 unit a pair step gathers, layers and root excluded."""
+    units = fsdp_units(config, w)
+    return max(n for name, n, *_ in units if ".layer" not in name and name != "root")
+
+
+def fsdp_buffers(config: FlavaConfig, w: Workload, precision: str) -> dict[str, float]:
+    """Bytes of the unsharded FSDP2 buffers per process (see the module docstring), by part."""
+    counts = parameter_counts(config)
+    work = 2 if precision == "bf16-mixed" else 4  # FSDP2 gathers in the compute dtype
+    unit, layer = largest_unit(config, w), counts["largest_layer"]
+    return {
+        "gathered_units": work * (unit + 2 * layer),  # largest unit + current, prefetched layer
+        "unit_gradient": (work + 4) * unit,  # autograd's gradient + fp32 reduce-scatter input
+        "root": 2 * work * counts["projections"],  # gathered with its gradient all step
     }
 
 
@@ -419,6 +447,9 @@ def plan(
         step = max(compute, comm_s)  # communication overlaps compute
         strategies[strategy] = {
             **mem,
+            **(
+                {"buffers_by_part": fsdp_buffers(config, w, precision)} if strategy != "ddp" else {}
+            ),
             "fits": mem["total"] <= budget,
             "compute_seconds": compute,
             "communication_bytes_per_step": comm["total"],
@@ -443,6 +474,7 @@ def plan(
         "interconnect_gbps": interconnect_gbps,
         "step_time_model": "max(compute_seconds, communication_seconds): full overlap",
         "parameters": parameter_counts(config),
+        "fsdp_largest_unit": largest_unit(config, w),
         "flops_per_gpu": flops,
         "strategies": strategies,
         "recommendation": fitting[0] if fitting else None,
@@ -489,6 +521,14 @@ def format_plan(result: dict[str, Any], name: str) -> str:
         f"(budget = {result['gpu_memory_gib']:g} GiB - {result['reserve_gib']:g} GiB reserve for "
         "the CUDA context, communication buffers and allocator fragmentation)"
     )
+    dtype = "bf16" if result["precision"] == "bf16-mixed" else "fp32"
+    lines += [
+        f"(fsdp = FSDP2: parameters, gradients and AdamW moments sharded 1/{gpus} in fp32, the "
+        f"frozen codebook ({4 * counts['codebook'] / GIB:.2f} GiB)",
+        f" replicated; buffers = unsharded {dtype} units: the largest "
+        f"({result['fsdp_largest_unit'] / 1e6:.1f} M params) with the current and the prefetched",
+        " layer, its gradient + fp32 reduce-scatter input, the root; all summed: an upper bound)",
+    ]
     lines.append("")
     peak = result["mfu"] * result["gpu_tflops"]
     lines.append(
