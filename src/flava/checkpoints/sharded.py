@@ -37,7 +37,10 @@ def check_sharded(path: str | os.PathLike, what: str | None = None) -> dict[str,
     p = Path(path)
     what = what or os.fspath(p)
     if not (p / ".metadata").is_file():
-        raise CheckpointError(f"{what}: not a complete sharded checkpoint (no .metadata)")
+        raise CheckpointError(
+            f"{what}: is a directory, but not a complete sharded checkpoint (no .metadata); "
+            "give a checkpoint the run wrote, e.g. <run_dir>/checkpoints/last.ckpt"
+        )
     if not (p / META).is_file():
         raise CheckpointError(f"{what}: sharded checkpoint without {META} (incomplete write?)")
     meta = safe_torch_load(p / META, f"{what}/{META}")
