@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import resource
 import subprocess
 import time
 from pathlib import Path
@@ -26,6 +27,20 @@ NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # x86; aarch64 reports "bf16" i
 def log(message: str) -> None:
     """Print a progress line at once (benchmarks run for minutes; output must not sit buffered)."""
     print(message, flush=True)
+
+
+def rss_now() -> int:
+    """Current resident set size of this process in bytes (VmRSS)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def rss_peak() -> int:
+    """Peak resident set size of this process in bytes (ru_maxrss, KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def sync(device: torch.device) -> None:

@@ -39,7 +39,6 @@ import contextlib
 import datetime
 import json
 import os
-import resource
 import signal
 import socket
 import statistics
@@ -52,7 +51,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from machine import describe, log, machine_info, write_report  # noqa: E402
+from machine import describe, log, machine_info, rss_now, rss_peak, write_report  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 STRATEGIES = ("fsdp", "ddp")
@@ -60,20 +59,6 @@ WORKER_FLAG = "--_worker"
 
 
 # ----------------------------------------------------------------------------- memory
-
-
-def rss_now() -> int:
-    """Current resident set size of this process in bytes (VmRSS)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def rss_peak() -> int:
-    """Peak resident set size of this process in bytes (ru_maxrss, KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def meminfo() -> dict[str, int]:

@@ -39,7 +39,6 @@ import contextlib
 import datetime
 import json
 import os
-import resource
 import signal
 import statistics
 import subprocess
@@ -59,6 +58,8 @@ from machine import (  # noqa: E402
     log,
     machine_info,
     matmul_peak,
+    rss_now,
+    rss_peak,
     slow_bf16_note,
     sync,
     write_report,
@@ -153,20 +154,6 @@ def add_time_limits(p: argparse.ArgumentParser) -> None:
 
 
 # ----------------------------------------------------------------------------- measurements
-
-
-def rss_now() -> int:
-    """Current resident set size in bytes (VmRSS)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def rss_peak() -> int:
-    """Peak resident set size of this process in bytes (ru_maxrss, KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 # ----------------------------------------------------------------------------- inputs
