@@ -43,6 +43,18 @@ def rss_peak() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def report_head(script: str, raw: list[str], args: Any, machine: dict[str, Any]) -> dict[str, Any]:
+    """The fields every benchmark report starts with: date, command, options, machine."""
+    import datetime
+
+    return {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "command": " ".join(["python", f"benchmarks/{script}", *raw]),
+        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "machine": {**machine, "load_average_end": os.getloadavg()},
+    }
+
+
 def sync(device: torch.device) -> None:
     """Wait for queued device work (no-op on CPU)."""
     if device.type == "cuda":

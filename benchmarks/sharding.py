@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import json
 import os
 import signal
@@ -51,7 +50,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from machine import describe, log, machine_info, rss_now, rss_peak, write_report  # noqa: E402
+from machine import describe, log, machine_info, report_head, rss_now, rss_peak, write_report  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 STRATEGIES = ("fsdp", "ddp")
@@ -602,11 +601,9 @@ def main(argv: list[str] | None = None) -> dict | None:
     summary = summarise(results)
     target = 0.75
     print_table(summary, target)
-    report = {
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "command": " ".join(["python", "benchmarks/sharding.py", *raw]),
-        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "machine": {**machine, "load_average_end": os.getloadavg(), "memory_bytes": mem},
+    report = report_head("sharding.py", raw, args, machine)
+    report["machine"]["memory_bytes"] = mem
+    report |= {
         "git": git,
         "target_peak_ratio": target,
         "runs": results,

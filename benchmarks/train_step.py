@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import json
 import os
 import signal
@@ -58,6 +57,7 @@ from machine import (  # noqa: E402
     log,
     machine_info,
     matmul_peak,
+    report_head,
     rss_now,
     rss_peak,
     slow_bf16_note,
@@ -774,11 +774,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     peak = max(r["gflops"] for r in peak_runs)
     summary = summarise(results, info, peak, args)
     print_table(summary, info, peak, args)
-    report = {
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "command": " ".join(["python", "benchmarks/train_step.py", *raw]),
-        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "machine": {**machine, "load_average_end": os.getloadavg()},
+    report = report_head("train_step.py", raw, args, machine) | {
         "matmul_peak_gflops": {key: peak},
         "matmul_peak_runs": peak_runs,
         "info": info,
