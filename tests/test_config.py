@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from flava.config import ConfigError, load_config, shipped_configs
+from flava.config import (
+    ConfigError,
+    FinetuneConfig,
+    RunConfig,
+    describe,
+    load_config,
+    shipped_configs,
+    to_yaml,
+    validate,
+    validate_finetune,
+)
 from flava.train import main
 
 
@@ -12,17 +22,15 @@ def test_every_shipped_pretraining_config_validates():
     names = [n for n in shipped_configs() if n.startswith("pretraining/")]
     assert "pretraining/demo.yaml" in names
     for name in names:
-        cfg = load_config([f"config={name}"])
+        cfg = load_config([f"config={name}"], RunConfig, validate)
         assert cfg.training.learning_rate > 0
 
 
 def test_every_shipped_finetuning_config_validates():
-    from flava.tasks.finetune_config import FinetuneConfig, load_schema_config, validate_finetune
-
     names = [n for n in shipped_configs() if n.startswith("finetuning/")]
     assert "finetuning/own_data.yaml" in names
     for name in names:
-        cfg = load_schema_config([f"config={name}"], FinetuneConfig, validate_finetune)
+        cfg = load_config([f"config={name}"], FinetuneConfig, validate_finetune)
         assert cfg.training.learning_rate > 0 and cfg.data.kind
 
 
@@ -32,7 +40,7 @@ def test_original_release_paths_resolve():
         "configs/pretraining/demo.yaml",
         "pretraining/demo",
     ):
-        cfg = load_config([f"config={spelling}", "training.lightning.max_steps=7"])
+        cfg = load_config([f"config={spelling}", "training.lightning.max_steps=7"], RunConfig)
         assert cfg.training.lightning.max_steps == 7 and cfg.model.preset == "tiny"
 
 
@@ -43,6 +51,9 @@ BAD = [
     (["model.preset=giant"], "model.preset"),
     (["config=does/not/exist.yaml"], "not found"),
     (["training.lightning.precision=8"], "precision"),
+    (["training.lr_schedule=cos"], "training.lr_schedule='cos' is invalid: must be one of cosine"),
+    (["model.mim_target=pixels"], "model.mim_target"),
+    (["datasets.sampling=random"], "datasets.sampling"),
     (["datasets.selected=[audio]"], "datasets.selected"),
     (["model.losses.itm_weight=-1"], "itm_weight"),
     (["nonsense"], "key=value"),
@@ -52,7 +63,7 @@ BAD = [
 @pytest.mark.parametrize(("argv", "needle"), BAD)
 def test_bad_configs_fail_in_one_line(argv, needle, capsys):
     with pytest.raises(ConfigError, match=needle) as info:
-        load_config(argv)
+        load_config(argv, RunConfig, validate)
     assert "\n" not in str(info.value)
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
@@ -84,3 +95,83 @@ def test_evaluation_set_size_is_checked_before_any_work(capsys):
     assert main(["config=pretraining/demo.yaml", "training.evaluation.num_samples=3000"]) == 2
     err = capsys.readouterr().err.strip()
     assert "training.evaluation.num_samples=3000" in err and len(err.splitlines()) == 1
+
+
+def test_choices_keep_their_spellings_and_the_saved_config_loads_again(tmp_path):
+    argv = ["config=pretraining/demo.yaml", "training.lightning.precision=bf16-mixed"]
+    cfg = load_config(argv, RunConfig, validate)
+    assert cfg.training.lightning.precision == "bf16-mixed" and cfg.training.lr_schedule == "cosine"
+    assert repr(cfg.model.mim_target) == "'kmeans'"  # messages show the value as typed
+    assert list(cfg.datasets.selected) == ["image", "text", "vl"]
+    saved = tmp_path / "config.yaml"
+    saved.write_text(to_yaml(cfg))
+    assert (
+        "precision: bf16-mixed" in saved.read_text() and "lr_schedule: cosine" in saved.read_text()
+    )
+    again = load_config([f"config={saved}"], RunConfig, validate)
+    assert to_yaml(again) == to_yaml(cfg)
+    for typed in ("32", 32):  # a YAML / dotlist number reads as the spelling "32"
+        (tmp_path / "p.yaml").write_text(f"training:\n  lightning:\n    precision: {typed!r}\n")
+        cfg = load_config([f"config={tmp_path / 'p.yaml'}"], RunConfig)
+        assert (
+            cfg.training.lightning.precision == "32"
+            and str(cfg.training.lightning.precision) == "32"
+        )
+    assert (
+        load_config(["training.lightning.precision=16"], RunConfig).training.lightning.precision
+        == "16"
+    )
+
+
+def test_help_lists_every_key_with_type_default_and_docstring(capsys):
+    lines = describe(RunConfig)
+    text = "\n".join(lines)
+    assert "  training.lr_schedule: {cosine, linear, constant} = 'cosine'" in lines
+    assert "Decay after warm-up." in text
+    assert "training.lightning.precision: {auto, 32, 32-true," in text
+    assert "  datasets.selected: list[{image, text, vl}] = ['image', 'text', 'vl']" in lines
+    keys = [line.split(":")[0].strip() for line in lines if line.startswith("  ") and ": " in line]
+    assert "model.losses.itm_weight" in keys and "datasets.vl.val" in keys
+    assert len(keys) == len(set(keys))
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "training.run_dir: str = 'runs/flava'" in out and "Run directory: config.yaml" in out
+    finetune = "\n".join(describe(FinetuneConfig))
+    assert "training.lr_schedule: {cosine, linear, constant} = 'linear'" in finetune
+    assert "task.metrics: list[{accuracy, f1," in finetune
+
+
+def test_every_command_help_names_its_keys(capsys):
+    from flava import finetune, linear_probe, retrieval, zero_shot
+
+    for command, key in (
+        (finetune, "data.kind: {source, embedded, glue,"),
+        (zero_shot, "data.kind: {embedded, image_folder, torchvision} = 'embedded'"),
+        (retrieval, "data.kind: {embedded, coco, flickr30k, captions} = 'embedded'"),
+        (linear_probe, "probe.features: {encoder_cls, projection, mean_patch}"),
+    ):
+        assert command.main(["--help"]) == 0
+        out = capsys.readouterr().out
+        assert key in out, command.__name__
+    assert retrieval.main(["data.kind=flickr"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "error: data.kind='flickr' is invalid: must be one of embedded, coco, flickr30k, captions"
+    )
+
+
+def test_the_config_package_does_not_import_the_data_layer():
+    import ast
+    from pathlib import Path
+
+    import flava.config
+
+    for path in Path(flava.config.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom | ast.Import):
+                names = (
+                    [node.module or ""]
+                    if isinstance(node, ast.ImportFrom)
+                    else [a.name for a in node.names]
+                )
+                assert not any(n.startswith("flava.data") for n in names), path.name

@@ -33,19 +33,24 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from flava.config import ConfigError, cli_main
-from flava.data.sources.base import DataError, skip_metrics
-from flava.tasks.eval_config import (
+from flava.config import (
+    ConfigError,
     RetrievalRunConfig,
+    cli_main,
+    describe,
+    load_config,
+    validate_retrieval,
+)
+from flava.data.scenes import MAX_DISTINCT_SCENES
+from flava.data.sources.base import DataError, skip_metrics
+from flava.tasks.run import (
     check_skipped,
     load_flava,
     model_tag,
     print_table,
     resolve_device,
     save_results,
-    validate_retrieval,
 )
-from flava.tasks.finetune_config import describe_schema, load_schema_config
 
 log = logging.getLogger("flava")
 KARPATHY_FILES = {"coco": "dataset_coco.json", "flickr30k": "dataset_flickr30k.json"}
@@ -205,8 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     return cli_main(
         argv,
         __doc__,
-        lambda: describe_schema(RetrievalRunConfig),
-        lambda a: load_schema_config(a, RetrievalRunConfig, validate_retrieval),
+        lambda: describe(RetrievalRunConfig),
+        lambda a: load_config(
+            a, RetrievalRunConfig, lambda c: validate_retrieval(c, MAX_DISTINCT_SCENES)
+        ),
         run,
         stop_errors=(DataError,),
     )

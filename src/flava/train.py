@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from flava.config import cli_main, describe, load_config
+from flava.config import RunConfig, cli_main, describe, load_config, validate
+from flava.data.scenes import MAX_DISTINCT_SCENES
 from flava.data.sources.base import DataError, robust_item
 from flava.training.run import (
     Timer,
@@ -160,7 +161,12 @@ def summary(metrics: dict[str, Any], run_dir: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (2 for a bad configuration, 1 for a stopped run)."""
     return cli_main(
-        argv, __doc__, describe, load_config, run, stop_errors=(TrainingStopped, DataError)
+        argv,
+        __doc__,
+        lambda: describe(RunConfig),
+        lambda a: load_config(a, RunConfig, lambda c: validate(c, MAX_DISTINCT_SCENES)),
+        run,
+        stop_errors=(TrainingStopped, DataError),
     )
 
 

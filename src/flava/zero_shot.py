@@ -31,18 +31,15 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from flava.config import cli_main
+from flava.config import ZeroShotRunConfig, cli_main, describe, load_config, validate_zero_shot
 from flava.data.sources.base import DataError, skip_metrics
-from flava.tasks.eval_config import (
-    ZeroShotRunConfig,
+from flava.tasks.run import (
     check_skipped,
     load_flava,
     print_table,
     resolve_device,
     save_results,
-    validate_zero_shot,
 )
-from flava.tasks.finetune_config import describe_schema, load_schema_config
 from flava.tasks.zero_shot import class_names_and_templates
 
 log = logging.getLogger("flava")
@@ -120,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     return cli_main(
         argv,
         __doc__,
-        lambda: describe_schema(ZeroShotRunConfig),
-        lambda a: load_schema_config(a, ZeroShotRunConfig, validate_zero_shot),
+        lambda: describe(ZeroShotRunConfig),
+        lambda a: load_config(a, ZeroShotRunConfig, validate_zero_shot),
         run,
         stop_errors=(DataError,),
     )

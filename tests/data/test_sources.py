@@ -16,7 +16,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from flava.config import ConfigError, SourceConfig, load_config
+from flava.config import ConfigError, RunConfig, SourceConfig, load_config, validate
 from flava.data import sources
 from flava.data.pretraining import MixedBatches, Stream, shuffle_buffer, source_records
 from flava.data.transforms import image_transform
@@ -178,7 +178,7 @@ def test_shipped_configs_validate_and_fail_fast_offline(offline, tmp_path):
         ("debug", "Hugging Face dataset imagenet-1k/default is not in the local cache"),
         ("pmd", f"shard {tmp_path}/no-pmd/imagenet-1k/train not found"),
     ):
-        cfg = load_config([f"config=pretraining/{name}.yaml"])
+        cfg = load_config([f"config=pretraining/{name}.yaml"], RunConfig, validate)
         start = time.perf_counter()
         with pytest.raises(sources.SourceError) as info:
             check_sources(cfg)
@@ -188,10 +188,10 @@ def test_shipped_configs_validate_and_fail_fast_offline(offline, tmp_path):
         assert "\n" not in messages[name]
     assert "hf auth login" in messages["debug"] and "path:" in messages["debug"]
     assert "write_shards" in messages["pmd"]
-    cfg = load_config(["config=pretraining/debug.yaml"])
+    cfg = load_config(["config=pretraining/debug.yaml"], RunConfig, validate)
     assert cfg.datasets.vl.val[0].split_key_mapping == {"validation": "train"}
     assert cfg.datasets.text.train[0].text_columns == ["text"]
-    pmd = load_config(["config=pretraining/pmd.yaml"])
+    pmd = load_config(["config=pretraining/pmd.yaml"], RunConfig, validate)
     weights = [e.weight for e in pmd.datasets.vl.train]
     assert weights == [0.9, 1.0, 1.9, 3.1, 5.4, 4.8, 11.0, 11.6, 30.3]
     assert pmd.datasets.vl.train[0].shards == [f"{tmp_path}/no-pmd/coco/train"]

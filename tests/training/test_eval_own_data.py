@@ -8,7 +8,7 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
-from flava.config import ConfigError, load_config
+from flava.config import ConfigError, RunConfig, load_config, validate
 from flava.data.transforms import image_transform
 from flava.train import main
 from flava.training.callbacks import evaluation_sets, scene_evaluation_set
@@ -82,7 +82,9 @@ def test_pretraining_evaluates_on_own_captions_and_class_folders(messy, tmp_path
 
 
 def _cfg(tmp_path, *extra: str):
-    return load_config([*SMALL, f"training.run_dir={tmp_path / 'run'}", *extra])
+    return load_config(
+        [*SMALL, f"training.run_dir={tmp_path / 'run'}", *extra], RunConfig, validate
+    )
 
 
 def test_zero_shot_class_names_and_templates_from_files(messy, tmp_path):
@@ -116,7 +118,9 @@ def test_zero_shot_class_names_and_templates_from_files(messy, tmp_path):
 
 
 def test_embedded_validation_keeps_the_scene_set(tmp_path):
-    cfg = load_config(["config=pretraining/demo.yaml", f"training.run_dir={tmp_path}"])
+    cfg = load_config(
+        ["config=pretraining/demo.yaml", f"training.run_dir={tmp_path}"], RunConfig, validate
+    )
     sets, counts = evaluation_sets(cfg, 64, image_transform("eval", image_size=64))
     expected = scene_evaluation_set(256, 64, 0)
     assert counts == {} and len(sets) == 1 and sets[0].name == ""
@@ -137,7 +141,7 @@ def test_evaluation_keys_are_checked_before_any_work(messy, tmp_path, capsys):
     assert "datasets.vl.val[0] (image_folder): gives image samples, not vl" in err
     assert len(err.splitlines()) == 1
     own = [f"datasets.vl.val=[{{type: captions, path: '{tmp_path}'}}]"]
-    cfg = load_config([*base, *own, "training.evaluation.num_samples=5000"])
+    cfg = load_config([*base, *own, "training.evaluation.num_samples=5000"], RunConfig, validate)
     assert OmegaConf.select(cfg, "training.evaluation.num_samples") == 5000
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from flava.config import load_config
+from flava.config import RunConfig, load_config, validate
 from flava.model import FlavaForPreTraining
 from flava.train import main
 
@@ -226,7 +226,7 @@ TINY_OVERRIDE = [
 
 @pytest.mark.parametrize("name", SCALE_CONFIGS)
 def test_shipped_scale_configs_validate(name):
-    cfg = load_config([f"config={name}"])
+    cfg = load_config([f"config={name}"], RunConfig, validate)
     assert cfg.training.lightning.strategy in ("fsdp", "ddp")
 
 

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from flava.config import PRECISIONS, ConfigError
 
@@ -162,7 +162,7 @@ def resolve_precision(cfg: DictConfig) -> DictConfig:
     chosen = check_precision(lc)
     if lc.precision == "auto":
         log.info("%s=auto: %s on %s", KEY, chosen, target_device(lc))
-        lc.precision = chosen
+        OmegaConf.update(lc, "precision", chosen)  # a choice field: assigned by its spelling
     return cfg
 
 

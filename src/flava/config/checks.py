@@ -1,0 +1,75 @@
+"""What every schema's checks share: `ConfigError`, fixed choices, value checks, directories."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+Check = tuple[bool, str, str]
+"""(condition, key, hint): the check passes when the condition holds."""
+
+
+class ConfigError(ValueError):
+    """A bad configuration; the message is one line naming the key or file and a hint."""
+
+
+class Choice(StrEnum):
+    """A fixed set of spellings for one key: YAML and command line give the value as typed.
+
+    Members are strings (`cfg.training.lr_schedule == "cosine"` holds) and the saved
+    config.yaml keeps the spelling. A YAML / command-line number (`precision: 32`) is read as
+    its digits, so a member spelled "32" is found either way.
+    """
+
+    @classmethod
+    def _missing_(cls, value: object) -> Choice | None:
+        """Find a member spelled with digits from an integer (`32` -> "32")."""
+        if isinstance(value, int) and not isinstance(value, bool):
+            return cls._value2member_map_.get(str(value))  # type: ignore[return-value]
+        return None
+
+    def __repr__(self) -> str:
+        """The spelling, quoted as a plain string would be (messages read as before)."""
+        return repr(self.value)
+
+    @classmethod
+    def values(cls) -> tuple[str, ...]:
+        """Every spelling, in declaration order."""
+        return tuple(member.value for member in cls)
+
+
+def choices(name: str, values: tuple[str, ...]) -> type[Choice]:
+    """A `Choice` whose members are spelled as `values` (also spellings that are not names)."""
+    return Choice(name, [(value, value) for value in values])  # type: ignore[return-value]
+
+
+def fail_checks(cfg: DictConfig, checks: list[Check]) -> None:
+    """Raise ConfigError for the first failed (ok, key, hint) check."""
+    for ok, key, hint in checks:
+        if not ok:
+            value = OmegaConf.select(cfg, key)
+            raise ConfigError(f"{key}={value!r} is invalid: {hint}")
+
+
+def check_directory(path: str | Path, key: str) -> None:
+    """Fail with one line, before any work, if a file stands where directory `path` would go."""
+    for candidate in (Path(path), *Path(path).parents):
+        if candidate.exists():
+            if not candidate.is_dir():
+                raise ConfigError(
+                    f"{key}={str(path)!r}: {candidate} is a file, not a directory; "
+                    "choose another path"
+                )
+            return
+
+
+def make_directory(path: str | Path, key: str) -> Path:
+    """Create the directory `path` (config key `key`), or fail with one line saying why."""
+    check_directory(path, key)
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{key}={str(path)!r}: cannot create it ({exc.strerror})") from None
+    return Path(path)

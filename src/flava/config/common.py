@@ -1,0 +1,350 @@
+"""Sections more than one command uses: Lightning, checkpoints, optimisation, one dataset;
+the model, data and run sections of the evaluation commands."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from flava.config.checks import Check, Choice, check_directory, choices, fail_checks
+
+Precision = choices(
+    "Precision",
+    (
+        "auto",
+        "32",
+        "32-true",
+        "64",
+        "64-true",
+        "bf16-mixed",
+        "bf16-true",
+        "bf16",
+        "16-mixed",
+        "16-true",
+        "16",
+    ),
+)
+"""training.lightning.precision: Lightning's spellings ("32" and 32 both read as "32")."""
+
+PRECISIONS = Precision.values()
+"""Every accepted value of training.lightning.precision."""
+
+
+class LrSchedule(Choice):
+    """Decay of the learning rate after the linear warm-up."""
+
+    cosine = "cosine"
+    linear = "linear"
+    constant = "constant"
+
+
+@dataclass
+class LightningConfig:
+    """Arguments passed to `lightning.Trainer` (a typed subset)."""
+
+    max_steps: int = 1000
+    """Optimiser steps to train for (-1: until max_epochs / max_time)."""
+    max_epochs: int | None = None
+    """Passes over the data (None: unlimited; mixed sources are endless)."""
+    max_time: str | None = None
+    """Wall-clock limit "DD:HH:MM:SS" (None: none)."""
+    accelerator: str = "auto"
+    """cpu, gpu, cuda, mps or auto."""
+    devices: Any = "auto"
+    """Devices per node: an int, a list of ids, or auto."""
+    num_nodes: int = 1
+    """Number of nodes (torchrun / SLURM set the rest)."""
+    strategy: str = "auto"
+    """auto, ddp, fsdp, or another Lightning strategy name."""
+    precision: Precision = Precision["32"]  # type: ignore[valid-type]
+    """auto picks bf16-mixed on GPUs with bf16, 16-mixed on older GPUs, 32 on CPUs without
+    native bf16 (the choice is saved in config.yaml). bf16 / fp16 on a CPU without native
+    support stop before any work (LayerNorm, softmax and losses stay fp32 under mixed
+    precision)."""
+    force_precision: bool = False
+    """Train in a bf16 / fp16 precision even on hardware that has no native support for it."""
+    gradient_clip_val: float | None = 1.0
+    """Clip the gradient norm (None: no clipping)."""
+    accumulate_grad_batches: int = 1
+    """Batches per optimiser step."""
+    val_check_interval: int | None = None
+    """Validate every N training steps (None: only at the end)."""
+    limit_val_batches: int = 8
+    """Validation batches per source kind."""
+    num_sanity_val_steps: int = 0
+    """Validation batches run before training."""
+    log_every_n_steps: int = 10
+    """Logging interval."""
+    enable_progress_bar: bool = True
+    """Show a progress bar."""
+    deterministic: bool = False
+    """Ask PyTorch for deterministic kernels."""
+    gpus: Any = None
+    """Deprecated spelling of devices (kept for the original release's configs)."""
+
+
+@dataclass
+class CheckpointConfig:
+    """Arguments of Lightning's ModelCheckpoint."""
+
+    dirpath: str | None = None
+    """Where to write checkpoints (None: <run_dir>/checkpoints)."""
+    filename: str = "flava-{step}"
+    """Checkpoint file name pattern."""
+    every_n_train_steps: int | None = 500
+    """Write a checkpoint every N steps (None: only the last)."""
+    save_last: bool = True
+    """Keep last.ckpt up to date."""
+    save_top_k: int = -1
+    """How many periodic checkpoints to keep (-1: all)."""
+    save_on_train_epoch_end: bool = True
+    """Also write one at the end of an epoch."""
+    verbose: bool = False
+    """Log each write."""
+
+
+@dataclass
+class EvaluationConfig:
+    """Zero-shot evaluation callback (classification by prompts, retrieval with every caption)."""
+
+    enabled: bool = True
+    """Run zero-shot evaluation before and after training."""
+    every_n_steps: int | None = None
+    """Also evaluate every N steps (None: only before and after)."""
+    num_samples: int = 256
+    """Validation images (with all their captions) to evaluate on (embedded scenes: at most
+    the number of distinct held-out scenes)."""
+    batch_size: int = 64
+    """Embedding batch size."""
+    class_names: str | None = None
+    """Zero-shot on labelled datasets.image.val entries: JSON list of class names in label order
+    (default: the folder names, "_" read as spaces, or the dataset's label names)."""
+    templates: str | None = None
+    """Zero-shot prompt templates: a JSON list file, imagenet80 or imagenet7 (default: the
+    scenes' own for embedded data, "a photo of a {}." otherwise)."""
+
+
+@dataclass
+class TrainingConfig:
+    """Optimisation, run directory, checkpoints and Lightning."""
+
+    lightning: LightningConfig = field(default_factory=LightningConfig)
+    lightning_checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    lightning_load_from_checkpoint: str | None = None
+    """Resume from this Lightning checkpoint (model, optimiser, scheduler, step, data position)."""
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    run_dir: str = "runs/flava"
+    """Run directory: config.yaml, metrics.json, logs, checkpoints, curves.png."""
+    seed: int = 0
+    """Global seed (-1: draw one and record it)."""
+    batch_size: int = 8
+    """Per-process batch size."""
+    num_workers: int = 2
+    """DataLoader worker processes per process."""
+    learning_rate: float = 1e-3
+    """Peak AdamW learning rate (paper: 1e-3)."""
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """AdamW betas."""
+    adam_eps: float = 1e-8
+    """AdamW epsilon."""
+    adam_weight_decay: float = 0.1
+    """AdamW weight decay (not applied to biases, norms, embeddings of tokens/positions)."""
+    warmup_steps: int = 10000
+    """Linear warm-up steps."""
+    lr_schedule: LrSchedule = LrSchedule.cosine
+    """Decay after warm-up."""
+    min_lr_ratio: float = 0.0
+    """Final learning rate as a fraction of the peak."""
+    lr_decay_steps: int | None = None
+    """Length of the schedule in steps (None: training.lightning.max_steps)."""
+    nonfinite_patience: int = 20
+    """Stop (with a checkpoint) after this many optimiser steps in a row with non-finite values."""
+    compile: bool = False
+    """torch.compile each transformer layer (after sharding under fsdp; with DDP alike)."""
+
+
+@dataclass
+class SourceConfig:
+    """One dataset. `type: embedded` is the built-in generated scenes (no download)."""
+
+    type: str = "embedded"
+    """embedded, huggingface, webdataset, image_folder, captions, records, karpathy or
+    text_files (checked by the data layer, which holds one reader per type)."""
+    key: str | None = None
+    """Hugging Face dataset key (type huggingface)."""
+    subset: str | None = None
+    """Hugging Face subset / configuration name."""
+    split: str | None = None
+    """Split to read (default: train / validation by role)."""
+    size: int = 10000
+    """Number of samples (embedded scenes)."""
+    seed: int = 0
+    """Seed of the generator (embedded scenes)."""
+    rename_columns: list[list[str]] = field(default_factory=list)
+    """[[old, new], ...] column renames (type huggingface)."""
+    split_key_mapping: dict[str, str] = field(default_factory=dict)
+    """Map the split a role asks for to the split the dataset has, e.g. {validation: train}."""
+    text_columns: list[str] = field(default_factory=lambda: ["text"])
+    """Columns holding text."""
+    text_pair_column: str | None = None
+    """Column holding a second text (sentence pairs; fine-tuning)."""
+    image_column: str = "image"
+    """Column holding the image (records: a path relative to image_root)."""
+    image_root: str | None = None
+    """records: folder the image paths are relative to (default: the records file's folder)."""
+    classes: list[str] = field(default_factory=list)
+    """image_folder: class folder names in label order (default: sorted folder names)."""
+    weight: float = 1.0
+    """Sampling weight among datasets of the same kind."""
+    path: str | None = None
+    """Local data: folder (image_folder, captions), a JSONL / CSV file (records), text files,
+    or a save_to_disk dataset."""
+    shards: list[str] = field(default_factory=list)
+    """webdataset shards: files, folders of *.tar, {000000..000009} patterns, globs, URLs."""
+    captions_file: str | None = None
+    """captions: JSONL or CSV file under path (default: captions.jsonl / captions.csv)."""
+    label_column: str = "label"
+    """Column / field holding an integer class label (optional)."""
+    remove_columns: list[str] = field(default_factory=list)
+    """Columns to drop (type huggingface; unused columns are dropped anyway)."""
+    data_files: list[str] = field(default_factory=list)
+    """Data files for a packaged Hugging Face builder key (parquet, json, csv, ...)."""
+    streaming: bool = False
+    """Read a Hugging Face dataset as a stream (large sets: nothing downloaded up front)."""
+    stream_shards: int = 16
+    """Shards a dataset saved on disk is split into when streamed (path + streaming)."""
+    shuffle_buffer: int = 1000
+    """Sample shuffle buffer of a streamed source (webdataset, streaming; <= 1: none)."""
+    resampled: bool = False
+    """Streamed sources: draw shards with replacement per reader (multi-node), no epochs."""
+    preview_size: int = 1024
+    """Samples from the start of a stream for validation batches and the k-means fit."""
+    cache_dir: str | None = None
+    """Hugging Face datasets cache directory (None: HF_DATASETS_CACHE)."""
+    gated: bool = False
+    """Needs your Hugging Face token (hf auth login / HF_TOKEN; never written anywhere)."""
+    timeout: float = 5.0
+    """Seconds to wait for a remote dataset or shard before failing."""
+
+
+def training_checks(t: DictConfig) -> list[Check]:
+    """Value checks of the shared TrainingConfig section (choices are checked by their type)."""
+    return [
+        (t.learning_rate > 0, "training.learning_rate", "must be > 0"),
+        (t.batch_size > 0, "training.batch_size", "must be > 0"),
+        (t.num_workers >= 0, "training.num_workers", "must be >= 0"),
+        (t.warmup_steps >= 0, "training.warmup_steps", "must be >= 0"),
+        (t.adam_weight_decay >= 0, "training.adam_weight_decay", "must be >= 0"),
+        (
+            len(t.adam_betas) == 2 and all(0 <= b < 1 for b in t.adam_betas),
+            "training.adam_betas",
+            "must be two numbers in [0, 1)",
+        ),
+        (
+            t.lightning.accumulate_grad_batches >= 1,
+            "training.lightning.accumulate_grad_batches",
+            "must be >= 1",
+        ),
+    ]
+
+
+def existing_file(path: str | None) -> bool:
+    """True for no path or a path naming a file (`~` expanded)."""
+    return path is None or Path(path).expanduser().is_file()
+
+
+# ---------------------------------------------------------------------------------------------
+# sections every evaluation command (zero_shot, retrieval, linear_probe) has
+
+
+class ImageDataKind(Choice):
+    """Where zero_shot's and linear_probe's labelled images come from."""
+
+    embedded = "embedded"
+    image_folder = "image_folder"
+    torchvision = "torchvision"
+
+
+@dataclass
+class EvalModelConfig:
+    """Weights through from_pretrained, or a preset built with random weights."""
+
+    preset: str = "tiny"
+    """Preset to build (random init, seeded by run.seed) when no weights are given."""
+    pretrained_model_key: str | None = None
+    """A pretrained key (flava_full), our checkpoint directory or a transformers directory."""
+
+
+@dataclass
+class EvalDataConfig:
+    """Where the images (and captions) come from."""
+
+    kind: ImageDataKind = ImageDataKind.embedded
+    """embedded (generated scenes), a folder of class folders, or a torchvision dataset."""
+    name: str | None = None
+    """torchvision dataset: cifar10, food101 or rendered_sst2."""
+    root: str | None = None
+    """Dataset root directory."""
+    image_root: str | None = None
+    """Retrieval: directory the Karpathy file's filepath/filename are relative to (def. root)."""
+    annotations: str | None = None
+    """Retrieval: Karpathy JSON (default root/dataset_coco.json or root/dataset_flickr30k.json)."""
+    split: str | None = None
+    """Evaluation split (default: zero_shot val, retrieval test, linear_probe test)."""
+    size: int | None = None
+    """Embedded scenes to generate (default 512), or the first N examples of a dataset."""
+    seed: int = 0
+    """Seed of the embedded scenes' generator."""
+    download: bool = False
+    """Let torchvision download the dataset (needs network access)."""
+    max_skipped_fraction: float = 0.1
+    """Stop (exit 1, metrics.json written) when more than this fraction of the images or
+    captions read were bad (unreadable, truncated, SVG, empty captions, ...); 1 never stops."""
+
+
+@dataclass
+class RunOptions:
+    """Run directory, device and batching."""
+
+    run_dir: str = "runs/eval"
+    """Where metrics.json (and caches) go."""
+    device: str = "auto"
+    """auto (cuda when available), cpu, cuda, cuda:1 ..."""
+    batch_size: int = 64
+    """Images per embedding batch."""
+    num_workers: int = 2
+    """Image loading worker processes (linear_probe features)."""
+    text_max_length: int = 77
+    """Tokens per text."""
+    seed: int = 0
+    """Seed of random initialisation (presets) and of sampling."""
+    progress: bool = True
+    """Show progress bars."""
+
+
+def eval_checks(cfg: DictConfig) -> list[Check]:
+    """Value checks of the sections every evaluation command has."""
+    from flava.model.presets import PRESET_NAMES
+
+    r = cfg.run
+    return [
+        (cfg.model.preset in PRESET_NAMES, "model.preset", f"one of {', '.join(PRESET_NAMES)}"),
+        (r.batch_size > 0, "run.batch_size", "must be > 0"),
+        (r.num_workers >= 0, "run.num_workers", "must be >= 0"),
+        (r.text_max_length >= 3, "run.text_max_length", "must be >= 3"),
+        (cfg.data.size is None or cfg.data.size > 0, "data.size", "must be > 0"),
+        (
+            0 <= cfg.data.max_skipped_fraction <= 1,
+            "data.max_skipped_fraction",
+            "must be in [0, 1]",
+        ),
+    ]
+
+
+def fail_eval_checks(cfg: DictConfig, checks: list[Check]) -> None:
+    """Raise for the first failed check; then the run directory (results come at the end)."""
+    fail_checks(cfg, checks)
+    check_directory(cfg.run.run_dir, "run.run_dir")

@@ -1,0 +1,285 @@
+"""Typed schema of `python -m flava.finetune` and its checks.
+
+The schema reuses the pretraining run's `TrainingConfig` (Lightning, checkpoints, optimiser,
+run directory) with fine-tuning defaults; `model` picks the backbone and the classifier head,
+`task` the modality, loss and metrics, `data` the dataset kind and its splits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from omegaconf import DictConfig
+
+from flava.config.checks import Check, Choice, fail_checks
+from flava.config.common import (
+    CheckpointConfig,
+    EvaluationConfig,
+    LightningConfig,
+    LrSchedule,
+    SourceConfig,
+    TrainingConfig,
+    training_checks,
+)
+
+
+class Modality(Choice):
+    """Which encoder's CLS the head reads."""
+
+    text = "text"
+    image = "image"
+    multimodal = "multimodal"
+
+
+class TaskType(Choice):
+    """The loss: cross-entropy, MSE on one output, or soft-label BCE over answers."""
+
+    classification = "classification"
+    regression = "regression"
+    vqa = "vqa"
+
+
+class DataKind(Choice):
+    """Where the fine-tuning examples come from."""
+
+    source = "source"
+    embedded = "embedded"
+    glue = "glue"
+    torchvision = "torchvision"
+    image_folder = "image_folder"
+    vqa = "vqa"
+    snli_ve = "snli_ve"
+    hateful_memes = "hateful_memes"
+
+
+class Metric(Choice):
+    """A reported metric."""
+
+    accuracy = "accuracy"
+    f1 = "f1"
+    mcc = "mcc"
+    pearson = "pearson"
+    spearman = "spearman"
+    auroc = "auroc"
+    vqa_accuracy = "vqa_accuracy"
+
+
+class Pooling(Choice):
+    """How the encoder's CLS becomes the head's input."""
+
+    pooler = "pooler"
+    cls = "cls"
+
+
+MODALITIES = Modality.values()
+TASK_TYPES = TaskType.values()
+DATA_KINDS = DataKind.values()
+METRICS = Metric.values()
+REGRESSION_METRICS = ("pearson", "spearman")
+ALL_VALIDATION_BATCHES = 10**9
+
+
+def _training() -> TrainingConfig:
+    return TrainingConfig(
+        lightning=LightningConfig(
+            max_steps=1000, limit_val_batches=ALL_VALIDATION_BATCHES, log_every_n_steps=10
+        ),
+        # last.ckpt (resume) at every validation; the best one is kept separately (best-*.ckpt)
+        lightning_checkpoint=CheckpointConfig(
+            filename="finetune-{step}", every_n_train_steps=None, save_top_k=0
+        ),
+        evaluation=EvaluationConfig(enabled=False),
+        run_dir="runs/finetune",
+        batch_size=32,
+        learning_rate=2e-5,
+        adam_weight_decay=0.01,
+        warmup_steps=100,
+        lr_schedule=LrSchedule.linear,
+    )
+
+
+@dataclass
+class HeadConfig:
+    """The classifier: Linear(D, hidden) -> activation -> dropout -> Linear(hidden, outputs)."""
+
+    hidden_size: int = 1536
+    """Width of the hidden layer (paper: 1536)."""
+    activation: str = "gelu"
+    """gelu, gelu_tanh, relu or quick_gelu (the model's activations)."""
+    dropout: float = 0.1
+    """Dropout before the last layer."""
+    pooling: Pooling = Pooling.pooler
+    """pooler (dense + tanh on the encoder's CLS, as released) or cls (final-LayerNorm CLS)."""
+
+
+@dataclass
+class FinetuneModelConfig:
+    """The backbone: a preset (random init) or pretrained weights, and the head."""
+
+    preset: str = "flava_full"
+    """flava_full, 900m, 1.8b, 2.7b, 4.8b, 10b or tiny (used when no weights are given)."""
+    pretrained_model_key: str | None = None
+    """Weights: a pretrained key (flava_full), our checkpoint or a transformers directory."""
+    activation_checkpointing: bool = False
+    """Non-re-entrant activation checkpointing in the encoders."""
+    head: HeadConfig = field(default_factory=HeadConfig)
+
+
+@dataclass
+class TaskConfig:
+    """What is predicted from which encoder, with which loss and metrics."""
+
+    name: str = "task"
+    """A label for reports."""
+    modality: Modality = Modality.text
+    """text (text encoder), image (image encoder) or multimodal (fused CLS)."""
+    type: TaskType = TaskType.classification
+    """classification (cross-entropy), regression (one output, MSE) or vqa (soft-label BCE)."""
+    metrics: list[Metric] = field(default_factory=lambda: [Metric.accuracy])
+    """Metrics to report (regression: pearson / spearman; vqa: vqa_accuracy)."""
+    monitor: str | None = None
+    """Metric picking the best checkpoint (default: the first metric; `loss` minimises)."""
+
+
+@dataclass
+class SplitConfig:
+    """One split of the dataset."""
+
+    name: str = "train"
+    """Split name (GLUE / torchvision / embedded split, or image_folder subfolder)."""
+    label: str | None = None
+    """Name of an extra validation split in metric keys: val_<label>/<metric>."""
+    files: dict[str, str] = field(default_factory=dict)
+    """File-layout datasets: questions / annotations / images (relative to data.root)."""
+    size: int | None = None
+    """Number of examples (embedded: scenes to generate; others: first N, None: all)."""
+    seed: int = 0
+    """Generator seed (embedded scenes)."""
+    path: str | None = None
+    """data.kind=source: this split's file or folder (default: data.source.path)."""
+
+
+@dataclass
+class FinetuneDataConfig:
+    """Which dataset, where, and how its inputs are processed."""
+
+    kind: DataKind = DataKind.embedded
+    """source: your own data, see data.source."""
+    source: SourceConfig = field(default_factory=lambda: SourceConfig(type="records"))
+    """data.kind=source: how to read it (type records / image_folder / huggingface / webdataset
+    / captions, path, image_column, text_columns, text_pair_column, label_column, ...); each
+    split's name is the Hugging Face split, its path (if set) replaces source.path."""
+    val_fraction: float = 0.0
+    """Carve this seeded share (training.seed) of the training split out as the validation set;
+    data.val is then not read (use when the data has no validation split)."""
+    max_skipped_fraction: float = 0.1
+    """Stop (with a checkpoint, exit 1) when more than this fraction of the training examples
+    read were bad (unreadable or truncated images, SVG, empty texts, bad labels); 1 never stops."""
+    name: str | None = None
+    """embedded: image, pair or vqa; glue: the task (mnli ...); torchvision: cifar10 ..."""
+    root: str | None = None
+    """Dataset root directory (torchvision, image_folder, vqa, snli_ve, hateful_memes)."""
+    download: bool = False
+    """Let torchvision download the dataset (needs network access)."""
+    hf_path: str = "glue"
+    """Hugging Face dataset path for glue."""
+    cache_dir: str | None = None
+    """Hugging Face datasets cache directory (None: HF_DATASETS_CACHE or the default)."""
+    train: SplitConfig = field(default_factory=SplitConfig)
+    """The training split."""
+    val: list[SplitConfig] = field(default_factory=lambda: [SplitConfig(name="val")])
+    """Validation splits (the first picks the best checkpoint)."""
+    text_max_length: int = 128
+    """Tokens per text (pairs included), [CLS] and [SEP] included."""
+    answer_vocab_size: int = 3129
+    """VQA: answers kept (the most frequent in the training annotations)."""
+    augment: bool = False
+    """Random resized crops (+ flips) for training images; evaluation always centre-crops."""
+    crop_scale: list[float] = field(default_factory=lambda: [0.8, 1.0])
+    """Random resized crop scale range (augment)."""
+    hflip: bool = True
+    """Horizontal flips (augment)."""
+
+
+@dataclass
+class FinetuneConfig:
+    """The whole fine-tuning run."""
+
+    training: TrainingConfig = field(default_factory=_training)
+    model: FinetuneModelConfig = field(default_factory=FinetuneModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    data: FinetuneDataConfig = field(default_factory=FinetuneDataConfig)
+
+
+def model_checks(m: DictConfig) -> list[Check]:
+    """Value checks of the model section (preset and activation against the model's lists)."""
+    from flava.model.config import ACTIVATIONS
+    from flava.model.presets import PRESET_NAMES
+
+    return [
+        (m.preset in PRESET_NAMES, "model.preset", f"must be one of {', '.join(PRESET_NAMES)}"),
+        (m.head.hidden_size > 0, "model.head.hidden_size", "must be > 0"),
+        (0 <= m.head.dropout < 1, "model.head.dropout", "must be in [0, 1)"),
+        (m.head.activation in ACTIVATIONS, "model.head.activation", f"one of {ACTIVATIONS}"),
+    ]
+
+
+def task_checks(k: DictConfig) -> list[Check]:
+    """Value checks of the task section: metrics that fit the task type, the monitor."""
+    metrics = [str(m) for m in k.metrics]
+    regression = k.type == TaskType.regression
+    return [
+        (len(metrics) > 0, "task.metrics", f"must be a non-empty list of {', '.join(METRICS)}"),
+        (
+            (set(metrics) <= set(REGRESSION_METRICS)) if regression else True,
+            "task.metrics",
+            "regression tasks report pearson and / or spearman",
+        ),
+        (
+            not (set(metrics) & set(REGRESSION_METRICS)) or regression,
+            "task.metrics",
+            "pearson / spearman need task.type=regression",
+        ),
+        (
+            k.type == TaskType.vqa or "vqa_accuracy" not in metrics,
+            "task.metrics",
+            "vqa_accuracy needs task.type=vqa",
+        ),
+        (
+            k.type != TaskType.vqa or set(metrics) <= {"vqa_accuracy"},
+            "task.metrics",
+            "vqa tasks report vqa_accuracy",
+        ),
+        (
+            k.monitor is None or k.monitor in [*metrics, "loss"],
+            "task.monitor",
+            f"must be one of the task's metrics {metrics} or loss",
+        ),
+    ]
+
+
+def data_checks(d: DictConfig) -> list[Check]:
+    """Value checks of the data section."""
+    return [
+        (d.text_max_length >= 3, "data.text_max_length", "must be >= 3"),
+        (d.answer_vocab_size >= 1, "data.answer_vocab_size", "must be >= 1"),
+        (len(d.val) > 0 or d.val_fraction > 0, "data.val", "needs a split, or data.val_fraction"),
+        (0 <= d.val_fraction < 1, "data.val_fraction", "must be in [0, 1)"),
+        (0 <= d.max_skipped_fraction <= 1, "data.max_skipped_fraction", "must be in [0, 1]"),
+        (
+            len(d.crop_scale) == 2 and 0 < d.crop_scale[0] <= d.crop_scale[1] <= 1,
+            "data.crop_scale",
+            "must be [low, high] with 0 < low <= high <= 1",
+        ),
+    ]
+
+
+def validate_finetune(cfg: DictConfig) -> None:
+    """Value checks that types alone cannot express."""
+    checks = [
+        *training_checks(cfg.training),
+        *model_checks(cfg.model),
+        *task_checks(cfg.task),
+        *data_checks(cfg.data),
+    ]
+    fail_checks(cfg, checks)

@@ -1,0 +1,222 @@
+"""One loader for every command: typed schema <- YAML file(s) <- command-line dotlist.
+
+`load_config(argv, schema, check)` takes the arguments users of the original release type:
+`config=flava/configs/pretraining/debug.yaml training.lightning.max_steps=1000`. Unknown keys,
+wrong types, values outside a field's choices and values `check` refuses fail with one line
+naming the key and what is allowed (`ConfigError`, exit status 2 from `cli_main`). `describe`
+lists every key with its type, default and the docstring written under its field (`--help`).
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import functools
+import inspect
+import logging
+import re
+import sys
+import textwrap
+import typing
+from collections.abc import Callable
+from enum import Enum
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from flava.config.checks import ConfigError
+
+_CHOICE_ERROR = re.compile(r"Invalid value '(.*)', expected one of \[(.*)\]")
+
+
+def shipped_configs() -> list[str]:
+    """Names of the configs shipped inside the package."""
+    root = resources.files("flava") / "configs"
+    names = []
+    for group in root.iterdir():
+        if group.is_dir():
+            names += [f"{group.name}/{f.name}" for f in group.iterdir() if f.name.endswith(".yaml")]
+    return sorted(names)
+
+
+def config_path(text: str) -> Path:
+    """A config path as typed: a file, or a name relative to the shipped configs."""
+    path = Path(text).expanduser()
+    if path.is_file():
+        return path
+    shipped = resources.files("flava") / "configs"
+    for prefix in ("flava/configs/", "configs/", "src/flava/configs/", ""):
+        if text.startswith(prefix):
+            rel = text[len(prefix) :]
+            for candidate in (rel, rel + ".yaml"):
+                item = shipped.joinpath(candidate)
+                if item.is_file():
+                    return Path(str(item))
+    raise ConfigError(
+        f"config file {text!r} not found; give a path or a shipped name such as "
+        f"pretraining/demo.yaml (shipped: {', '.join(shipped_configs())})"
+    )
+
+
+def _one_line(exc: OmegaConfBaseException) -> str:
+    """The first line of an OmegaConf error, naming the key; a value outside a field's choices
+    reads like the value checks' messages."""
+    msg = str(exc).strip().splitlines()[0]
+    key = getattr(exc, "full_key", None)
+    choice = _CHOICE_ERROR.fullmatch(msg)
+    if key and choice:
+        return f"{key}={choice.group(1)!r} is invalid: must be one of {choice.group(2)}"
+    text = f"{key}: {msg}" if key and key not in msg else msg
+    return f"{text} (see --help for the keys)"
+
+
+def _read_yaml(path: Path) -> Any:
+    """A YAML file, with keys of the original release's configs that mean nothing here dropped."""
+    try:
+        data = OmegaConf.load(path)
+    except Exception as exc:  # yaml.YAMLError and friends
+        first = str(exc).strip().splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML ({first})") from None
+    if isinstance(data, DictConfig) and "datasets" in data and "_delete_" in data.datasets:
+        data.datasets.pop("_delete_")
+    return data
+
+
+def load_config(
+    argv: list[str], schema: type, check: Callable[[DictConfig], None] | None = None
+) -> DictConfig:
+    """Merge `schema` <- YAML files (config=...) <- dotlist overrides; then `check(cfg)`."""
+    file_args = [a for a in argv if a.startswith("config=")]
+    overrides = [a for a in argv if not a.startswith("config=")]
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(
+                f"argument {item!r} is not key=value; e.g. training.lightning.max_steps=1000"
+            )
+    merged = OmegaConf.structured(schema)
+    try:
+        for arg in file_args:
+            merged = OmegaConf.merge(merged, _read_yaml(config_path(arg.split("=", 1)[1])))
+        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(overrides))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(_one_line(exc)) from None
+    if check is not None:
+        check(merged)
+    return merged  # type: ignore[return-value]
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    """The resolved config as YAML (what the run directory keeps; choices as typed)."""
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+@functools.cache
+def field_docs(schema: type) -> dict[str, str]:
+    """The docstring written under each field of a dataclass, by field name."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(schema)))
+    except (OSError, TypeError):
+        return {}
+    body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+    docs = {}
+    for node, after in zip(body, body[1:], strict=False):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+            and isinstance(after.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(inspect.cleandoc(after.value.value).split())
+    return docs
+
+
+def _type_name(kind: Any) -> str:
+    """A field's type as --help shows it; a choice lists its values."""
+    if isinstance(kind, type) and issubclass(kind, Enum):
+        return "{" + ", ".join(str(m.value) for m in kind) + "}"
+    args = typing.get_args(kind)
+    if typing.get_origin(kind) in (list, dict) and args:
+        return f"{typing.get_origin(kind).__name__}[{', '.join(map(_type_name, args))}]"
+    if args:
+        return " | ".join(_type_name(a) for a in args)
+    if kind is type(None):
+        return "None"
+    return getattr(kind, "__name__", str(kind).replace("typing.", ""))
+
+
+def _default_text(value: Any) -> str:
+    """A default as --help shows it: null / true / false as in YAML, strings quoted."""
+    if dataclasses.is_dataclass(value) or (
+        isinstance(value, list) and value and dataclasses.is_dataclass(value[0])
+    ):
+        value = OmegaConf.to_container(OmegaConf.structured(value), enum_to_str=True)
+    elif isinstance(value, list):
+        value = [v.value if isinstance(v, Enum) else v for v in value]
+    if isinstance(value, Enum):
+        value = value.value
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    return repr(value)
+
+
+def _doc_for(schema: type, name: str) -> str:
+    """A field's docstring, looked up along the class and its dataclass bases."""
+    for cls in schema.__mro__:
+        if dataclasses.is_dataclass(cls) and name in field_docs(cls):
+            return field_docs(cls)[name]
+    return ""
+
+
+def describe(schema: type, prefix: str = "", defaults: Any = None) -> list[str]:
+    """Lines for --help: per key its type and default, then its field docstring; nested
+    dataclasses expanded with the section's docstring as a heading."""
+    defaults = defaults if defaults is not None else schema()
+    hints = typing.get_type_hints(schema)
+    lines = []
+    for f in dataclasses.fields(schema):
+        kind, value, key = hints[f.name], getattr(defaults, f.name), f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(kind):
+            heading = (inspect.getdoc(kind) or "").splitlines()[0]
+            lines += [f"  {key}.*  ({heading})", *describe(kind, f"{key}.", value)]
+            continue
+        lines.append(f"  {key}: {_type_name(kind)} = {_default_text(value)}")
+        doc = _doc_for(schema, f.name)
+        if doc:
+            lines += textwrap.wrap(doc, 96, initial_indent=" " * 6, subsequent_indent=" " * 6)
+    return lines
+
+
+def cli_main(
+    argv: list[str] | None,
+    doc: str | None,
+    help_lines: Callable[[], list[str]],
+    load: Callable[[list[str]], Any],
+    run: Callable[[Any], object],
+    stop_errors: tuple[type[BaseException], ...] = (),
+) -> int:
+    """Body shared by the entry points: --help, logging, and one-line errors.
+
+    Exit status 2 for a bad configuration or unreachable data/weights, 1 for a run that
+    stopped early (`stop_errors`), 0 otherwise.
+    """
+    from flava.checkpoints.io import CheckpointError
+
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in argv):
+        print(doc)
+        print("\n".join(help_lines()))
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        run(load(argv))
+    except (ConfigError, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except stop_errors as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,222 @@
+"""Typed schema of `python -m flava.train`: training, model and datasets sections, and checks.
+
+The sections shared with fine-tuning (Lightning, checkpoints, optimisation, one dataset) live
+in `flava.config.common`.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+from omegaconf import DictConfig
+
+from flava.config.checks import Check, Choice, check_directory, fail_checks
+from flava.config.common import (
+    EvaluationConfig,
+    SourceConfig,
+    TrainingConfig,
+    existing_file,
+    training_checks,
+)
+
+
+class MimTarget(Choice):
+    """Where the masked-image-modelling targets come from."""
+
+    auto = "auto"
+    dalle = "dalle"
+    kmeans = "kmeans"
+
+
+class Sampling(Choice):
+    """How each training step picks its data kind."""
+
+    probability = "probability"
+    round_robin = "round_robin"
+
+
+class Kind(Choice):
+    """A pretraining data kind: images, texts or image-text pairs."""
+
+    image = "image"
+    text = "text"
+    vl = "vl"
+
+
+TEMPLATE_SETS = ("imagenet80", "imagenet7")
+"""Named zero-shot template sets of training.evaluation.templates."""
+
+
+@dataclass
+class LossConfig:
+    """Objective weights (0 switches an objective off) and ITM negatives."""
+
+    mim_weight: float = 1.0
+    """Masked image modelling (image batches)."""
+    mlm_weight: float = 1.0
+    """Masked language modelling (text batches)."""
+    mmm_image_weight: float = 1.0
+    """Masked multimodal modelling, image side (pair batches)."""
+    mmm_text_weight: float = 1.0
+    """Masked multimodal modelling, text side (pair batches)."""
+    itm_weight: float = 1.0
+    """Image-text matching (pair batches)."""
+    global_contrastive_weight: float = 1.0
+    """Contrastive loss over the global batch (pair batches)."""
+    itm_negative_probability: float = 0.5
+    """Fraction of pairs whose caption is swapped for another caption of the batch."""
+
+
+@dataclass
+class ModelConfig:
+    """Which model to build and how to get MIM targets."""
+
+    preset: str = "flava_full"
+    """flava_full, 900m, 1.8b, 2.7b, 4.8b, 10b or tiny."""
+    pretrained_model_key: str | None = None
+    """Start from weights: a pretrained key (flava_full), our checkpoint or a transformers dir."""
+    activation_checkpointing: bool = False
+    """Non-re-entrant activation checkpointing in every encoder."""
+    mim_target: MimTarget = MimTarget.auto
+    """auto: dalle when codebook weights are given, else kmeans."""
+    codebook: str | None = None
+    """DALL-E codebook weights: a pretrained key, a directory or OpenAI's encoder.pkl."""
+    kmeans_codes: int = 256
+    """k-means codebook size (used when mim_target is kmeans)."""
+    kmeans_images: int = 512
+    """Training images used to fit the k-means codebook."""
+    losses: LossConfig = field(default_factory=LossConfig)
+
+
+@dataclass
+class KindConfig:
+    """Datasets of one kind for training and validation."""
+
+    train: list[SourceConfig] = field(default_factory=lambda: [SourceConfig()])
+    """Training datasets (mixed by weight)."""
+    val: list[SourceConfig] = field(default_factory=lambda: [SourceConfig(size=512, seed=0)])
+    """Validation datasets."""
+
+
+@dataclass
+class DatasetsConfig:
+    """Data: which kinds, how they mix per step, text and image processing."""
+
+    selected: list[Kind] = field(default_factory=lambda: [Kind.image, Kind.text, Kind.vl])
+    """Kinds in use (vl: image-text pairs)."""
+    sampling: Sampling = Sampling.probability
+    """probability (each step draws its kind) or round_robin."""
+    probabilities: dict[str, float] = field(
+        default_factory=lambda: {"vl": 0.70, "image": 0.15, "text": 0.15}
+    )
+    """Per-step kind probabilities (the paper's: pairs 0.70, images 0.15, text 0.15)."""
+    image: KindConfig = field(default_factory=KindConfig)
+    text: KindConfig = field(default_factory=KindConfig)
+    vl: KindConfig = field(default_factory=KindConfig)
+    text_max_length: int = 77
+    """Tokens per text, [CLS] and [SEP] included."""
+    mlm_probability: float = 0.15
+    """Fraction of text tokens masked."""
+    whole_word_masking: bool = False
+    """Mask all pieces of a word together."""
+    image_mask_patches: int | None = None
+    """Patches masked per image (None: 75/196 of the grid)."""
+    crop_scale: list[float] = field(default_factory=lambda: [0.9, 1.0])
+    """Random resized crop scale range."""
+    max_skipped_fraction: float = 0.1
+    """Stop the run (with a checkpoint) when more than this fraction of the training samples
+    read so far were skipped as bad (unreadable images, empty texts, ...); 1 never stops."""
+
+
+@dataclass
+class RunConfig:
+    """The whole pretraining run."""
+
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    datasets: DatasetsConfig = field(default_factory=DatasetsConfig)
+
+
+def evaluation_checks(
+    ev: EvaluationConfig | DictConfig, d: DictConfig, max_scenes: int | None = None
+) -> list[Check]:
+    """Value checks of training.evaluation; `max_scenes` caps num_samples for embedded vl
+    validation data (the entry point passes the scene generator's number of distinct scenes)."""
+    embedded = max_scenes is not None and any(s.type == "embedded" for s in d.vl.val)
+    most = max_scenes if embedded else sys.maxsize
+    return [
+        (
+            1 <= ev.num_samples <= most,
+            "training.evaluation.num_samples",
+            f"must be 1 to {max_scenes} (distinct held-out scenes)" if embedded else "must be >= 1",
+        ),
+        (ev.batch_size >= 1, "training.evaluation.batch_size", "must be >= 1"),
+        (
+            ev.every_n_steps is None or ev.every_n_steps >= 1,
+            "training.evaluation.every_n_steps",
+            "must be >= 1 or null",
+        ),
+        (
+            existing_file(ev.class_names),
+            "training.evaluation.class_names",
+            "must be a JSON list file of class names (not found)",
+        ),
+        (
+            ev.templates in TEMPLATE_SETS or existing_file(ev.templates),
+            "training.evaluation.templates",
+            "must be imagenet80, imagenet7 or a JSON list file of templates with {} (not found)",
+        ),
+    ]
+
+
+def model_checks(m: DictConfig) -> list[Check]:
+    """Value checks of the model section (the preset against the model's named presets)."""
+    from flava.model.presets import PRESET_NAMES
+
+    weights = [name for name in LossConfig.__dataclass_fields__ if name.endswith("_weight")]
+    return [
+        (m.preset in PRESET_NAMES, "model.preset", f"must be one of {', '.join(PRESET_NAMES)}"),
+        (m.kmeans_codes >= 2, "model.kmeans_codes", "must be >= 2"),
+        (
+            0 <= m.losses.itm_negative_probability < 1,
+            "model.losses.itm_negative_probability",
+            "must be in [0, 1)",
+        ),
+        *[(m.losses[name] >= 0, f"model.losses.{name}", "must be >= 0") for name in weights],
+    ]
+
+
+def datasets_checks(d: DictConfig) -> list[Check]:
+    """Value checks of the datasets section."""
+    checks = [
+        (0 < d.mlm_probability < 1, "datasets.mlm_probability", "must be in (0, 1)"),
+        (d.text_max_length >= 3, "datasets.text_max_length", "must be >= 3"),
+        (0 <= d.max_skipped_fraction <= 1, "datasets.max_skipped_fraction", "must be in [0, 1]"),
+        (len(d.selected) > 0, "datasets.selected", "must name at least one of image, text, vl"),
+    ]
+    if d.sampling == Sampling.probability:
+        probs = {str(k): d.probabilities.get(k, 0.0) for k in d.selected}
+        checks.append(
+            (
+                all(p >= 0 for p in probs.values()) and sum(probs.values()) > 0,
+                "datasets.probabilities",
+                f"need a non-negative probability for each selected kind, got {probs}",
+            )
+        )
+    return checks
+
+
+def validate(cfg: DictConfig, max_scenes: int | None = None) -> None:
+    """Value checks that types alone cannot express (`max_scenes`: see `evaluation_checks`)."""
+    t, d = cfg.training, cfg.datasets
+    fail_checks(
+        cfg,
+        [
+            *training_checks(t),
+            *model_checks(cfg.model),
+            *evaluation_checks(t.evaluation, d, max_scenes),
+            *datasets_checks(d),
+        ],
+    )
+    check_directory(t.run_dir, "training.run_dir")

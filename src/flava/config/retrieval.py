@@ -1,0 +1,76 @@
+"""Typed schema of `python -m flava.retrieval`: images with every caption, R@k; its checks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from omegaconf import DictConfig
+
+from flava.config.checks import Choice
+from flava.config.common import (
+    EvalDataConfig,
+    EvalModelConfig,
+    RunOptions,
+    eval_checks,
+    fail_eval_checks,
+)
+
+
+class RetrievalDataKind(Choice):
+    """Where retrieval's images and captions come from."""
+
+    embedded = "embedded"
+    coco = "coco"
+    flickr30k = "flickr30k"
+    captions = "captions"
+
+
+EMBEDDED_RETRIEVAL_SIZE = 512
+"""Scenes of an embedded retrieval set when data.size is not given."""
+
+
+@dataclass
+class RetrievalDataConfig(EvalDataConfig):
+    """Where the images and their captions come from."""
+
+    kind: RetrievalDataKind = RetrievalDataKind.embedded  # type: ignore[assignment]
+    """embedded (generated scenes), a Karpathy split (coco, flickr30k) or a captions folder."""
+
+
+@dataclass
+class RetrievalOptions:
+    """Recall cut-offs and the embedding cache."""
+
+    ks: list[int] = field(default_factory=lambda: [1, 5, 10])
+    """k of R@k."""
+    cache_dir: str | None = None
+    """Embedding cache directory (default <run_dir>/cache); null with use_cache=false: none."""
+    use_cache: bool = True
+    """Reuse embeddings cached for the same model, dataset and settings."""
+
+
+@dataclass
+class RetrievalRunConfig:
+    """`python -m flava.retrieval`."""
+
+    run: RunOptions = field(default_factory=lambda: RunOptions(run_dir="runs/retrieval"))
+    model: EvalModelConfig = field(default_factory=EvalModelConfig)
+    data: RetrievalDataConfig = field(default_factory=RetrievalDataConfig)
+    retrieval: RetrievalOptions = field(default_factory=RetrievalOptions)
+
+
+def validate_retrieval(cfg: DictConfig, max_scenes: int | None = None) -> None:
+    """Value checks of the retrieval command; `max_scenes` (the scene generator's number of
+    distinct scenes, passed by the entry point) caps an embedded set's size."""
+    checks = eval_checks(cfg)
+    checks.append((all(k >= 1 for k in cfg.retrieval.ks), "retrieval.ks", "k must be >= 1"))
+    if max_scenes is not None:
+        size = cfg.data.size or EMBEDDED_RETRIEVAL_SIZE
+        checks.append(
+            (
+                cfg.data.kind != RetrievalDataKind.embedded or size <= max_scenes,
+                "data.size",
+                f"embedded retrieval sets hold at most {max_scenes} distinct scenes",
+            )
+        )
+    fail_eval_checks(cfg, checks)
