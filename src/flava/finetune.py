@@ -11,22 +11,276 @@ task.json). Keys: `python -m flava.finetune --help`.
 
 from __future__ import annotations
 
+import json
+import logging
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from omegaconf import DictConfig
 
 from flava.config import cli_main
 from flava.data.sources.base import DataError
+from flava.model.classifier import FlavaClassifier
 from flava.tasks.finetune_config import (
     FinetuneConfig,
     describe_schema,
     load_schema_config,
     validate_finetune,
 )
+from flava.tasks.finetuning import build_datasets, check_task, save_finetuned
+from flava.tasks.metrics import majority_baseline
+
+log = logging.getLogger("flava")
+
+
+@dataclass
+class FinetuneRun:
+    """What set-up builds for one run: the data, the LightningModule and its Trainer."""
+
+    cfg: DictConfig
+    train: Any
+    vals: list[tuple[str, Any]]
+    class_names: list[str]
+    module: Any
+    data: Any
+    trainer: Any
+    best: Any
+    run_dir: Path
+
+
+# ---------------------------------------------------------------------------------------------
+# set-up
+
+
+def build_classifier(cfg: DictConfig, num_outputs: int, seed: int = 0) -> FlavaClassifier:
+    """The backbone (pretrained or preset, seeded) with a fresh head."""
+    from flava.tasks.eval_config import load_flava
+
+    m = cfg.model
+    flava = load_flava(m, seed)
+    if m.activation_checkpointing:
+        for enc in (flava.image_encoder, flava.text_encoder, flava.multimodal_encoder):
+            enc.set_activation_checkpointing(True)
+    h = m.head
+    return FlavaClassifier(
+        flava, cfg.task.modality, num_outputs, h.hidden_size, h.activation, h.dropout, h.pooling
+    )
+
+
+def _image_size(cfg: DictConfig) -> int:
+    """The backbone's image size without building it (our / transformers config.json)."""
+    from flava.model.presets import preset
+
+    key = cfg.model.pretrained_model_key
+    if key and (Path(key) / "config.json").is_file():
+        raw = json.loads((Path(key) / "config.json").read_text())
+        image = (raw.get("config") or {}).get("image") or raw.get("image_config") or {}
+        if "image_size" in image:
+            return int(image["image_size"])
+    if key:
+        return 224  # flava_full
+    return preset(cfg.model.preset).image.image_size
+
+
+def _data_module(
+    cfg: DictConfig, train: Any, vals: list[tuple[str, Any]], outputs: int, image_size: int
+) -> Any:
+    """Training batches (augmented when data.augment) and the validation loaders."""
+    from flava.data.tokenizer import load_tokenizer
+    from flava.data.transforms import image_transform
+    from flava.training.finetune_module import Collator, FinetuneData
+
+    d, k = cfg.data, cfg.task
+    collate = dict(
+        modality=k.modality,
+        task_type=k.type,
+        num_outputs=outputs,
+        tokenizer=load_tokenizer(),
+        max_length=d.text_max_length,
+    )
+    eval_tf = image_transform("eval", image_size=image_size)
+    train_tf = (
+        image_transform("pretrain", image_size, scale=tuple(d.crop_scale), hflip=d.hflip)
+        if d.augment
+        else eval_tf
+    )
+    train_collate = Collator(transform=train_tf, **collate)
+    return FinetuneData(cfg, train, vals, train_collate, Collator(transform=eval_tf, **collate))
+
+
+def _best_checkpoint(cfg: DictConfig, run_dir: Path) -> Any:
+    """The callback keeping the checkpoint with the best task.monitor value."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    t, monitor = cfg.training, monitor_of(cfg)
+    return ModelCheckpoint(
+        dirpath=t.lightning_checkpoint.dirpath or str(run_dir / "checkpoints"),
+        filename="best-{step}",
+        monitor=f"val/{monitor}",
+        mode="min" if monitor == "loss" else "max",
+        save_top_k=1,
+        save_last=False,
+        auto_insert_metric_name=False,
+        save_on_train_epoch_end=False,
+    )
+
+
+def monitor_of(cfg: DictConfig) -> str:
+    """The validation metric that picks the best checkpoint (task.monitor or the first)."""
+    return cfg.task.monitor or cfg.task.metrics[0]
+
+
+def setup(cfg: DictConfig) -> FinetuneRun:
+    """Datasets (failing fast, before any model), the seeded classifier, data and Trainer."""
+    import lightning as L
+
+    from flava.checkpoints import CheckpointError
+    from flava.training.finetune_module import FinetuneModule
+    from flava.training.run import build_trainer, prepare_run_dir
+
+    t = cfg.training
+    check_task(cfg)
+    resume = t.lightning_load_from_checkpoint
+    if resume and not Path(resume).exists():
+        raise CheckpointError(f"training.lightning_load_from_checkpoint: {resume}: no such file")
+    train, vals, class_names, outputs = build_datasets(cfg, _image_size(cfg))
+    seed = L.seed_everything(t.seed if t.seed >= 0 else None, workers=True, verbose=False)
+    model = build_classifier(cfg, outputs, seed)
+    lc = t.lightning
+    if lc.val_check_interval is None:  # validate (and pick the best) at the end of training
+        steps = lc.max_steps if lc.max_steps and lc.max_steps > 0 else 1000
+        lc.val_check_interval = steps * lc.accumulate_grad_batches
+    run_dir = prepare_run_dir(cfg)
+    image_size = model.flava.config.image.image_size
+    data = _data_module(cfg, train, vals, outputs, image_size)
+    module = FinetuneModule(cfg, model, [p for p, _ in vals])
+    best = _best_checkpoint(cfg, run_dir)
+    trainer = build_trainer(cfg, run_dir, [best])
+    return FinetuneRun(cfg, train, vals, class_names, module, data, trainer, best, run_dir)
+
+
+# ---------------------------------------------------------------------------------------------
+# fit -> validate -> report
+
+
+def fit(r: FinetuneRun) -> dict[str, Any]:
+    """Train; returns the data counts (a data-quality stop raises `DataError` with a checkpoint)."""
+    from flava.training.counts import SkipCounter
+    from flava.training.run import stop_with_checkpoint
+
+    resume = r.cfg.training.lightning_load_from_checkpoint
+    r.trainer.fit(r.module, datamodule=r.data, ckpt_path=resume)
+    counts = SkipCounter.metrics(r.module.counter.totals(r.module))  # every process calls it
+    if r.module.stopped:
+        raise DataError(stop_with_checkpoint(r.trainer, r.run_dir, r.module.stopped, counts))
+    return counts
+
+
+def _validated(r: FinetuneRun, ckpt_path: str | None = None) -> dict[str, float]:
+    """The scalar validation metrics of the current weights (or of `ckpt_path`'s)."""
+    import torch
+
+    trainer = r.trainer
+    trainer.validate(
+        r.module, datamodule=r.data, verbose=False, ckpt_path=ckpt_path, weights_only=True
+    )
+    return {
+        k: float(v)
+        for k, v in trainer.callback_metrics.items()
+        if k.startswith("val") and torch.as_tensor(v).numel() == 1
+    }
+
+
+def validate(r: FinetuneRun) -> dict[str, Any]:
+    """final/ metrics of the last weights and best/ of the best checkpoint (loaded last)."""
+    from flava.checkpoints.io import read_checkpoint
+
+    final = _validated(r)
+    best_path = r.best.best_model_path
+    best_step = r.trainer.global_step
+    best = final
+    if best_path:
+        best_step = int(read_checkpoint(best_path)["global_step"])
+        if best_step != r.trainer.global_step:
+            best = _validated(r, ckpt_path=best_path)
+    metrics: dict[str, Any] = {f"final/{key}": v for key, v in final.items()}
+    metrics.update({f"best/{key}": v for key, v in best.items()})
+    metrics.update({"best_step": best_step, "best_checkpoint": best_path or None})
+    return metrics
+
+
+def report(r: FinetuneRun, metrics: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """Save model/ (the best weights), write metrics.json and print the summary (rank 0)."""
+    from flava.training.run import loss_trends, read_logged, write_metrics
+
+    k, module = r.cfg.task, r.module
+    model_dir = r.run_dir / "model"
+    extra = {"task": k.name, "type": k.type, "class_names": r.class_names}
+    save_finetuned(module.model, model_dir, extra)
+    metrics.update(loss_trends(read_logged(r.run_dir)))
+    metrics.update({f"data/val_skipped/{n}": c for n, c in sorted(module.val_skipped.items())})
+    metrics.update(
+        {
+            "task": k.name,
+            "steps": r.trainer.global_step,
+            "monitor": f"val/{monitor_of(r.cfg)}",
+            "seconds": round(seconds, 1),
+            "model": str(model_dir),
+            "train_examples": len(r.train),
+            "val_examples": {p: len(ds) for p, ds in r.vals},
+        }
+    )
+    write_metrics(r.run_dir, metrics)
+    print(summary(metrics, r.run_dir))
+    return metrics
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Fine-tune per `cfg`; returns the metrics written to metrics.json (rank 0)."""
+    from flava.training.run import Timer
+
+    timer = Timer()
+    r = setup(cfg)
+    log.info("majority baseline ...")
+    baseline = majority_baseline(r.train, r.vals, cfg.task.type)
+    counts = fit(r)
+    metrics = validate(r)
+    metrics.update({f"baseline/majority/{key}": v for key, v in baseline.items()})
+    if not r.trainer.is_global_zero:
+        return metrics
+    metrics.update(counts)
+    return report(r, metrics, timer())
+
+
+def summary(metrics: dict[str, Any], run_dir: Path) -> str:
+    """A table: metric | majority baseline | final | best; then the training loss trend."""
+    lines = [
+        f"\nFLAVA fine-tuning {metrics['task']}: {metrics['steps']} steps in "
+        f"{metrics['seconds']:.0f} s (best at step {metrics['best_step']}) -> {run_dir}",
+        f"{'metric':<36}{'majority':>10}{'final':>10}{'best':>10}",
+    ]
+    keys = sorted({key.split("/", 1)[1] for key in metrics if key.startswith(("final/", "best/"))})
+    for key in keys:
+        values = [metrics.get(f"{p}/{key}") for p in ("baseline/majority", "final", "best")]
+        cells = "".join(f"{v:10.4f}" if isinstance(v, float) else f"{'-':>10}" for v in values)
+        lines.append(f"{key:<36}{cells}")
+    trends = sorted(k[len("train/") : -len("/first")] for k in metrics if k.endswith("/first"))
+    if trends:
+        lines.append(f"{'training (first -> last 10%)':<46}{'first':>10}{'last':>10}")
+    for name in trends:
+        first, last = metrics[f"train/{name}/first"], metrics[f"train/{name}/last"]
+        lines.append(f"  train/{name:<38}{first:10.4f}{last:10.4f}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# the command
 
 
 def _run(cfg: Any) -> object:
     from flava.checkpoints.io import read_checkpoint
-    from flava.tasks.finetuning import run
     from flava.training.precision import resolve_precision
 
     resolve_precision(cfg)  # a precision the hardware lacks fails here, before any work

@@ -13,7 +13,8 @@ from flava.data.sources import decode_image
 from flava.data.tokenizer import load_tokenizer
 from flava.data.transforms import image_transform
 from flava.tasks.finetune_config import FinetuneConfig, load_schema_config, validate_finetune
-from flava.tasks.finetuning import build_datasets, majority_baseline
+from flava.tasks.finetuning import build_datasets
+from flava.tasks.metrics import majority_baseline
 from flava.tasks.task_data import (
     DatasetUnavailable,
     SceneTask,

@@ -7,7 +7,7 @@ import torch
 from scipy import stats
 from sklearn import metrics as skm
 
-from flava.tasks.finetuning import TaskMetrics, VQAAccuracy
+from flava.tasks.metrics import TaskMetrics, VQAAccuracy
 from flava.tasks.task_data import answer_vocabulary, normalize_answer, vqa_soft_scores
 from flava.training.finetune_module import task_loss
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flava.tasks.retrieval import recall_at_k
-from flava.tasks.zero_shot import imagenet_classnames, imagenet_templates, topk_accuracy
+from flava.tasks.metrics import recall_at_k, topk_accuracy
+from flava.tasks.zero_shot import imagenet_classnames, imagenet_templates
 
 
 def brute_force(images, texts, owner, k):

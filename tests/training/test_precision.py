@@ -66,7 +66,7 @@ def _fail_on_work(monkeypatch):
         raise AssertionError("work started before the precision check")
 
     monkeypatch.setattr("flava.training.data.check_sources", work)
-    monkeypatch.setattr("flava.tasks.finetuning.build_datasets", work)
+    monkeypatch.setattr("flava.finetune.build_datasets", work)
 
 
 @pytest.mark.parametrize("value", HALF)
@@ -134,7 +134,7 @@ def test_forced_precision_passes_the_check(avx2, monkeypatch, tmp_path, capsys, 
         raise ConfigError("past the precision check")
 
     monkeypatch.setattr("flava.training.data.check_sources", reached)
-    monkeypatch.setattr("flava.tasks.finetuning.build_datasets", reached)
+    monkeypatch.setattr("flava.finetune.build_datasets", reached)
     forced = ["training.lightning.precision=bf16-mixed", "training.lightning.force_precision=true"]
     assert main([*argv, f"training.run_dir={tmp_path / 'run'}", *forced]) == 2
     assert capsys.readouterr().err.strip() == "error: past the precision check"

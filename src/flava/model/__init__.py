@@ -1,5 +1,6 @@
 """nn.Modules only: transformer, encoders, heads, codebook and presets (no data, no Lightning)."""
 
+from flava.model.classifier import FlavaClassifier
 from flava.model.config import (
     CodebookConfig,
     EncoderConfig,
@@ -15,6 +16,7 @@ __all__ = [
     "PRESET_NAMES",
     "CodebookConfig",
     "EncoderConfig",
+    "FlavaClassifier",
     "FlavaConfig",
     "FlavaForPreTraining",
     "FlavaModel",

@@ -2,7 +2,8 @@
 
 Image -> text: an image scores a hit at k when any of its captions is among the k texts most
 similar to it. Text -> image: a caption scores a hit when its own image is among the k images
-most similar to it. (The original FLAVA script used only the first caption per image.)
+most similar to it. (The original FLAVA script used only the first caption per image.) The
+embeddings are computed here; R@k is `flava.tasks.metrics.recall_at_k`.
 """
 
 from __future__ import annotations
@@ -15,43 +16,7 @@ from PIL import Image
 
 from flava.data.sources.base import SAMPLE_ERRORS, SkipLog
 from flava.model.flava import FlavaModel
-
-
-def recall_at_k(
-    image_embeddings: torch.Tensor,
-    text_embeddings: torch.Tensor,
-    text_to_image: torch.Tensor,
-    ks: Sequence[int] = (1, 5, 10),
-) -> dict[str, float]:
-    """R@k both ways; `text_to_image[t]` is the image index of caption t.
-
-    Keys: "image_to_text/R@k" and "text_to_image/R@k" (fractions in [0, 1]).
-    """
-    n_images, n_texts = image_embeddings.shape[0], text_embeddings.shape[0]
-    if text_to_image.shape != (n_texts,):
-        raise ValueError(
-            f"text_to_image must have shape ({n_texts},), got {tuple(text_to_image.shape)}"
-        )
-    if n_texts and (text_to_image.min() < 0 or text_to_image.max() >= n_images):
-        raise ValueError("text_to_image holds an image index out of range")
-    sim = (
-        F.normalize(image_embeddings.float(), dim=-1)
-        @ F.normalize(text_embeddings.float(), dim=-1).T
-    )
-    owner = text_to_image.to(sim.device)
-    out: dict[str, float] = {}
-    # image -> text: rank of the best-ranked own caption
-    own = owner[None, :] == torch.arange(n_images, device=sim.device)[:, None]  # [I, T]
-    best_own = sim.masked_fill(~own, float("-inf")).max(dim=1).values  # [I]
-    rank_i2t = (sim > best_own[:, None]).sum(dim=1)  # texts strictly better than the best own one
-    # text -> image: rank of the caption's own image
-    sim_t = sim.T  # [T, I]
-    own_score = sim_t.gather(1, owner[:, None])  # [T, 1]
-    rank_t2i = (sim_t > own_score).sum(dim=1)
-    for k in ks:
-        out[f"image_to_text/R@{k}"] = (rank_i2t < k).float().mean().item()
-        out[f"text_to_image/R@{k}"] = (rank_t2i < k).float().mean().item()
-    return out
+from flava.tasks.metrics import recall_at_k as recall_at_k  # re-exported for flava.retrieval
 
 
 @torch.no_grad()

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from flava.model.flava import FlavaModel
+from flava.tasks.metrics import topk_accuracy as topk_accuracy  # re-exported for flava.zero_shot
 from flava.tasks.retrieval import embed_texts
 
 
@@ -52,22 +53,6 @@ def class_embeddings(
     return F.normalize(emb, dim=-1)
 
 
-def topk_accuracy(
-    image_embeddings: torch.Tensor,
-    class_embeds: torch.Tensor,
-    labels: torch.Tensor,
-    ks: Sequence[int] = (1, 5),
-) -> dict[str, float]:
-    """Top-k accuracy of nearest-class assignment; keys "top1", "top5" ..."""
-    logits = F.normalize(image_embeddings.float(), dim=-1) @ class_embeds.float().T  # [N, C]
-    out = {}
-    for k in ks:
-        k_eff = min(k, logits.shape[1])
-        top = logits.topk(k_eff, dim=1).indices
-        out[f"top{k}"] = (top == labels[:, None]).any(dim=1).float().mean().item()
-    return out
-
-
 DEFAULT_TEMPLATES = ["a photo of a {}."]
 _WNID = re.compile(r"^n\d{8}$")
 
@@ -81,7 +66,7 @@ def class_names_and_templates(
     cfg: DictConfig, dataset_classes: list[str]
 ) -> tuple[list[str], list[str]]:
     """Names in label order and templates, from the files given or the dataset's defaults."""
-    from flava.tasks.eval_config import read_json_list
+    from flava.tasks.run import read_json_list
 
     z, kind = cfg.zero_shot, cfg.data.kind
     imagenet = kind == "image_folder" and is_imagenet_style(dataset_classes)

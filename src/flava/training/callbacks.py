@@ -25,8 +25,9 @@ from flava.data.sources.base import SAMPLE_ERRORS, BadSample, Sample, SkipLog, S
 from flava.data.tokenizer import FlavaTokenizer
 from flava.data.transforms import ImageTransform
 from flava.model.flava import FlavaModel
-from flava.tasks.retrieval import embed_images, embed_texts, recall_at_k
-from flava.tasks.zero_shot import class_embeddings, topk_accuracy
+from flava.tasks.metrics import recall_at_k, topk_accuracy
+from flava.tasks.retrieval import embed_images, embed_texts
+from flava.tasks.zero_shot import class_embeddings
 
 log = logging.getLogger("flava")
 # Candidates drawn for an evaluation set of n samples: 4 n + 64, enough to fill it when many
@@ -258,7 +259,7 @@ def names_and_templates(
     source: Any, entry: DictConfig, ev: DictConfig
 ) -> tuple[list[str], list[str]] | None:
     """Class names in label order and prompt templates for a labelled image entry, or None."""
-    from flava.tasks.eval_config import read_json_list
+    from flava.tasks.run import read_json_list
     from flava.tasks.zero_shot import class_names_and_templates
 
     known = dataset_classes(source)

@@ -16,7 +16,8 @@ from torch import nn
 from flava.data.sources.base import SAMPLE_ERRORS, SkipLog, robust_read, skip_reason
 from flava.data.tokenizer import FlavaTokenizer
 from flava.data.transforms import ImageTransform
-from flava.tasks.finetuning import FlavaClassifier, TaskMetrics
+from flava.model.classifier import FlavaClassifier
+from flava.tasks.metrics import TaskMetrics
 from flava.tasks.task_data import Example
 from flava.training.counts import SkipCounter
 from flava.training.optim import adamw_with_schedule, clip_gradients
