@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from flava.model import FlavaForPreTraining, preset
-from flava.model.transformer import LayerNorm
+from flava.model.norm import LayerNorm
 from flava.objectives.losses import contrastive_loss, masked_prediction_loss
 
 
@@ -95,24 +95,26 @@ def test_mlp_recomputed_gelu_matches_plain_modules(act, autocast):
         assert torch.equal(ours, theirs)  # the same operations in the same order
 
 
+def _saved_bytes(fn):
+    """Bytes of every tensor autograd keeps for backward while `fn` runs."""
+    sizes = []
+
+    def pack(t):
+        sizes.append(t.numel() * t.element_size())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(sizes)
+
+
 def test_mlp_keeps_one_hidden_activation_for_backward():
     from flava.model.config import EncoderConfig
     from flava.model.transformer import MLP
 
     mlp = MLP(EncoderConfig(hidden_size=32, num_attention_heads=4, intermediate_size=512))
     x = torch.randn(4, 10, 32, requires_grad=True)
-
-    def saved_bytes(fn):
-        sizes = []
-
-        def pack(t):
-            sizes.append(t.numel() * t.element_size())
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            fn()
-        return sum(sizes)
-
+    saved_bytes = _saved_bytes
     fused = saved_bytes(lambda: mlp(x))
     plain = saved_bytes(lambda: mlp.fc2(mlp.act(mlp.fc1(x))))
     hidden = 4 * 10 * 512 * 4  # one [B, N, 4D] fp32 activation
@@ -154,3 +156,16 @@ def test_layer_recomputing_norms_and_gelu_matches_plain_modules(autocast):
         assert torch.equal(ours, theirs)  # the same operations in the same order
     with torch.no_grad():
         torch.testing.assert_close(layer(x, mask)[0], _plain_layer(layer, x, mask), atol=0, rtol=0)
+
+
+def test_layer_keeps_neither_norm_output_nor_gelu_output_for_backward():
+    from flava.model.config import EncoderConfig
+    from flava.model.transformer import Layer
+
+    layer = Layer(EncoderConfig(hidden_size=32, num_attention_heads=4, intermediate_size=512))
+    x = torch.randn(4, 10, 32, requires_grad=True)
+    fused = _saved_bytes(lambda: layer(x))
+    plain = _saved_bytes(lambda: _plain_layer(layer, x, None))
+    width, hidden = 4 * 10 * 32 * 4, 4 * 10 * 512 * 4  # one [B, N, D] / [B, N, 4D] fp32 tensor
+    stats = 2 * 4 * 10 * 4  # a norm's mean and 1/std [B, N, 1], recomputed with its output
+    assert plain - fused == 2 * (width + stats) + hidden  # norm1(x), norm2(x) and gelu(h)

@@ -12,7 +12,8 @@ from flava.model.config import (
     MultimodalEncoderConfig,
     TextEncoderConfig,
 )
-from flava.model.transformer import Encoder, EncoderOutput, LayerNorm, padding_mask
+from flava.model.norm import LayerNorm
+from flava.model.transformer import Encoder, EncoderOutput, padding_mask
 
 
 class Pooler(nn.Module):

@@ -1,0 +1,130 @@
+"""Memory-saving fused operations of the transformer block: the one place that bypasses autograd.
+
+Two pairs of operations in each layer run as one autograd function that recomputes an
+elementwise result in the backward pass instead of keeping it for backward:
+
+- `norm_linear`: ``linear(layer_norm(x))`` keeps ``x`` (which autograd keeps anyway for the norm's
+  gradient) but not the norm's output (``qkv`` after ``norm1``, ``fc1`` after ``norm2``);
+- `gelu_linear`: ``linear(gelu(h))`` keeps ``h`` but not ``gelu(h)`` (``fc2`` in the MLP), about a
+  third of a layer's activation memory.
+
+Outputs and gradients are bitwise those of the plain modules (tests/model/test_numerics.py); the
+saving is measured in benchmarks/RESULTS.md ("Memory changes"). Without gradients (inference)
+both run as the plain modules.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from flava.model.norm import LayerNorm, layer_norm
+
+
+def norm_linear(norm: LayerNorm, linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``linear(norm(x))`` [..., D] -> [..., out]; with gradients on, not keeping ``norm(x)``."""
+    if not torch.is_grad_enabled():
+        return linear(norm(x))
+    shape = tuple(norm.normalized_shape)
+    return _NormLinear.apply(x, norm.weight, norm.bias, linear.weight, linear.bias, shape, norm.eps)
+
+
+def gelu_linear(h: torch.Tensor, linear: nn.Linear, approximate: str) -> torch.Tensor:
+    """``linear(gelu(h, approximate))`` [..., F] -> [..., out]; not keeping ``gelu(h)``."""
+    if not torch.is_grad_enabled():
+        return linear(F.gelu(h, approximate=approximate))
+    return _GeluLinear.apply(h, linear.weight, linear.bias, approximate)
+
+
+def _product_grads(
+    grad_out: torch.Tensor,
+    product_input: torch.Tensor,
+    weight: torch.Tensor,
+    need: tuple[bool, bool, bool],
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Gradients (input, weight, bias) of ``F.linear(product_input, weight, bias)``, each only if
+    ``need`` says so; the product ran in ``grad_out``'s dtype (autocast's, else the weights')."""
+    dtype = grad_out.dtype
+    grad_2d = grad_out.reshape(-1, grad_out.shape[-1])
+    grad_input = grad_weight = grad_bias = None
+    if need[0]:
+        grad_input = (grad_out @ weight.to(dtype)).to(product_input.dtype)
+    if need[1]:
+        flat = product_input.detach().to(dtype).reshape(-1, product_input.shape[-1])
+        grad_weight = (grad_2d.t() @ flat).to(weight.dtype)
+    if need[2]:
+        grad_bias = grad_2d.sum(0).to(weight.dtype)
+    return grad_input, grad_weight, grad_bias
+
+
+class _NormLinear(torch.autograd.Function):
+    """``linear(layer_norm(x), weight, bias)`` that keeps ``x`` but not the norm's output.
+
+    Eager autograd keeps both the norm's input (for the normalisation's gradient) and its output
+    (for the product's weight gradient); the output is recomputed here in the backward pass
+    instead, one elementwise pass per layer norm.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        norm_weight: torch.Tensor,
+        norm_bias: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        shape: tuple[int, ...],
+        eps: float,
+    ) -> torch.Tensor:
+        ctx.save_for_backward(x, norm_weight, norm_bias, weight)
+        ctx.shape, ctx.eps, ctx.has_bias = shape, eps, bias is not None
+        return F.linear(layer_norm(x, shape, norm_weight, norm_bias, eps), weight, bias)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, norm_weight, norm_bias, weight = ctx.saved_tensors
+        need = ctx.needs_input_grad[:5]
+        leaves = [t.detach().requires_grad_(n) for t, n in zip((x, norm_weight, norm_bias), need)]
+        with torch.enable_grad():
+            normed = layer_norm(leaves[0], ctx.shape, leaves[1], leaves[2], ctx.eps)
+        wanted = [i for i in range(3) if need[i]]
+        product_need = (bool(wanted), need[3], need[4] and ctx.has_bias)
+        grad_normed, grad_weight, grad_bias = _product_grads(grad_out, normed, weight, product_need)
+        grads: list[torch.Tensor | None] = [None, None, None, grad_weight, grad_bias]
+        if wanted:
+            found = torch.autograd.grad(normed, [leaves[i] for i in wanted], grad_normed)
+            for i, g in zip(wanted, found):
+                grads[i] = g
+        return (*grads, None, None)
+
+
+class _GeluLinear(torch.autograd.Function):
+    """``linear(gelu(h), weight, bias)`` that keeps only ``h`` for the backward pass.
+
+    Eager autograd keeps two ``[B, N, 4D]`` tensors per MLP: ``h`` for GELU's gradient and
+    ``gelu(h)`` for the weight gradient. Recomputing the GELU in the backward pass (one elementwise
+    pass, no matrix product) drops the second: about a third of a layer's activation memory.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, approx: str
+    ) -> torch.Tensor:
+        ctx.save_for_backward(h, weight)
+        ctx.approximate, ctx.has_bias = approx, bias is not None
+        return F.linear(F.gelu(h, approximate=approx), weight, bias)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        h, weight = ctx.saved_tensors
+        need_h, need_weight, need_bias, _ = ctx.needs_input_grad
+        acted = F.gelu(h, approximate=ctx.approximate)
+        need = (need_h, need_weight, need_bias and ctx.has_bias)
+        grad_acted, grad_weight, grad_bias = _product_grads(grad_out, acted, weight, need)
+        grad_h = None
+        if need_h:
+            grad_h = torch.ops.aten.gelu_backward(grad_acted, h, approximate=ctx.approximate)
+        return grad_h, grad_weight, grad_bias, None
