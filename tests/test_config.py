@@ -133,6 +133,9 @@ def test_help_lists_every_key_with_type_default_and_docstring(capsys):
     keys = [line.split(":")[0].strip() for line in lines if line.startswith("  ") and ": " in line]
     assert "model.losses.itm_weight" in keys and "datasets.vl.val" in keys
     assert len(keys) == len(set(keys))
+    assert "  datasets.vl.val: list[SourceConfig] = [{'size': 512}]" in lines
+    at = lines.index("  datasets.image.train[i].shards: list[str] = []")  # list entries' keys once
+    assert lines[at + 1].strip().startswith("webdataset shards:")
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
     assert "training.run_dir: str = 'runs/flava'" in out and "Run directory: config.yaml" in out

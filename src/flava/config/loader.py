@@ -148,11 +148,22 @@ def _type_name(kind: Any) -> str:
     return getattr(kind, "__name__", str(kind).replace("typing.", ""))
 
 
-def _default_text(value: Any) -> str:
-    """A default as --help shows it: null / true / false as in YAML, strings quoted."""
-    if dataclasses.is_dataclass(value) or (
-        isinstance(value, list) and value and dataclasses.is_dataclass(value[0])
-    ):
+def _item_class(kind: Any) -> type | None:
+    """The dataclass of a list-of-dataclasses field (e.g. list[SourceConfig]), else None."""
+    args = typing.get_args(kind)
+    if typing.get_origin(kind) is list and args and dataclasses.is_dataclass(args[0]):
+        return args[0]
+    return None
+
+
+def _default_text(value: Any, item: type | None = None) -> str:
+    """A default as --help shows it: null / true / false as in YAML, strings quoted; entries
+    of a list of dataclasses show only the fields that differ from the entry's defaults."""
+    if item is not None:
+        base = OmegaConf.to_container(OmegaConf.structured(item()), enum_to_str=True)
+        rows = [OmegaConf.to_container(OmegaConf.structured(v), enum_to_str=True) for v in value]
+        value = [{k: v for k, v in row.items() if v != base[k]} for row in rows]  # type: ignore[union-attr]
+    elif dataclasses.is_dataclass(value):
         value = OmegaConf.to_container(OmegaConf.structured(value), enum_to_str=True)
     elif isinstance(value, list):
         value = [v.value if isinstance(v, Enum) else v for v in value]
@@ -171,22 +182,41 @@ def _doc_for(schema: type, name: str) -> str:
     return ""
 
 
-def describe(schema: type, prefix: str = "", defaults: Any = None) -> list[str]:
-    """Lines for --help: per key its type and default, then its field docstring; nested
-    dataclasses expanded with the section's docstring as a heading."""
-    defaults = defaults if defaults is not None else schema()
+def _describe(schema: type, prefix: str, defaults: Any, items: dict[type, str]) -> list[str]:
+    """`describe` of one (nested) section; list entry classes are collected in `items`."""
     hints = typing.get_type_hints(schema)
     lines = []
     for f in dataclasses.fields(schema):
         kind, value, key = hints[f.name], getattr(defaults, f.name), f"{prefix}{f.name}"
         if dataclasses.is_dataclass(kind):
             heading = (inspect.getdoc(kind) or "").splitlines()[0]
-            lines += [f"  {key}.*  ({heading})", *describe(kind, f"{key}.", value)]
+            lines += [f"  {key}.*  ({heading})", *_describe(kind, f"{key}.", value, items)]
             continue
-        lines.append(f"  {key}: {_type_name(kind)} = {_default_text(value)}")
+        item = _item_class(kind)
+        if item is not None:
+            items.setdefault(item, key)
+        lines.append(f"  {key}: {_type_name(kind)} = {_default_text(value, item)}")
         doc = _doc_for(schema, f.name)
         if doc:
             lines += textwrap.wrap(doc, 96, initial_indent=" " * 6, subsequent_indent=" " * 6)
+    return lines
+
+
+def describe(schema: type) -> list[str]:
+    """Lines for --help: per key its type and default, then its field docstring; nested
+    sections under their docstring's first line; the keys of list entries (such as each
+    dataset of datasets.vl.train) once at the end."""
+    items: dict[type, str] = {}
+    lines = _describe(schema, "", schema(), items)
+    done: set[type] = set()
+    while len(done) < len(items):
+        item, key = next((c, k) for c, k in items.items() if c not in done)
+        done.add(item)
+        heading = (inspect.getdoc(item) or "").splitlines()[0]
+        lines += [
+            f"  {key}[i].*  (each entry of a {item.__name__} list: {heading})",
+            *_describe(item, f"{key}[i].", item(), items),
+        ]
     return lines
 
 
