@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 
 from flava.config import (
@@ -110,6 +112,7 @@ def test_choices_keep_their_spellings_and_the_saved_config_loads_again(tmp_path)
     )
     again = load_config([f"config={saved}"], RunConfig, validate)
     assert to_yaml(again) == to_yaml(cfg)
+    assert to_yaml(pickle.loads(pickle.dumps(cfg))) == to_yaml(cfg)  # spawned workers get it
     for typed in ("32", 32):  # a YAML / dotlist number reads as the spelling "32"
         (tmp_path / "p.yaml").write_text(f"training:\n  lightning:\n    precision: {typed!r}\n")
         cfg = load_config([f"config={tmp_path / 'p.yaml'}"], RunConfig)

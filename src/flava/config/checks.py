@@ -40,9 +40,10 @@ class Choice(StrEnum):
         return tuple(member.value for member in cls)
 
 
-def choices(name: str, values: tuple[str, ...]) -> type[Choice]:
-    """A `Choice` whose members are spelled as `values` (also spellings that are not names)."""
-    return Choice(name, [(value, value) for value in values])  # type: ignore[return-value]
+def choices(name: str, values: tuple[str, ...], module: str) -> type[Choice]:
+    """A `Choice` whose members are spelled as `values` (also spellings that are not names,
+    such as "32"); `module` is where it is bound under `name`, so that its members pickle."""
+    return Choice(name, [(value, value) for value in values], module=module)  # type: ignore[return-value]
 
 
 def fail_checks(cfg: DictConfig, checks: list[Check]) -> None:

@@ -26,6 +26,7 @@ Precision = choices(
         "16-true",
         "16",
     ),
+    __name__,
 )
 """training.lightning.precision: Lightning's spellings ("32" and 32 both read as "32")."""
 
