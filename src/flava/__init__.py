@@ -1,5 +1,8 @@
 """FLAVA: a foundational language-and-vision alignment model (Singh et al., CVPR 2022)."""
 
+# Importing the checkpoints installs the models' save_pretrained / from_pretrained (the model
+# package holds no loading code); every `flava.*` import runs this file first.
+from flava import checkpoints  # noqa: F401
 from flava.model import (
     PRESET_NAMES,
     FlavaConfig,
@@ -7,6 +10,7 @@ from flava.model import (
     FlavaModel,
     preset,
 )
+from flava.model.codebook import ImageCodebook
 
 __all__ = [
     "PRESET_NAMES",
@@ -22,11 +26,7 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> object:
-    # The codebook, tokenizer and transforms import on first use (torchvision, tokenizers).
-    if name == "ImageCodebook":
-        from flava.model.codebook import ImageCodebook
-
-        return ImageCodebook
+    # The tokenizer and transforms import on first use (torchvision, tokenizers).
     if name == "load_tokenizer":
         from flava.data.tokenizer import load_tokenizer
 

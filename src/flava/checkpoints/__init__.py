@@ -1,6 +1,10 @@
 """Checkpoints: our `config.json` + `model.safetensors`, the transformers layout both ways,
 OpenAI's `encoder.pkl`, and pretrained keys.
 
+Loading is free functions over the model classes; importing this package installs
+`save_pretrained` / `from_pretrained` as the model classes' methods of the same names
+(`flava.model.pretrained`), and `import flava` imports it.
+
 Our directory layout: `config.json` = {"flava_format": 1, "class": ..., "config": {...},
 "codebook": bool} and `model.safetensors` holding the module's own `state_dict()` keys.
 """
@@ -29,7 +33,10 @@ from flava.checkpoints.io import (
     write_json,
 )
 from flava.checkpoints.pretrained import CODEBOOK_FOR_KEY, PRETRAINED_KEYS, resolve_pretrained
+from flava.model.codebook import ImageCodebook
 from flava.model.config import CodebookConfig, FlavaConfig
+from flava.model.flava import FlavaForPreTraining, FlavaModel
+from flava.model.pretrained import install_checkpoint_io
 
 __all__ = [
     "CheckpointError",
@@ -54,8 +61,6 @@ def save_pretrained(
 ) -> None:
     """Write `config.json` + `model.safetensors` (FlavaModel, FlavaForPreTraining, codebook);
     `state`: the weights to write instead of `module.state_dict()` (e.g. gathered shards)."""
-    from flava.model.codebook import ImageCodebook
-
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     if isinstance(module, ImageCodebook):
@@ -185,9 +190,6 @@ def from_pretrained(
     and left initialised). `codebook` (FlavaForPreTraining only): a codebook source to use
     instead of the one in the checkpoint (directory, encoder.pkl or pretrained key).
     """
-    from flava.model.codebook import ImageCodebook
-    from flava.model.flava import FlavaForPreTraining, FlavaModel
-
     path, key = _resolve(name_or_path)
     if cls is ImageCodebook or issubclass(cls, ImageCodebook):
         if key is not None and key in CODEBOOK_FOR_KEY:
@@ -261,8 +263,6 @@ def export_transformers(module: nn.Module, directory: str | os.PathLike) -> None
         codebook_config_to_transformers,
         codebook_state_to_transformers,
     )
-    from flava.model.codebook import ImageCodebook
-    from flava.model.flava import FlavaForPreTraining, FlavaModel
 
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
@@ -290,3 +290,6 @@ def export_transformers(module: nn.Module, directory: str | os.PathLike) -> None
         raise TypeError(f"cannot export {type(module).__name__} to the transformers layout")
     save_weights(out / "model.safetensors", hf_state)
     write_json(out / "config.json", config)
+
+
+install_checkpoint_io(save_pretrained, from_pretrained)

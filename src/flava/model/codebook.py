@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from flava.model.config import CodebookConfig
-from flava.model.flava import _Pretrained
+from flava.model.pretrained import Pretrained
 
 LOGIT_LAPLACE_EPS = 0.1
 """The eps of DALL-E's map_pixels: [0, 1] is squeezed into [eps, 1 - eps]."""
@@ -58,7 +58,7 @@ class CodebookBlock(nn.Module):
         return self.id_path(x) + self.post_gain * self.res_path(x)
 
 
-class ImageCodebook(_Pretrained, nn.Module):
+class ImageCodebook(Pretrained, nn.Module):
     """DALL-E dVAE encoder (frozen): mapped pixels [B, 3, H, W] -> logits [B, V, H/8, W/8]."""
 
     def __init__(self, config: CodebookConfig) -> None:

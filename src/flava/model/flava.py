@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -12,7 +11,9 @@ from torch import nn
 
 from flava.model.config import EncoderConfig, FlavaConfig
 from flava.model.encoders import ImageEncoder, MultimodalEncoder, Pooler, TextEncoder
-from flava.model.transformer import EncoderOutput, LayerNorm, activation
+from flava.model.norm import LayerNorm
+from flava.model.pretrained import Pretrained
+from flava.model.transformer import EncoderOutput, activation
 
 if TYPE_CHECKING:
     from flava.model.codebook import ImageCodebook
@@ -49,24 +50,7 @@ def init_weights(module: nn.Module, std: float) -> None:
             nn.init.trunc_normal_(m.cls_token, std=std, a=-2 * std, b=2 * std)
 
 
-class _Pretrained:
-    """save_pretrained / from_pretrained for our modules (see flava.checkpoints)."""
-
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write `config.json` + `model.safetensors` to `directory`."""
-        from flava.checkpoints import save_pretrained
-
-        save_pretrained(self, directory)  # type: ignore[arg-type]
-
-    @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs: object):  # noqa: ANN206
-        """Load from our directory, a transformers-layout directory or a pretrained key."""
-        from flava.checkpoints import from_pretrained
-
-        return from_pretrained(cls, name_or_path, **kwargs)
-
-
-class FlavaModel(_Pretrained, nn.Module):
+class FlavaModel(Pretrained, nn.Module):
     """Image, text and multimodal encoders with contrastive and fusion projections."""
 
     def __init__(self, config: FlavaConfig) -> None:
@@ -194,7 +178,7 @@ class ITMHead(nn.Module):
         return self.classifier(self.pooler(x))
 
 
-class FlavaForPreTraining(_Pretrained, nn.Module):
+class FlavaForPreTraining(Pretrained, nn.Module):
     """FlavaModel plus the MIM, MLM, MMM-image, MMM-text and ITM heads, and the image codebook."""
 
     def __init__(self, config: FlavaConfig, codebook: ImageCodebook | None | bool = True) -> None:
