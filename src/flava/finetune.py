@@ -20,17 +20,11 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from flava.config import cli_main
+from flava.config import FinetuneConfig, cli_main, describe, load_config, validate_finetune
 from flava.data.sources.base import DataError
 from flava.model.classifier import FlavaClassifier
-from flava.tasks.finetune_config import (
-    FinetuneConfig,
-    describe_schema,
-    load_schema_config,
-    validate_finetune,
-)
 from flava.tasks.finetuning import build_datasets, check_task, save_finetuned
-from flava.tasks.metrics import majority_baseline
+from flava.tasks.run import load_flava
 
 log = logging.getLogger("flava")
 
@@ -56,8 +50,6 @@ class FinetuneRun:
 
 def build_classifier(cfg: DictConfig, num_outputs: int, seed: int = 0) -> FlavaClassifier:
     """The backbone (pretrained or preset, seeded) with a fresh head."""
-    from flava.tasks.eval_config import load_flava
-
     m = cfg.model
     flava = load_flava(m, seed)
     if m.activation_checkpointing:
@@ -239,6 +231,7 @@ def report(r: FinetuneRun, metrics: dict[str, Any], seconds: float) -> dict[str,
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Fine-tune per `cfg`; returns the metrics written to metrics.json (rank 0)."""
+    from flava.tasks.metrics import majority_baseline
     from flava.training.run import Timer
 
     timer = Timer()
@@ -295,8 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     return cli_main(
         argv,
         __doc__,
-        lambda: describe_schema(FinetuneConfig),
-        lambda a: load_schema_config(a, FinetuneConfig, validate_finetune),
+        lambda: describe(FinetuneConfig),
+        lambda a: load_config(a, FinetuneConfig, validate_finetune),
         _run,
         stop_errors=(DataError,),
     )

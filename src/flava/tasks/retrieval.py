@@ -16,7 +16,6 @@ from PIL import Image
 
 from flava.data.sources.base import SAMPLE_ERRORS, SkipLog
 from flava.model.flava import FlavaModel
-from flava.tasks.metrics import recall_at_k as recall_at_k  # re-exported for flava.retrieval
 
 
 @torch.no_grad()
@@ -84,6 +83,16 @@ def embed_texts(
         emb = model.encode_text(tok["input_ids"].to(device), tok["attention_mask"].to(device))
         out.append(F.normalize(emb.float(), dim=-1).cpu())
     return torch.cat(out) if out else torch.empty(0, model.config.projection_dim)
+
+
+def __getattr__(name: str) -> object:
+    """`recall_at_k` moved to flava.tasks.metrics, imported on first use."""
+    # a lazy re-export for old imports: torchmetrics, under flava.tasks.metrics, is slow to load
+    if name == "recall_at_k":
+        from flava.tasks.metrics import recall_at_k
+
+        return recall_at_k
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _progress(iterable, enabled: bool, what: str):  # noqa: ANN001, ANN202
