@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
+from flava.config import FinetuneConfig, load_config, validate_finetune
 from flava.data.sources import decode_image
 from flava.data.tokenizer import load_tokenizer
 from flava.data.transforms import image_transform
-from flava.tasks.finetune_config import FinetuneConfig, load_schema_config, validate_finetune
 from flava.tasks.finetuning import build_datasets
 from flava.tasks.metrics import majority_baseline
 from flava.tasks.task_data import (
@@ -65,7 +65,7 @@ VQA_FILES = "{questions: questions.json, annotations: annotations.json, images: 
 
 
 def _cfg(argv):
-    return load_schema_config(argv, FinetuneConfig, validate_finetune)
+    return load_config(argv, FinetuneConfig, validate_finetune)
 
 
 def test_vqa_layout_soft_scores_and_collation(tmp_path):
