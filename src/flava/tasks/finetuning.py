@@ -206,7 +206,6 @@ def load_finetuned(directory: str | Path) -> tuple[FlavaClassifier, dict[str, An
 
 __all__ = [
     "DatasetUnavailable",
-    "FlavaClassifier",
     "TaskDataset",
     "build_datasets",
     "check_task",
