@@ -156,29 +156,18 @@ def source_records(
     parts, part = world_size * readers, rank * readers + reader
     shared = not source.resampled and n < parts
     if shared and part == 0:
-        log.warning(
-            "%s has %d shard(s) for %d readers (processes x workers): readers share shards and "
-            "each reads only its part; write at least %d shards for a shard per reader",
-            describe(source),
-            n,
-            parts,
-            parts,
-        )
+        _warn_shared_shards(source, n, parts)
     sharers = len(range(part % n, parts, n))  # readers of the same shard (when shared)
     epoch, empty = 0, 0
     while epochs is None or epoch < epochs:
+        draw = [seed, 0x5A3D, *stream_key]
         if source.resampled:
-            draw = np.random.default_rng([seed, 0x5A3D, *stream_key, rank, reader, restart, epoch])
-            shards = [int(i) for i in draw.integers(n, size=max(1, n // parts))]
+            shards = _resampled_shards(n, parts, [*draw, rank, reader, restart, epoch])
+        elif shared:
+            shards = [_epoch_order(n, [*draw, epoch])[part % n]]
         else:
-            order = [
-                int(i)
-                for i in np.random.default_rng([seed, 0x5A3D, *stream_key, epoch]).permutation(n)
-            ]
-            if shared:
-                shards = [order[part % n]]
-            else:
-                shards = reader_shards(order, rank, world_size, reader, readers)
+            order = _epoch_order(n, [*draw, epoch])
+            shards = reader_shards(order, rank, world_size, reader, readers)
         records = source.records(shards, kind)
         if shared and sharers > 1:
             records = (r for i, r in enumerate(records) if i % sharers == part // n)
@@ -193,6 +182,29 @@ def source_records(
                 f"{describe(source)} yields no {kind} samples for rank {rank} reader {reader}"
             )
         epoch += 1
+
+
+def _warn_shared_shards(source: IterableSource, shards: int, readers: int) -> None:
+    """Log once that `readers` (processes x workers) share fewer `shards`."""
+    log.warning(
+        "%s has %d shard(s) for %d readers (processes x workers): readers share shards and "
+        "each reads only its part; write at least %d shards for a shard per reader",
+        describe(source),
+        shards,
+        readers,
+        readers,
+    )
+
+
+def _epoch_order(shards: int, seed: list[int]) -> list[int]:
+    """The epoch's permutation of the shard indices, the same for every reader."""
+    return [int(i) for i in np.random.default_rng(seed).permutation(shards)]
+
+
+def _resampled_shards(shards: int, readers: int, seed: list[int]) -> list[int]:
+    """One reader's shards of a resampled source for an epoch: drawn with replacement."""
+    draw = np.random.default_rng(seed)
+    return [int(i) for i in draw.integers(shards, size=max(1, shards // readers))]
 
 
 def sample_draws(

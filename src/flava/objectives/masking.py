@@ -249,6 +249,33 @@ def mask_tokens(
     ignore_index: int = -100,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT-mask ``input_ids`` [B, L]; return new ``(masked_input_ids, labels)`` tensors."""
+    _check_mask_args(input_ids, special_tokens_mask, word_ids, probability, vocab_size)
+    device = input_ids.device
+    rows = _row_generators(generator, input_ids.shape[0])
+    if rows is not None:
+        generator = None
+    eligible = ~special_tokens_mask.to(device=device, dtype=torch.bool)
+    if input_ids.numel() == 0:
+        return input_ids.clone(), torch.full_like(input_ids, ignore_index)
+    if word_ids is not None:
+        word_ids = word_ids.to(device=device, dtype=torch.long)
+        eligible = eligible & (word_ids >= 0)
+    draws = _TokenDraws(input_ids.shape, device, eligible, generator, rows)
+    if word_ids is None:
+        selected = _select_tokens(draws, eligible, probability, ensure_one)
+    else:
+        selected = _select_words(draws, eligible, word_ids, probability, ensure_one)
+    return _corrupt(input_ids, selected, draws, mask_token_id, vocab_size, ignore_index)
+
+
+def _check_mask_args(
+    input_ids: torch.Tensor,
+    special_tokens_mask: torch.Tensor,
+    word_ids: torch.Tensor | None,
+    probability: float,
+    vocab_size: int,
+) -> None:
+    """Raise ValueError for inputs that `mask_tokens` cannot mask."""
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be [B, L], got shape {tuple(input_ids.shape)}")
     if (
@@ -271,95 +298,146 @@ def mask_tokens(
     if vocab_size < 1:
         raise ValueError(f"vocab_size must be >= 1, got {vocab_size}")
 
-    device = input_ids.device
-    shape = input_ids.shape
-    rows: list[torch.Generator] | None = None
-    if generator is not None and not isinstance(generator, torch.Generator):
-        rows = list(generator)
-        if len(rows) != shape[0]:
-            raise ValueError(f"got {len(rows)} generators for {shape[0]} rows")
-        generator = None
-    rand_device = generator.device if generator is not None else device
 
-    eligible = ~special_tokens_mask.to(device=device, dtype=torch.bool)
-    if input_ids.numel() == 0:
-        return input_ids.clone(), torch.full_like(input_ids, ignore_index)
-    if word_ids is not None:
-        word_ids = word_ids.to(device=device, dtype=torch.long)
-        eligible = eligible & (word_ids >= 0)
-    if rows is not None:
-        # each row draws over its positions up to its last eligible one: padding draws nothing
-        position = torch.arange(shape[1], device=device)
-        within = position < torch.where(eligible, position + 1, 0).amax(dim=1, keepdim=True)
-        lengths = within.sum(1).tolist()
+def _row_generators(
+    generator: torch.Generator | Sequence[torch.Generator] | None, batch: int
+) -> list[torch.Generator] | None:
+    """The per-row generators when `generator` is a sequence of them, else None."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return None
+    rows = list(generator)
+    if len(rows) != batch:
+        raise ValueError(f"got {len(rows)} generators for {batch} rows")
+    return rows
 
-    def spread(parts: list[torch.Tensor], fill: float | int) -> torch.Tensor:
+
+class _TokenDraws:
+    """Random draws for a [B, L] batch from one generator, or from one generator per row.
+
+    Per row, row i's draws come from rows[i] and cover its positions up to its last eligible
+    one, so that trailing padding draws nothing.
+    """
+
+    def __init__(
+        self,
+        shape: torch.Size,
+        device: torch.device,
+        eligible: torch.Tensor,
+        generator: torch.Generator | None,
+        rows: list[torch.Generator] | None,
+    ) -> None:
+        self.shape, self.device, self.generator, self.rows = shape, device, generator, rows
+        self.rand_device = generator.device if generator is not None else device
+        if rows is not None:
+            position = torch.arange(shape[1], device=device)
+            last = torch.where(eligible, position + 1, 0).amax(dim=1, keepdim=True)
+            self.within = position < last  # [B, L]: the positions each row draws for
+            self.lengths = self.within.sum(1).tolist()
+
+    def _spread(self, parts: list[torch.Tensor], fill: float | int) -> torch.Tensor:
         """Per-row draws (row i's first lengths[i] positions) as a [B, L] tensor."""
-        out = torch.full(shape, fill, dtype=parts[0].dtype, device=device)
-        out[within] = torch.cat(parts).to(device)
+        out = torch.full(self.shape, fill, dtype=parts[0].dtype, device=self.device)
+        out[self.within] = torch.cat(parts).to(self.device)
         return out
 
-    def uniform() -> torch.Tensor:
-        """Uniform [0, 1) draws of the input's shape, on the input's device."""
-        if rows is not None:  # 2.0: beyond a row's tokens (never eligible, so never used)
-            parts = [torch.rand(n, generator=g, device=g.device) for g, n in zip(rows, lengths)]
-            return spread(parts, 2.0)
-        return torch.rand(shape, generator=generator, device=rand_device).to(device)
+    def uniform(self) -> torch.Tensor:
+        """Uniform [0, 1) draws [B, L] on the input's device."""
+        if self.rows is not None:  # 2.0: beyond a row's tokens (never eligible, so never used)
+            parts = [
+                torch.rand(n, generator=g, device=g.device) for g, n in zip(self.rows, self.lengths)
+            ]
+            return self._spread(parts, 2.0)
+        return torch.rand(self.shape, generator=self.generator, device=self.rand_device).to(
+            self.device
+        )
 
-    if word_ids is None:
-        selected = (uniform() < probability) & eligible
-        if ensure_one:
-            # Argmax of iid uniforms over the eligible positions picks one of them uniformly.
-            scores = uniform().masked_fill(~eligible, -1.0)
-            pick = scores.argmax(dim=1, keepdim=True)
-            need = eligible.any(dim=1, keepdim=True) & ~selected.any(dim=1, keepdim=True)
-            forced = torch.zeros_like(selected).scatter_(1, pick, True)
-            selected = selected | (forced & need)
-    else:
-        # Give every (row, word) pair a compact index so that one draw serves all its pieces.
-        row_ids = torch.arange(shape[0], device=device).unsqueeze(1)
-        span = int(word_ids.max().clamp(min=0).item()) + 1
-        keys = torch.where(eligible, row_ids * span + word_ids, torch.full_like(word_ids, -1))
-        unique_keys, word_index = torch.unique(keys, return_inverse=True)
-        num_words = unique_keys.numel()
-        if rows is not None:  # words of a row, in the order of unique_keys (row by row)
-            real = unique_keys[unique_keys >= 0]
-            words = torch.bincount(real // span, minlength=shape[0]).tolist()
-            unused = num_words - real.numel()  # the key -1 (not a word), first if present
+    def tokens(self, vocab_size: int, dtype: torch.dtype) -> torch.Tensor:
+        """Uniform random token ids [B, L] in [0, vocab_size)."""
+        if self.rows is not None:
+            parts = [
+                torch.randint(vocab_size, (n,), generator=g, device=g.device, dtype=dtype)
+                for g, n in zip(self.rows, self.lengths)
+            ]
+            return self._spread(parts, 0)
+        return torch.randint(
+            vocab_size, self.shape, generator=self.generator, device=self.rand_device, dtype=dtype
+        ).to(self.device)
 
-        def word_uniform() -> torch.Tensor:
-            """One uniform draw per word, broadcast to all of its pieces."""
-            if rows is not None:
-                parts = [torch.full((unused,), 2.0)]
-                parts += [torch.rand(n, generator=g, device=g.device) for g, n in zip(rows, words)]
-                return torch.cat([t.to(device) for t in parts])[word_index]
-            draws = torch.rand(num_words, generator=generator, device=rand_device).to(device)
-            return draws[word_index]
+    def per_word(self, words: list[int], unused: int, num_words: int) -> torch.Tensor:
+        """One uniform draw per compact word index [num_words] (`words`: words per row)."""
+        if self.rows is not None:
+            parts = [torch.full((unused,), 2.0)]
+            parts += [torch.rand(n, generator=g, device=g.device) for g, n in zip(self.rows, words)]
+            return torch.cat([t.to(self.device) for t in parts])
+        return torch.rand(num_words, generator=self.generator, device=self.rand_device).to(
+            self.device
+        )
 
-        selected = (word_uniform() < probability) & eligible
-        if ensure_one:
-            scores = word_uniform().masked_fill(~eligible, -1.0)
-            pick = scores.argmax(dim=1, keepdim=True)
-            chosen_word = word_index.gather(1, pick)
-            need = eligible.any(dim=1, keepdim=True) & ~selected.any(dim=1, keepdim=True)
-            selected = selected | (need & eligible & (word_index == chosen_word))
 
-    # 80% [MASK], 10% random token, 10% unchanged; decided independently per selected piece.
-    action = uniform()
+def _select_tokens(
+    draws: _TokenDraws, eligible: torch.Tensor, probability: float, ensure_one: bool
+) -> torch.Tensor:
+    """Targets [B, L]: each eligible token with `probability` (ensure_one: at least one a row)."""
+    selected = (draws.uniform() < probability) & eligible
+    if ensure_one:
+        # Argmax of iid uniforms over the eligible positions picks one of them uniformly.
+        scores = draws.uniform().masked_fill(~eligible, -1.0)
+        pick = scores.argmax(dim=1, keepdim=True)
+        need = eligible.any(dim=1, keepdim=True) & ~selected.any(dim=1, keepdim=True)
+        forced = torch.zeros_like(selected).scatter_(1, pick, True)
+        selected = selected | (forced & need)
+    return selected
+
+
+def _select_words(
+    draws: _TokenDraws,
+    eligible: torch.Tensor,
+    word_ids: torch.Tensor,
+    probability: float,
+    ensure_one: bool,
+) -> torch.Tensor:
+    """Targets [B, L]: every piece of each word drawn with `probability` (ensure_one: a word)."""
+    # Give every (row, word) pair a compact index so that one draw serves all its pieces.
+    shape, device = word_ids.shape, word_ids.device
+    row_ids = torch.arange(shape[0], device=device).unsqueeze(1)
+    span = int(word_ids.max().clamp(min=0).item()) + 1
+    keys = torch.where(eligible, row_ids * span + word_ids, torch.full_like(word_ids, -1))
+    unique_keys, word_index = torch.unique(keys, return_inverse=True)
+    num_words = unique_keys.numel()
+    words, unused = [], 0
+    if draws.rows is not None:  # words of a row, in the order of unique_keys (row by row)
+        real = unique_keys[unique_keys >= 0]
+        words = torch.bincount(real // span, minlength=shape[0]).tolist()
+        unused = num_words - real.numel()  # the key -1 (not a word), first if present
+
+    def word_uniform() -> torch.Tensor:
+        """One uniform draw per word, broadcast to all of its pieces."""
+        return draws.per_word(words, unused, num_words)[word_index]
+
+    selected = (word_uniform() < probability) & eligible
+    if ensure_one:
+        scores = word_uniform().masked_fill(~eligible, -1.0)
+        pick = scores.argmax(dim=1, keepdim=True)
+        chosen_word = word_index.gather(1, pick)
+        need = eligible.any(dim=1, keepdim=True) & ~selected.any(dim=1, keepdim=True)
+        selected = selected | (need & eligible & (word_index == chosen_word))
+    return selected
+
+
+def _corrupt(
+    input_ids: torch.Tensor,
+    selected: torch.Tensor,
+    draws: _TokenDraws,
+    mask_token_id: int,
+    vocab_size: int,
+    ignore_index: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(masked ids, labels): 80% of the targets [MASK], 10% a random token, 10% unchanged."""
+    # decided independently per selected piece
+    action = draws.uniform()
     to_mask = selected & (action < 0.8)
     to_random = selected & (action >= 0.8) & (action < 0.9)
-    if rows is not None:
-        dtype = input_ids.dtype
-        parts = [
-            torch.randint(vocab_size, (n,), generator=g, device=g.device, dtype=dtype)
-            for g, n in zip(rows, lengths)
-        ]
-        random_tokens = spread(parts, 0)
-    else:
-        random_tokens = torch.randint(
-            vocab_size, shape, generator=generator, device=rand_device, dtype=input_ids.dtype
-        ).to(device)
-
+    random_tokens = draws.tokens(vocab_size, input_ids.dtype)
     masked = torch.where(to_mask, torch.full_like(input_ids, mask_token_id), input_ids)
     masked = torch.where(to_random, random_tokens, masked)
     labels = torch.where(selected, input_ids, torch.full_like(input_ids, ignore_index))
