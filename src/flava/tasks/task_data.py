@@ -11,7 +11,9 @@ images decoded by `flava.data.sources.decode_image` only. A sample that cannot b
 - `embedded`: the generated scenes (flava.data.scenes): `image` (shape classes), `pair`
   (captions[0], statement) -> entailed, `vqa` (image, question) -> answer in ANSWERS;
 - `glue`: a Hugging Face source (`load_dataset("glue", task)`) with the task's text columns;
-- `torchvision`: CIFAR10 / Food101 / RenderedSST2 under a root directory;
+- `torchvision`: the torchvision classification sets of the paper's linear probes (CIFAR-10/100,
+  MNIST, Food101, Cars, Aircraft, DTD, Pets, Flowers102, STL-10, GTSRB, PCAM, CLEVR counts,
+  FER2013, Country211, RenderedSST2) in torchvision's layout under a root directory;
 - `image_folder`: `root/<split>/<class>/<image>`, or `root/<class>/<image>` as it is;
 - `vqa`: VQAv2 questions + annotations JSON and the COCO image directory;
 - `snli_ve`: SNLI-VE jsonl (Flickr30k image id, sentence2, gold_label) + Flickr30k images;
@@ -61,9 +63,29 @@ GLUE_TASKS: dict[str, tuple[str, str | None, int]] = {
 }
 TORCHVISION_DATASETS = {
     "cifar10": ("CIFAR10", "cifar-10-batches-py"),
+    "cifar100": ("CIFAR100", "cifar-100-python"),
+    "mnist": ("MNIST", "MNIST"),
     "food101": ("Food101", "food-101"),
+    "stanford_cars": ("StanfordCars", "stanford_cars"),
+    "fgvc_aircraft": ("FGVCAircraft", "fgvc-aircraft-2013b"),
+    "dtd": ("DTD", "dtd"),
+    "oxford_pets": ("OxfordIIITPet", "oxford-iiit-pet"),
+    "flowers102": ("Flowers102", "flowers-102"),
+    "stl10": ("STL10", "stl10_binary"),
+    "gtsrb": ("GTSRB", "gtsrb"),
+    "pcam": ("PCAM", "pcam"),
+    "clevr_counts": ("CLEVRClassification", "clevr"),
+    "fer2013": ("FER2013", "fer2013"),
+    "country211": ("Country211", "country211"),
     "rendered_sst2": ("RenderedSST2", "rendered-sst2"),
 }
+"""data.name -> (torchvision class, the folder it reads under data.root, torchvision's layout)."""
+TRAIN_FLAG_DATASETS = ("cifar10", "cifar100", "mnist")
+"""Datasets whose torchvision class takes train=True/False instead of a split name."""
+SPLIT_SPELLINGS = {"country211": {"val": "valid"}}
+UNNAMED_CLASSES = {"pcam": ["normal tissue", "metastatic tissue"]}
+"""Class names of sets whose torchvision class names none and keeps its labels out of reach."""
+"""Split names that a torchvision class spells its own way (validation is val elsewhere)."""
 DatasetUnavailable = SourceError
 """A dataset that is not where the configuration says; the message is one line."""
 
@@ -293,13 +315,20 @@ class SceneTask:
 def glue_source_config(
     task: str, split: str, hf_path: str = "glue", cache_dir: str | None = None
 ) -> Any:
-    """The `SourceConfig` of one GLUE split: a Hugging Face source with the task's columns."""
+    """The `SourceConfig` of one GLUE split: a Hugging Face source with the task's columns.
+
+    `hf_path` is a dataset on the Hub or in the cache ("glue", "nyu-mll/glue"), or a directory
+    holding each task as saved by `datasets` (`load_dataset("glue", task).save_to_disk(
+    f"{hf_path}/{task}")`).
+    """
     from omegaconf import OmegaConf
 
     if task not in GLUE_TASKS:
         raise ConfigError(f"data.name={task!r} is invalid: GLUE tasks are {', '.join(GLUE_TASKS)}")
     a, b, _ = GLUE_TASKS[task]
-    fields = dict(type="huggingface", key=hf_path, subset=task, split=split, text_columns=[a])
+    saved = Path(hf_path).expanduser() / task
+    where = dict(path=str(saved), key="") if saved.is_dir() else dict(key=hf_path, subset=task)
+    fields = dict(type="huggingface", **where, split=split, text_columns=[a])
     fields.update(text_pair_column=b, label_column="label", image_column="", cache_dir=cache_dir)
     return OmegaConf.merge(OmegaConf.structured(SourceConfig), fields)
 
@@ -356,21 +385,40 @@ def torchvision_dataset(
     cls_name, folder = TORCHVISION_DATASETS[name]
     cls = getattr(tvd, cls_name)
     split = {"validation": "val"}.get(split, split)
+    split = SPLIT_SPELLINGS.get(name, {}).get(split, split)
+    kwargs = {} if cls_name == "FER2013" else {"download": download}  # FER2013: no download
     try:
-        if name == "cifar10":
+        if name in TRAIN_FLAG_DATASETS:
             if split not in ("train", "test"):
-                raise ConfigError(f"CIFAR10 splits are train and test, not {split!r}")
-            ds = cls(root, train=split == "train", download=download)
+                raise ConfigError(f"{cls_name} splits are train and test, not {split!r}")
+            ds = cls(root, train=split == "train", **kwargs)
         else:
-            ds = cls(root, split=split, download=download)
-    except (RuntimeError, FileNotFoundError) as exc:
+            ds = cls(root, split=split, **kwargs)
+    except (RuntimeError, FileNotFoundError, ImportError) as exc:
         first = (str(exc).strip().splitlines() or [""])[0][:120]
         raise DatasetUnavailable(
             f"{cls_name} {split} not found under {root} (expected {Path(root) / folder}; {first}): "
             f"place the dataset there, or set data.download=true on a connected machine"
         ) from None
-    classes = list(getattr(ds, "classes", []))
+    except ValueError as exc:  # torchvision's check of the split name
+        raise ConfigError(f"{cls_name}: {(str(exc).strip().splitlines() or [''])[0]}") from None
+    labels = torchvision_labels(ds)
+    classes = list(getattr(ds, "classes", []) or UNNAMED_CLASSES.get(name, []))
+    if not classes and labels:  # PCAM, GTSRB, FER2013, CLEVR: no names, numbered classes
+        classes = [str(i) for i in range(max(labels) + 1)]
     return ds, classes
+
+
+def torchvision_labels(ds: Any) -> list[int] | None:
+    """The labels of a torchvision dataset in index order, read without decoding an image."""
+    for attr in ("targets", "_labels", "labels"):
+        labels = getattr(ds, attr, None)
+        if labels is not None and len(labels):
+            return [int(v) for v in labels]
+    samples = getattr(ds, "_samples", None)  # [(path or pixels, label)]
+    if samples:
+        return [int(label) for _, label in samples]
+    return None
 
 
 def torchvision_task(
@@ -384,10 +432,8 @@ def torchvision_task(
         image, label = ds[i]
         return Example(image=image, target=int(label))
 
-    labels = getattr(ds, "targets", None) or getattr(ds, "_labels", None)
-    if labels is None and hasattr(ds, "_samples"):  # RenderedSST2: [(path, label)]
-        labels = [label for _, label in ds._samples]
-    target_of = (lambda i: int(labels[i])) if labels is not None else None
+    labels = torchvision_labels(ds)
+    target_of = (lambda i: labels[i]) if labels is not None else None
     return TaskDataset(rows, make, len(classes), classes, target_of)
 
 
