@@ -175,7 +175,9 @@ def average_rows(results: Sequence[TaskResult]) -> list[list[str]]:
         else:
             ran = sum(1 for r in results if r.group == group and r.value is not None)
             left = [r.name for r in results if r.group == group and r.value is None]
-            over = f"{ran} tasks" + (f"; missing: {', '.join(left)}" if left else "")
+            over = f"{ran} task{'' if ran == 1 else 's'}" + (
+                f"; missing: {', '.join(left)}" if left else ""
+            )
         diff = None if ours[group] is None else ours[group] - PAPER_AVERAGES[group]
         rows.append(
             [
