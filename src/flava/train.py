@@ -62,33 +62,29 @@ def run(cfg: Any) -> dict[str, Any]:
     """Train per `cfg`; returns the metrics written to metrics.json (rank 0)."""
     import lightning as L
 
-    from flava.checkpoints import save_pretrained
     from flava.training.callbacks import build_evaluation
-    from flava.training.data import PretrainingData, check_sources
+    from flava.training.data import PretrainingData
+    from flava.training.factory import build_pretraining_model, fit_kmeans
     from flava.training.module import FlavaPretrainingModule
-    from flava.training.precision import resolve_precision
     from flava.training.sharding import full_model_state
 
     timer = Timer()
     t = cfg.training
-    resume = t.lightning_load_from_checkpoint
-    resolve_precision(cfg)  # a precision the hardware lacks fails here, before any work
-    if resume:  # missing, or needing more than tensors and plain containers: one line, exit 2
-        resume = check_resume(resume, "training.lightning_load_from_checkpoint")
-    check_sources(cfg)  # unreachable datasets fail here, in seconds, before the model is built
+    resume = check_before_work(cfg)
     L.seed_everything(t.seed if t.seed >= 0 else None, workers=True, verbose=False)
     run_dir = prepare_run_dir(cfg)
-    module = FlavaPretrainingModule(cfg)
+    module = FlavaPretrainingModule(cfg, *build_pretraining_model(cfg.model))
     data = PretrainingData(cfg, module.model.config, module.codebook_size)
-    module.kmeans_images = lambda: kmeans_fit_images(data, cfg.model.kmeans_images)
     image_size = module.model.config.image.image_size
     evaluation = build_evaluation(cfg, image_size, data.tokenizer, data.val_builder.transform)
     trainer = build_trainer(cfg, run_dir, [evaluation] if evaluation else [])
     if resume:  # a sharded checkpoint for DDP, or a single file for fsdp, converted
         resume = resume_for_strategy(resume, t.lightning.strategy, module, run_dir)
     metrics: dict[str, Any] = {}
-    if not resume:
-        module.on_fit_start()  # fit the k-means codebook before the "before" validation
+    if not resume:  # (a resumed run restores the fitted k-means codebook)
+        if module.kmeans is not None:  # fitted before the "before" validation
+            images = kmeans_fit_images(data, cfg.model.kmeans_images)
+            fit_kmeans(module.kmeans, images, t.seed, cfg.model.kmeans_images)
         before = trainer.validate(module, datamodule=data, verbose=False)
         metrics.update(_flatten("before", _merge(before)))
     trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)
@@ -100,12 +96,47 @@ def run(cfg: Any) -> dict[str, Any]:
     weights = full_model_state(module.model)  # every process takes part when sharded
     if not trainer.is_global_zero:
         return metrics
-    model_dir = run_dir / "model"
+    model_dir = save_model(module, run_dir / "model", weights)
+    return finish_run(metrics, counts, trainer, run_dir, model_dir, evaluation, timer)
+
+
+def check_before_work(cfg: Any) -> str | None:
+    """Fail in seconds on what would fail later (precision, resume file, data sources); returns
+    the checked resume checkpoint, if any."""
+    from flava.training.data import check_sources
+    from flava.training.precision import resolve_precision
+
+    resume = cfg.training.lightning_load_from_checkpoint
+    resolve_precision(cfg)  # a precision the hardware lacks fails here, before any work
+    if resume:  # missing, or needing more than tensors and plain containers: one line, exit 2
+        resume = check_resume(resume, "training.lightning_load_from_checkpoint")
+    check_sources(cfg)  # unreachable datasets fail here, in seconds, before the model is built
+    return resume
+
+
+def save_model(module: Any, model_dir: Path, weights: dict[str, Any]) -> Path:
+    """Write the trained model (and the fitted k-means codebook) to `model_dir`."""
+    from flava.checkpoints import save_pretrained
+
     save_pretrained(module.model, model_dir, weights)
     if module.kmeans is not None:
         from flava.checkpoints.io import save_weights
 
         save_weights(model_dir / "kmeans_codebook.safetensors", module.kmeans.state_dict())
+    return model_dir
+
+
+def finish_run(
+    metrics: dict[str, Any],
+    counts: dict[str, Any],
+    trainer: Any,
+    run_dir: Path,
+    model_dir: Path,
+    evaluation: Any,
+    timer: Timer,
+) -> dict[str, Any]:
+    """Add the loss trends, `counts` and evaluation results to the before / after `metrics`;
+    write metrics.json and curves.png, print the summary."""
     rows = read_logged(run_dir)
     metrics.update(loss_trends(rows))
     metrics.update(counts)

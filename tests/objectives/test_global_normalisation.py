@@ -20,7 +20,7 @@ from flava.objectives.losses import global_mean, masked_prediction_loss
 from flava.objectives.pretraining import LossWeights, pretraining_step
 
 TOL = 1e-5
-KINDS = ("image", "text", "pair")
+KINDS = ("image", "text", "vl")
 # Masked positions per row of the global batch of 4: rows 0-1 are rank 0's half, 2-3 rank 1's.
 IMAGE_MASKED = (1, 1, 4, 5)  # 2 vs 9 patches
 TEXT_MASKED = (1, 1, 3, 4)  # 2 vs 7 tokens
@@ -144,7 +144,7 @@ def _worker(rank: int, world: int, port: int, out: dict) -> None:
             p_negative = 0.999999 if rank == 0 else 0.0
             generator = torch.Generator().manual_seed(0)
             step = pretraining_step(
-                model, half, "pair", _targets, LossWeights(), p_negative, generator
+                model, half, "vl", _targets, LossWeights(), p_negative, generator
             )
         keys = [None] * world
         dist.all_gather_object(keys, sorted(step))
@@ -173,7 +173,7 @@ def test_two_processes_with_uneven_masks_equal_one_process(monkeypatch):
     expected = {
         "image": ["loss", "mim"],
         "text": ["loss", "mlm"],
-        "pair": ["contrastive", "itm", "loss", "mmm_image", "mmm_text"],
+        "vl": ["contrastive", "itm", "loss", "mmm_image", "mmm_text"],
     }
     for kind in KINDS:
         names, loss_diff, grad_diff = result[kind]

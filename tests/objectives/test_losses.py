@@ -13,7 +13,7 @@ from flava.objectives.pretraining import (
     image_step,
     itm_pairing,
     mim_labels,
-    pair_step,
+    vl_step,
     pretraining_step,
     text_step,
 )
@@ -140,7 +140,7 @@ def test_pair_losses_match_transformers(pair):
             itm_labels=torch.ones(4, dtype=torch.long),
             return_loss=True,
         ).loss_info
-        out = pair_step(
+        out = vl_step(
             ours, batch, lambda b: b["targets"], LossWeights(), negative_probability=0.0
         )
     for ours_key, hf_key in [
@@ -182,7 +182,7 @@ def test_unimodal_losses_match_transformers(pair):
 def test_itm_label_mixes_train(p_negative):
     model = FlavaForPreTraining(preset("tiny"), codebook=None)
     batch = _batch(model.config, b=6)
-    out = pair_step(
+    out = vl_step(
         model,
         batch,
         lambda b: b["targets"],
@@ -198,7 +198,7 @@ def test_itm_label_mixes_train(p_negative):
 def test_all_negative_batch_skips_mmm_and_weights_switch_objectives_off():
     model = FlavaForPreTraining(preset("tiny"), codebook=None)
     batch = _batch(model.config, b=5)
-    out = pair_step(
+    out = vl_step(
         model,
         batch,
         lambda b: b["targets"],
@@ -208,10 +208,10 @@ def test_all_negative_batch_skips_mmm_and_weights_switch_objectives_off():
     )
     assert "itm" in out and "mmm_text" not in out and "mmm_image" not in out
     only = LossWeights(mim=0, mlm=0, mmm_image=0, mmm_text=0, itm=0, contrastive=1)
-    out = pretraining_step(model, batch, "pair", None, only)
+    out = pretraining_step(model, batch, "vl", None, only)
     assert set(out) == {"contrastive", "contrastive_accuracy", "loss"}
     weighted = LossWeights(contrastive=0.5, itm=0, mmm_image=0, mmm_text=0)
-    out = pair_step(model, batch, None, weighted)
+    out = vl_step(model, batch, None, weighted)
     torch.testing.assert_close(out["loss"], 0.5 * out["contrastive"])
     with pytest.raises(ValueError, match="kind"):
         pretraining_step(model, batch, "audio", None, LossWeights())
@@ -230,7 +230,7 @@ def test_pair_step_runs_codebook_targets_before_any_encoder():
         calls.append("targets")
         return b["targets"]
 
-    out = pair_step(model, batch, targets, LossWeights(), negative_probability=0.0)
+    out = vl_step(model, batch, targets, LossWeights(), negative_probability=0.0)
     assert "mmm_image" in out
     assert calls[0] == "targets" and calls.count("targets") == 1
     assert calls.count("image_encoder") == 2 and calls.count("text_encoder") == 2

@@ -84,13 +84,13 @@ def test_loss_trends_compare_like_with_like():
         _row(1, "image", 5.4, **{"train/mim": 5.4}),
     ]
     for step, loss in enumerate((20.8, 20.1, 19.6, 19.1), start=2):
-        pair = {"train/contrastive": loss / 5, "train/itm_accuracy": 0.5, "train/mim": 5.4}
-        rows.append({**_row(step, "pair", loss, **pair), "train/loss_image": 5.4})  # stale
+        vl = {"train/contrastive": loss / 5, "train/itm_accuracy": 0.5, "train/mim": 5.4}
+        rows.append({**_row(step, "vl", loss, **vl), "train/loss_image": 5.4})  # stale
     rows.append({"step": 6, "eval/zero_shot/top1": 0.2})  # not a training row
     trends = loss_trends(rows, window=0.25)
     assert "train/loss/first" not in trends and "train/loss/last" not in trends
     assert trends["train/image/loss/first"] == 5.5 and trends["train/image/loss/last"] == 5.4
-    assert trends["train/pair/loss/first"] == 20.8 and trends["train/pair/loss/last"] == 19.1
+    assert trends["train/vl/loss/first"] == 20.8 and trends["train/vl/loss/last"] == 19.1
     assert trends["train/mim/first"] == 5.5 and trends["train/mim/last"] == 5.4  # repeats dropped
     assert trends["train/contrastive/last"] < trends["train/contrastive/first"]
     assert not any("accuracy" in k or "loss_" in k for k in trends)
@@ -121,10 +121,10 @@ def test_tiny_run_off_a_terminal(tmp_path, capfd, caplog, recwarn):
     assert not [w for w in recwarn if "lightning" in w.filename and "deprecat" in str(w.message)]
     metrics = json.loads((run / "metrics.json").read_text())
     assert "train/loss/first" not in metrics
-    assert {"train/pair/loss/first", "train/image/loss/first", "train/text/loss/first"} <= set(
+    assert {"train/vl/loss/first", "train/image/loss/first", "train/text/loss/first"} <= set(
         metrics
     )
     trend = captured.out[captured.out.index("training (first -> last") :].splitlines()[1:]
     names = [line.split()[0] for line in trend]
-    assert names[:3] == ["image/loss", "pair/loss", "text/loss"] and "mim" in names
+    assert names[:3] == ["image/loss", "text/loss", "vl/loss"] and "mim" in names
     assert "loss" not in names

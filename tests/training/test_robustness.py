@@ -30,7 +30,7 @@ def test_nonfinite_steps_are_skipped_then_stop(tmp_path, monkeypatch, capsys):
     # round robin image, text, vl: one NaN step in three is skipped and never stops the run
     assert main(args) == 0
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["nonfinite_skipped/pair"] == 2 and "nonfinite_skipped/image" not in metrics
+    assert metrics["nonfinite_skipped/vl"] == 2 and "nonfinite_skipped/image" not in metrics
     assert all(
         torch.isfinite(torch.tensor(v)) for k, v in metrics.items() if k.startswith("after/val/mim")
     )
@@ -50,4 +50,4 @@ def test_nonfinite_steps_are_skipped_then_stop(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: stopped after 3 steps in a row") and "checkpoint" in err
     assert (stop / "checkpoints" / "nonfinite-stop.ckpt").exists()
-    assert json.loads((stop / "metrics.json").read_text())["nonfinite_skipped/pair"] == 3
+    assert json.loads((stop / "metrics.json").read_text())["nonfinite_skipped/vl"] == 3

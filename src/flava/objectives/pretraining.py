@@ -2,9 +2,9 @@
 
 - image batch: MIM on the masked image (image encoder only);
 - text batch: MLM on the masked text (text encoder only);
-- pair batch: global contrastive on the unmasked pair; ITM, MMM-image and MMM-text on the
-  masked pair through the multimodal encoder. ITM negatives take another caption of the same
-  batch; MMM losses use matched pairs only.
+- vl (image-text pair) batch: global contrastive on the unmasked pair; ITM, MMM-image and
+  MMM-text on the masked pair through the multimodal encoder. ITM negatives take another
+  caption of the same batch; MMM losses use matched pairs only.
 
 Masked-token losses are normalised by the masked count of all data-parallel processes
 (`losses.global_mean`); contrastive and ITM are means over equal-sized local batches, which DDP's
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -46,6 +47,18 @@ class LossWeights:
     mmm_text: float = 1.0
     itm: float = 1.0
     contrastive: float = 1.0
+
+    @classmethod
+    def from_config(cls, losses: Any) -> LossWeights:
+        """The weights of a `model.losses` config (its `<objective>_weight` fields)."""
+        return cls(
+            mim=losses.mim_weight,
+            mlm=losses.mlm_weight,
+            mmm_image=losses.mmm_image_weight,
+            mmm_text=losses.mmm_text_weight,
+            itm=losses.itm_weight,
+            contrastive=losses.global_contrastive_weight,
+        )
 
 
 def _total(losses: dict[str, torch.Tensor], weights: LossWeights) -> dict[str, torch.Tensor]:
@@ -98,7 +111,7 @@ def itm_pairing(
     return index.to(device), (~negative).long().to(device)
 
 
-def pair_step(
+def vl_step(
     model: FlavaForPreTraining,
     batch: Batch,
     targets: TargetFn | None,
@@ -106,7 +119,7 @@ def pair_step(
     negative_probability: float = 0.5,
     generator: torch.Generator | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Contrastive on the unmasked pair; ITM + MMM on the masked pair."""
+    """A vl batch: contrastive on the unmasked pair; ITM + MMM on the masked pair."""
     flava = model.flava
     losses: dict[str, torch.Tensor] = {}
     mask = batch["attention_mask"]
@@ -167,13 +180,13 @@ def pretraining_step(
     negative_probability: float = 0.5,
     generator: torch.Generator | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Dispatch one batch to its objectives by source kind ("image", "text" or "pair")."""
+    """Dispatch one batch to its objectives by source kind ("image", "text" or "vl")."""
     if kind == "image":
         if targets is None:
             raise ValueError("an image batch needs MIM targets (a codebook or k-means)")
         return image_step(model, batch, targets, weights)
     if kind == "text":
         return text_step(model, batch, weights)
-    if kind == "pair":
-        return pair_step(model, batch, targets, weights, negative_probability, generator)
-    raise ValueError(f"unknown batch kind {kind!r}; expected image, text or pair")
+    if kind == "vl":
+        return vl_step(model, batch, targets, weights, negative_probability, generator)
+    raise ValueError(f"unknown batch kind {kind!r}; expected image, text or vl")

@@ -14,8 +14,6 @@ from lightning.pytorch.callbacks import ModelSummary, TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from lightning.pytorch.utilities.model_summary import get_human_readable_count
 
-from flava.training.module import KIND_NAMES
-
 log = logging.getLogger("flava")
 ORDER = ["mim", "mlm", "contrastive", "itm", "mmm_image", "mmm_text"]
 SHORT_NAMES = {"contrastive": "con", "mmm_image": "mmm-i", "mmm_text": "mmm-t"}
@@ -90,7 +88,7 @@ class StepReadout:
         """Count the batch's samples over every process and note its kind."""
         self.samples += _batch_size(batch) * trainer.world_size
         kind = batch.get("kind") if isinstance(batch, dict) else None
-        self.kind = KIND_NAMES.get(kind, kind) if isinstance(kind, str) else None
+        self.kind = kind if isinstance(kind, str) else None
 
     def losses(self, trainer: L.Trainer) -> dict[str, float]:
         """The total loss, then each objective's latest logged value, by short name."""
@@ -115,7 +113,7 @@ class StepReadout:
         return rate, eta
 
     def text(self, trainer: L.Trainer) -> str:
-        """`loss 8.31 (pair)  mim 4.10 mlm 2.30 ...  52.1 samples/s  eta 6m10s`."""
+        """`loss 8.31 (vl)  mim 4.10 mlm 2.30 ...  52.1 samples/s  eta 6m10s`."""
         losses = self.losses(trainer)
         parts = []
         if "loss" in losses:

@@ -9,93 +9,33 @@ import lightning as L
 import torch
 from omegaconf import DictConfig
 
-from flava.config import ConfigError
-from flava.model.codebook import ImageCodebook
-from flava.model.flava import FlavaForPreTraining, MaskedPredictionHead
-from flava.model.presets import preset
+from flava.model.flava import FlavaForPreTraining
 from flava.objectives.pretraining import LossWeights, pretraining_step
 from flava.objectives.targets import KMeansCodebook
 from flava.training.counts import SkipCounter
 from flava.training.optim import adamw_with_schedule, clip_gradients
 
 log = logging.getLogger(__name__)
-KIND_NAMES = {"vl": "pair", "image": "image", "text": "text"}
-
-
-def mim_target_kind(mcfg: DictConfig) -> str:
-    """ "dalle" or "kmeans" for this model config (auto: dalle when weights are given)."""
-    if mcfg.mim_target != "auto":
-        return mcfg.mim_target
-    return "dalle" if (mcfg.codebook or mcfg.pretrained_model_key) else "kmeans"
-
-
-def build_model(mcfg: DictConfig) -> tuple[FlavaForPreTraining, KMeansCodebook | None]:
-    """The pretraining model (preset or pretrained) and, for k-means targets, the codebook."""
-    target = mim_target_kind(mcfg)
-    codebook = None
-    if target == "dalle" and mcfg.codebook:
-        codebook = ImageCodebook.from_pretrained(mcfg.codebook)
-    if mcfg.pretrained_model_key:
-        model = FlavaForPreTraining.from_pretrained(
-            mcfg.pretrained_model_key, codebook=mcfg.codebook
-        )
-        if target == "dalle" and model.codebook is None:
-            log.warning(
-                "no codebook weights with %s: using k-means MIM targets", mcfg.pretrained_model_key
-            )
-            target = "kmeans"
-    else:
-        config = preset(mcfg.preset)
-        if target == "kmeans":
-            config.image.vocab_size = mcfg.kmeans_codes
-        elif codebook is not None:
-            config.codebook = codebook.config
-            config.image.vocab_size = codebook.config.vocab_size
-        model = FlavaForPreTraining(config, codebook=codebook)
-    if mcfg.activation_checkpointing:
-        for enc in (
-            model.flava.image_encoder,
-            model.flava.text_encoder,
-            model.flava.multimodal_encoder,
-        ):
-            enc.set_activation_checkpointing(True)
-    if target == "dalle":
-        if model.codebook is None:
-            raise ValueError("model.mim_target=dalle needs codebook weights: set model.codebook")
-        return model, None
-    model.codebook = None  # k-means targets: no DALL-E codebook in the model
-    image = model.config.image
-    if image.vocab_size != mcfg.kmeans_codes:  # pretrained heads sized for another codebook
-        image.vocab_size = mcfg.kmeans_codes
-        model.mim_head = MaskedPredictionHead(image, mcfg.kmeans_codes)
-        model.mmm_image_head = MaskedPredictionHead(model.config.multimodal, mcfg.kmeans_codes)
-    return model, KMeansCodebook(mcfg.kmeans_codes, image.patch_size)
 
 
 class FlavaPretrainingModule(L.LightningModule):
     """Runs the pretraining step per batch kind and logs every loss separately."""
 
-    def __init__(self, cfg: DictConfig) -> None:
+    def __init__(
+        self, cfg: DictConfig, model: FlavaForPreTraining, kmeans: KMeansCodebook | None
+    ) -> None:
+        """`model` and `kmeans` (k-means MIM codebook or None): `build_pretraining_model`'s."""
         super().__init__()
         self.cfg = cfg
-        self.model, self.kmeans = build_model(cfg.model)
-        losses = cfg.model.losses
-        self.weights = LossWeights(
-            mim=losses.mim_weight,
-            mlm=losses.mlm_weight,
-            mmm_image=losses.mmm_image_weight,
-            mmm_text=losses.mmm_text_weight,
-            itm=losses.itm_weight,
-            contrastive=losses.global_contrastive_weight,
-        )
+        self.model, self.kmeans = model, kmeans
+        self.weights = LossWeights.from_config(cfg.model.losses)
         self.batches_seen = 0
         self.nonfinite: dict[str, int] = {}  # skipped steps per batch kind
         self.nonfinite_in_row = 0
         self.counter = SkipCounter()  # bad training samples skipped, per reason; samples read
         self.stream_records: dict[str, int] = {}  # position of each iterable-source reader
         self.stopped: tuple[str, str] | None = None  # (checkpoint stem, one-line reason)
-        self._kind = "pair"
-        self.kmeans_images: Any = None  # set by the run: callable returning fitting images
+        self._kind = "vl"
 
     @property
     def codebook_size(self) -> int | None:
@@ -109,27 +49,6 @@ class FlavaPretrainingModule(L.LightningModule):
         if self.kmeans is not None:
             return self.kmeans(batch["pixel_values"])
         return self.model.codebook.get_codebook_indices(batch["codebook_pixel_values"])
-
-    def on_fit_start(self) -> None:
-        if self.kmeans is not None and not bool(self.kmeans.fitted):
-            if self.kmeans_images is None:
-                raise RuntimeError("k-means MIM targets need training images to fit on")
-            pixels = self.kmeans_images()
-            try:
-                inertia = self.kmeans.fit(
-                    pixels.to(self.kmeans.centroids.device), seed=self.cfg.training.seed
-                )
-            except ValueError as exc:  # too few patches for the codebook
-                raise ConfigError(
-                    f"model.kmeans_codes={self.kmeans.num_codes}: {exc} (model.kmeans_images="
-                    f"{self.cfg.model.kmeans_images}, {pixels.shape[0]} training images found)"
-                ) from None
-            log.info(
-                "fitted a %d-code k-means MIM codebook on %d images (inertia %.4f)",
-                self.kmeans.num_codes,
-                pixels.shape[0],
-                inertia,
-            )
 
     def configure_model(self) -> None:
         """Under `strategy: fsdp` (FSDP2): shard per layer, encoder, head and this module; with
@@ -146,12 +65,11 @@ class FlavaPretrainingModule(L.LightningModule):
         self, batch: dict[str, Any], generator: torch.Generator | None = None
     ) -> dict[str, torch.Tensor]:
         """The pretraining step of one batch (its losses); the root of sharding runs it."""
-        kind = KIND_NAMES[batch["kind"]]
         tensors = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
         return pretraining_step(
             self.model,
             tensors,
-            kind,
+            str(batch["kind"]),
             self.targets,
             self.weights,
             self.cfg.model.losses.itm_negative_probability,
@@ -192,7 +110,7 @@ class FlavaPretrainingModule(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         self.batches_seen = int(batch["batch_index"]) + 1
         self._count_data(batch)
-        self._kind = KIND_NAMES[batch["kind"]]
+        self._kind = str(batch["kind"])  # "image", "text" or "vl"
         generator = torch.Generator().manual_seed(
             int(batch["batch_index"]) * 7919 + self.cfg.training.seed
         )
@@ -204,7 +122,7 @@ class FlavaPretrainingModule(L.LightningModule):
         for name, value in out.items():
             if name != "loss":
                 self.log(f"train/{name}", value.detach(), **log)
-        self.log(f"train/loss_{KIND_NAMES[batch['kind']]}", out["loss"].detach(), **log)
+        self.log(f"train/loss_{self._kind}", out["loss"].detach(), **log)
         self.log("train/loss", out["loss"].detach(), prog_bar=True, **log)
         scale = self.model.flava.logit_scale.detach()
         if hasattr(scale, "full_tensor"):  # sharded (FSDP2): gather the one value

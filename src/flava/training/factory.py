@@ -1,0 +1,109 @@
+"""The pretraining model and its MIM targets from `cfg.model`, without Lightning.
+
+The final model config is worked out first (a preset with the image vocabulary of its MIM
+targets: the DALL-E codebook's or `model.kmeans_codes`), then the model is built once. A
+pretrained key is loaded as saved; only when k-means targets replace the codebook its pretrained
+heads were sized for are the two image-prediction heads rebuilt for `model.kmeans_codes`.
+k-means fitting is a separate step of the run (`fit_kmeans`), once training images are at hand.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import torch
+from omegaconf import DictConfig
+
+from flava.config import ConfigError
+from flava.model.codebook import ImageCodebook
+from flava.model.config import FlavaConfig
+from flava.model.flava import FlavaForPreTraining, MaskedPredictionHead
+from flava.model.presets import preset
+from flava.objectives.targets import KMeansCodebook
+
+log = logging.getLogger(__name__)
+
+
+def mim_target_kind(mcfg: DictConfig) -> str:
+    """ "dalle" or "kmeans" for this model config (auto: dalle when weights are given)."""
+    if mcfg.mim_target != "auto":
+        return mcfg.mim_target
+    return "dalle" if (mcfg.codebook or mcfg.pretrained_model_key) else "kmeans"
+
+
+def preset_config(name: str, image_vocab_size: int, codebook: ImageCodebook | None) -> FlavaConfig:
+    """Preset `name` predicting `image_vocab_size` image tokens (with `codebook`'s config)."""
+    config = preset(name)
+    image = dataclasses.replace(config.image, vocab_size=image_vocab_size)
+    if codebook is None:
+        return dataclasses.replace(config, image=image)
+    return dataclasses.replace(config, image=image, codebook=codebook.config)
+
+
+def build_pretraining_model(
+    mcfg: DictConfig,
+) -> tuple[FlavaForPreTraining, KMeansCodebook | None]:
+    """The pretraining model (preset or pretrained) and, for k-means targets, the codebook."""
+    target = mim_target_kind(mcfg)
+    if mcfg.pretrained_model_key:
+        model, target = _load_pretrained(mcfg, target)
+    else:
+        model = _build_preset(mcfg, target)
+    if mcfg.activation_checkpointing:
+        for enc in (
+            model.flava.image_encoder,
+            model.flava.text_encoder,
+            model.flava.multimodal_encoder,
+        ):
+            enc.set_activation_checkpointing(True)
+    if target == "dalle":
+        return model, None
+    return model, KMeansCodebook(mcfg.kmeans_codes, model.config.image.patch_size)
+
+
+def _build_preset(mcfg: DictConfig, target: str) -> FlavaForPreTraining:
+    """A randomly initialised preset whose image heads fit its MIM targets."""
+    if target == "kmeans":
+        config = preset_config(mcfg.preset, mcfg.kmeans_codes, None)
+        return FlavaForPreTraining(config, codebook=None)
+    if not mcfg.codebook:
+        raise ValueError("model.mim_target=dalle needs codebook weights: set model.codebook")
+    codebook = ImageCodebook.from_pretrained(mcfg.codebook)
+    config = preset_config(mcfg.preset, codebook.config.vocab_size, codebook)
+    return FlavaForPreTraining(config, codebook=codebook)
+
+
+def _load_pretrained(mcfg: DictConfig, target: str) -> tuple[FlavaForPreTraining, str]:
+    """The pretrained model and its MIM target kind (k-means when it has no codebook)."""
+    key = mcfg.pretrained_model_key
+    model = FlavaForPreTraining.from_pretrained(key, codebook=mcfg.codebook)
+    if target == "dalle" and model.codebook is None:
+        log.warning("no codebook weights with %s: using k-means MIM targets", key)
+        target = "kmeans"
+    if target == "dalle":
+        return model, target
+    model.codebook = None  # k-means targets: no DALL-E codebook in the model
+    image = model.config.image
+    if image.vocab_size != mcfg.kmeans_codes:  # pretrained heads sized for another codebook
+        image.vocab_size = mcfg.kmeans_codes
+        model.mim_head = MaskedPredictionHead(image, mcfg.kmeans_codes)
+        model.mmm_image_head = MaskedPredictionHead(model.config.multimodal, mcfg.kmeans_codes)
+    return model, target
+
+
+def fit_kmeans(kmeans: KMeansCodebook, images: torch.Tensor, seed: int, requested: int) -> None:
+    """Fit the k-means MIM codebook on `images` [N, 3, S, S] (`requested`: model.kmeans_images)."""
+    try:
+        inertia = kmeans.fit(images.to(kmeans.centroids.device), seed=seed)
+    except ValueError as exc:  # too few patches for the codebook
+        raise ConfigError(
+            f"model.kmeans_codes={kmeans.num_codes}: {exc} (model.kmeans_images="
+            f"{requested}, {images.shape[0]} training images found)"
+        ) from None
+    log.info(
+        "fitted a %d-code k-means MIM codebook on %d images (inertia %.4f)",
+        kmeans.num_codes,
+        images.shape[0],
+        inertia,
+    )

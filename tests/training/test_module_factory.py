@@ -1,0 +1,73 @@
+"""The pretraining model's factory: the final config first, one build, k-means fitted apart."""
+
+import logging
+import subprocess
+import sys
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from flava.config import ConfigError
+from flava.objectives.pretraining import LossWeights
+from flava.training.factory import build_pretraining_model, fit_kmeans, mim_target_kind
+
+
+def _model_cfg(**overrides):
+    base = {
+        "preset": "tiny",
+        "pretrained_model_key": None,
+        "activation_checkpointing": False,
+        "mim_target": "auto",
+        "codebook": None,
+        "kmeans_codes": 12,
+        "kmeans_images": 4,
+    }
+    return OmegaConf.create({**base, **overrides})
+
+
+def test_factory_imports_without_lightning():
+    code = "import sys, flava.training.factory; print('lightning' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_kmeans_preset_is_built_with_the_kmeans_vocabulary():
+    cfg = _model_cfg(activation_checkpointing=True)
+    assert mim_target_kind(cfg) == "kmeans"
+    model, kmeans = build_pretraining_model(cfg)
+    assert model.codebook is None and kmeans is not None and kmeans.num_codes == 12
+    assert model.config.image.vocab_size == 12
+    assert model.mim_head.decoder.out_features == 12  # built once, at the right size
+    assert model.mmm_image_head.decoder.out_features == 12
+
+
+def test_dalle_preset_needs_codebook_weights():
+    with pytest.raises(ValueError, match="needs codebook weights"):
+        build_pretraining_model(_model_cfg(mim_target="dalle"))
+
+
+def test_fit_kmeans_logs_and_refuses_too_few_patches(caplog):
+    _, kmeans = build_pretraining_model(_model_cfg())
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with caplog.at_level(logging.INFO, logger="flava"):
+        fit_kmeans(kmeans, images, seed=0, requested=4)
+    assert bool(kmeans.fitted)
+    assert "fitted a 12-code k-means MIM codebook on 2 images" in caplog.text
+    _, big = build_pretraining_model(_model_cfg(kmeans_codes=5000))
+    with pytest.raises(ConfigError, match=r"model.kmeans_codes=5000: .*model.kmeans_images=4, 2"):
+        fit_kmeans(big, images, seed=0, requested=4)
+
+
+def test_loss_weights_from_config():
+    losses = OmegaConf.create(
+        {
+            "mim_weight": 1.0,
+            "mlm_weight": 2.0,
+            "mmm_image_weight": 3.0,
+            "mmm_text_weight": 4.0,
+            "itm_weight": 5.0,
+            "global_contrastive_weight": 6.0,
+        }
+    )
+    assert LossWeights.from_config(losses) == LossWeights(1.0, 2.0, 3.0, 4.0, 5.0, 6.0)
