@@ -20,7 +20,7 @@ from flava.model.config import (
     TextEncoderConfig,
 )
 from flava.model.transformer import Layer
-from flava.objectives.pretraining import LossWeights, pair_step
+from flava.objectives.pretraining import LossWeights, vl_step
 from flava.plan import (
     LAYER_BYTES,
     STRATEGIES,
@@ -31,6 +31,7 @@ from flava.plan import (
     memory_per_gpu,
     parameter_counts,
     plan,
+    run,
     step_flops,
 )
 
@@ -99,7 +100,7 @@ def test_analytic_flops_match_flop_counter_on_tiny():
         return model.codebook.get_codebook_indices(b["codebook_pixel_values"])
 
     with flop_counter() as counter:
-        pair_step(model, batch, targets, LossWeights(), negative_probability=0.0)["loss"].backward()
+        vl_step(model, batch, targets, LossWeights(), negative_probability=0.0)["loss"].backward()
     measured = counter.get_total_flops()
     analytic = step_flops(config, w)["total"]
     assert abs(analytic - measured) / measured < 0.10, (analytic, measured)
@@ -141,7 +142,7 @@ _MEASURE = r"""
 import json, sys, threading, time, torch
 from flava.model import FlavaForPreTraining
 from flava.model.config import FlavaConfig
-from flava.objectives.pretraining import LossWeights, pair_step
+from flava.objectives.pretraining import LossWeights, vl_step
 sys.path.insert(0, sys.argv[2])
 from test_plan import exact_batch, small_config
 from flava.plan import Workload
@@ -171,7 +172,7 @@ model = FlavaForPreTraining(config).train()
 optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
 targets = lambda b: model.codebook.get_codebook_indices(b["codebook_pixel_values"])
 for _ in range(2):
-    pair_step(model, batch, targets, LossWeights(), negative_probability=0.0)["loss"].backward()
+    vl_step(model, batch, targets, LossWeights(), negative_probability=0.0)["loss"].backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
 done.set()
@@ -218,11 +219,11 @@ def test_plan_orders_strategies_and_recommends_the_smallest_that_fits(capsys):
     assert ckpt["compute_seconds"] > result["strategies"]["fsdp"]["compute_seconds"]
     small = plan(preset("tiny"), Workload(batch_size=8), gpus=1, gpu_memory_gib=80)
     assert small["recommendation"] == "ddp"
-    out = main(["--preset", "10b", "--gpus", "64", "--gpu-memory", "80", "--batch-size", "16"])
+    out = run(["--preset", "10b", "--gpus", "64", "--gpu-memory", "80", "--batch-size", "16"])
     text = capsys.readouterr().out
     assert "recommended: " + out["recommendation"] in text
     assert "fsdp + activation checkpointing" in text and "TFLOP" in text
-    main(["--preset", "10b", "--gpus", "1", "--gpu-memory", "40", "--batch-size", "16"])
+    assert main(["--preset", "10b", "--gpus", "1", "--gpu-memory", "40", "--batch-size", "16"]) == 0
     assert "nothing fits" in capsys.readouterr().out
 
 
@@ -335,7 +336,7 @@ class _Step(torch.nn.Module):
         def targets(b: dict[str, torch.Tensor]) -> torch.Tensor:
             return model.codebook.get_codebook_indices(b["codebook_pixel_values"])
 
-        return pair_step(model, batch, targets, LossWeights(), negative_probability=0.0)["loss"]
+        return vl_step(model, batch, targets, LossWeights(), negative_probability=0.0)["loss"]
 
 
 _MEASURED = [
@@ -441,7 +442,7 @@ def test_fsdp_memory_by_hand_on_tiny(capsys):
         assert mem["buffers"] == gathered
         ckpt = memory_per_gpu(config, w, 2, precision, "fsdp + activation checkpointing")
         assert ckpt["buffers"] == gathered and ckpt["activations"] < mem["activations"]
-    result = main(["--preset", "tiny", "--gpus", "2", "--precision", "32"])
+    result = run(["--preset", "tiny", "--gpus", "2", "--precision", "32"])
     assert result["fsdp_largest_unit"] == unit
     assert (
         sum(result["strategies"]["fsdp"]["buffers_by_part"].values())

@@ -198,6 +198,20 @@ def _passes(config: FlavaConfig, w: Workload) -> list[tuple[str, EncoderConfig, 
     ]
 
 
+def layer_stack_flops(c: EncoderConfig, length: int, batch: int = 1) -> dict[str, float]:
+    """Forward FLOPs of an encoder's layers on `batch` sequences of `length` tokens, by part."""
+    d, f, tokens = c.hidden_size, c.intermediate_size, batch * length
+    return {
+        "linear": c.num_hidden_layers * 2 * tokens * (4 * d * d + 2 * d * f),
+        "attention": c.num_hidden_layers * 4 * batch * length * length * d,
+    }
+
+
+def encoder_forward_flops(c: EncoderConfig, length: int, batch: int = 1) -> float:
+    """Forward FLOPs of an encoder's layers on `batch` sequences of `length` tokens."""
+    return sum(layer_stack_flops(c, length, batch).values())
+
+
 def step_flops(config: FlavaConfig, w: Workload) -> dict[str, float]:
     """FLOPs of one pair step per GPU (FlopCounterMode conventions), by part."""
     b = w.batch_size
@@ -205,9 +219,8 @@ def step_flops(config: FlavaConfig, w: Workload) -> dict[str, float]:
     di, dt, dm, p = i.hidden_size, t.hidden_size, m.hidden_size, config.projection_dim
     fwd = {"linear": 0.0, "attention": 0.0}
     for _, c, n in _passes(config, w):
-        d, f, tokens = c.hidden_size, c.intermediate_size, b * n
-        fwd["linear"] += c.num_hidden_layers * 2 * tokens * (4 * d * d + 2 * d * f)
-        fwd["attention"] += c.num_hidden_layers * 4 * b * n * n * d
+        for part, flops in layer_stack_flops(c, n, b).items():
+            fwd[part] += flops
     n_img = i.grid_size**2
     patch = 2 * 2 * b * n_img * i.num_channels * i.patch_size**2 * di  # two image passes
     mi, mt = b * w.patches_masked(config), b * w.tokens_masked()
@@ -417,6 +430,41 @@ def communication_bytes(
 # ----------------------------------------------------------------------------- the plan
 
 
+def _strategy_plan(
+    config: FlavaConfig,
+    w: Workload,
+    gpus: int,
+    precision: str,
+    strategy: str,
+    flops: dict[str, float],
+    rate: float,
+    budget: float,
+    interconnect_gbps: float,
+) -> dict[str, Any]:
+    """Memory, communication and step time of one strategy (`rate`: achieved FLOP/s)."""
+    mem = memory_per_gpu(config, w, gpus, precision, strategy)
+    work = flops["total"]
+    if strategy.endswith("checkpointing"):
+        work += flops["recompute_with_checkpointing"]
+    compute = work / rate
+    comm = communication_bytes(config, w, gpus, precision, strategy)
+    comm_s = comm["total"] / (interconnect_gbps * 1e9)
+    step = max(compute, comm_s)  # communication overlaps compute
+    return {
+        **mem,
+        **({"buffers_by_part": fsdp_buffers(config, w, precision)} if strategy != "ddp" else {}),
+        "fits": mem["total"] <= budget,
+        "compute_seconds": compute,
+        "communication_bytes_per_step": comm["total"],
+        "communication_bytes_by_collective": {k: v for k, v in comm.items() if k != "total"},
+        "communication_seconds": comm_s,
+        "bound": "communication" if comm_s > compute else "compute",
+        "step_time_s": step,
+        "samples_per_s": gpus * w.batch_size / step,
+        "max_batch_per_gpu": max_batch(config, w, gpus, precision, strategy, budget),
+    }
+
+
 def plan(
     config: FlavaConfig,
     w: Workload,
@@ -435,31 +483,12 @@ def plan(
     budget = (gpu_memory_gib - reserve_gib) * GIB
     flops = step_flops(config, w)
     rate = mfu * gpu_tflops * 1e12
-    strategies = {}
-    for strategy in STRATEGIES:
-        mem = memory_per_gpu(config, w, gpus, precision, strategy)
-        work = flops["total"]
-        if strategy.endswith("checkpointing"):
-            work += flops["recompute_with_checkpointing"]
-        compute = work / rate
-        comm = communication_bytes(config, w, gpus, precision, strategy)
-        comm_s = comm["total"] / (interconnect_gbps * 1e9)
-        step = max(compute, comm_s)  # communication overlaps compute
-        strategies[strategy] = {
-            **mem,
-            **(
-                {"buffers_by_part": fsdp_buffers(config, w, precision)} if strategy != "ddp" else {}
-            ),
-            "fits": mem["total"] <= budget,
-            "compute_seconds": compute,
-            "communication_bytes_per_step": comm["total"],
-            "communication_bytes_by_collective": {k: v for k, v in comm.items() if k != "total"},
-            "communication_seconds": comm_s,
-            "bound": "communication" if comm_s > compute else "compute",
-            "step_time_s": step,
-            "samples_per_s": gpus * w.batch_size / step,
-            "max_batch_per_gpu": max_batch(config, w, gpus, precision, strategy, budget),
-        }
+    strategies = {
+        strategy: _strategy_plan(
+            config, w, gpus, precision, strategy, flops, rate, budget, interconnect_gbps
+        )
+        for strategy in STRATEGIES
+    }
     fitting = [s for s in STRATEGIES if strategies[s]["fits"]]
     return {
         "workload": asdict(w),
@@ -483,33 +512,43 @@ def plan(
 
 def format_plan(result: dict[str, Any], name: str) -> str:
     """The plan as printed by the command line."""
+    lines = _format_summary(result, name)
+    lines += ["", *_format_memory(result), ""]
+    lines += _format_step_time(result)
+    lines.append(_format_recommendation(result))
+    return "\n".join(lines)
+
+
+def _format_summary(result: dict[str, Any], name: str) -> list[str]:
+    """The plan's first lines: the set-up, the parameter counts and the FLOPs per step."""
     w, counts, flops = result["workload"], result["parameters"], result["flops_per_gpu"]
-    gpus, lines = result["gpus"], []
-    lines.append(
+    gpus = result["gpus"]
+    tf = {k: v / 1e12 for k, v in flops.items()}
+    return [
         f"FLAVA plan: preset {name}, {gpus} GPU(s) x {result['gpu_memory_gib']:g} GiB, batch "
         f"{w['batch_size']} per GPU (global {gpus * w['batch_size']}), {result['precision']}, "
-        f"pair step, text {w['text_length']} tokens, {result['masked_patches']} masked patches"
-    )
-    lines.append(
+        f"pair step, text {w['text_length']} tokens, {result['masked_patches']} masked patches",
         f"parameters: {counts['trainable'] / 1e9:.3f} B trainable (image "
         f"{counts['image_encoder'] / 1e6:.1f} M, text {counts['text_encoder'] / 1e6:.1f} M, "
         f"multimodal {counts['multimodal_encoder'] / 1e6:.1f} M, heads + projections "
         f"{(counts['heads'] + counts['projections']) / 1e6:.1f} M), codebook "
-        f"{counts['codebook'] / 1e6:.1f} M frozen"
-    )
-    tf = {k: v / 1e12 for k, v in flops.items()}
-    lines.append(
+        f"{counts['codebook'] / 1e6:.1f} M frozen",
         f"FLOPs per step per GPU: {tf['total']:.2f} TFLOP (forward {tf['forward']:.2f}, backward "
         f"{tf['backward']:.2f}, codebook {tf['codebook_forward']:.2f}); "
         f"+{tf['recompute_with_checkpointing']:.2f} recomputed with activation checkpointing; "
-        f"global {gpus * tf['total'] / 1e3:.3f} PFLOP"
-    )
+        f"global {gpus * tf['total'] / 1e3:.3f} PFLOP",
+    ]
+
+
+def _format_memory(result: dict[str, Any]) -> list[str]:
+    """The memory table: each strategy's parts per GPU, whether it fits, its largest batch."""
+    counts, gpus = result["parameters"], result["gpus"]
     budget = result["gpu_memory_gib"] - result["reserve_gib"]
     head = (
         f"{'memory per GPU (GiB)':<33}{'params':>8}{'grads':>8}{'optim':>8}{'buffers':>9}"
         f"{'activ.':>8}{'total':>8}  fits {budget:g} GiB   max batch/GPU"
     )
-    lines += ["", head, "-" * len(head)]
+    lines = [head, "-" * len(head)]
     for strategy, s in result["strategies"].items():
         gib = [s[k] / GIB for k in ("parameters", "gradients", "optimizer", "buffers")]
         lines.append(
@@ -517,30 +556,33 @@ def format_plan(result: dict[str, Any], name: str) -> str:
             f"{s['activations'] / GIB:>8.2f}{s['total'] / GIB:>8.2f}  "
             f"{'yes' if s['fits'] else 'no':<18}{s['max_batch_per_gpu']:>5}"
         )
-    lines.append(
-        f"(budget = {result['gpu_memory_gib']:g} GiB - {result['reserve_gib']:g} GiB reserve for "
-        "the CUDA context, communication buffers and allocator fragmentation)"
-    )
     dtype = "bf16" if result["precision"] == "bf16-mixed" else "fp32"
-    lines += [
+    return lines + [
+        f"(budget = {result['gpu_memory_gib']:g} GiB - {result['reserve_gib']:g} GiB reserve for "
+        "the CUDA context, communication buffers and allocator fragmentation)",
         f"(fsdp = FSDP2: parameters, gradients and AdamW moments sharded 1/{gpus} in fp32, the "
         f"frozen codebook ({4 * counts['codebook'] / GIB:.2f} GiB)",
         f" replicated; buffers = unsharded {dtype} units: the largest "
         f"({result['fsdp_largest_unit'] / 1e6:.1f} M params) with the current and the prefetched",
         " layer, its gradient + fp32 reduce-scatter input, the root; all summed: an upper bound)",
     ]
-    lines.append("")
+
+
+def _format_step_time(result: dict[str, Any]) -> list[str]:
+    """The step-time table: compute, communication and throughput per strategy."""
+    gpus = result["gpus"]
     peak = result["mfu"] * result["gpu_tflops"]
-    lines.append(
-        f"step time at MFU {result['mfu']:.0%} of {result['gpu_tflops']:g} TFLOP/s "
-        f"(= {peak:.0f} TFLOP/s achieved), interconnect {result['interconnect_gbps']:g} GB/s "
-        "per process:"
-    )
     head = (
         f"  {'':<31}{'compute s':>11}{'comm GB':>11}{'comm s':>11}{'step s':>11}  {'bound':<21}"
         f"{'samples/s globally':>18}"
     )
-    lines += [head, "  " + "-" * (len(head) - 2)]
+    lines = [
+        f"step time at MFU {result['mfu']:.0%} of {result['gpu_tflops']:g} TFLOP/s "
+        f"(= {peak:.0f} TFLOP/s achieved), interconnect {result['interconnect_gbps']:g} GB/s "
+        "per process:",
+        head,
+        "  " + "-" * (len(head) - 2),
+    ]
     for strategy, s in result["strategies"].items():
         lines.append(
             f"  {strategy:<31}{s['compute_seconds']:>11.3f}"
@@ -564,18 +606,21 @@ def format_plan(result: dict[str, Any], name: str) -> str:
                 f"--interconnect {NVLINK_GBPS:g})"
             )
     lines.append("(the checkpointing compute time includes the recompute)")
+    return lines
+
+
+def _format_recommendation(result: dict[str, Any]) -> str:
+    """The closing line: the smallest fitting strategy, or what would fit instead."""
     rec = result["recommendation"]
     if rec:
-        lines.append(f"\nrecommended: {rec} (the smallest strategy that fits)")
-    else:
-        best = result["strategies"][STRATEGIES[-1]]["max_batch_per_gpu"]
-        advice = (
-            f"a batch of {best} per GPU fits with {STRATEGIES[-1]}"
-            if best
-            else ("not even a batch of 1 fits: use more GPUs or more memory")
-        )
-        lines.append(f"\nrecommended: nothing fits at this batch; {advice}")
-    return "\n".join(lines)
+        return f"\nrecommended: {rec} (the smallest strategy that fits)"
+    best = result["strategies"][STRATEGIES[-1]]["max_batch_per_gpu"]
+    advice = (
+        f"a batch of {best} per GPU fits with {STRATEGIES[-1]}"
+        if best
+        else ("not even a batch of 1 fits: use more GPUs or more memory")
+    )
+    return f"\nrecommended: nothing fits at this batch; {advice}"
 
 
 # ----------------------------------------------------------------------------- FLOP counting
@@ -604,8 +649,14 @@ def flop_counter(display: bool = False) -> Any:
     return FlopCounterMode(display=display, custom_mapping=mapping)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Print the plan (and write it as JSON with --json)."""
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: print the plan (and write it as JSON with --json); returns the exit status."""
+    run(argv)
+    return 0
+
+
+def run(argv: list[str] | None = None) -> dict[str, Any]:
+    """Print the plan for the command-line arguments `argv` (--json: also write it); return it."""
     p = argparse.ArgumentParser(
         prog="python -m flava.plan",
         description=__doc__,
@@ -662,4 +713,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main())
