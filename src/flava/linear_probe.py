@@ -31,18 +31,21 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from flava.config import cli_main
-from flava.data.sources.base import DataError, skip_metrics
-from flava.tasks.eval_config import (
+from flava.config import (
     LinearProbeRunConfig,
+    cli_main,
+    describe,
+    load_config,
+    validate_linear_probe,
+)
+from flava.data.sources.base import DataError, skip_metrics
+from flava.tasks.run import (
     check_skipped,
     load_flava,
     print_table,
     resolve_device,
     save_results,
-    validate_linear_probe,
 )
-from flava.tasks.finetune_config import describe_schema, load_schema_config
 
 log = logging.getLogger("flava")
 
@@ -108,8 +111,7 @@ def load_splits(cfg: DictConfig, image_size: int) -> tuple[list[tuple[Any, list[
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Probe per `cfg`; returns the metrics written to metrics.json."""
     from flava.data.sources import SkipLog
-    from flava.data.transforms import image_transform
-    from flava.tasks.linear_probe import image_features, l2_grid, sweep_and_fit
+    from flava.tasks.linear_probe import l2_grid, sweep_and_fit
 
     start = time.perf_counter()
     r, p = cfg.run, cfg.probe
@@ -120,16 +122,42 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     else:  # external files first: a missing dataset fails before the model loads
         splits, classes = load_splits(cfg, 0)
         model = load_flava(cfg.model, r.seed).to(device).eval()
+    skips = SkipLog()
+    sets = split_features(cfg, model, splits, device, skips)
+    read = sum(len(indices) for _, indices in splits)
+    check_skipped(cfg, {"classes": len(classes)}, skips, read)
+    dtype = torch.float64 if p.dtype == "float64" else torch.float32
+    grid = l2_grid(p.l2_min, p.l2_max, p.l2_points)
+    result = sweep_and_fit(*sets, len(classes), grid, p.max_iter, dtype, device)
+    metrics = probe_metrics(cfg, result, sets, len(classes))
+    metrics["seconds"] = round(time.perf_counter() - start, 1)
+    metrics.update(skip_metrics(skips.counts, read))
+    run_dir = save_results(cfg.run.run_dir, cfg, metrics)
+    print_table(f"linear probe ({cfg.data.kind}, {p.features}) -> {run_dir}", metrics)
+    return metrics
+
+
+def split_features(
+    cfg: DictConfig,
+    model: Any,
+    splits: list[tuple[Any, list[int]]],
+    device: torch.device,
+    skips: Any,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(features [n, D], labels [n]) per split; unusable images are left out and counted."""
+    from flava.data.transforms import image_transform
+    from flava.tasks.linear_probe import image_features
+
+    r = cfg.run
     transform = image_transform("eval", image_size=model.config.image.image_size)
     sets = []
-    skips = SkipLog()
     for dataset, indices in splits:
         x, kept = image_features(
             model,
             lambda i, ds=dataset, idx=indices: ds[idx[i]].image,
             len(indices),
             transform,
-            p.features,
+            cfg.probe.features,
             r.batch_size,
             device,
             r.progress,
@@ -138,34 +166,31 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         )
         y = torch.tensor([int(dataset.target(indices[i])) for i in kept], dtype=torch.long)
         sets.append((x, y))
-    read = sum(len(indices) for _, indices in splits)
-    check_skipped(cfg, {"classes": len(classes)}, skips, read)
-    dtype = torch.float64 if p.dtype == "float64" else torch.float32
-    grid = l2_grid(p.l2_min, p.l2_max, p.l2_points)
-    result = sweep_and_fit(*sets, len(classes), grid, p.max_iter, dtype, device)
-    counts = torch.bincount(sets[0][1], minlength=len(classes))
-    majority = int(counts.argmax())
-    metrics: dict[str, Any] = {
+    return sets
+
+
+def probe_metrics(
+    cfg: DictConfig, result: Any, sets: list[tuple[torch.Tensor, torch.Tensor]], classes: int
+) -> dict[str, Any]:
+    """The probe's accuracies, its L2 strength, the majority baseline and the split sizes."""
+    (x_train, y_train), (_, y_val), (_, y_test) = sets
+    majority = int(torch.bincount(y_train, minlength=classes).argmax())
+    return {
         "probe/test_accuracy": result.test_accuracy,
         "probe/val_accuracy": result.val_accuracy,
         "probe/train_accuracy": result.train_accuracy,
         "probe/l2": result.l2,
-        "probe/sklearn_C": 1.0 / ((len(sets[0][1]) + len(sets[1][1])) * result.l2),
-        "baseline/majority_test_accuracy": float((sets[2][1] == majority).float().mean()),
-        "features": p.features,
-        "feature_dim": int(sets[0][0].shape[1]),
-        "classes": len(classes),
-        "train_images": len(sets[0][1]),
-        "val_images": len(sets[1][1]),
-        "test_images": len(sets[2][1]),
+        "probe/sklearn_C": 1.0 / ((len(y_train) + len(y_val)) * result.l2),
+        "baseline/majority_test_accuracy": float((y_test == majority).float().mean()),
+        "features": cfg.probe.features,
+        "feature_dim": int(x_train.shape[1]),
+        "classes": classes,
+        "train_images": len(y_train),
+        "val_images": len(y_val),
+        "test_images": len(y_test),
         "sweep": [{"l2": l2, "val_accuracy": acc} for l2, acc in result.sweep],
         "model": cfg.model.pretrained_model_key or f"preset {cfg.model.preset} (random init)",
-        "seconds": round(time.perf_counter() - start, 1),
-        **skip_metrics(skips.counts, read),
     }
-    run_dir = save_results(cfg.run.run_dir, cfg, metrics)
-    print_table(f"linear probe ({cfg.data.kind}, {p.features}) -> {run_dir}", metrics)
-    return metrics
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -173,8 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     return cli_main(
         argv,
         __doc__,
-        lambda: describe_schema(LinearProbeRunConfig),
-        lambda a: load_schema_config(a, LinearProbeRunConfig, validate_linear_probe),
+        lambda: describe(LinearProbeRunConfig),
+        lambda a: load_config(a, LinearProbeRunConfig, validate_linear_probe),
         run,
         stop_errors=(DataError,),
     )
