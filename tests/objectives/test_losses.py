@@ -13,9 +13,9 @@ from flava.objectives.pretraining import (
     image_step,
     itm_pairing,
     mim_labels,
-    vl_step,
     pretraining_step,
     text_step,
+    vl_step,
 )
 
 
