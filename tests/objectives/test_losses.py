@@ -124,7 +124,7 @@ def pair():
     return hf, ours.eval()
 
 
-def test_pair_losses_match_transformers(pair):
+def test_vl_losses_match_transformers(pair):
     hf, ours = pair
     batch = _batch(ours.config)
     targets = batch["targets"]
@@ -217,7 +217,7 @@ def test_all_negative_batch_skips_mmm_and_weights_switch_objectives_off():
         pretraining_step(model, batch, "audio", None, LossWeights())
 
 
-def test_pair_step_runs_codebook_targets_before_any_encoder():
+def test_vl_step_runs_codebook_targets_before_any_encoder():
     # The codebook's feature maps must come and go before the encoders hold activations for the
     # backward pass, or they add to the step's peak memory.
     model = FlavaForPreTraining(preset("tiny"), codebook=None)
