@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 # The PyTorch build to install first; override for another platform, e.g. TORCH_SPEC="torch torchvision".
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test lint venv
+.PHONY: demo test quick lint venv
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -20,6 +20,10 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest
+
+# The quick loop (under 90 s): every module's fast tests, without the end-to-end and multi-process ones.
+quick: $(VENV)/.installed
+	$(PY) -m pytest -m "not slow"
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -20,6 +20,7 @@ from flava.config import (
 from flava.train import main
 
 
+@pytest.mark.slow
 def test_every_shipped_pretraining_config_validates():
     names = [n for n in shipped_configs() if n.startswith("pretraining/")]
     assert "pretraining/demo.yaml" in names

@@ -90,6 +90,7 @@ def test_parameter_counts_are_exact():
     assert parameter_counts(preset("flava_full"))["total"] == 357_645_303
 
 
+@pytest.mark.slow
 def test_analytic_flops_match_flop_counter_on_tiny():
     config = preset("tiny")
     w = Workload(batch_size=4, text_length=24)
@@ -181,6 +182,7 @@ print(json.dumps({"before": before, "peak": max(peak[0], anon())}))
 """
 
 
+@pytest.mark.slow
 def test_memory_estimate_matches_measured_peak_memory(tmp_path):
     w = Workload(batch_size=32, text_length=40)
     here = str(__import__("pathlib").Path(__file__).parent)
@@ -400,6 +402,7 @@ def _collective_worker(rank: int, port: int, out: dict) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_communication_matches_two_process_collectives(monkeypatch):
     import torch.multiprocessing as mp
@@ -538,6 +541,7 @@ def _fsdp_memory_worker(rank: int, port: int, out: dict) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_fsdp_memory_estimate_matches_two_process_peak(monkeypatch):
     """Each process's peak memory in a 2-process CPU/gloo FSDP2 pair step (fp32, sharded as

@@ -12,6 +12,7 @@ from flava.convert import main as convert_main
 from flava.model import PRESET_NAMES, FlavaForPreTraining, FlavaModel, preset
 
 
+@pytest.mark.slow
 def test_flava_full_parameter_count_and_cpu_forward():
     model = FlavaForPreTraining(preset("flava_full")).eval()
     # transformers' FlavaForPreTraining(FlavaConfig()) counts 357,645,303 (codebook included)

@@ -105,6 +105,7 @@ def test_dataloader_workers_match_direct_access() -> None:
     assert [s.image.tobytes() for s in loaded] == [dataset[i].image.tobytes() for i in range(16)]
 
 
+@pytest.mark.slow
 def test_splits_disjoint_by_descriptor() -> None:
     train = SceneDataset("train", 2000, seed=5)
     train_descriptors = {train[i].descriptor for i in range(2000)}

@@ -192,6 +192,7 @@ def test_messy_captions_folder_skips_and_counts_bad_samples(messy, tmp_path, cap
     assert json.loads((out / "manifest.json").read_text()) == manifest
 
 
+@pytest.mark.slow
 def test_messy_class_folder_fails_above_max_skipped_fraction(messy, tmp_path):
     reasons = {name: reason for name, _, reason in sample_data.messy_files(12)}
     folder = sources.ImageFolder(messy / "classes")

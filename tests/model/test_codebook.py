@@ -44,6 +44,7 @@ def _images(batch: int, size: int) -> torch.Tensor:
 # transformers parity
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("hidden", "blocks", "vocab", "size"), [(16, 1, 64, 32), (16, 2, 128, 48), (32, 2, 64, 40)]
 )
@@ -333,6 +334,7 @@ def test_dall_e_globals_are_never_called(tmp_path: Path) -> None:
 # default codebook
 
 
+@pytest.mark.slow
 def test_default_codebook_indices_frozen_and_eval() -> None:
     model = ImageCodebook(CodebookConfig())
     assert not any(p.requires_grad for p in model.parameters())

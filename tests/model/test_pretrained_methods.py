@@ -90,6 +90,7 @@ def test_a_missing_hook_fails_in_one_line(monkeypatch, tmp_path):
         ImageCodebook(preset("tiny").codebook).save_pretrained(tmp_path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "first_import",
     ["import flava.model.codebook", "import flava.model.pretrained", "import flava.model.flava"],
@@ -122,6 +123,7 @@ def _load_in_child(rank: int, directory: str) -> None:
     torch.save({"ok": True, "logit_scale": model.logit_scale.detach()}, f"{directory}/child.pt")
 
 
+@pytest.mark.slow
 def test_methods_work_in_a_spawned_process(tmp_path):
     model = _tiny_pretraining()
     model.save_pretrained(tmp_path)

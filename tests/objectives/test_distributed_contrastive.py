@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 
 from flava.objectives.losses import contrastive_loss
 
-pytestmark = pytest.mark.distributed
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
 
 def _data():

@@ -140,9 +140,7 @@ def test_vl_losses_match_transformers(pair):
             itm_labels=torch.ones(4, dtype=torch.long),
             return_loss=True,
         ).loss_info
-        out = vl_step(
-            ours, batch, lambda b: b["targets"], LossWeights(), negative_probability=0.0
-        )
+        out = vl_step(ours, batch, lambda b: b["targets"], LossWeights(), negative_probability=0.0)
     for ours_key, hf_key in [
         ("contrastive", "global_contrastive"),
         ("itm", "itm"),
@@ -178,6 +176,7 @@ def test_unimodal_losses_match_transformers(pair):
     assert set(mim) == {"mim", "loss"} and set(mlm) == {"mlm", "loss"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("p_negative", [0.0, 0.5, 0.99])
 def test_itm_label_mixes_train(p_negative):
     model = FlavaForPreTraining(preset("tiny"), codebook=None)
@@ -195,6 +194,7 @@ def test_itm_label_mixes_train(p_negative):
     assert model.itm_head.classifier.weight.grad is not None
 
 
+@pytest.mark.slow
 def test_all_negative_batch_skips_mmm_and_weights_switch_objectives_off():
     model = FlavaForPreTraining(preset("tiny"), codebook=None)
     batch = _batch(model.config, b=5)

@@ -50,6 +50,7 @@ def test_zero_shot_defaults_for_folders():
     assert not is_imagenet_style(["cat", "dog"])
 
 
+@pytest.mark.slow
 def test_retrieval_embedded_with_cache_reuse(tmp_path, monkeypatch):
     run_dir = tmp_path / "ret"
     argv = [*FAST, f"run.run_dir={run_dir}", "data.size=8"]
@@ -100,6 +101,7 @@ def test_retrieval_captions_folder_and_offline_coco(tmp_path, capsys):
     assert retrieval.main([*FAST, "data.kind=flickr", f"run.run_dir={run_dir}"]) == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("features", ["encoder_cls", "projection"])
 def test_linear_probe_embedded(tmp_path, features):
     run_dir = tmp_path / features

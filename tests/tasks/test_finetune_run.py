@@ -36,6 +36,7 @@ def _run(tmp_path, name, config, steps, *extra):
     return run_dir, json.loads((run_dir / "metrics.json").read_text())
 
 
+@pytest.mark.slow
 def test_image_classification_run_and_reload(tmp_path):
     run_dir, metrics = _run(tmp_path, "image", "embedded_image", 3)
     assert metrics["steps"] == 3 and metrics["monitor"] == "val/accuracy"
@@ -51,6 +52,7 @@ def test_image_classification_run_and_reload(tmp_path):
     assert logits.shape == (2, 7)
 
 
+@pytest.mark.slow
 def test_text_pair_run_resumes_exactly(tmp_path):
     extra = (
         "model.head.dropout=0.0",
@@ -77,6 +79,7 @@ def test_text_pair_run_resumes_exactly(tmp_path):
         assert torch.equal(value, b["state_dict"][key]), key
 
 
+@pytest.mark.slow
 def test_multimodal_vqa_run(tmp_path):
     _, metrics = _run(tmp_path, "vqa", "embedded_vqa", 2, "data.text_max_length=24")
     assert 0.0 <= metrics["final/val/vqa_accuracy"] <= 1.0

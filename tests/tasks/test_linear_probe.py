@@ -57,6 +57,7 @@ def test_l2_grid_and_sweep():
     assert result.test_accuracy > 0.6 and result.model is not None
 
 
+@pytest.mark.slow
 def test_feature_choices():
     model = FlavaModel(preset("tiny")).eval()
     images = [torch.zeros(3, 64, 64)] * 3

@@ -51,6 +51,7 @@ def _records(root: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_finetune_image_text_classifier_from_jsonl_records(tmp_path, capsys):
     records = _records(tmp_path)
     run_dir = tmp_path / "run"
@@ -76,6 +77,7 @@ def test_finetune_image_text_classifier_from_jsonl_records(tmp_path, capsys):
     assert "Traceback" not in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_finetune_image_classifier_from_plain_class_folder(tmp_path, capsys):
     folder = sample_data.messy_class_folder(tmp_path / "classes")
     run_dir = tmp_path / "run"
@@ -105,6 +107,7 @@ def test_finetune_image_classifier_from_plain_class_folder(tmp_path, capsys):
     assert (tmp_path / "strict" / "checkpoints" / "bad-data-stop.ckpt").exists()
 
 
+@pytest.mark.slow
 def test_zero_shot_and_linear_probe_on_a_folder_as_it_is(tmp_path, capsys):
     folder = sample_data.messy_class_folder(tmp_path / "classes", count=20)
     common = [*FAST, "data.kind=image_folder", f"data.root={folder}"]
@@ -152,6 +155,7 @@ def test_retrieval_reads_the_captions_file_pretraining_reads(tmp_path, fmt):
     )
 
 
+@pytest.mark.slow
 def test_readme_own_data_commands(tmp_path):
     """The two README commands, on real files, with the tiny preset and a few steps."""
     records = _records(tmp_path / "memes")
@@ -173,6 +177,7 @@ def test_readme_own_data_commands(tmp_path):
         assert (run_dir / "model" / "head.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_a_validation_split_never_rereads_the_training_file(tmp_path, capsys):
     records = _records(tmp_path)
     argv = [*TUNE, "data.kind=source", f"data.source.path={records}", "task.modality=text"]

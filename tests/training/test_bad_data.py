@@ -206,6 +206,7 @@ def vl_only(root: Path, run: Path) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_run_counts_skips_in_metrics_and_stops_past_the_threshold(tmp_path, capsys, monkeypatch):
     secret = "hf_NeverWriteThisToken0123456789"
     monkeypatch.setenv("HF_TOKEN", secret)

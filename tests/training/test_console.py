@@ -6,6 +6,7 @@ import json
 import logging
 
 import lightning as L
+import pytest
 import torch
 
 from flava.train import main
@@ -101,6 +102,7 @@ def test_loss_trends_single_kind():
     assert loss_trends(rows, window=0.25) == {"train/loss/first": 1.0, "train/loss/last": 0.5}
 
 
+@pytest.mark.slow
 def test_tiny_run_off_a_terminal(tmp_path, capfd, caplog, recwarn):
     caplog.set_level(logging.INFO, logger="flava")
     run = tmp_path / "run"

@@ -16,6 +16,8 @@ from flava.model import FlavaForPreTraining
 
 from .test_train import SMALL  # noqa: TID252
 
+pytestmark = pytest.mark.slow
+
 STEPS = 12
 # Kills the process (SIGKILL, no clean-up) halfway through writing the third last.ckpt.
 _KILL_MID_WRITE = r"""

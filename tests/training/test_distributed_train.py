@@ -15,7 +15,7 @@ from flava.train import main
 
 from .test_train import SMALL  # noqa: TID252
 
-pytestmark = pytest.mark.distributed
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
 
 def test_torchrun_two_processes_then_resume_under_one(tmp_path):

@@ -52,6 +52,7 @@ def _entries(kind: str, path) -> list[str]:
     return [f"datasets.{key}.train={entry}", f"datasets.{key}.val={entry}"]
 
 
+@pytest.mark.slow
 def test_pretraining_evaluates_on_own_captions_and_class_folders(messy, tmp_path):
     run_dir = tmp_path / "run"
     argv = [*SMALL, f"training.run_dir={run_dir}"]

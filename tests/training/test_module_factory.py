@@ -26,6 +26,7 @@ def _model_cfg(**overrides):
     return OmegaConf.create({**base, **overrides})
 
 
+@pytest.mark.slow
 def test_factory_imports_without_lightning():
     code = "import sys, flava.training.factory; print('lightning' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -140,6 +140,7 @@ def test_forced_precision_passes_the_check(avx2, monkeypatch, tmp_path, capsys, 
     assert capsys.readouterr().err.strip() == "error: past the precision check"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("main", "argv"), [(train.main, PRETRAIN), (finetune.main, FINETUNE)], ids=["train", "finetune"]
 )
@@ -152,6 +153,7 @@ def test_auto_resolves_to_32_and_is_recorded(avx2, tmp_path, main, argv):
         assert read_checkpoint(ckpt)["global_step"] == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("main", "argv"), [(train.main, PRETRAIN), (finetune.main, FINETUNE)], ids=["train", "finetune"]
 )

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 import flava.objectives.pretraining as pretraining
 from flava.train import main
 
 from .test_train import SMALL  # noqa: TID252
+
+pytestmark = pytest.mark.slow
 
 
 def nan_contrastive(*args, **kwargs):

@@ -21,7 +21,7 @@ from flava.train import main
 
 from .test_train import SMALL  # noqa: TID252
 
-pytestmark = pytest.mark.distributed
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 STEPS = 6
 BATCH = 4  # per process of two; one process takes 2 * BATCH: the same global batches
 FAST = [

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from flava.model import FlavaForPreTraining
 from flava.train import main
+
+pytestmark = pytest.mark.slow
 
 SMALL = [
     "config=pretraining/demo.yaml",

@@ -86,6 +86,7 @@ def test_train_on_local_folders_and_text_files(data, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_train_on_huggingface_saved_and_streamed(data, tmp_path):
     hf = f"type: huggingface, path: '{data / 'hf'}'"
     train(
@@ -105,6 +106,7 @@ def test_train_on_huggingface_saved_and_streamed(data, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_train_pmd_config_on_a_small_pmd_layout(data, tmp_path, monkeypatch):
     """pmd.yaml as shipped (nine weighted, resampled vl shard sets, ImageNet, two text corpora),
     on small shards under PMD_ROOT, with the tiny preset on CPU."""
@@ -150,6 +152,7 @@ def test_mismatched_kind_and_missing_shards_exit_2(data, tmp_path, capsys):
     assert len(err.splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_shipped_hub_and_pmd_configs_fail_fast_offline(tmp_path):
     env = {
         **os.environ,
