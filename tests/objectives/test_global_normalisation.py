@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from flava.model import FlavaForPreTraining, preset
 from flava.objectives.losses import global_mean, masked_prediction_loss
-from flava.objectives.pretraining import LossWeights, pretraining_step
+from flava.objectives.pretraining import LossWeights, pretraining_step, window_of
 
 TOL = 1e-5
 KINDS = ("image", "text", "vl")
@@ -161,6 +161,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_two_processes_with_uneven_masks_equal_one_process(monkeypatch):
     # The spawned processes import this module as `tests.objectives...` with the parent's
@@ -203,3 +204,48 @@ def test_single_process_loss_is_the_plain_mean():
     total = F.cross_entropy(head(hidden[selected]), labels[selected], reduction="sum")
     torch.testing.assert_close(global_mean(total, int(selected.sum())), loss)
     assert global_mean(total * 0.0, 0).item() == 0.0  # nothing to average: no division by 0
+
+
+def _accumulated(model, batch, kind, window: bool):
+    """Losses and gradients of two micro-batches (rows 0-1, 2-3) accumulated as Lightning does
+    (each loss / 2), normalised by the window's counts or, without it, each by its own."""
+    model.zero_grad(set_to_none=True)
+    weights = LossWeights(contrastive=0.0, itm=0.0)  # MMM on matched pairs; no batch-wide terms
+    halves = [
+        {**{k: v[rows] for k, v in batch.items()}, "kind": kind, "batch_index": i}
+        for i, rows in enumerate((slice(0, 2), slice(2, 4)))
+    ]
+    generators = lambda index: torch.Generator().manual_seed(index)  # noqa: E731
+    span = window_of(halves, weights, 0.0, generators) if window else None
+    losses: dict[str, float] = {}
+    for half in halves:
+        tensors = {k: v for k, v in half.items() if isinstance(v, torch.Tensor)}
+        out = pretraining_step(
+            model, tensors, kind, _targets, weights, 0.0, generators(half["batch_index"]), span
+        )
+        (out["loss"] / len(halves)).backward()
+        for k, v in out.items():
+            if not k.endswith("accuracy"):
+                losses[k] = losses.get(k, 0.0) + v.item() / len(halves)
+    return losses, {name: p.grad for name, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_accumulated_micro_batches_equal_one_batch(kind):
+    """Two micro-batches with uneven masks, accumulated, give the loss and gradient of the one
+    batch holding both: masked tokens normalised over the window, not per micro-batch."""
+    model, batch = _model(), _batch(preset("tiny"))
+    model.zero_grad(set_to_none=True)
+    weights = LossWeights(contrastive=0.0, itm=0.0)
+    out = pretraining_step(model, batch, kind, _targets, weights, negative_probability=0.0)
+    out["loss"].backward()
+    ref_loss = out["loss"].item()
+    ref = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    losses, grads = _accumulated(model, batch, kind, window=True)
+    assert losses["loss"] == pytest.approx(ref_loss, rel=1e-6)
+    assert set(ref) == {n for n, g in grads.items() if g is not None}
+    for name, g in ref.items():
+        torch.testing.assert_close(grads[name], g, atol=TOL, rtol=TOL)
+    # the check can fail: each micro-batch normalised by its own count gives another objective
+    own, _ = _accumulated(model, batch, kind, window=False)
+    assert abs(own["loss"] - ref_loss) > 1e-3

@@ -351,8 +351,12 @@ class MixedBatches(torch.utils.data.IterableDataset):
         world_size: int = 1,
         start_batch: int = 0,
         stream_records: dict[str, int] | None = None,
+        accumulation: int = 1,
     ) -> None:
         super().__init__()
+        if accumulation < 1:
+            raise ValueError(f"accumulation must be >= 1, got {accumulation}")
+        self.accumulation = accumulation
         if not streams:
             raise ValueError("no data: select at least one kind of source")
         self.streams = streams
@@ -371,20 +375,41 @@ class MixedBatches(torch.utils.data.IterableDataset):
         self.stream_records = dict(stream_records or {})
         self.skips = SkipLog()
 
-    def plan(self, chunk: int) -> tuple[np.ndarray, np.ndarray]:
-        """(kind index, source index) of the batches chunk*_CHUNK ... (chunk+1)*_CHUNK - 1."""
+    def _drawn(self, chunk: int) -> tuple[np.ndarray, list[np.ndarray | None]]:
+        """(kind index, source picks per kind) drawn for the batches of one chunk."""
         rng = np.random.default_rng([self.seed, 0x5EED, chunk])
         if self.sampling == "round_robin":
             start = chunk * _CHUNK
             kinds = (np.arange(start, start + _CHUNK) % len(self.kinds)).astype(np.int64)
         else:
             kinds = rng.choice(len(self.kinds), size=_CHUNK, p=self.probabilities)
-        sources = np.zeros(_CHUNK, dtype=np.int64)
-        for k, kind in enumerate(self.kinds):
+        picks: list[np.ndarray | None] = []
+        for kind in self.kinds:
             w = np.asarray(self.streams[kind].weights, dtype=float)
-            if len(w) > 1:
-                picks = rng.choice(len(w), size=_CHUNK, p=w / w.sum())
-                sources = np.where(kinds == k, picks, sources)
+            picks.append(rng.choice(len(w), size=_CHUNK, p=w / w.sum()) if len(w) > 1 else None)
+        return kinds, picks
+
+    def _window_kinds(self, chunk: int) -> np.ndarray:
+        """Each batch's kind under accumulation: the kind drawn for its window's first batch
+        (a window = the `accumulation` micro-batches of one optimizer step, one kind a step as
+        in the paper; the ratios then hold per optimizer step)."""
+        index = np.arange(chunk * _CHUNK, (chunk + 1) * _CHUNK)
+        first = index - index % self.accumulation
+        kinds = np.empty(_CHUNK, dtype=np.int64)
+        for c in np.unique(first // _CHUNK):
+            sel = first // _CHUNK == c
+            kinds[sel] = self._drawn(int(c))[0][first[sel] % _CHUNK]
+        return kinds
+
+    def plan(self, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+        """(kind index, source index) of the batches chunk*_CHUNK ... (chunk+1)*_CHUNK - 1."""
+        kinds, picks = self._drawn(chunk)
+        if self.accumulation > 1:
+            kinds = self._window_kinds(chunk)
+        sources = np.zeros(_CHUNK, dtype=np.int64)
+        for k, pick in enumerate(picks):
+            if pick is not None:
+                sources = np.where(kinds == k, pick, sources)
         return kinds, sources
 
     def kind_of(self, batch_index: int) -> str:

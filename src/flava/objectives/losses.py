@@ -18,9 +18,14 @@ processes (what `sync_dist=True` logs) is the global mean. Every process must ca
 the same step, also with nothing masked locally (the all-reduce is collective); with nothing
 masked on any process the loss is a zero that keeps the graph. ITM and contrastive losses are
 means over the equal-sized local batches (contrastive over a gathered global batch), which DDP's
-averaging already makes global, so they need no such normalisation. Gradient accumulation
-(several micro-batches per optimizer step) is not covered: each micro-batch is normalised by its
-own global count, so micro-batches count equally whatever their numbers of masked tokens.
+averaging already makes global, so they need no such normalisation.
+
+Gradient accumulation (k micro-batches per optimizer step, Lightning dividing each micro-batch's
+loss by k) is covered the same way: the caller passes `count`, the masked tokens of this process
+over the whole accumulation window (known before the window's first forward pass: the masks are
+drawn with the data), and `accumulated=k`; each micro-batch then returns `sum / window count * W
+* k`, so that the accumulated gradient is that of the mean over every masked token of the window
+on every process, whatever the tokens' spread over micro-batches.
 """
 
 from __future__ import annotations
@@ -43,21 +48,25 @@ def world_size() -> int:
     return 1
 
 
-def global_mean(total: torch.Tensor, count: int | torch.Tensor) -> torch.Tensor:
+def global_mean(
+    total: torch.Tensor, count: int | torch.Tensor, accumulated: int = 1
+) -> torch.Tensor:
     """This process's share of a mean over all processes' items, scaled by the world size W.
 
-    `total` is the sum of the local items' losses, `count` the number of local items. Returns
-    `total / global count * W` with the global count all-reduced (SUM, no gradient) over the
+    `total` is the sum of the local items' losses, `count` the number of local items (of the
+    whole accumulation window when `accumulated` = k > 1 micro-batches share it). Returns
+    `total / global count * W * k` with the global count all-reduced (SUM, no gradient) over the
     processes, so that the mean over processes of the results (and DDP's average of their
-    gradients) is the mean over every item of the global batch. Every process must call it. On
-    one process it is `total / count`. A global count of 0 divides by 1 (a zero `total` stays a
-    zero that keeps the graph).
+    gradients, after Lightning's division by k) is the mean over every item of the global
+    batch. Every process must call it. On one process without accumulation it is
+    `total / count`. A global count of 0 divides by 1 (a zero `total` stays a zero that keeps
+    the graph).
     """
     world = world_size()
     n = torch.as_tensor(count, device=total.device).detach().to(torch.long).clone()
     if world > 1:
         dist.all_reduce(n, op=dist.ReduceOp.SUM)  # gloo has no ReduceOp.AVG: SUM, then * W
-    return total / n.clamp(min=1) * world
+    return total / n.clamp(min=1) * (world * accumulated)
 
 
 def _gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -98,14 +107,20 @@ def contrastive_loss(
 
 
 def masked_prediction_loss(
-    head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX
+    head: nn.Module,
+    hidden: torch.Tensor,
+    labels: torch.Tensor,
+    ignore_index: int = IGNORE_INDEX,
+    window_count: int | None = None,
+    accumulated: int = 1,
 ) -> torch.Tensor:
     """Cross-entropy of `head` on the positions of `hidden` [B, N, D] whose label is set [B, N].
 
     The head (dense + LayerNorm + decoder to the vocabulary) runs only on those positions. On one
-    process: the mean over them. On W > 1 processes: `global_mean` of their summed cross-entropy
-    (sum / masked positions of all processes * W; every process must call it, also when it has
-    nothing masked). With nothing masked: a zero that keeps the graph.
+    process without accumulation: the mean over them. Otherwise `global_mean` of their summed
+    cross-entropy: sum / (masked positions of all processes, over the accumulation window of
+    `accumulated` micro-batches whose local count is `window_count`) * W * k; every process must
+    call it, also when it has nothing masked. With nothing masked: a zero that keeps the graph.
     """
     if hidden.shape[:2] != labels.shape:
         raise ValueError(
@@ -113,7 +128,7 @@ def masked_prediction_loss(
         )
     selected = labels != ignore_index  # [B, N]
     logits = head(hidden[selected])  # [M, V]
-    if world_size() == 1:
+    if world_size() == 1 and window_count is None:
         if logits.shape[0] == 0:  # nothing masked: a zero that keeps the graph
             return logits.sum() * 0.0
         return F.cross_entropy(logits.float(), labels[selected])
@@ -121,7 +136,8 @@ def masked_prediction_loss(
         total = logits.float().sum() * 0.0
     else:
         total = F.cross_entropy(logits.float(), labels[selected], reduction="sum")
-    return global_mean(total, logits.shape[0])
+    count = logits.shape[0] if window_count is None else window_count
+    return global_mean(total, count, accumulated)
 
 
 def itm_loss(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -7,7 +7,8 @@
   caption of the same batch; MMM losses use matched pairs only.
 
 Masked-token losses are normalised by the masked count of all data-parallel processes
-(`losses.global_mean`); contrastive and ITM are means over equal-sized local batches, which DDP's
+(`losses.global_mean`), over all micro-batches of the optimizer step under gradient accumulation
+(`Window`); contrastive and ITM are means over equal-sized local batches, which DDP's
 gradient average already makes global. With several processes MMM runs on every process, even
 one whose batch has no matched pair (its share is then a zero), so that all join the count's
 all-reduce and return the same keys.
@@ -66,6 +67,74 @@ def _total(losses: dict[str, torch.Tensor], weights: LossWeights) -> dict[str, t
     return {**losses, "loss": total}
 
 
+@dataclass
+class Window:
+    """This process's masked tokens per objective over an accumulation window of k micro-batches.
+
+    Under gradient accumulation each micro-batch normalises its masked-token losses by the
+    window's count (all-reduced over the processes in `losses.global_mean`), not its own, so
+    that the optimizer step's gradient is that of the mean over every masked token of the step.
+    """
+
+    counts: dict[str, int]
+    """Masked tokens per objective (mim, mlm, mmm_image, mmm_text) over the window."""
+    micro_batches: int
+
+    def loss_args(self, objective: str) -> dict[str, int]:
+        """Keyword arguments of `masked_prediction_loss` for one objective."""
+        return {"window_count": self.counts.get(objective, 0), "accumulated": self.micro_batches}
+
+
+def _loss_args(window: Window | None, objective: str) -> dict[str, int]:
+    return {} if window is None else window.loss_args(objective)
+
+
+def masked_counts(
+    kind: str,
+    batch: Batch,
+    weights: LossWeights,
+    negative_probability: float = 0.5,
+    generator: torch.Generator | None = None,
+) -> dict[str, int]:
+    """The masked tokens per objective that the step of this batch normalises.
+
+    Known before the step runs: the masks come with the data, and a vl batch's matched pairs
+    (MMM's tokens) from the same `itm_pairing` draw, with a generator seeded as the step's.
+    """
+    if kind == "image":
+        return {"mim": int(batch["bool_masked_pos"].sum())}
+    if kind == "text":
+        return {"mlm": int((batch["mlm_labels"] != IGNORE_INDEX).sum())}
+    if not (weights.itm or weights.mmm_image or weights.mmm_text):
+        return {}
+    masked_pos = batch["bool_masked_pos"]
+    b = masked_pos.shape[0]
+    _, labels = itm_pairing(
+        b, negative_probability if weights.itm else 0.0, generator, masked_pos.device
+    )
+    positive = labels.bool()
+    return {
+        "mmm_image": int(masked_pos.reshape(b, -1)[positive].sum()),
+        "mmm_text": int((batch["mlm_labels"][positive] != IGNORE_INDEX).sum()),
+    }
+
+
+def window_of(
+    members: list[Batch],
+    weights: LossWeights,
+    negative_probability: float,
+    generator_of: Callable[[int], torch.Generator],
+) -> Window:
+    """The `Window` of an optimizer step's micro-batches (kind, batch index and masks of each;
+    `generator_of(batch index)` gives the generator that micro-batch's step uses)."""
+    counts: dict[str, int] = {}
+    for m in members:
+        g = generator_of(int(m["batch_index"]))
+        for name, n in masked_counts(str(m["kind"]), m, weights, negative_probability, g).items():
+            counts[name] = counts.get(name, 0) + n
+    return Window(counts, len(members))
+
+
 def mim_labels(targets: torch.Tensor, bool_masked_pos: torch.Tensor) -> torch.Tensor:
     """Target ids [B, N] kept at masked patches, IGNORE_INDEX elsewhere."""
     mask = bool_masked_pos.reshape(targets.shape).bool()
@@ -73,23 +142,29 @@ def mim_labels(targets: torch.Tensor, bool_masked_pos: torch.Tensor) -> torch.Te
 
 
 def image_step(
-    model: FlavaForPreTraining, batch: Batch, targets: TargetFn, weights: LossWeights
+    model: FlavaForPreTraining,
+    batch: Batch,
+    targets: TargetFn,
+    weights: LossWeights,
+    window: Window | None = None,
 ) -> dict[str, torch.Tensor]:
     """MIM on an image-only batch."""
     labels = mim_labels(targets(batch), batch["bool_masked_pos"])
     image = model.flava.image_encoder(batch["pixel_values"], batch["bool_masked_pos"])
     patches = image.last_hidden_state[:, 1:]  # [B, N, D], CLS dropped
-    return _total({"mim": masked_prediction_loss(model.mim_head, patches, labels)}, weights)
+    loss = masked_prediction_loss(model.mim_head, patches, labels, **_loss_args(window, "mim"))
+    return _total({"mim": loss}, weights)
 
 
 def text_step(
-    model: FlavaForPreTraining, batch: Batch, weights: LossWeights
+    model: FlavaForPreTraining, batch: Batch, weights: LossWeights, window: Window | None = None
 ) -> dict[str, torch.Tensor]:
     """MLM on a text-only batch."""
     text = model.flava.text_encoder(
         batch["input_ids_masked"], batch["attention_mask"], batch.get("token_type_ids")
     )
-    loss = masked_prediction_loss(model.mlm_head, text.last_hidden_state, batch["mlm_labels"])
+    hidden, labels = text.last_hidden_state, batch["mlm_labels"]
+    loss = masked_prediction_loss(model.mlm_head, hidden, labels, **_loss_args(window, "mlm"))
     return _total({"mlm": loss}, weights)
 
 
@@ -118,6 +193,7 @@ def vl_step(
     weights: LossWeights,
     negative_probability: float = 0.5,
     generator: torch.Generator | None = None,
+    window: Window | None = None,
 ) -> dict[str, torch.Tensor]:
     """A vl batch: contrastive on the unmasked pair; ITM + MMM on the masked pair."""
     flava = model.flava
@@ -163,11 +239,15 @@ def vl_step(
     n_image = image_m.last_hidden_state.shape[1] - 1
     if image_labels is not None:
         image_part = fused_pos[:, 2 : 2 + n_image]  # skip mm CLS and image CLS
-        losses["mmm_image"] = masked_prediction_loss(model.mmm_image_head, image_part, image_labels)
+        losses["mmm_image"] = masked_prediction_loss(
+            model.mmm_image_head, image_part, image_labels, **_loss_args(window, "mmm_image")
+        )
     if weights.mmm_text:
         labels = batch["mlm_labels"][positive]
         text_part = fused_pos[:, 2 + n_image :]
-        losses["mmm_text"] = masked_prediction_loss(model.mmm_text_head, text_part, labels)
+        losses["mmm_text"] = masked_prediction_loss(
+            model.mmm_text_head, text_part, labels, **_loss_args(window, "mmm_text")
+        )
     return _total(losses, weights)
 
 
@@ -179,14 +259,19 @@ def pretraining_step(
     weights: LossWeights,
     negative_probability: float = 0.5,
     generator: torch.Generator | None = None,
+    window: Window | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Dispatch one batch to its objectives by source kind ("image", "text" or "vl")."""
+    """Dispatch one batch to its objectives by source kind ("image", "text" or "vl").
+
+    `window`: under gradient accumulation, the masked-token counts of the optimizer step's
+    micro-batches (`window_of`); None normalises by this batch's own counts.
+    """
     if kind == "image":
         if targets is None:
             raise ValueError("an image batch needs MIM targets (a codebook or k-means)")
-        return image_step(model, batch, targets, weights)
+        return image_step(model, batch, targets, weights, window)
     if kind == "text":
-        return text_step(model, batch, weights)
+        return text_step(model, batch, weights, window)
     if kind == "vl":
-        return vl_step(model, batch, targets, weights, negative_probability, generator)
+        return vl_step(model, batch, targets, weights, negative_probability, generator, window)
     raise ValueError(f"unknown batch kind {kind!r}; expected image, text or vl")

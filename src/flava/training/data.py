@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import lightning as L
@@ -149,8 +151,11 @@ class PretrainingData(L.LightningDataModule):
             world_size=world,
             start_batch=self.start_batch,
             stream_records=self.stream_records,
+            accumulation=int(t.lightning.accumulate_grad_batches),
         )
-        return _loader(dataset, t.num_workers)
+        loader = _loader(dataset, t.num_workers)
+        k = int(t.lightning.accumulate_grad_batches)
+        return AccumulationWindows(loader, k) if k > 1 else loader
 
     def val_dataloader(self) -> list[torch.utils.data.DataLoader]:
         t = self.cfg.training
@@ -185,6 +190,31 @@ class PretrainingData(L.LightningDataModule):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.start_batch = int(state.get("start_batch", 0))
         self.stream_records = {k: int(v) for k, v in state.get("stream_records", {}).items()}
+
+
+WINDOW_KEYS = ("kind", "batch_index", "bool_masked_pos", "mlm_labels")
+"""What each micro-batch carries of every member of its window: enough to count the masks."""
+
+
+class AccumulationWindows:
+    """The training batches in windows of `k` (one optimizer step under gradient accumulation).
+
+    Each micro-batch carries, under "window", the kind, batch index and masks of every member of
+    its window, so that its masked-token losses can be normalised by the window's count before
+    the window's later micro-batches have run (`objectives.pretraining.window_counts`). Windows
+    start at the first batch, as Lightning's accumulation does; a checkpoint is written after an
+    optimizer step, so a resumed run starts on a window boundary.
+    """
+
+    def __init__(self, loader: Iterable[dict[str, Any]], k: int) -> None:
+        self.loader, self.k = loader, k
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        batches = iter(self.loader)
+        while window := list(itertools.islice(batches, self.k)):
+            members = [{key: b[key] for key in WINDOW_KEYS if key in b} for b in window]
+            for batch in window:
+                yield {**batch, "window": members}
 
 
 def _loader(dataset: torch.utils.data.Dataset, workers: int) -> torch.utils.data.DataLoader:

@@ -10,7 +10,7 @@ import torch
 from omegaconf import DictConfig
 
 from flava.model.flava import FlavaForPreTraining
-from flava.objectives.pretraining import LossWeights, pretraining_step
+from flava.objectives.pretraining import LossWeights, Window, pretraining_step, window_of
 from flava.objectives.targets import KMeansCodebook
 from flava.training.counts import SkipCounter
 from flava.training.optim import adamw_with_schedule, clip_gradients
@@ -62,7 +62,10 @@ class FlavaPretrainingModule(L.LightningModule):
             compile_layers(self.model)
 
     def forward(
-        self, batch: dict[str, Any], generator: torch.Generator | None = None
+        self,
+        batch: dict[str, Any],
+        generator: torch.Generator | None = None,
+        window: Window | None = None,
     ) -> dict[str, torch.Tensor]:
         """The pretraining step of one batch (its losses); the root of sharding runs it."""
         tensors = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
@@ -74,12 +77,27 @@ class FlavaPretrainingModule(L.LightningModule):
             self.weights,
             self.cfg.model.losses.itm_negative_probability,
             generator,
+            window,
         )
 
+    def step_generator(self, batch_index: int) -> torch.Generator:
+        """The generator of a training batch's random draws (ITM negatives), keyed by its index."""
+        return torch.Generator().manual_seed(batch_index * 7919 + self.cfg.training.seed)
+
+    def window(self, batch: dict[str, Any]) -> Window | None:
+        """Under gradient accumulation: the masked-token counts of the step's micro-batches."""
+        if "window" not in batch:
+            return None
+        p = self.cfg.model.losses.itm_negative_probability
+        return window_of(batch["window"], self.weights, p, self.step_generator)
+
     def _step(
-        self, batch: dict[str, Any], generator: torch.Generator | None
+        self,
+        batch: dict[str, Any],
+        generator: torch.Generator | None,
+        window: Window | None = None,
     ) -> dict[str, torch.Tensor]:
-        return self(batch, generator)
+        return self(batch, generator, window)
 
     def _count_data(self, batch: dict[str, Any]) -> None:
         """Add the batch's skipped samples; stop when too large a fraction of them was bad."""
@@ -111,10 +129,8 @@ class FlavaPretrainingModule(L.LightningModule):
         self.batches_seen = int(batch["batch_index"]) + 1
         self._count_data(batch)
         self._kind = str(batch["kind"])  # "image", "text" or "vl"
-        generator = torch.Generator().manual_seed(
-            int(batch["batch_index"]) * 7919 + self.cfg.training.seed
-        )
-        out = self._step(batch, generator)
+        generator = self.step_generator(int(batch["batch_index"]))
+        out = self._step(batch, generator, self.window(batch))
         size = next(v.shape[0] for v in batch.values() if isinstance(v, torch.Tensor))
         # the mean over processes of each one's loss is the loss of the global batch
         sync = self.trainer.world_size > 1
