@@ -135,6 +135,39 @@ def test_fsdp_trains_as_ddp_and_as_one_process(fsdp_run, tmp_path):
     assert json.loads((on / "metrics.json").read_text())["steps"] == STEPS + 1
 
 
+_SGD = r"""
+import sys
+import flava.training.module as module
+from tests.training.test_sharded import sgd
+
+module.adamw_with_schedule = sgd
+from flava.train import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def sgd(named, t, device, max_steps):  # noqa: ANN001, ANN201
+    """Plain SGD in place of AdamW: no division by sqrt(v) to amplify reduction order."""
+    return {"optimizer": torch.optim.SGD([p for _, p in named if p.requires_grad], lr=0.05)}
+
+
+def test_fsdp_weights_equal_one_process_under_sgd(tmp_path, monkeypatch):
+    """The AdamW weights above agree to 1e-4; with plain SGD the same runs agree to 1e-5."""
+    import flava.training.module as module
+
+    script = tmp_path / "sgd.py"
+    script.write_text(_SGD)
+    fsdp = tmp_path / "fsdp"
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parents[2]))
+    _torchrun(2, fsdp, "training.lightning.strategy=fsdp", script=str(script))
+    assert json.loads((fsdp / "metrics.json").read_text())["steps"] == STEPS
+    monkeypatch.setattr(module, "adamw_with_schedule", sgd)
+    one = tmp_path / "one"
+    assert main([*FAST, f"training.run_dir={one}", f"training.batch_size={2 * BATCH}"]) == 0
+    _assert_same_losses(fsdp, one, range(STEPS))
+    assert _max_difference(_weights(fsdp / "model"), _weights(one / "model")) < 1e-5
+
+
 def test_sigkilled_fsdp_run_resumes_with_two_or_one_process(fsdp_run, tmp_path):
     run = tmp_path / "killed"
     _torchrun(2, run, "training.lightning.strategy=fsdp", script=_kill_script(tmp_path))
