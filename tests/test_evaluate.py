@@ -12,8 +12,6 @@ from PIL import Image
 from flava import evaluate
 from flava.tasks.suite import TaskResult, macro_averages
 
-pytestmark = pytest.mark.slow
-
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
 
 
@@ -125,6 +123,7 @@ def suite_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, int
 PRESENT = {"food101", "dtd", "flickr30k", "rte", "vqa"}
 
 
+@pytest.mark.slow
 def test_the_table_holds_every_task_with_a_number_or_not_on_disk(
     suite_run: tuple[Path, Path, int],
 ) -> None:
@@ -150,6 +149,7 @@ def test_the_table_holds_every_task_with_a_number_or_not_on_disk(
     assert (out / "figure.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_macro_averages_are_those_of_the_per_task_figures(
     suite_run: tuple[Path, Path, int],
 ) -> None:
@@ -172,6 +172,7 @@ def test_macro_averages_are_those_of_the_per_task_figures(
     assert "average overall" in (out / "table.md").read_text()
 
 
+@pytest.mark.slow
 def test_a_rerun_skips_finished_tasks(
     suite_run: tuple[Path, Path, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -191,6 +192,7 @@ def test_a_rerun_skips_finished_tasks(
     assert (out / "results" / "dtd.json").read_text() == before
 
 
+@pytest.mark.slow
 def test_a_task_that_raises_is_recorded_and_the_rest_finish(
     suite_run: tuple[Path, Path, int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -218,6 +220,7 @@ def test_a_task_that_raises_is_recorded_and_the_rest_finish(
     assert tasks["dtd"]["status"] == "ok"
 
 
+@pytest.mark.slow
 def test_plan_prints_tasks_data_and_compute_without_running(
     suite_run: tuple[Path, Path, int], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
