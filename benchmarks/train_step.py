@@ -257,7 +257,7 @@ def build_ours(args: argparse.Namespace, workdir: Path, device: torch.device) ->
                 pixels = pixels.contiguous(memory_format=torch.channels_last)
             return model.codebook.get_codebook_indices(pixels)
 
-        out = pretraining_step(model, batch, "pair", targets, weights, 0.0)
+        out = pretraining_step(model, batch, "vl", targets, weights, 0.0)
         return out["loss"]
 
     return model, ours_loss

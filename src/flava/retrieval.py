@@ -2,7 +2,7 @@
 
 Every caption of every image is used: image -> text R@k counts an image as found when any of
 its captions is among the k nearest texts; text -> image R@k when a caption's own image is
-among the k nearest images (flava.tasks.retrieval.recall_at_k).
+among the k nearest images (flava.tasks.metrics.recall_at_k).
 
 Examples:
     python -m flava.retrieval                                  # embedded scenes, tiny preset
@@ -168,7 +168,7 @@ def embeddings(
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate per `cfg`; returns the metrics written to metrics.json."""
     from flava.data.sources import SkipLog
-    from flava.tasks.retrieval import recall_at_k
+    from flava.tasks.metrics import recall_at_k
 
     start = time.perf_counter()
     device = resolve_device(cfg.run.device)

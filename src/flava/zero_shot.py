@@ -67,8 +67,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from flava.data.sources import SkipLog
     from flava.data.tokenizer import load_tokenizer
     from flava.data.transforms import image_transform
+    from flava.tasks.metrics import topk_accuracy
     from flava.tasks.retrieval import embed_usable_images
-    from flava.tasks.zero_shot import class_embeddings, topk_accuracy
+    from flava.tasks.zero_shot import class_embeddings
 
     start = time.perf_counter()
     r, d = cfg.run, cfg.data

@@ -235,20 +235,35 @@ def vl_step(
         losses.update(itm_loss(model.itm_head(fused), itm_labels))
     if not run_mmm:
         return _total(losses, weights)
-    fused_pos = fused[positive]  # MMM on matched pairs only (maybe none on this process)
     n_image = image_m.last_hidden_state.shape[1] - 1
+    mmm_text_labels = batch["mlm_labels"][positive] if weights.mmm_text else None
+    losses.update(
+        mmm_losses(model, fused[positive], n_image, image_labels, mmm_text_labels, window)
+    )
+    return _total(losses, weights)
+
+
+def mmm_losses(
+    model: FlavaForPreTraining,
+    fused: torch.Tensor,
+    n_image: int,
+    image_labels: torch.Tensor | None,
+    text_labels: torch.Tensor | None,
+    window: Window | None = None,
+) -> dict[str, torch.Tensor]:
+    """MMM-image and MMM-text on the fused states [P, 1 + (1 + Ni) + Nt, D] of matched pairs."""
+    losses = {}
     if image_labels is not None:
-        image_part = fused_pos[:, 2 : 2 + n_image]  # skip mm CLS and image CLS
+        image_part = fused[:, 2 : 2 + n_image]  # skip mm CLS and image CLS
         losses["mmm_image"] = masked_prediction_loss(
             model.mmm_image_head, image_part, image_labels, **_loss_args(window, "mmm_image")
         )
-    if weights.mmm_text:
-        labels = batch["mlm_labels"][positive]
-        text_part = fused_pos[:, 2 + n_image :]
+    if text_labels is not None:
+        text_part = fused[:, 2 + n_image :]
         losses["mmm_text"] = masked_prediction_loss(
-            model.mmm_text_head, text_part, labels, **_loss_args(window, "mmm_text")
+            model.mmm_text_head, text_part, text_labels, **_loss_args(window, "mmm_text")
         )
-    return _total(losses, weights)
+    return losses
 
 
 def pretraining_step(

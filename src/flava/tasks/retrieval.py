@@ -85,16 +85,6 @@ def embed_texts(
     return torch.cat(out) if out else torch.empty(0, model.config.projection_dim)
 
 
-def __getattr__(name: str) -> object:
-    """`recall_at_k` moved to flava.tasks.metrics, imported on first use."""
-    # a lazy re-export for old imports: torchmetrics, under flava.tasks.metrics, is slow to load
-    if name == "recall_at_k":
-        from flava.tasks.metrics import recall_at_k
-
-        return recall_at_k
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def _progress(iterable, enabled: bool, what: str):  # noqa: ANN001, ANN202
     if not enabled:
         return iterable

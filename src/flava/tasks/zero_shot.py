@@ -103,13 +103,3 @@ def _config_error(message: str) -> Exception:
     from flava.config import ConfigError
 
     return ConfigError(message)
-
-
-def __getattr__(name: str) -> object:
-    """`topk_accuracy` moved to flava.tasks.metrics, imported on first use."""
-    # a lazy re-export for old imports: torchmetrics, under flava.tasks.metrics, is slow to load
-    if name == "topk_accuracy":
-        from flava.tasks.metrics import topk_accuracy
-
-        return topk_accuracy
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
