@@ -11,6 +11,8 @@ from flava.data.pretraining import _CHUNK, MixedBatches, Stream
 from flava.training import module as module_lib
 from flava.training.data import AccumulationWindows
 
+from .test_train import SMALL  # noqa: TID252
+
 STREAMS = {k: Stream(k, [list(range(10))], [1.0]) for k in ("image", "text", "vl")}
 
 
@@ -68,21 +70,10 @@ def test_a_run_with_accumulation_normalises_over_each_step(tmp_path, monkeypatch
 
     monkeypatch.setattr(module_lib, "window_of", spy)
     argv = [
-        "config=pretraining/demo.yaml",
+        *SMALL,
         f"training.run_dir={tmp_path / 'run'}",
-        "training.batch_size=4",
-        "training.num_workers=0",
-        "training.warmup_steps=1",
         "training.lightning.max_steps=3",
         "training.lightning.accumulate_grad_batches=2",
-        "training.lightning.limit_val_batches=1",
-        "training.lightning.enable_progress_bar=false",
-        "training.evaluation.num_samples=8",
-        "model.kmeans_codes=16",
-        "model.kmeans_images=16",
-        "datasets.vl.val=[{type: embedded, size: 16}]",
-        "datasets.image.val=[{type: embedded, size: 16}]",
-        "datasets.text.val=[{type: embedded, size: 16}]",
     ]
     assert main(argv) == 0
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["steps"] == 3
