@@ -182,7 +182,8 @@ class FinetuneDataConfig:
     download: bool = False
     """Let torchvision download the dataset (needs network access)."""
     hf_path: str = "glue"
-    """Hugging Face dataset path for glue."""
+    """glue: the Hugging Face dataset (glue, nyu-mll/glue), or a directory of save_to_disk tasks
+    (DIR/<task>, as `flava.evaluate` reads GLUE)."""
     cache_dir: str | None = None
     """Hugging Face datasets cache directory (None: HF_DATASETS_CACHE or the default)."""
     train: SplitConfig = field(default_factory=SplitConfig)
