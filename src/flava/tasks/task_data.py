@@ -402,10 +402,10 @@ def torchvision_dataset(
         ) from None
     except ValueError as exc:  # torchvision's check of the split name
         raise ConfigError(f"{cls_name}: {(str(exc).strip().splitlines() or [''])[0]}") from None
-    labels = torchvision_labels(ds)
     classes = list(getattr(ds, "classes", []) or UNNAMED_CLASSES.get(name, []))
-    if not classes and labels:  # PCAM, GTSRB, FER2013, CLEVR: no names, numbered classes
-        classes = [str(i) for i in range(max(labels) + 1)]
+    if not classes:  # GTSRB, FER2013, CLEVR: no names, numbered classes
+        labels = torchvision_labels(ds)
+        classes = [str(i) for i in range(max(labels) + 1)] if labels else []
     return ds, classes
 
 
