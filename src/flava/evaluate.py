@@ -96,7 +96,7 @@ def task_argv(task: TaskSpec, cfg: Any, run_dir: Path) -> list[str]:
         argv += [*cfg.run.finetune_args, f"training.run_dir={run_dir}"]
         scale, cap = float(cfg.run.finetune_scale), cfg.run.finetune_max_steps
         return argv + finetune_scaling(argv, scale, cap)
-    return argv + [f"run.run_dir={run_dir}", f"run.device={cfg.run.device}"]
+    return argv + [*cfg.run.eval_args, f"run.run_dir={run_dir}", f"run.device={cfg.run.device}"]
 
 
 def _last_error(text: str) -> str:

@@ -86,6 +86,9 @@ class SuiteRun:
     """Cap on each fine-tuning run's steps after scaling (None: no cap)."""
     finetune_args: list[str] = field(default_factory=list)
     """Overrides appended to every fine-tuning task (e.g. [training.batch_size=16])."""
+    eval_args: list[str] = field(default_factory=list)
+    """Overrides appended to every linear-probe, retrieval and zero-shot task (e.g.
+    [data.max_skipped_fraction=0.3, run.batch_size=256])."""
     rerun: bool = False
     """Run tasks again that finished in an earlier run of this run_dir."""
     plan: bool = False
