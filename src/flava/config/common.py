@@ -161,6 +161,9 @@ class TrainingConfig:
     """Final learning rate as a fraction of the peak."""
     lr_decay_steps: int | None = None
     """Length of the schedule in steps (None: training.lightning.max_steps)."""
+    lr_multipliers: dict[str, float] = field(default_factory=dict)
+    """Learning-rate multipliers by parameter-name prefix, e.g. {flava.image_encoder: 0.25}
+    (the longest matching prefix wins; warm-up and decay scale every group alike)."""
     nonfinite_patience: int = 20
     """Stop (with a checkpoint) after this many optimiser steps in a row with non-finite values."""
     compile: bool = False
@@ -239,6 +242,11 @@ def training_checks(t: DictConfig) -> list[Check]:
         (t.num_workers >= 0, "training.num_workers", "must be >= 0"),
         (t.warmup_steps >= 0, "training.warmup_steps", "must be >= 0"),
         (t.adam_weight_decay >= 0, "training.adam_weight_decay", "must be >= 0"),
+        (
+            all(float(m) > 0 for m in (t.get("lr_multipliers") or {}).values()),
+            "training.lr_multipliers",
+            "every multiplier must be > 0",
+        ),
         (
             len(t.adam_betas) == 2 and all(0 <= b < 1 for b in t.adam_betas),
             "training.adam_betas",

@@ -20,7 +20,7 @@ from flava.model.classifier import FlavaClassifier
 from flava.tasks.metrics import TaskMetrics
 from flava.tasks.task_data import Example
 from flava.training.counts import SkipCounter
-from flava.training.optim import adamw_with_schedule, clip_gradients
+from flava.training.optim import adamw_with_schedule, check_multipliers, clip_gradients
 
 INPUT_KEYS = ("pixel_values", "input_ids", "attention_mask", "token_type_ids")
 
@@ -232,6 +232,8 @@ class FinetuneModule(L.LightningModule):
     def __init__(self, cfg: DictConfig, model: FlavaClassifier, prefixes: list[str]) -> None:
         super().__init__()
         self.cfg, self.model, self.prefixes = cfg, model, prefixes
+        # a prefix naming no parameter fails here, before any work
+        check_multipliers((n for n, _ in model.named_parameters()), cfg.training.lr_multipliers)
         k = cfg.task
         outputs = model.settings["num_outputs"]
         self.metrics = nn.ModuleList(

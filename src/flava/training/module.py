@@ -13,7 +13,7 @@ from flava.model.flava import FlavaForPreTraining
 from flava.objectives.pretraining import LossWeights, Window, pretraining_step, window_of
 from flava.objectives.targets import KMeansCodebook
 from flava.training.counts import SkipCounter
-from flava.training.optim import adamw_with_schedule, clip_gradients
+from flava.training.optim import adamw_with_schedule, check_multipliers, clip_gradients
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,8 @@ class FlavaPretrainingModule(L.LightningModule):
         super().__init__()
         self.cfg = cfg
         self.model, self.kmeans = model, kmeans
+        # a prefix naming no parameter fails here, before any work
+        check_multipliers((n for n, _ in model.named_parameters()), cfg.training.lr_multipliers)
         self.weights = LossWeights.from_config(cfg.model.losses)
         self.batches_seen = 0
         self.nonfinite: dict[str, int] = {}  # skipped steps per batch kind

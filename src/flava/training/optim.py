@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
+from flava.config import ConfigError
+
 NO_DECAY_SUFFIXES = ("cls_token", "mask_token", "pos_embed")
 
 
@@ -45,7 +47,7 @@ def fused_supported(device: torch.device) -> bool:
 def decay_groups(
     named_parameters: Iterable[tuple[str, torch.nn.Parameter]],
 ) -> tuple[list[tuple[str, torch.nn.Parameter]], list[tuple[str, torch.nn.Parameter]]]:
-    """(decayed, not decayed) trainable (name, parameter) pairs, in the optimizer's order."""
+    """(decayed, not decayed) trainable (name, parameter) pairs, in the given order."""
     decay, no_decay = [], []
     for name, p in named_parameters:
         if not p.requires_grad:
@@ -55,20 +57,62 @@ def decay_groups(
     return decay, no_decay
 
 
+def multiplier_of(name: str, multipliers: dict[str, float]) -> float:
+    """The learning-rate multiplier of parameter `name`: that of the longest prefix naming it
+    or a module above it (`flava.image_encoder` covers `flava.image_encoder.layers.0.mlp...`)."""
+    best, value = -1, 1.0
+    for prefix, m in multipliers.items():
+        if (name == prefix or name.startswith(prefix + ".")) and len(prefix) > best:
+            best, value = len(prefix), float(m)
+    return value
+
+
+def check_multipliers(names: Iterable[str], multipliers: dict[str, float]) -> None:
+    """One line (ConfigError) for a `training.lr_multipliers` prefix that names no parameter."""
+    names = list(names)
+    for prefix in multipliers:
+        if not any(n == prefix or n.startswith(prefix + ".") for n in names):
+            tops = sorted({".".join(n.split(".")[:2]) for n in names})
+            raise ConfigError(
+                f"training.lr_multipliers: {prefix!r} names no parameter of the model; "
+                f"prefixes of its parameter names are e.g. {', '.join(tops)}"
+            )
+
+
+def param_groups(
+    named_parameters: Iterable[tuple[str, torch.nn.Parameter]],
+    t: DictConfig,
+) -> list[tuple[dict[str, Any], list[tuple[str, torch.nn.Parameter]]]]:
+    """AdamW's parameter groups as (options, named parameters), in the optimizer's order: per
+    learning-rate multiplier (1 first, then ascending), the decayed then the undecayed ones."""
+    named = list(named_parameters)
+    multipliers = dict(t.get("lr_multipliers") or {})
+    check_multipliers((n for n, _ in named), multipliers)
+    by_multiplier: dict[float, list[tuple[str, torch.nn.Parameter]]] = {}
+    for name, p in named:
+        by_multiplier.setdefault(multiplier_of(name, multipliers), []).append((name, p))
+    groups = []
+    for m in sorted(by_multiplier, key=lambda v: (v != 1.0, v)):
+        decay, no_decay = decay_groups(by_multiplier[m])
+        lr = {} if m == 1.0 else {"lr": t.learning_rate * m}
+        for params, wd in ((decay, t.adam_weight_decay), (no_decay, 0.0)):
+            if params or m == 1.0:  # (the two groups of a run without multipliers, as before)
+                groups.append(({"weight_decay": wd, **lr}, params))
+    return groups
+
+
 def adamw_with_schedule(
     named_parameters: Iterable[tuple[str, torch.nn.Parameter]],
     t: DictConfig,
     device: torch.device,
     max_steps: int | None,
 ) -> dict[str, Any]:
-    """Lightning's `configure_optimizers` answer: AdamW over the trainable parameters and the
-    per-step learning-rate schedule of `training.*` (length `lr_decay_steps` or `max_steps`)."""
-    decay, no_decay = decay_groups(named_parameters)
+    """Lightning's `configure_optimizers` answer: AdamW over the trainable parameters (per
+    `training.lr_multipliers`) and the per-step learning-rate schedule of `training.*` (length
+    `lr_decay_steps` or `max_steps`)."""
+    groups = param_groups(named_parameters, t)
     optimizer = torch.optim.AdamW(
-        [
-            {"params": [p for _, p in decay], "weight_decay": t.adam_weight_decay},
-            {"params": [p for _, p in no_decay], "weight_decay": 0.0},
-        ],
+        [{"params": [p for _, p in params], **options} for options, params in groups],
         lr=t.learning_rate,
         betas=tuple(t.adam_betas),
         eps=t.adam_eps,

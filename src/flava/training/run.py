@@ -282,7 +282,7 @@ def resume_for_strategy(path: str, strategy: str, module: L.LightningModule, run
     groups). Conversions are written per process under `<run_dir>/.resume/`."""
     from flava.checkpoints.io import read_checkpoint
     from flava.checkpoints.sharded import is_sharded_checkpoint, write_consolidated
-    from flava.training.optim import decay_groups
+    from flava.training.optim import param_groups
 
     sharded = is_sharded_checkpoint(path)
     if sharded == (strategy == "fsdp"):
@@ -293,8 +293,8 @@ def resume_for_strategy(path: str, strategy: str, module: L.LightningModule, run
         log.info("consolidating the sharded checkpoint %s for strategy %s", path, strategy)
         return str(write_consolidated(path, out))
     checkpoint = read_checkpoint(path)
-    decay, no_decay = decay_groups(module.named_parameters())
-    params = decay + no_decay
+    groups = param_groups(module.model.named_parameters(), module.cfg.training)
+    params = [(f"model.{name}", p) for _, named in groups for name, p in named]
     for state in checkpoint.get("optimizer_states", []):
         named = {params[i][0]: v for i, v in state["state"].items()}
         step = next((v["step"] for v in named.values() if "step" in v), torch.zeros(()))
