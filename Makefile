@@ -6,25 +6,31 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
 .PHONY: demo test quick lint venv
 
+# The package and what it needs to run (the demo needs nothing more) ...
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e .
+	touch $@
+
+# ... and the tools of the test suite (pytest, ruff, transformers, datasets, ...).
+$(VENV)/.installed-dev: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
-venv: $(VENV)/.installed
+venv: $(VENV)/.installed-dev
 
 demo: $(VENV)/.installed
 	$(PY) -m flava.train config=pretraining/demo.yaml
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed-dev
 	$(PY) -m pytest
 
 # The quick loop (under 90 s): every module's fast tests, without the end-to-end and multi-process ones.
-quick: $(VENV)/.installed
+quick: $(VENV)/.installed-dev
 	$(PY) -m pytest -m "not slow"
 
-lint: $(VENV)/.installed
+lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
