@@ -23,6 +23,7 @@ from flava.data.scenes import (
     ZERO_SHOT_TEMPLATES,
     Scene,
     SceneDataset,
+    _SceneCache,
     distinct_scenes,
     generate_scene,
 )
@@ -72,7 +73,7 @@ def test_vocabularies() -> None:
 def test_determinism() -> None:
     a, b = SceneDataset("train", 50, seed=3), SceneDataset("train", 50, seed=3)
     for index in (0, 7, 49):
-        first, second = a[index], b[index]
+        first, second = a[index], b.generate(index)  # cached (or drawn now) against drawn again
         assert first.image.tobytes() == second.image.tobytes()
         assert first.captions == second.captions
         assert (first.question, first.answer, first.statement) == (
@@ -91,7 +92,7 @@ def test_random_access_order_independent() -> None:
     dataset = SceneDataset("val", 40, seed=1)
     forward = [dataset[i].image.tobytes() for i in range(40)]
     fresh = SceneDataset("val", 40, seed=1)
-    backward = [fresh[i].image.tobytes() for i in reversed(range(40))][::-1]
+    backward = [fresh.generate(i).image.tobytes() for i in reversed(range(40))][::-1]
     assert forward == backward
     assert len(set(forward)) == 40
 
@@ -262,11 +263,34 @@ def test_generate_scene() -> None:
 
 def test_generation_is_fast() -> None:
     dataset = SceneDataset("train", 300)
-    dataset[0]
+    dataset.generate(0)
     start = time.perf_counter()
     for i in range(300):
-        dataset[i]
+        dataset.generate(i)  # drawing, not the cache
     assert (time.perf_counter() - start) / 300 < 0.01  # ~0.5 ms in practice; lenient for CI
+
+
+def test_indexing_draws_each_scene_once_per_process() -> None:
+    dataset = SceneDataset("test", 30, seed=5)
+    first = [dataset[i] for i in range(30)]
+    again = SceneDataset("test", 30, seed=5)  # another source of the same split and seed
+    assert all(again[i] is first[i] for i in range(30))
+    assert dataset[3].image.tobytes() == dataset.generate(3).image.tobytes()
+    assert SceneDataset("test", 30, seed=6)[3] is not first[3]
+    assert SceneDataset("test", 30, seed=5, image_size=48)[3].image.size == (48, 48)
+
+
+def test_scene_cache_keeps_its_byte_budget() -> None:
+    dataset = SceneDataset("train", 10, seed=0)
+    one = _SceneCache.cost(dataset.generate(0))
+    assert 64 * 64 * 3 < one < 3 * 64 * 64 * 3
+    cache = _SceneCache(budget=3 * one)  # three 64 px scenes
+    for i in range(5):
+        cache.put(("k", i), dataset.generate(i))
+    assert cache.used == 3 * one and list(cache.scenes) == [("k", 2), ("k", 3), ("k", 4)]
+    assert cache.get(("k", 0)) is None and cache.get(("k", 2)) is not None
+    cache.put(("k", 5), dataset.generate(5))  # ("k", 2) was used last: ("k", 3) goes
+    assert list(cache.scenes) == [("k", 4), ("k", 2), ("k", 5)]
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -137,6 +138,12 @@ _DISTINCT_DRAWS = 4  # draws per scene that distinct_scenes may look through
 # A held-out split holds about 8,500 descriptors (10% of 85,000), half of its draws come from the
 # ~60 one-object ones: 4 draws per scene reliably give this many distinct scenes.
 MAX_DISTINCT_SCENES = 2000
+# Drawn scenes kept per process (each loader worker has its own), by memory: a run draws each
+# training scene a few times (several epochs, and the image, text and vl streams of one split),
+# and drawing costs more than a batch's tokenising and transforms together. A 64 px scene takes
+# about 20 KiB (12 KiB of pixels, the rest its texts and objects): 384 MiB hold about 19,600.
+SCENE_CACHE_BYTES = 384 * 2**20
+_SCENE_OVERHEAD_BYTES = 8 * 2**10
 
 
 class SceneObject(NamedTuple):
@@ -634,6 +641,34 @@ def _generate(
     )
 
 
+class _SceneCache:
+    """Least-recently-used scenes, bounded by their estimated memory."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget, self.used = budget, 0
+        self.scenes: OrderedDict[tuple, Scene] = OrderedDict()
+
+    @staticmethod
+    def cost(scene: Scene) -> int:
+        pixels = scene.image.width * scene.image.height * len(scene.image.getbands())
+        return pixels + _SCENE_OVERHEAD_BYTES
+
+    def get(self, key: tuple) -> Scene | None:
+        scene = self.scenes.get(key)
+        if scene is not None:
+            self.scenes.move_to_end(key)
+        return scene
+
+    def put(self, key: tuple, scene: Scene) -> None:
+        self.scenes[key] = scene
+        self.used += self.cost(scene)
+        while self.used > self.budget:
+            self.used -= self.cost(self.scenes.popitem(last=False)[1])
+
+
+_CACHE = _SceneCache(SCENE_CACHE_BYTES)
+
+
 def generate_scene(
     rng: np.random.Generator, image_size: int = 64, min_objects: int = 1, max_objects: int = 2
 ) -> Scene:
@@ -686,6 +721,16 @@ class SceneDataset(torch.utils.data.Dataset):
             index += self.size
         if not 0 <= index < self.size:
             raise IndexError(f"index {index} out of range for {self.size} scenes")
+        key = (self.seed, self.split, self.image_size, self.min_objects, self.max_objects, index)
+        scene = _CACHE.get(key)
+        if scene is None:
+            scene = self.generate(index)
+            _CACHE.put(key, scene)
+        return scene
+
+    def generate(self, index: int) -> Scene:
+        """Draw scene ``index`` (0 <= index < size) afresh: what indexing returns, without the
+        per-process cache (``SCENE_CACHE_BYTES``) that indexing keeps."""
         return _generate(
             self.rng(index), self.image_size, self.min_objects, self.max_objects, self.accepts
         )
