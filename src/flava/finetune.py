@@ -130,7 +130,7 @@ def setup(cfg: DictConfig) -> FinetuneRun:
 
     from flava.checkpoints import CheckpointError
     from flava.training.finetune_module import FinetuneModule
-    from flava.training.run import build_trainer, prepare_run_dir
+    from flava.training.run import build_trainer, check_group_layout, prepare_run_dir
 
     t = cfg.training
     check_task(cfg)
@@ -148,6 +148,8 @@ def setup(cfg: DictConfig) -> FinetuneRun:
     image_size = model.flava.config.image.image_size
     data = _data_module(cfg, train, vals, outputs, image_size)
     module = FinetuneModule(cfg, model, [p for p, _ in vals])
+    if resume:  # unsafe, or saved with other lr_multipliers: one line before any work
+        check_group_layout(resume, module)
     best = _best_checkpoint(cfg, run_dir)
     trainer = build_trainer(cfg, run_dir, [best])
     return FinetuneRun(cfg, train, vals, class_names, module, data, trainer, best, run_dir)

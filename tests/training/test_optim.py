@@ -7,6 +7,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+from flava.checkpoints.io import CheckpointError
 from flava.config import ConfigError
 from flava.config.common import TrainingConfig
 from flava.training.optim import adamw_with_schedule, decay_groups, param_groups
@@ -106,3 +107,21 @@ def test_resume_keys_the_optimizer_state_by_name_across_multiplier_groups(tmp_pa
         assert entry["exp_avg"].shape == p.shape
         if expected is not None:
             assert torch.equal(entry["exp_avg"], expected["exp_avg"])
+
+
+@pytest.mark.parametrize("strategy", ["auto", "fsdp"])
+def test_resume_with_other_multiplier_groups_is_refused_in_one_line(tmp_path, strategy):
+    model = Toy()
+    saved = _training(lr_multipliers={"flava.image_encoder": 0.25})  # four groups
+    optimizer = adamw_with_schedule(model.named_parameters(), saved, torch.device("cpu"), 10)
+    path = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {}, "optimizer_states": [optimizer["optimizer"].state_dict()]}, path)
+    module = SimpleNamespace(model=model, cfg=OmegaConf.create({"training": _training()}))
+    with pytest.raises(CheckpointError) as refused:
+        resume_for_strategy(str(path), strategy, module, tmp_path)
+    message = str(refused.value)
+    assert "\n" not in message and str(path) in message
+    assert "groups of [2, 2, 1, 1] parameters, this run's [3, 3]" in message
+    assert "training.lr_multipliers it was saved with" in message
+    same = SimpleNamespace(model=model, cfg=OmegaConf.create({"training": saved}))
+    assert resume_for_strategy(str(path), "auto", same, tmp_path) == str(path)

@@ -275,16 +275,41 @@ def check_resume(path: str, key: str) -> str:
     return path
 
 
+def check_group_layout(path: str, module: L.LightningModule) -> dict[str, Any] | None:
+    """The single-file checkpoint at `path`, read safely, after checking that its optimizer
+    holds the parameter groups this run's `training.lr_multipliers` make (one line, exit 2,
+    when not: AdamW would refuse its state later, with a traceback). None for a sharded one."""
+    from flava.checkpoints.io import CheckpointError, read_checkpoint
+    from flava.checkpoints.sharded import is_sharded_checkpoint
+    from flava.training.optim import param_groups
+
+    if is_sharded_checkpoint(path):
+        return None
+    key = "training.lightning_load_from_checkpoint"
+    checkpoint = read_checkpoint(path, key)
+    groups = param_groups(module.model.named_parameters(), module.cfg.training)
+    sizes = [len(named) for _, named in groups]
+    for state in checkpoint.get("optimizer_states", []):
+        saved = [len(group["params"]) for group in state.get("param_groups", [])]
+        if saved != sizes:
+            raise CheckpointError(
+                f"{key}={path}: its optimizer has parameter groups of {saved} parameters, this "
+                f"run's {sizes}; resume with the training.lr_multipliers it was saved with (see "
+                "config.yaml in its run directory)"
+            )
+    return checkpoint
+
+
 def resume_for_strategy(path: str, strategy: str, module: L.LightningModule, run_dir: Path) -> str:
     """`path` in the layout the strategy reads: a sharded checkpoint consolidated into one file
     for DDP / one process; a single file's optimizer state keyed by parameter name for `fsdp`
     (Lightning would otherwise key it by the order of named_parameters, not of the optimizer's
     groups). Conversions are written per process under `<run_dir>/.resume/`."""
-    from flava.checkpoints.io import read_checkpoint
-    from flava.checkpoints.sharded import is_sharded_checkpoint, write_consolidated
+    from flava.checkpoints.sharded import write_consolidated
     from flava.training.optim import param_groups
 
-    sharded = is_sharded_checkpoint(path)
+    checkpoint = check_group_layout(path, module)
+    sharded = checkpoint is None
     if sharded == (strategy == "fsdp"):
         return path
     out = run_dir / ".resume" / f"rank{os.environ.get('RANK', '0')}.ckpt"
@@ -292,7 +317,7 @@ def resume_for_strategy(path: str, strategy: str, module: L.LightningModule, run
     if sharded:
         log.info("consolidating the sharded checkpoint %s for strategy %s", path, strategy)
         return str(write_consolidated(path, out))
-    checkpoint = read_checkpoint(path)
+    assert checkpoint is not None
     groups = param_groups(module.model.named_parameters(), module.cfg.training)
     params = [(f"model.{name}", p) for _, named in groups for name, p in named]
     for state in checkpoint.get("optimizer_states", []):
