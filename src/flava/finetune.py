@@ -130,6 +130,7 @@ def setup(cfg: DictConfig) -> FinetuneRun:
 
     from flava.checkpoints import CheckpointError
     from flava.training.finetune_module import FinetuneModule
+    from flava.training.optim import param_groups
     from flava.training.run import build_trainer, check_group_layout, prepare_run_dir
 
     t = cfg.training
@@ -149,7 +150,7 @@ def setup(cfg: DictConfig) -> FinetuneRun:
     data = _data_module(cfg, train, vals, outputs, image_size)
     module = FinetuneModule(cfg, model, [p for p, _ in vals])
     if resume:  # unsafe, or saved with other lr_multipliers: one line before any work
-        check_group_layout(resume, module)
+        check_group_layout(resume, param_groups(model.named_parameters(), t))
     best = _best_checkpoint(cfg, run_dir)
     trainer = build_trainer(cfg, run_dir, [best])
     return FinetuneRun(cfg, train, vals, class_names, module, data, trainer, best, run_dir)

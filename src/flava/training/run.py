@@ -275,19 +275,18 @@ def check_resume(path: str, key: str) -> str:
     return path
 
 
-def check_group_layout(path: str, module: L.LightningModule) -> dict[str, Any] | None:
+def check_group_layout(path: str, groups: list[tuple[dict, list]]) -> dict[str, Any] | None:
     """The single-file checkpoint at `path`, read safely, after checking that its optimizer
-    holds the parameter groups this run's `training.lr_multipliers` make (one line, exit 2,
-    when not: AdamW would refuse its state later, with a traceback). None for a sharded one."""
+    holds this run's parameter `groups` (`optim.param_groups`, per `training.lr_multipliers`;
+    one line, exit 2, when not: AdamW would refuse its state later, with a traceback). None for
+    a sharded one."""
     from flava.checkpoints.io import CheckpointError, read_checkpoint
     from flava.checkpoints.sharded import is_sharded_checkpoint
-    from flava.training.optim import param_groups
 
     if is_sharded_checkpoint(path):
         return None
     key = "training.lightning_load_from_checkpoint"
     checkpoint = read_checkpoint(path, key)
-    groups = param_groups(module.model.named_parameters(), module.cfg.training)
     sizes = [len(named) for _, named in groups]
     for state in checkpoint.get("optimizer_states", []):
         saved = [len(group["params"]) for group in state.get("param_groups", [])]
@@ -308,7 +307,8 @@ def resume_for_strategy(path: str, strategy: str, module: L.LightningModule, run
     from flava.checkpoints.sharded import write_consolidated
     from flava.training.optim import param_groups
 
-    checkpoint = check_group_layout(path, module)
+    groups = param_groups(module.model.named_parameters(), module.cfg.training)
+    checkpoint = check_group_layout(path, groups)
     sharded = checkpoint is None
     if sharded == (strategy == "fsdp"):
         return path
@@ -318,7 +318,6 @@ def resume_for_strategy(path: str, strategy: str, module: L.LightningModule, run
         log.info("consolidating the sharded checkpoint %s for strategy %s", path, strategy)
         return str(write_consolidated(path, out))
     assert checkpoint is not None
-    groups = param_groups(module.model.named_parameters(), module.cfg.training)
     params = [(f"model.{name}", p) for _, named in groups for name, p in named]
     for state in checkpoint.get("optimizer_states", []):
         named = {params[i][0]: v for i, v in state["state"].items()}
