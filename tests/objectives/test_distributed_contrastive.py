@@ -1,9 +1,11 @@
 """With 2 processes (gloo), the global contrastive loss and its gradients equal one process on
-the concatenated batch (to 1e-5): the gather passes gradients back to every process."""
+the concatenated batch (to 1e-5): the gather passes gradients back to every process, and it
+warns of nothing (a deprecated collective once printed a FutureWarning every step)."""
 
 from __future__ import annotations
 
 import os
+import warnings
 
 import pytest
 import torch
@@ -29,15 +31,22 @@ def _worker(rank: int, world: int, port: int, out: dict) -> None:
         img = image[local].clone().requires_grad_(True)
         txt = text[local].clone().requires_grad_(True)
         scale = torch.tensor(2.0, requires_grad=True)
-        loss = contrastive_loss(img, txt, scale)["contrastive"]
-        # DDP averages gradients over processes: do the same by hand
-        (loss / world).backward()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            loss = contrastive_loss(img, txt, scale)["contrastive"]
+            # DDP averages gradients over processes: do the same by hand
+            (loss / world).backward()
         grads = [img.grad, txt.grad, scale.grad.reshape(1)]
         for g in grads[2:]:
             dist.all_reduce(g)
         losses = [torch.zeros(1) for _ in range(world)]
         dist.all_gather(losses, loss.detach().reshape(1))
-        out[rank] = (torch.cat(losses).mean().item(), img.grad, txt.grad, scale.grad.item())
+        noise = [
+            str(w.message)
+            for w in caught
+            if issubclass(w.category, DeprecationWarning | FutureWarning)
+        ]
+        out[rank] = (torch.cat(losses).mean().item(), img.grad, txt.grad, scale.grad.item(), noise)
     finally:
         dist.destroy_process_group()
 
@@ -58,3 +67,4 @@ def test_two_process_contrastive_equals_one_process():
     torch.testing.assert_close(torch.cat([out[0][1], out[1][1]]), img.grad, atol=1e-5, rtol=0)
     torch.testing.assert_close(torch.cat([out[0][2], out[1][2]]), txt.grad, atol=1e-5, rtol=0)
     assert abs(out[0][3] - scale.grad.item()) < 1e-5
+    assert out[0][4] == [] and out[1][4] == []

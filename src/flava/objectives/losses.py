@@ -73,10 +73,12 @@ def _gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     """All rows of `x` from every process (autograd flows back to each) and this rank's offset."""
     if world_size() == 1:
         return x, 0
-    from torch.distributed.nn.functional import all_gather
+    # the functional collective differentiates through the gather (its backward sums each rank's
+    # slice of the gradient over processes, on gloo too); torch.distributed.nn's all_gather,
+    # which did the same, is deprecated and warns on every step
+    from torch.distributed._functional_collectives import all_gather_single
 
-    parts = all_gather(x)
-    return torch.cat(parts, dim=0), dist.get_rank() * x.shape[0]
+    return all_gather_single(x.contiguous(), 0, dist.group.WORLD), dist.get_rank() * x.shape[0]
 
 
 def contrastive_loss(
