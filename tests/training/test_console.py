@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 
 import lightning as L
 import pytest
@@ -11,7 +12,7 @@ import torch
 
 from flava.train import main
 from flava.training.console import ParameterSummary, StepLog, StepProgressBar, duration
-from flava.training.run import loss_trends
+from flava.training.run import loss_trends, plot_curves
 
 from .test_train import SMALL  # noqa: TID252
 
@@ -130,3 +131,14 @@ def test_tiny_run_off_a_terminal(tmp_path, capfd, caplog, recwarn):
     names = [line.split()[0] for line in trend]
     assert names[:3] == ["image/loss", "text/loss", "vl/loss"] and "mim" in names
     assert "loss" not in names
+
+
+@pytest.mark.parametrize("logged", [False, True], ids=["no-losses", "losses"])
+def test_curves_of_a_run_too_short_to_log_warn_nothing(tmp_path, logged):
+    # a run shorter than log_every_n_steps logs no loss: matplotlib warned "No artists with
+    # labels found to put in legend" into the console of such runs
+    rows = [{"step": s, "train/mim": 5.0 - s} for s in (1, 2, 3)] if logged else [{"step": 1}]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plot_curves(tmp_path, rows, [])
+    assert (tmp_path / "curves.png").stat().st_size > 0

@@ -217,7 +217,13 @@ def plot_curves(
         marker = "o" if len(steps) < 3 else None  # a line needs two points
         axes[0].plot(steps, smooth, marker=marker, label=name.removeprefix("train/"))
     axes[0].set(title="training losses (smoothed)", xlabel="step", ylabel="loss")
-    axes[0].legend(fontsize=8)
+    if axes[0].get_lines():
+        axes[0].legend(fontsize=8)
+    else:  # a run shorter than training.lightning.log_every_n_steps logs no loss
+        note = "no training losses logged\n(fewer steps than log_every_n_steps)"
+        axes[0].text(
+            0.5, 0.5, note, ha="center", va="center", fontsize=9, transform=axes[0].transAxes
+        )
     plot_evaluation(axes[1], history)
     fig.tight_layout()
     fig.savefig(run_dir / "curves.png", dpi=100)
