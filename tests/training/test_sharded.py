@@ -28,6 +28,8 @@ FAST = [
     *SMALL,
     "training.evaluation.enabled=false",
     "model.losses.itm_negative_probability=0",  # ITM negatives come from the local batch
+    # two validation batches (16 pairs at a global 8): one would hide a split of them by rank
+    "training.lightning.limit_val_batches=2",
     # the rate the weight tolerances below were measured at (the demo's own is 2e-3): AdamW's
     # reduction-order differences grow with it; the image encoder keeps its 0.25 multiplier
     "training.learning_rate=1e-3",
@@ -120,6 +122,12 @@ def test_fsdp_trains_as_ddp_and_as_one_process(fsdp_run, tmp_path):
     assert main(args) == 0
     for other in (ddp, one):
         _assert_same_losses(fsdp_run, other, range(STEPS))
+    # validation before training (the same weights everywhere) covers the same samples: under
+    # a DistributedSampler each process saw only every second of its validation batches
+    before = [json.loads((r / "metrics.json").read_text()) for r in (fsdp_run, ddp, one)]
+    for key in ("contrastive", "mim", "mlm", "mmm_image", "mmm_text"):
+        values = [m[f"before/val/{key}"] for m in before]
+        assert values == pytest.approx([values[2]] * 3, abs=1e-5), key
     fsdp, ddp_weights = _weights(fsdp_run / "model"), _weights(ddp / "model")
     # AdamW divides by sqrt(v): reduction-order differences of near-zero gradients grow to
     # ~5e-5 in six steps (measured); the losses above hold to 1e-5

@@ -537,11 +537,14 @@ class MixedBatches(torch.utils.data.IterableDataset):
         return self.batches(self.start_batch, workers, self.start_batch + worker)
 
 
-class FixedBatches(torch.utils.data.Dataset):
+class FixedBatches(torch.utils.data.IterableDataset):
     """A fixed list of validation batches of one kind (deterministic transforms and masks).
 
     Batch `index` holds samples index * global_batch ... of the source, this process's share
     at rank * batch_size, with per-sample draws keyed like training's (split-invariant).
+    Iterable (`num_batches` long; no `__len__`, which Lightning warns about on iterables), so
+    that Lightning leaves it whole: it is split over processes already, and a DistributedSampler
+    on top gave each process only every W-th of its own batches.
     """
 
     def __init__(
@@ -566,8 +569,8 @@ class FixedBatches(torch.utils.data.Dataset):
         self.num_batches = total
         self.rank, self.world_size = rank, world_size
 
-    def __len__(self) -> int:
-        return self.num_batches
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return (self[index] for index in range(self.num_batches))
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         first = self.rank * self.batch_size
