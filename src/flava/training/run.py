@@ -220,10 +220,7 @@ def plot_curves(
     if axes[0].get_lines():
         axes[0].legend(fontsize=8)
     else:  # a run shorter than training.lightning.log_every_n_steps logs no loss
-        note = "no training losses logged\n(fewer steps than log_every_n_steps)"
-        axes[0].text(
-            0.5, 0.5, note, ha="center", va="center", fontsize=9, transform=axes[0].transAxes
-        )
+        _note(axes[0], "no training losses logged\n(fewer steps than log_every_n_steps)")
     plot_evaluation(axes[1], history)
     fig.tight_layout()
     fig.savefig(run_dir / "curves.png", dpi=100)
@@ -243,8 +240,12 @@ def plot_evaluation(ax: Any, history: list[dict[str, float]]) -> None:
         ax.legend(fontsize=7)
     else:
         note = "no evaluation\n(disabled, or no usable vl validation pairs\n"
-        note += "nor labelled image validation)"
-        ax.text(0.5, 0.5, note, ha="center", va="center", fontsize=9, transform=ax.transAxes)
+        _note(ax, note + "nor labelled image validation)")
+
+
+def _note(ax: Any, text: str) -> None:
+    """`text` centred on an empty matplotlib axis (what a panel would have shown, and why not)."""
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=9, transform=ax.transAxes)
 
 
 class Timer:
