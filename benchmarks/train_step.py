@@ -114,6 +114,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "host sync on the padding mask), codebook-channels-last",
     )
     p.add_argument("--no-flops", action="store_true", help="skip the FlopCounterMode pass")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="after the timed steps, profile one more step of each run (torch.profiler) and "
+        "print its top operators by self time",
+    )
+    p.add_argument("--profile-rows", type=int, default=15, help="operators listed (default 15)")
     add_time_limits(p)
     p.add_argument(
         "--cache-dir",
@@ -453,6 +460,7 @@ def run(args: argparse.Namespace, side: str, workdir: Path) -> dict[str, Any]:
         return float(loss.detach())
 
     warmup, times, losses = timed_steps(args, device, step, side)
+    profile = profile_step(step, args.profile_rows) if args.profile else None
     out = {
         "side": side,
         "step_times_s": times,
@@ -463,10 +471,55 @@ def run(args: argparse.Namespace, side: str, workdir: Path) -> dict[str, Any]:
         "ready_rss_bytes": ready_rss,
         "peak_rss_bytes": rss_peak(),
     }
+    if profile is not None:
+        out["profile"] = profile
     if device.type == "cuda":
         out["cuda_peak_bytes"] = torch.cuda.max_memory_allocated(device)
         out["device_name"] = torch.cuda.get_device_name(device)
     return out
+
+
+def profile_step(step: Callable[[], float], rows: int) -> dict[str, Any]:
+    """One step under torch.profiler: total self time and the top `rows` operators by it."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(ProfilerActivity.CUDA)
+    with profile(activities=activities) as prof:
+        step()
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0 or _device_time(e) > 0]
+    cuda = ProfilerActivity.CUDA in activities
+    key = _device_time if cuda else (lambda e: e.self_cpu_time_total)
+    total = sum(key(e) for e in events)
+    top = sorted(events, key=key, reverse=True)[:rows]
+    return {
+        "clock": "device" if cuda else "cpu",
+        "total_self_us": total,
+        "ops": [{"name": e.key, "self_us": key(e), "calls": e.count} for e in top],
+    }
+
+
+def _device_time(event: Any) -> float:
+    """An operator's self time on the accelerator (0 where it has none)."""
+    return float(getattr(event, "self_device_time_total", 0) or 0)
+
+
+def print_profiles(results: list[dict]) -> None:
+    """The top operators of each profiled run, as a share of its profiled step's self time."""
+    for r in results:
+        prof = r.get("profile")
+        if not prof:
+            continue
+        total = prof["total_self_us"] or 1
+        print(
+            f"\nprofile of one step, run {r['run']} {r['side']} "
+            f"({prof['clock']} self time {total / 1e6:.2f} s):"
+        )
+        print(f"{'operator':<44}{'self s':>9}{'share':>8}{'calls':>8}")
+        for op in prof["ops"]:
+            share = op["self_us"] / total
+            print(f"{op['name'][:43]:<44}{op['self_us'] / 1e6:>9.3f}{share:>8.1%}{op['calls']:>8}")
 
 
 def worker_env(args: argparse.Namespace) -> dict[str, str]:
@@ -774,6 +827,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     peak = max(r["gflops"] for r in peak_runs)
     summary = summarise(results, info, peak, args)
     print_table(summary, info, peak, args)
+    print_profiles(results)
     report = report_head("train_step.py", raw, args, machine) | {
         "matmul_peak_gflops": {key: peak},
         "matmul_peak_runs": peak_runs,

@@ -34,6 +34,11 @@ PRECISIONS = Precision.values()
 """Every accepted value of training.lightning.precision."""
 
 
+HostMemory = choices("HostMemory", ("auto", "reuse", "return", "system"), __name__)
+"""training.host_memory: how glibc's malloc serves a CPU step's large tensors
+(flava.training.host_memory)."""
+
+
 class LrSchedule(Choice):
     """Decay of the learning rate after the linear warm-up."""
 
@@ -168,6 +173,11 @@ class TrainingConfig:
     """Stop (with a checkpoint) after this many optimiser steps in a row with non-finite values."""
     compile: bool = False
     """torch.compile each transformer layer (after sharding under fsdp; with DDP alike)."""
+    host_memory: HostMemory = HostMemory("auto")
+    """CPU runs: `reuse` keeps freed blocks in the heap for the next step (no page faults on the
+    step's large tensors), `return` gives them back to the system at once (less memory, slower
+    steps), `system` leaves glibc's malloc alone; auto: return under fsdp on CPU, reuse on other
+    CPU runs, system on GPUs."""
 
 
 @dataclass

@@ -72,6 +72,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[L.Callback]) -
     accelerator, devices = lc.accelerator, lc.devices
     if lc.gpus is not None:  # the original release's spelling
         accelerator, devices = "gpu", lc.gpus
+    set_host_memory(cfg.training.host_memory, lc.strategy, accelerator)
     return L.Trainer(
         max_steps=lc.max_steps,
         max_epochs=lc.max_epochs if lc.max_epochs is not None else -1,
@@ -95,6 +96,15 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[L.Callback]) -
         callbacks=[checkpoint, LearningRateMonitor(logging_interval="step"), *console, *callbacks],
         default_root_dir=str(run_dir),
     )
+
+
+def set_host_memory(policy: str, strategy: str, accelerator: str) -> None:
+    """Apply `training.host_memory` in this process (every process of a run builds a trainer)
+    and say in the log what was done."""
+    from flava.training import host_memory
+
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    log.info("training.host_memory=%s: %s", policy, host_memory.apply(policy, strategy, on_cpu))
 
 
 def read_logged(run_dir: Path) -> list[dict[str, float]]:

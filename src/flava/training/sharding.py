@@ -35,8 +35,6 @@ class ShardedStrategy(ModelParallelStrategy):
         super().__init__(save_distributed_checkpoint=True, **kwargs)
 
     def _setup_distributed(self) -> None:
-        if self.root_device.type == "cpu":
-            return_freed_memory()
         super()._setup_distributed()
         # every process shards the same model: data parallel over all, no tensor parallelism
         self._data_parallel_size = self.world_size
@@ -99,24 +97,6 @@ class ShardedStrategy(ModelParallelStrategy):
                 module, optimizer, optim_state[key], options=StateDictOptions(cpu_offload=True)
             )
         return safe_torch_load(path / META, str(path / META))
-
-
-def return_freed_memory() -> bool:
-    """glibc: serve blocks of 64 KiB and more by mmap and trim the heap at once, so that freed
-    memory goes back to the system. On CPU, FSDP2's per-unit gather buffers otherwise fragment
-    the heap until a process holds as much as DDP's (benchmarks/RESULTS.md: flava_full, 2
-    processes, peak per process 0.999x DDP's by default, 0.566x with this; steps ~12% slower
-    for both strategies). No effect where glibc's mallopt is absent."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    return bool(mallopt(m_mmap_threshold, 64 * 1024)) and bool(mallopt(m_trim_threshold, 0))
 
 
 def is_sharded(module: nn.Module) -> bool:
