@@ -115,6 +115,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--no-flops", action="store_true", help="skip the FlopCounterMode pass")
     p.add_argument(
+        "--host-memory",
+        choices=("reuse", "return", "system"),
+        default="reuse",
+        help="glibc malloc policy of every worker, all sides alike (flava.training.host_memory; "
+        "default reuse, what flava training does on CPU; system: glibc's default)",
+    )
+    p.add_argument(
         "--profile",
         action="store_true",
         help="after the timed steps, profile one more step of each run (torch.profiler) and "
@@ -440,7 +447,10 @@ def timed_steps(
 
 def run(args: argparse.Namespace, side: str, workdir: Path) -> dict[str, Any]:
     """Warm-up + timed steps of one side; step times, losses and peak memory."""
+    from flava.training import host_memory
+
     device = torch.device(args.device)
+    host_memory.apply(args.host_memory)
     torch.manual_seed(0)
     batch = {
         k: v.to(device) for k, v in torch.load(workdir / "batch.pt", weights_only=True).items()
@@ -779,6 +789,7 @@ def header(args: argparse.Namespace, machine: dict, notes: list[str]) -> None:
         f"sides {args.sides}, precision {args.precision}, "
         f"checkpointing {args.activation_checkpointing}, "
         f"compile {args.compile}, device {args.device}, AdamW {args.optimizer}, "
+        f"host memory {args.host_memory}, "
         f"experiments on ours: {args.experiment or 'none'}, "
         f"{args.steps} timed steps x {args.rounds} round(s), at most {args.max_seconds:g} s of "
         f"timed steps per run"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
 
 import torch
@@ -82,6 +83,7 @@ class ImageCodebook(Pretrained, nn.Module):
             OrderedDict(relu=nn.ReLU(), conv=_conv(8 * hid, config.vocab_size, 1))
         )
         self.blocks = nn.Sequential(blocks)
+        self._half_cache: dict[str, tuple[tuple, nn.Module]] = {}  # not a submodule: no state
         self.reset_parameters()
         self.requires_grad_(False)
         self.train(False)
@@ -105,6 +107,11 @@ class ImageCodebook(Pretrained, nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Already mapped pixels [B, C, H, W] -> code logits [B, vocab, H/8, W/8]."""
+        self._check_input(pixel_values)
+        return self.blocks(pixel_values)
+
+    def _check_input(self, pixel_values: torch.Tensor) -> None:
+        """Refuse what is not [B, C, H, W] with the codebook's channel count."""
         if pixel_values.dim() != 4:
             raise ValueError(
                 f"codebook input must be [B, C, H, W], got {tuple(pixel_values.shape)}"
@@ -114,16 +121,33 @@ class ImageCodebook(Pretrained, nn.Module):
                 f"codebook input has {pixel_values.shape[1]} channels, "
                 f"expected {self.config.input_channels}"
             )
-        return self.blocks(pixel_values)
 
     def _logits_from_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         """Map [0, 1] pixels (in fp32) and run the encoder: in its own dtype, or under an
         enclosing bf16 / fp16 autocast in that dtype (as transformers does; the frozen
-        codebook's forward is a seventh of a flava_full step, and only argmax ids leave it)."""
+        codebook's forward is a seventh of a flava_full step, and only argmax ids leave it),
+        through `_half_blocks`, channels-last."""
+        device = pixels.device.type
         dtype = self.blocks.input.weight.dtype
-        with torch.autocast(device_type=pixels.device.type, enabled=False):
+        if torch.is_autocast_enabled(device):
+            dtype = torch.get_autocast_dtype(device)
+        with torch.autocast(device_type=device, enabled=False):
             mapped = self.map_pixels(pixels.float()).to(dtype)
-        return self(mapped)
+            if dtype == self.blocks.input.weight.dtype:
+                return self(mapped)
+            self._check_input(mapped)
+            return self._half_blocks(dtype)(mapped.contiguous(memory_format=torch.channels_last))
+
+    def _half_blocks(self, dtype: torch.dtype) -> nn.Module:
+        """The encoder's blocks in `dtype` and channels-last (oneDNN's fastest layout for half
+        convolutions): copied once and kept while the weights stay as they are (frozen, they
+        change only by loading or moving), so a step does not cast 54 M weights again."""
+        stamp = (dtype, tuple((p._version, p.data_ptr()) for p in self.blocks.parameters()))
+        cached = self._half_cache.get("blocks")
+        if cached is None or cached[0] != stamp:
+            blocks = copy.deepcopy(self.blocks).to(dtype=dtype, memory_format=torch.channels_last)
+            cached = self._half_cache["blocks"] = (stamp, blocks)
+        return cached[1]
 
     @torch.no_grad()
     def get_codebook_indices(self, pixels: torch.Tensor) -> torch.Tensor:

@@ -11,10 +11,16 @@ elementwise result in the backward pass instead of keeping it for backward:
 Outputs and gradients are bitwise those of the plain modules (tests/model/test_numerics.py); the
 saving is measured in benchmarks/RESULTS.md ("Memory changes"). Without gradients (inference)
 both run as the plain modules.
+
+Under bf16 / fp16 autocast their products take the weights' half-precision copy from `cast_once`:
+made at the first use after an optimizer step and reused by every later forward and backward of
+the step (the image and text encoders run twice per pair step), where autocast's own cache lives
+only as long as one forward.
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
@@ -39,6 +45,44 @@ def gelu_linear(h: torch.Tensor, linear: nn.Linear, approximate: str) -> torch.T
     return _GeluLinear.apply(h, linear.weight, linear.bias, approximate)
 
 
+_casts: dict[int, tuple[weakref.ref, tuple[int, int], torch.Tensor]] = {}
+
+
+def cast_once(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`weight` in `dtype` (detached), cast once per change of the weight: the copy is kept until
+    the weight is modified in place (its version counter moves, e.g. by an optimizer step) or
+    replaced, and dropped with the weight."""
+    if weight.dtype == dtype:
+        return weight.detach()
+    key = id(weight)
+    stamp = (weight._version, weight.data_ptr())
+    entry = _casts.get(key)
+    if entry is not None and entry[0]() is weight and entry[1] == stamp and entry[2].dtype == dtype:
+        return entry[2]
+    copy = weight.detach().to(dtype)
+    _casts[key] = (weakref.ref(weight, lambda _, key=key: _casts.pop(key, None)), stamp, copy)
+    return copy
+
+
+def _compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+    """The dtype of a product in the forward pass: autocast's where it is on, else the weight's."""
+    device = x.device.type
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return weight.dtype
+
+
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """F.linear as autocast would run it (inputs cast to its dtype), with the weights' copies
+    from `cast_once`."""
+    dtype = _compute_dtype(x, weight)
+    if dtype == weight.dtype:
+        return F.linear(x, weight, bias)
+    b = None if bias is None else cast_once(bias, dtype)
+    with torch.autocast(x.device.type, enabled=False):
+        return F.linear(x.to(dtype), cast_once(weight, dtype), b)
+
+
 def _product_grads(
     grad_out: torch.Tensor,
     product_input: torch.Tensor,
@@ -51,7 +95,7 @@ def _product_grads(
     grad_2d = grad_out.reshape(-1, grad_out.shape[-1])
     grad_input = grad_weight = grad_bias = None
     if need[0]:
-        grad_input = (grad_out @ weight.to(dtype)).to(product_input.dtype)
+        grad_input = (grad_out @ cast_once(weight, dtype)).to(product_input.dtype)
     if need[1]:
         flat = product_input.detach().to(dtype).reshape(-1, product_input.shape[-1])
         grad_weight = (grad_2d.t() @ flat).to(weight.dtype)
@@ -81,7 +125,7 @@ class _NormLinear(torch.autograd.Function):
     ) -> torch.Tensor:
         ctx.save_for_backward(x, norm_weight, norm_bias, weight)
         ctx.shape, ctx.eps, ctx.has_bias = shape, eps, bias is not None
-        return F.linear(layer_norm(x, shape, norm_weight, norm_bias, eps), weight, bias)
+        return _linear(layer_norm(x, shape, norm_weight, norm_bias, eps), weight, bias)
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
@@ -115,7 +159,7 @@ class _GeluLinear(torch.autograd.Function):
     ) -> torch.Tensor:
         ctx.save_for_backward(h, weight)
         ctx.approximate, ctx.has_bias = approx, bias is not None
-        return F.linear(F.gelu(h, approximate=approx), weight, bias)
+        return _linear(F.gelu(h, approximate=approx), weight, bias)
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:

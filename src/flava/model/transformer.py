@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from flava.model import fused
+from flava.model import attention, fused
 from flava.model.config import EncoderConfig
 from flava.model.norm import LayerNorm
 
@@ -38,12 +38,9 @@ class _QuickGELU(nn.Module):
 
 
 def _explicit_attention(q: torch.Tensor) -> bool:
-    """Whether to compute attention as matmul + softmax rather than with SDPA.
-
-    On CPU in bf16 / fp16, SDPA's flash kernel runs at about half the speed of two batched
-    matrix products (benchmarks/train_step.py: flava_full, batch 8); elsewhere SDPA is faster.
-    """
-    return q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16)
+    """Whether attention on `q`'s device and dtype runs the explicit path rather than SDPA
+    (`flava.model.attention`: chosen by measurement per device and dtype)."""
+    return attention.kernel(q.device.type, q.dtype) == "explicit"
 
 
 class Attention(nn.Module):
@@ -73,12 +70,8 @@ class Attention(nn.Module):
         dropout = self.attn_dropout if self.training else 0.0
         weights = None
         if return_attention or _explicit_attention(q):
-            scores = (q @ k.transpose(-2, -1)) * self.head_dim**-0.5  # [B, H, N, N]
-            if mask is not None:
-                scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-            probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)  # fp32 stats
+            out, probs = attention.explicit(q, k, v, mask, dropout, self.training)  # [B, H, N, hd]
             weights = probs if return_attention else None
-            out = F.dropout(probs, dropout, self.training) @ v
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         out = out.transpose(1, 2).reshape(b, n, d)  # [B, N, D]

@@ -41,16 +41,10 @@ def _strategy(name: str) -> Any:
     return name
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[L.Callback]) -> L.Trainer:
-    """A Lightning Trainer from training.lightning, with CSV (+ TensorBoard) logs, checkpoints."""
-    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+def _loggers(run_dir: Path) -> list[Any]:
+    """CSV logs under run_dir/logs, and TensorBoard's beside them where it is installed."""
     from lightning.pytorch.loggers import CSVLogger
 
-    from flava.training.console import console_callbacks
-    from flava.training.precision import lightning_precision
-
-    lc = cfg.training.lightning
-    ck = cfg.training.lightning_checkpoint
     loggers: list[Any] = [CSVLogger(save_dir=str(run_dir), name="logs", version="")]
     try:
         from lightning.pytorch.loggers import TensorBoardLogger
@@ -58,6 +52,20 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[L.Callback]) -
         loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="logs", version="tensorboard"))
     except ModuleNotFoundError:  # tensorboard is optional
         pass
+    return loggers
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[L.Callback]) -> L.Trainer:
+    """A Lightning Trainer from training.lightning, with CSV (+ TensorBoard) logs, checkpoints."""
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+
+    from flava.training.console import console_callbacks
+    from flava.training.kernels import kernel_callbacks
+    from flava.training.precision import lightning_precision
+
+    lc = cfg.training.lightning
+    ck = cfg.training.lightning_checkpoint
+    loggers = _loggers(run_dir)
     checkpoint = ModelCheckpoint(
         dirpath=ck.dirpath or str(run_dir / "checkpoints"),
         filename=ck.filename,
@@ -93,7 +101,13 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[L.Callback]) -
         enable_model_summary=False,  # console's ParameterSummary replaces it (no FLOPs column)
         deterministic=lc.deterministic,
         logger=loggers,
-        callbacks=[checkpoint, LearningRateMonitor(logging_interval="step"), *console, *callbacks],
+        callbacks=[
+            checkpoint,
+            LearningRateMonitor("step"),
+            *console,
+            *kernel_callbacks(),
+            *callbacks,
+        ],
         default_root_dir=str(run_dir),
     )
 
