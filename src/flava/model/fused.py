@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from flava.model.norm import LayerNorm, layer_norm
 
@@ -45,17 +46,29 @@ def gelu_linear(h: torch.Tensor, linear: nn.Linear, approximate: str) -> torch.T
     return _GeluLinear.apply(h, linear.weight, linear.bias, approximate)
 
 
-_casts: dict[int, tuple[weakref.ref, tuple[int, int], torch.Tensor]] = {}
+_casts: dict[int, tuple[weakref.ref, tuple[int, int, int], torch.Tensor]] = {}
+_generation = [0]  # moved by every optimizer step (fused AdamW leaves version counters alone)
+
+
+def clear_casts(*_: Any) -> None:
+    """Forget every weight copy of `cast_once`: weights changed in a way it cannot see (through
+    `.data`). Every torch optimizer's step calls this."""
+    _generation[0] += 1
+    _casts.clear()
+
+
+register_optimizer_step_post_hook(clear_casts)
 
 
 def cast_once(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """`weight` in `dtype` (detached), cast once per change of the weight: the copy is kept until
-    the weight is modified in place (its version counter moves, e.g. by an optimizer step) or
-    replaced, and dropped with the weight."""
+    an optimizer steps (any torch optimizer), the weight is modified in place (its version counter
+    moves) or replaced, and is dropped with the weight. A weight changed through `.data` needs
+    `clear_casts()`."""
     if weight.dtype == dtype:
         return weight.detach()
     key = id(weight)
-    stamp = (weight._version, weight.data_ptr())
+    stamp = (_generation[0], weight._version, weight.data_ptr())
     entry = _casts.get(key)
     if entry is not None and entry[0]() is weight and entry[1] == stamp and entry[2].dtype == dtype:
         return entry[2]
@@ -72,30 +85,35 @@ def _compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
     return weight.dtype
 
 
-def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """F.linear as autocast would run it (inputs cast to its dtype), with the weights' copies
-    from `cast_once`."""
+def _linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(F.linear as autocast would run it, inputs cast to its dtype, with the weights' copies
+    from `cast_once`; the weight as the product used it, which backward must use too)."""
     dtype = _compute_dtype(x, weight)
     if dtype == weight.dtype:
-        return F.linear(x, weight, bias)
+        return F.linear(x, weight, bias), weight
     b = None if bias is None else cast_once(bias, dtype)
+    w = cast_once(weight, dtype)
     with torch.autocast(x.device.type, enabled=False):
-        return F.linear(x.to(dtype), cast_once(weight, dtype), b)
+        return F.linear(x.to(dtype), w, b), w
 
 
 def _product_grads(
     grad_out: torch.Tensor,
     product_input: torch.Tensor,
     weight: torch.Tensor,
+    used: torch.Tensor,
     need: tuple[bool, bool, bool],
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """Gradients (input, weight, bias) of ``F.linear(product_input, weight, bias)``, each only if
-    ``need`` says so; the product ran in ``grad_out``'s dtype (autocast's, else the weights')."""
+    ``need`` says so; the product ran in ``grad_out``'s dtype (autocast's, else the weights'),
+    with ``used``, the weight in that dtype."""
     dtype = grad_out.dtype
     grad_2d = grad_out.reshape(-1, grad_out.shape[-1])
     grad_input = grad_weight = grad_bias = None
     if need[0]:
-        grad_input = (grad_out @ cast_once(weight, dtype)).to(product_input.dtype)
+        grad_input = (grad_out @ used).to(product_input.dtype)
     if need[1]:
         flat = product_input.detach().to(dtype).reshape(-1, product_input.shape[-1])
         grad_weight = (grad_2d.t() @ flat).to(weight.dtype)
@@ -123,20 +141,24 @@ class _NormLinear(torch.autograd.Function):
         shape: tuple[int, ...],
         eps: float,
     ) -> torch.Tensor:
-        ctx.save_for_backward(x, norm_weight, norm_bias, weight)
+        out, used = _linear(layer_norm(x, shape, norm_weight, norm_bias, eps), weight, bias)
+        ctx.save_for_backward(x, norm_weight, norm_bias, weight, None if used is weight else used)
         ctx.shape, ctx.eps, ctx.has_bias = shape, eps, bias is not None
-        return _linear(layer_norm(x, shape, norm_weight, norm_bias, eps), weight, bias)
+        return out
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, norm_weight, norm_bias, weight = ctx.saved_tensors
+        x, norm_weight, norm_bias, weight, used = ctx.saved_tensors
+        used = weight if used is None else used
         need = ctx.needs_input_grad[:5]
         leaves = [t.detach().requires_grad_(n) for t, n in zip((x, norm_weight, norm_bias), need)]
         with torch.enable_grad():
             normed = layer_norm(leaves[0], ctx.shape, leaves[1], leaves[2], ctx.eps)
         wanted = [i for i in range(3) if need[i]]
         product_need = (bool(wanted), need[3], need[4] and ctx.has_bias)
-        grad_normed, grad_weight, grad_bias = _product_grads(grad_out, normed, weight, product_need)
+        grad_normed, grad_weight, grad_bias = _product_grads(
+            grad_out, normed, weight, used, product_need
+        )
         grads: list[torch.Tensor | None] = [None, None, None, grad_weight, grad_bias]
         if wanted:
             found = torch.autograd.grad(normed, [leaves[i] for i in wanted], grad_normed)
@@ -157,17 +179,19 @@ class _GeluLinear(torch.autograd.Function):
     def forward(
         ctx: Any, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, approx: str
     ) -> torch.Tensor:
-        ctx.save_for_backward(h, weight)
+        out, used = _linear(F.gelu(h, approximate=approx), weight, bias)
+        ctx.save_for_backward(h, weight, None if used is weight else used)
         ctx.approximate, ctx.has_bias = approx, bias is not None
-        return _linear(F.gelu(h, approximate=approx), weight, bias)
+        return out
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        h, weight = ctx.saved_tensors
+        h, weight, used = ctx.saved_tensors
+        used = weight if used is None else used
         need_h, need_weight, need_bias, _ = ctx.needs_input_grad
         acted = F.gelu(h, approximate=ctx.approximate)
         need = (need_h, need_weight, need_bias and ctx.has_bias)
-        grad_acted, grad_weight, grad_bias = _product_grads(grad_out, acted, weight, need)
+        grad_acted, grad_weight, grad_bias = _product_grads(grad_out, acted, weight, used, need)
         grad_h = None
         if need_h:
             grad_h = torch.ops.aten.gelu_backward(grad_acted, h, approximate=ctx.approximate)
