@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One prepared run for a lent GPU (H100 / H200, under 10 minutes: each part is time-limited,
 # 560 s in all, so one `run` call with timeout_s=600 holds it): bf16 flava_full training
-# step, ours vs transformers, eager and torch.compile; the real `flava.train` under FSDP2 +
+# step, ours vs transformers, eager (with a profile of one step: the top operators by GPU self
+# time) and torch.compile; the real `flava.train` under FSDP2 +
 # compile + bf16; embedding throughput; the plan's memory estimate next to the measured peak.
 # Installs nothing and needs no network.
 #
@@ -64,7 +65,7 @@ COMMON=(--device "$DEVICE" --preset "$PRESET" --steps "$STEPS")
 run plan 20 "$PY" -m flava.plan --preset "$PRESET" --gpus 1 --gpu-memory "${GPU_MEMORY:-80}" \
     --batch-size "$BATCH" --text-length 40 --json "$OUT/plan.json"
 run train_bf16 160 "$PY" benchmarks/train_step.py "${COMMON[@]}" --precision bf16-mixed \
-    --batch-size "$BATCH" --sides "$SIDES" --json "$OUT/train_bf16.json"
+    --batch-size "$BATCH" --sides "$SIDES" --profile --json "$OUT/train_bf16.json"
 run train_bf16_compile 170 "$PY" benchmarks/train_step.py "${COMMON[@]}" --precision bf16-mixed \
     --batch-size "$BATCH" --compile --no-flops --sides "$SIDES" \
     --json "$OUT/train_bf16_compile.json"

@@ -34,6 +34,9 @@ PRECISIONS = Precision.values()
 """Every accepted value of training.lightning.precision."""
 
 
+AttentionKernel = choices("AttentionKernel", ("auto", "sdpa", "explicit"), __name__)
+"""training.attention_kernel: how attention is computed (flava.model.attention)."""
+
 HostMemory = choices("HostMemory", ("auto", "reuse", "return", "system"), __name__)
 """training.host_memory: how glibc's malloc serves a CPU step's large tensors
 (flava.training.host_memory)."""
@@ -173,11 +176,15 @@ class TrainingConfig:
     """Stop (with a checkpoint) after this many optimiser steps in a row with non-finite values."""
     compile: bool = False
     """torch.compile each transformer layer (after sharding under fsdp; with DDP alike)."""
+    attention_kernel: AttentionKernel = AttentionKernel("auto")
+    """sdpa (PyTorch's fused attention), explicit (two matrix products around a softmax), or auto
+    (in bf16 / fp16 the faster of the two, measured at the start of the run; in fp32 sdpa). The
+    choice is logged and kept in checkpoints (a resumed run keeps it)."""
     host_memory: HostMemory = HostMemory("auto")
-    """CPU runs: `reuse` keeps freed blocks in the heap for the next step (no page faults on the
+    """On CPU, `reuse` keeps freed blocks in the heap for the next step (no page faults on the
     step's large tensors), `return` gives them back to the system at once (less memory, slower
-    steps), `system` leaves glibc's malloc alone; auto: return under fsdp on CPU, reuse on other
-    CPU runs, system on GPUs."""
+    steps), `system` leaves glibc's malloc alone; auto is return under fsdp on CPU, reuse on
+    other CPU runs and system on GPUs."""
 
 
 @dataclass

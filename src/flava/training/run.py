@@ -81,6 +81,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[L.Callback]) -
     if lc.gpus is not None:  # the original release's spelling
         accelerator, devices = "gpu", lc.gpus
     set_host_memory(cfg.training.host_memory, lc.strategy, accelerator)
+    kernels = kernel_callbacks(cfg.training.attention_kernel, lc.deterministic)
     return L.Trainer(
         max_steps=lc.max_steps,
         max_epochs=lc.max_epochs if lc.max_epochs is not None else -1,
@@ -105,7 +106,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[L.Callback]) -
             checkpoint,
             LearningRateMonitor("step"),
             *console,
-            *kernel_callbacks(),
+            *kernels,
             *callbacks,
         ],
         default_root_dir=str(run_dir),
