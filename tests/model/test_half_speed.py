@@ -169,7 +169,7 @@ def test_kernel_is_chosen_by_measurement(monkeypatch):
     assert attention.kernel("cpu", torch.bfloat16) == "explicit"
     assert attention.kernel("cuda", torch.bfloat16) == "sdpa"
     timings = iter([0.5, 0.1])  # sdpa measured slower than explicit
-    monkeypatch.setattr(attention, "_time", lambda fn, repeats: (fn(), next(timings))[1])
+    monkeypatch.setattr(attention, "_time", lambda fn, repeats, device: (fn(), next(timings))[1])
     seconds = attention.choose(torch.device("cpu"), torch.float32, 2, 2, 5, 8)
     assert seconds == {"sdpa": 0.5, "explicit": 0.1}
     assert attention.kernel("cpu", torch.float32) == "explicit"

@@ -12,6 +12,7 @@ record, or from the default below where nothing was measured.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -59,15 +60,15 @@ def explicit(
     return F.dropout(probs, dropout, training) @ v, probs
 
 
-def _time(fn: object, repeats: int) -> float:
-    """Best seconds of `repeats` calls of `fn` after one warm-up call."""
-    fn()  # type: ignore[operator]
+def _time(fn: Callable[[], None], repeats: int, device: torch.device) -> float:
+    """Best seconds of `repeats` calls of `fn` on `device` after one warm-up call."""
+    fn()
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        fn()  # type: ignore[operator]
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         best = min(best, time.perf_counter() - start)
     return best
 
@@ -98,6 +99,6 @@ def choose(
             out = explicit(q, k, v, None, 0.0, False)[0]
         torch.autograd.grad(out, (q, k, v), grad)
 
-    seconds = {name: _time(lambda name=name: run(name), repeats) for name in KERNELS}
+    seconds = {name: _time(lambda name=name: run(name), repeats, device) for name in KERNELS}
     set_kernel(device.type, dtype, min(seconds, key=seconds.__getitem__))
     return seconds

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from flava.model.config import CodebookConfig
+from flava.model.fused import compute_dtype
 from flava.model.pretrained import Pretrained
 
 LOGIT_LAPLACE_EPS = 0.1
@@ -128,9 +129,7 @@ class ImageCodebook(Pretrained, nn.Module):
         codebook's forward is a seventh of a flava_full step, and only argmax ids leave it),
         through `_half_blocks`, channels-last."""
         device = pixels.device.type
-        dtype = self.blocks.input.weight.dtype
-        if torch.is_autocast_enabled(device):
-            dtype = torch.get_autocast_dtype(device)
+        dtype = compute_dtype(device, self.blocks.input.weight.dtype)
         with torch.autocast(device_type=device, enabled=False):
             mapped = self.map_pixels(pixels.float()).to(dtype)
             if dtype == self.blocks.input.weight.dtype:

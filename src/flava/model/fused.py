@@ -77,12 +77,12 @@ def cast_once(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return copy
 
 
-def _compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
-    """The dtype of a product in the forward pass: autocast's where it is on, else the weight's."""
-    device = x.device.type
-    if torch.is_autocast_enabled(device):
-        return torch.get_autocast_dtype(device)
-    return weight.dtype
+def compute_dtype(device_type: str, own: torch.dtype) -> torch.dtype:
+    """The dtype a product runs in: autocast's where it is on for the device, else `own` (the
+    weights' dtype)."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return own
 
 
 def _linear(
@@ -90,7 +90,7 @@ def _linear(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(F.linear as autocast would run it, inputs cast to its dtype, with the weights' copies
     from `cast_once`; the weight as the product used it, which backward must use too)."""
-    dtype = _compute_dtype(x, weight)
+    dtype = compute_dtype(x.device.type, weight.dtype)
     if dtype == weight.dtype:
         return F.linear(x, weight, bias), weight
     b = None if bias is None else cast_once(bias, dtype)

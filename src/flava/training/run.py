@@ -61,7 +61,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[L.Callback]) -
 
     from flava.training.console import console_callbacks
     from flava.training.kernels import kernel_callbacks
-    from flava.training.precision import lightning_precision
+    from flava.training.precision import lightning_precision, target_device
 
     lc = cfg.training.lightning
     ck = cfg.training.lightning_checkpoint
@@ -80,7 +80,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[L.Callback]) -
     accelerator, devices = lc.accelerator, lc.devices
     if lc.gpus is not None:  # the original release's spelling
         accelerator, devices = "gpu", lc.gpus
-    set_host_memory(cfg.training.host_memory, lc.strategy, accelerator)
+    set_host_memory(cfg.training.host_memory, lc.strategy, target_device(lc) == "cpu")
     kernels = kernel_callbacks(cfg.training.attention_kernel, lc.deterministic)
     return L.Trainer(
         max_steps=lc.max_steps,
@@ -113,12 +113,11 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[L.Callback]) -
     )
 
 
-def set_host_memory(policy: str, strategy: str, accelerator: str) -> None:
+def set_host_memory(policy: str, strategy: str, on_cpu: bool) -> None:
     """Apply `training.host_memory` in this process (every process of a run builds a trainer)
     and say in the log what was done."""
     from flava.training import host_memory
 
-    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
     log.info("training.host_memory=%s: %s", policy, host_memory.apply(policy, strategy, on_cpu))
 
 
