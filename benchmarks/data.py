@@ -3,7 +3,7 @@
     python benchmarks/data.py                     # 224 px (flava_full), 384 samples per source
     python benchmarks/data.py --samples 128 --files 128
 
-The pipeline is `flava.data.pretraining.BatchBuilder` as the training DataModule builds it:
+The pipeline is `flava.data.collate.BatchBuilder` as the training DataModule builds it:
 decode, random resized crop at 224 px (pairs are never flipped) plus the 112 px codebook view,
 BEiT block masking, WordPiece tokenising, 15% text masking and collation into a pair ("vl")
 batch. It runs on one core (torch and PIL single-threaded, no worker processes) over two
@@ -36,7 +36,7 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from flava.data.pretraining import BatchBuilder
+from flava.data.collate import BatchBuilder
 from flava.data.sources.base import Item
 from flava.data.sources.embedded import SceneSource
 from flava.data.tokenizer import load_tokenizer

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from flava.data.pretraining import BatchBuilder, MixedBatches, Stream
+from flava.data.collate import BatchBuilder
+from flava.data.mixing import MixedBatches, Stream
 from flava.data.sources.base import Item
 from flava.data.tokenizer import load_tokenizer
 from flava.data.transforms import image_transform

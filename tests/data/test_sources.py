@@ -18,7 +18,8 @@ from omegaconf import OmegaConf
 
 from flava.config import ConfigError, RunConfig, SourceConfig, load_config, validate
 from flava.data import sources
-from flava.data.pretraining import MixedBatches, Stream, shuffle_buffer, source_records
+from flava.data.mixing import MixedBatches, Stream
+from flava.data.streams import Layout, StreamReader
 from flava.data.transforms import image_transform
 from flava.data.write_shards import write
 from flava.training.data import build_source, check_sources
@@ -204,36 +205,6 @@ def test_gated_hint_and_uncached_dataset_offline(offline):
     assert "hf auth login" in str(info.value) and "path:" in str(info.value)
 
 
-def test_one_pass_over_shards_splits_by_rank_then_worker(data):
-    shards = sources.build(
-        source_cfg(type="webdataset", shards=[str(data / "text_shards")]), "train"
-    )
-    assert shards.num_shards() == 8
-    everything = sorted(s.texts[0] for s in shards.records(range(8), "text"))
-    assert len(everything) == 24
-    for shuffle in (1, 4):
-        shards.shuffle_buffer = shuffle
-        seen = []
-        for rank in range(2):
-            for reader in range(2):
-                got = list(source_records(shards, "text", 3, (1, 0), rank, 2, reader, 2, epochs=1))
-                assert len(got) == 6  # two shards of three documents each
-                seen += [s.texts[0] for s in got]
-        assert sorted(seen) == everything  # every sample exactly once
-    # fewer shards than readers: readers share shards and split their samples
-    few = sources.TarShards(shards.urls[:3], shuffle_buffer=0)
-    seen = []
-    for rank in range(2):
-        for reader in range(3):
-            seen += [
-                s.texts[0] for s in source_records(few, "text", 0, (1, 0), rank, 2, reader, 3, 1)
-            ]
-    assert sorted(seen) == sorted(s.texts[0] for s in few.records(range(3), "text"))
-    # shard order changes with the epoch
-    two = list(source_records(shards, "text", 3, (1, 0), 0, 2, 0, 2, epochs=2))
-    assert [s.texts[0] for s in two[:6]] != [s.texts[0] for s in two[6:]]
-
-
 def test_mixed_batches_two_ranks_two_workers_see_each_sample_once(data):
     cfg = source_cfg(type="webdataset", shards=[str(data / "text_shards")], shuffle_buffer=5)
     everything = sorted(s.texts[0] for s in sources.build(cfg, "train").records(range(8), "text"))
@@ -270,31 +241,46 @@ def test_weights_and_exact_resume_with_iterable_sources(data):
     _, picks = ds.plan(0)
     share = float((picks == 0).mean())
     assert abs(share - 0.75) < 0.05
-    full = [next(it)["texts"] for it in [ds.batches()] for _ in range(24)]
-    resumed = MixedBatches(streams(), TextsBuilder(), 2, seed=1, start_batch=9)
+    it = ds.batches()
+    batches = [next(it) for _ in range(24)]
+    full = [b["texts"] for b in batches]
+    states = {}  # what a checkpoint after batch 8 holds: every reader's latest position
+    for b in batches[:9]:
+        states.update(b.get("stream_states", {}))
+    resumed = MixedBatches(
+        streams(), TextsBuilder(), 2, seed=1, start_batch=9, stream_states=states
+    )
     it = iter(resumed)
     assert [next(it)["texts"] for _ in range(15)] == full[9:]
     # two workers: each continues the stream of the batches it serves
+    reference = MixedBatches(streams(), TextsBuilder(), 2, seed=1)
+    r0, r1 = reference.batches(0, 2, 0), reference.batches(0, 2, 1)
+    ref, states = [], {}
+    for _ in range(12):
+        ref += [next(r0), next(r1)]
+    for b in ref[:9]:
+        states.update(b.get("stream_states", {}))
+    resumed = MixedBatches(
+        streams(), TextsBuilder(), 2, seed=1, start_batch=9, stream_states=states
+    )
     w0, w1 = resumed.batches(9, 2, 9), resumed.batches(9, 2, 10)
     interleaved = []
     for _ in range(7):
         interleaved += [next(w0)["texts"], next(w1)["texts"]]
-    reference = MixedBatches(streams(), TextsBuilder(), 2, seed=1)
-    r0, r1 = reference.batches(0, 2, 0), reference.batches(0, 2, 1)
-    ref = []
-    for _ in range(12):
-        ref += [next(r0)["texts"], next(r1)["texts"]]
-    assert interleaved == ref[9:23]
+    assert interleaved == [b["texts"] for b in ref[9:23]]
 
 
 def test_shuffle_buffer_and_resampled_shards(data):
-    rng = np.random.default_rng(0)
-    out = list(shuffle_buffer(iter(range(100)), 10, rng))
-    assert sorted(out) == list(range(100)) and out != list(range(100))
+    cfg = source_cfg(type="webdataset", shards=[str(data / "text_shards")], shuffle_buffer=10)
+    src = sources.build(cfg, "train")
+    one = StreamReader(src, "text", 0, (1, 0), Layout(0, 1, 0, 1))
+    out = [next(one).texts[0] for _ in range(24)]
+    ordered = [s.texts[0] for s in src.records(range(8), "text")]
+    assert sorted(out) == sorted(ordered) and out != ordered
     cfg = source_cfg(type="webdataset", shards=[str(data / "text_shards")], resampled=True)
     src = sources.build(cfg, "train")
-    a = source_records(src, "text", 0, (1, 0), 0, 2, 0, 2)
-    b = source_records(src, "text", 0, (1, 0), 1, 2, 0, 2)
+    a = StreamReader(src, "text", 0, (1, 0), Layout(0, 2, 0, 2))
+    b = StreamReader(src, "text", 0, (1, 0), Layout(1, 2, 0, 2))
     first = [next(a).texts[0] for _ in range(60)]
     second = [next(b).texts[0] for _ in range(60)]
     assert first != second and len(set(first)) > 6

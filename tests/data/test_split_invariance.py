@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from flava.data.pretraining import BatchBuilder, FixedBatches, MixedBatches, Stream
+from flava.data.collate import BatchBuilder
+from flava.data.mixing import FixedBatches, MixedBatches, Stream
 from flava.data.sources.base import Item
 from flava.data.sources.embedded import SceneSource
 from flava.data.tokenizer import load_tokenizer

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from flava.data.pretraining import _CHUNK, MixedBatches, Stream
+from flava.data.mixing import _CHUNK, MixedBatches, Stream
 from flava.training import module as module_lib
 from flava.training.data import AccumulationWindows
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from flava.data import sources
-from flava.data.pretraining import MixedBatches, Stream
+from flava.data.mixing import MixedBatches, Stream
 from flava.data.sources.base import BadSample, DataError, robust_item
 from flava.train import main
 
@@ -174,7 +174,7 @@ def test_stream_resume_is_exact_past_bad_records(tmp_path):
         members += [(f"s/{i:04d}.png", image), (f"s/{i:04d}.txt", f"caption {i}".encode())]
     shard = sample_data.tar_file(tmp_path / "bad.tar", members)
 
-    def dataset(start: int = 0, records: dict[str, int] | None = None) -> MixedBatches:
+    def dataset(start: int = 0, states: dict | None = None) -> MixedBatches:
         src = sources.TarShards([str(shard)], shuffle_buffer=0)
         return MixedBatches(
             {"vl": Stream("vl", [src], [1.0])},
@@ -182,16 +182,16 @@ def test_stream_resume_is_exact_past_bad_records(tmp_path):
             4,
             0,
             start_batch=start,
-            stream_records=records,
+            stream_states=states,
         )
 
     full = dataset().batches()
     batches = [next(full) for _ in range(8)]
     assert sum(sum(b["skipped"].values()) for b in batches) >= 4
-    position = batches[4]["stream_records"]  # what a checkpoint after batch 4 holds
+    position = batches[4]["stream_states"]  # what a checkpoint after batch 4 holds
     resumed = iter(dataset(5, position))
     assert [next(resumed)["texts"] for _ in range(3)] == [b["texts"] for b in batches[5:]]
-    # without the record count the replay would land on the wrong record
+    # without the position the stream would start over
     naive = iter(dataset(5))
     assert [next(naive)["texts"] for _ in range(3)] != [b["texts"] for b in batches[5:]]
 

@@ -249,6 +249,10 @@ class SourceConfig:
     """Needs your Hugging Face token (hf auth login / HF_TOKEN; never written anywhere)."""
     timeout: float = 5.0
     """Seconds to wait for a remote dataset or shard before failing."""
+    retries: int = 3
+    """Remote shards (http, pipe:, fsspec): times a shard is reopened after a read error, with
+    back-off (1, 2, 4 ... s), continuing at the sample it stopped at; then the rest of the shard
+    is skipped and counted (data/skipped/shard_unreadable)."""
 
 
 def training_checks(t: DictConfig) -> list[Check]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -11,17 +12,20 @@ import torch
 from omegaconf import DictConfig
 
 from flava.config import ConfigError
-from flava.data.pretraining import (
+from flava.data.mixing import (
     KINDS,
     BatchBuilder,
     FixedBatches,
     MixedBatches,
     Stream,
 )
+from flava.data.streams import Layout, elastic_states, is_iterable, stream_seed
 from flava.data.tokenizer import load_tokenizer
 from flava.data.transforms import image_transform
 from flava.model.config import FlavaConfig
 from flava.objectives.masking import BlockMaskGenerator
+
+log = logging.getLogger("flava")
 
 
 def build_source(cfg: DictConfig, role: str, image_size: int, kind: str | None = None) -> Any:
@@ -84,7 +88,9 @@ class PretrainingData(L.LightningDataModule):
         self.model_config = model_config
         self.codebook_size = codebook_size
         self.start_batch = 0
-        self.stream_records: dict[str, int] = {}
+        self.saved: dict[str, Any] = {}  # the data state of the checkpoint resumed from
+        self.initial_states: dict[str, dict[str, Any]] = {}  # this rank's readers at start
+        self._train: MixedBatches | None = None
         d = cfg.datasets
         image = model_config.image
         self.tokenizer = load_tokenizer()
@@ -150,9 +156,12 @@ class PretrainingData(L.LightningDataModule):
             rank=rank,
             world_size=world,
             start_batch=self.start_batch,
-            stream_records=self.stream_records,
             accumulation=int(t.lightning.accumulate_grad_batches),
+            sample_positions=self.saved.get("sample_positions"),
         )
+        self.initial_states = self._resume_streams(dataset, max(1, t.num_workers))
+        dataset.stream_states = self.initial_states
+        self._train = dataset
         loader = _loader(dataset, t.num_workers)
         k = int(t.lightning.accumulate_grad_batches)
         return AccumulationWindows(loader, k) if k > 1 else loader
@@ -177,19 +186,86 @@ class PretrainingData(L.LightningDataModule):
             loaders.append(_loader(ds, 0))
         return loaders
 
+    def _resume_streams(self, dataset: MixedBatches, readers: int) -> dict[str, dict[str, Any]]:
+        """The starting state of each reader of this process (see `flava.data.streams`): its own
+        saved state at the same layout, else the saved epochs' leftovers dealt anew; says in one
+        line what a changed layout does."""
+        saved = self.saved.get("streams", {})
+        legacy = self.saved.get("stream_records", {})  # older checkpoints: records per reader
+        rank, world = dataset.rank, dataset.world_size
+        out, notes = {}, []
+        for k, kind in enumerate(dataset.kinds):
+            for i, source in enumerate(dataset.streams[kind].sources):
+                if not is_iterable(source):
+                    continue
+                prefix = f"{kind}/{i}/"
+                old = [v for n, v in saved.items() if n.startswith(prefix)]
+                same = all(list(v["layout"][1::2]) == [world, readers] for v in old)
+                for reader in range(readers):
+                    layout = Layout(rank, world, reader, readers)
+                    name = f"{prefix}{rank}/{reader}"
+                    if same:
+                        state = dict(saved.get(name, {}))
+                        if not old and f"{prefix}{reader}" in legacy:
+                            state["skip"] = int(legacy[f"{prefix}{reader}"])
+                    else:
+                        seed = stream_seed(dataset.seed, (k, i))
+                        state, note = elastic_states(old, source, seed, layout)
+                        if reader == 0:
+                            notes.append(f"{prefix[:-1]} {note}")
+                    state.setdefault("layout", [rank, world, reader, readers])
+                    state.setdefault("shards", source.num_shards())
+                    out[name] = state
+        self._say_layout(world, readers, notes)
+        return out
+
+    def _say_layout(self, world: int, readers: int, notes: list[str]) -> None:
+        """One start-up line when the run resumes at another process or worker count."""
+        before = self.saved.get("layout")
+        if not before or [before["processes"], before["readers"]] == [world, readers]:
+            return
+        if self._rank()[0] == 0:
+            log.warning(
+                "resuming %d process(es) x %d reader(s) from a checkpoint of %d x %d: global "
+                "batch %d -> %d samples; streams: %s; random-access sources go on from the "
+                "sample their epoch had reached",
+                world,
+                readers,
+                before["processes"],
+                before["readers"],
+                before["processes"] * self.cfg.training.batch_size,
+                world * self.cfg.training.batch_size,
+                "; ".join(notes) or "none",
+            )
+
     def state_dict(self) -> dict[str, Any]:
-        """The data position (saved in every checkpoint): index of the next training batch and
-        the records consumed by each reader of an iterable source, bad records included."""
+        """The data position (saved in every checkpoint): index of the next training batch,
+        every reader's position of every process (gathered: all processes call this together),
+        and the samples consumed of each random-access source."""
         module = self.trainer.lightning_module if self.trainer is not None else None
-        return {
-            "start_batch": int(getattr(module, "batches_seen", self.start_batch)),
-            # readers that served no batch since a resume keep the position they resumed at
-            "stream_records": {**self.stream_records, **getattr(module, "stream_records", {})},
-        }
+        batch = int(getattr(module, "batches_seen", self.start_batch))
+        local = {**self.initial_states, **getattr(module, "stream_states", {})}
+        out: dict[str, Any] = {"start_batch": batch, "streams": _gathered(local)}
+        if self._train is not None:
+            readers = max(1, self.cfg.training.num_workers)
+            out["layout"] = {"processes": self._train.world_size, "readers": readers}
+            out["sample_positions"] = self._train.sample_positions_at(batch)
+        return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.start_batch = int(state.get("start_batch", 0))
-        self.stream_records = {k: int(v) for k, v in state.get("stream_records", {}).items()}
+        self.saved = dict(state)
+
+
+def _gathered(local: dict[str, Any]) -> dict[str, Any]:
+    """`local` merged with every other process's (one dict of all readers' states)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return local
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, local)
+    return {k: v for part in parts for k, v in part.items()}
 
 
 WINDOW_KEYS = ("kind", "batch_index", "bool_masked_pos", "mlm_labels")

@@ -35,7 +35,7 @@ class FlavaPretrainingModule(L.LightningModule):
         self.nonfinite: dict[str, int] = {}  # skipped steps per batch kind
         self.nonfinite_in_row = 0
         self.counter = SkipCounter()  # bad training samples skipped, per reason; samples read
-        self.stream_records: dict[str, int] = {}  # position of each iterable-source reader
+        self.stream_states: dict[str, Any] = {}  # position of each iterable-source reader
         self.stopped: tuple[str, str] | None = None  # (checkpoint stem, one-line reason)
         self._kind = "vl"
 
@@ -104,7 +104,7 @@ class FlavaPretrainingModule(L.LightningModule):
     def _count_data(self, batch: dict[str, Any]) -> None:
         """Add the batch's skipped samples; stop when too large a fraction of them was bad."""
         self.counter.add(batch)
-        self.stream_records.update(batch.get("stream_records", {}))
+        self.stream_states.update(batch.get("stream_states", {}))
         limit, size = self.cfg.datasets.max_skipped_fraction, self.cfg.training.batch_size
         reason = self.counter.check(self, limit, "datasets.max_skipped_fraction", size)
         if reason is not None:

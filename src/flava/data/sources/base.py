@@ -43,8 +43,6 @@ CAPTION_FIELDS = ("caption", "captions", "text")
 _USER_AGENT = "flava/0.1 (image fetcher)"
 # Replacement draws for a random-access sample that cannot be read.
 _MAX_REPLACEMENTS = 8
-# Skipped samples logged one by one per process before the log goes quiet (counts go on).
-_LOGGED_SKIPS = 20
 
 SKIP_REASONS = (
     "zero_byte_image",
@@ -56,6 +54,7 @@ SKIP_REASONS = (
     "missing_image",
     "empty_text",
     "bad_label",
+    "shard_unreadable",
 )
 """Why a sample was skipped (`BadSample.reason`); counted per reason and written to metrics."""
 
@@ -71,6 +70,10 @@ class BadSample(ValueError):
         return type(self), (self.reason, str(self))  # survives DataLoader workers
 
 
+class UnreadableShard(OSError):
+    """A shard that could not be read (after its retries); the reader skips the rest of it."""
+
+
 class DataError(RuntimeError):
     """The data cannot feed the run (too many bad samples); the message is one line."""
 
@@ -84,6 +87,8 @@ def skip_reason(exc: BaseException) -> str:
     """The `SKIP_REASONS` entry for an exception raised while reading a sample."""
     if isinstance(exc, BadSample):
         return exc.reason
+    if isinstance(exc, UnreadableShard):
+        return "shard_unreadable"
     if isinstance(exc, Image.DecompressionBombError):
         return "decompression_bomb"
     if isinstance(exc, (FileNotFoundError, PermissionError, TimeoutError, urllib.error.URLError)):
@@ -92,21 +97,29 @@ def skip_reason(exc: BaseException) -> str:
 
 
 class SkipLog:
-    """Per-reason counts of skipped samples of one process / worker, logged sparingly."""
+    """Per-reason counts of skipped samples of one process / worker.
+
+    Only the first skip of each reason is logged (with the sample it was); the rest are counted,
+    and the counts travel with the batches to the step line, the summaries and metrics.json.
+    """
 
     def __init__(self) -> None:
         self.counts: dict[str, int] = {}
-        self.logged = 0
+        self.seen: set[str] = set()
 
     def add(self, exc: BaseException, where: str) -> None:
-        """Count one skipped sample and log it while fewer than `_LOGGED_SKIPS` have been."""
+        """Count one skipped sample; log it when it is the first of its reason."""
         reason = skip_reason(exc)
         self.counts[reason] = self.counts.get(reason, 0) + 1
-        self.logged += 1
-        if self.logged <= _LOGGED_SKIPS:
-            last = self.logged == _LOGGED_SKIPS
-            more = " (further skips are counted, not logged)" if last else ""
-            log.warning("skipping %s [%s]: %s%s", where, reason, exc, more)
+        if reason not in self.seen:
+            self.seen.add(reason)
+            log.warning(
+                "skipping %s [%s]: %s (further %s skips are counted, not logged)",
+                where,
+                reason,
+                exc,
+                reason,
+            )
 
     def take(self) -> dict[str, int]:
         """The counts since the last call (they travel with a batch), then reset."""
@@ -373,16 +386,30 @@ class StreamingSource:
         """Raw samples of one shard, in order."""
         raise NotImplementedError
 
+    def shard_records(self, shard: int, kind: str, start: int = 0) -> Iterator[tuple[int, Sample]]:
+        """(offset, sample) of the samples of `kind` ("any": every non-empty one) of one shard,
+        from offset `start` on; the offset counts the shard's samples of `kind` from 0, so it
+        names one sample for good. Raises `UnreadableShard` when the shard cannot be read."""
+        offset = 0
+        for sample in self.shard_samples(shard):
+            if kind == "any":
+                wanted = sample.image is not None or bool(sample.texts)
+            else:  # a bad one is yielded too: it is skipped and counted when decoded
+                wanted = sample.has(kind) or sample.problem(kind) is not None
+            if not wanted:
+                continue
+            if offset >= start:
+                yield offset, sample
+            offset += 1
+
     def records(self, shards: Sequence[int], kind: str) -> Iterator[Sample]:
-        """Samples of `kind` ("any": every non-empty one) of the given shards, in order."""
+        """Samples of `kind` of the given shards, in order (an unreadable shard is logged)."""
         for shard in shards:
-            for sample in self.shard_samples(shard):
-                usable = sample.image is not None or bool(sample.texts)
-                if kind == "any":
-                    if usable:
-                        yield sample
-                elif sample.has(kind) or sample.problem(kind):
-                    yield sample  # a bad one is skipped and counted when decoded
+            try:
+                for _, sample in self.shard_records(shard, kind):
+                    yield sample
+            except UnreadableShard as exc:
+                log.warning("skipping the rest of a shard: %s", exc)
 
     def decode(self, record: Sample, kind: str, rng: np.random.Generator) -> Item:
         """One record as an `Item` of `kind`."""

@@ -43,6 +43,7 @@ def build(cfg: Any, role: str, image_size: int = 224) -> IndexedSource | Streami
             resampled=cfg.resampled,
             preview_size=cfg.preview_size,
             timeout=cfg.timeout,
+            retries=cfg.retries,
             pair_field=cfg.text_pair_column,
             label_field=cfg.label_column,
         )

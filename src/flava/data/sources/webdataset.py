@@ -8,6 +8,7 @@ import logging
 import re
 import subprocess
 import tarfile
+import time
 import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ from flava.data.sources.base import (
     Sample,
     SourceError,
     StreamingSource,
+    UnreadableShard,
     has_text_field,
     set_label,
     texts_of,
@@ -82,21 +84,44 @@ def expand_shards(patterns: Sequence[str]) -> list[str]:
     return out
 
 
+class _Whole:
+    """A response body that raises OSError when it ends before its Content-Length (http.client
+    ends a cut connection's body quietly, and tar would take the cut for the archive's end)."""
+
+    def __init__(self, stream: IO[bytes], length: str | None, url: str) -> None:
+        self.stream, self.url, self.read_bytes = stream, url, 0
+        self.length = int(length) if length and length.isdigit() else None
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(size)
+        self.read_bytes += len(data)
+        if not data and size and self.length is not None and self.read_bytes < self.length:
+            raise OSError(f"connection closed after {self.read_bytes} of {self.length} bytes")
+        return data
+
+
 @contextlib.contextmanager
 def open_shard(url: str, timeout: float = 5.0) -> Iterator[IO[bytes]]:
-    """A binary stream of a local path, http(s) URL, `pipe:COMMAND` or fsspec URL."""
+    """A binary stream of a local path, http(s) URL, `pipe:COMMAND` or fsspec URL; a cut http
+    body or a command that exits with an error status raises OSError."""
     if url.startswith("pipe:"):
         proc = subprocess.Popen(url[5:], shell=True, stdout=subprocess.PIPE)
+        assert proc.stdout is not None
         try:
-            assert proc.stdout is not None
             yield proc.stdout
+        except BaseException:
+            proc.kill()
+            raise
+        else:
+            proc.stdout.read()  # the archive's padding: the command ends as it would alone
         finally:
-            if proc.stdout is not None:
-                proc.stdout.close()
-            proc.wait()
+            proc.stdout.close()
+            status = proc.wait()
+        if status > 0:
+            raise OSError(f"{url[5:]!r} exited with status {status}")
     elif url.startswith(("http://", "https://")):
         with urllib.request.urlopen(url, timeout=timeout) as response:
-            yield response
+            yield _Whole(response, response.headers.get("Content-Length"), url)  # type: ignore[misc]
     elif _is_url(url):
         import fsspec
 
@@ -196,7 +221,9 @@ class TarShards(StreamingSource):
     Shards are files, folders of ``*.tar``, brace patterns ``shards-{000000..000009}.tar``,
     globs, ``http(s)://`` URLs, ``pipe:COMMAND`` (e.g. ``pipe:aws s3 cp s3://b/x.tar -``) or
     other fsspec URLs. `flava.data.write_shards` writes this layout with a ``manifest.json``.
-    A shard that cannot be read is skipped with a warning.
+    A remote shard (http(s), pipe:, fsspec) that fails mid-read is reopened up to `retries`
+    times with back-off and read on from the sample it stopped at; a shard that still fails (or a
+    local one that is truncated) raises `UnreadableShard`, and the reader skips the rest of it.
     """
 
     def __init__(
@@ -207,6 +234,7 @@ class TarShards(StreamingSource):
         resampled: bool = False,
         preview_size: int = 1024,
         timeout: float = 5.0,
+        retries: int = 3,
         pair_field: str | None = None,
         label_field: str = "label",
     ) -> None:
@@ -216,6 +244,8 @@ class TarShards(StreamingSource):
         self.urls = list(urls)
         self.text_fields = tuple(text_fields)
         self.timeout = timeout
+        self.retries = int(retries)
+        self.backoff = 1.0  # seconds before the first retry; doubled at each further one
         self.fields = {"pair_field": pair_field, "label_field": label_field}
 
     def num_shards(self) -> int:
@@ -223,13 +253,27 @@ class TarShards(StreamingSource):
         return len(self.urls)
 
     def shard_samples(self, shard: int) -> Iterator[Sample]:
-        """Samples of tar `shard` in order (a broken shard logs a warning and ends early)."""
-        url = self.urls[shard]
-        try:
-            with open_shard(url, self.timeout) as stream:
-                yield from read_tar_samples(stream, self.text_fields, **self.fields)
-        except (tarfile.TarError, OSError, EOFError) as exc:
-            log.warning("skipping the rest of shard %s: %s", url, exc)
+        """Samples of tar `shard` in order; remote shards are retried (see the class doc)."""
+        url, done, failures = self.urls[shard], 0, 0
+        while True:
+            try:
+                with open_shard(url, self.timeout) as stream:
+                    samples = read_tar_samples(stream, self.text_fields, **self.fields)
+                    for i, sample in enumerate(samples):
+                        if i >= done:  # after a reopen: the samples read before are passed over
+                            done = i + 1
+                            yield sample
+                return
+            except (tarfile.TarError, OSError, EOFError) as exc:
+                failures += 1
+                if not _is_url(url) or failures > self.retries:
+                    tries = f" after {failures} tries" if _is_url(url) else ""
+                    raise UnreadableShard(
+                        f"shard {url} failed at sample {done}{tries}: {exc}"
+                    ) from None
+                delay = self.backoff * 2 ** (failures - 1)
+                log.info("shard %s failed at sample %d (%s); retry in %.0fs", url, done, exc, delay)
+                time.sleep(delay)
 
     def describe(self) -> str:
         """Shard count and the first shard."""

@@ -1,0 +1,126 @@
+"""Collation of pretraining batches: image views and block masks, tokens and text masks.
+
+Every random choice of a sample (its crop and flip, its block mask, its text mask) is drawn from
+its own generators, keyed by (seed, batch index, position of the sample in the global batch;
+`sample_draws`), so a sample's views do not depend on which process builds it nor on the other
+samples of its batch (paper, section 3: MIM and MLM masking; BEiT-style block masks).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from flava.data.sources.base import Item
+from flava.data.tokenizer import FlavaTokenizer
+from flava.data.transforms import ImageTransform
+from flava.objectives.masking import BlockMaskGenerator, mask_tokens
+
+
+def sample_draws(
+    seed: int, key: int, batch_index: int, positions: Sequence[int]
+) -> tuple[list[np.random.Generator], list[torch.Generator]]:
+    """Per-sample generators (numpy, torch) of the samples at `positions` of a global batch.
+
+    Sample p's generators are seeded from (seed, key, batch_index, p) only, so they do not
+    depend on which process builds the sample, nor on the other samples of its batch.
+    """
+    rngs = [np.random.default_rng([seed, key, batch_index, int(p)]) for p in positions]
+    generators = [torch.Generator().manual_seed(int(r.integers(2**62))) for r in rngs]
+    return rngs, generators
+
+
+class BatchBuilder:
+    """Turns a list of `Item`s of one kind into a model batch (transforms, masks, tokens).
+
+    The random draws come from `generator` (torch: crops, flips, text masks) and `rng` (numpy:
+    block masks): either one of each shared by the whole batch, drawn sample after sample, or a
+    sequence of each with one per item (see `sample_draws`), so that an item's crop, flip and
+    masks depend on its own generators only. Texts are padded to the batch's longest
+    (`padding="longest"`) or to `text_max_length` (`"max_length"`); with per-item generators a
+    text's masks are drawn over its own tokens, so they do not depend on the padding.
+    """
+
+    def __init__(
+        self,
+        tokenizer: FlavaTokenizer,
+        transform: ImageTransform,
+        mask_generator: BlockMaskGenerator,
+        text_max_length: int = 77,
+        mlm_probability: float = 0.15,
+        whole_word_masking: bool = False,
+        padding: str = "longest",
+    ) -> None:
+        if padding not in ("longest", "max_length"):
+            raise ValueError(f"padding must be 'longest' or 'max_length', got {padding!r}")
+        self.tokenizer = tokenizer
+        self.transform = transform
+        # Pairs are never flipped: a mirrored image contradicts "left of" / "right of" captions.
+        self.pair_transform = copy.copy(transform)
+        self.pair_transform.hflip = False
+        self.mask_generator = mask_generator
+        self.text_max_length = text_max_length
+        self.mlm_probability = mlm_probability
+        self.whole_word_masking = whole_word_masking
+        self.padding = padding
+
+    def images(
+        self,
+        images: Sequence[Image.Image],
+        generator: torch.Generator | Sequence[torch.Generator],
+        rng: np.random.Generator | Sequence[np.random.Generator],
+        paired: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """pixel_values [B, 3, S, S] (+ codebook_pixel_values) and bool_masked_pos [B, N];
+        `paired` images (with captions) are never flipped."""
+        transform = self.pair_transform if paired else self.transform
+        out = transform.batch(images, generator=generator)
+        out["bool_masked_pos"] = self.mask_generator.batch(len(images), rng)
+        return out
+
+    def texts(
+        self, texts: Sequence[str], generator: torch.Generator | Sequence[torch.Generator]
+    ) -> dict[str, torch.Tensor]:
+        """input_ids, attention_mask, token_type_ids, input_ids_masked, mlm_labels [B, L]."""
+        tok = self.tokenizer(
+            list(texts),
+            max_length=self.text_max_length,
+            padding=self.padding,
+            return_word_ids=self.whole_word_masking,
+        )
+        masked, labels = mask_tokens(
+            tok["input_ids"],
+            tok["special_tokens_mask"],
+            mask_token_id=self.tokenizer.mask_token_id,
+            vocab_size=self.tokenizer.vocab_size,
+            probability=self.mlm_probability,
+            generator=generator,
+            word_ids=tok.get("word_ids"),
+        )
+        return {
+            "input_ids": tok["input_ids"],
+            "attention_mask": tok["attention_mask"],
+            "token_type_ids": tok["token_type_ids"],
+            "input_ids_masked": masked,
+            "mlm_labels": labels,
+        }
+
+    def __call__(
+        self,
+        items: Sequence[Item],
+        kind: str,
+        generator: torch.Generator | Sequence[torch.Generator],
+        rng: np.random.Generator | Sequence[np.random.Generator],
+    ) -> dict[str, Any]:
+        """Collate one batch of `kind` (one generator / rng for the batch, or one per item)."""
+        batch: dict[str, Any] = {"kind": kind}
+        if kind in ("image", "vl"):
+            batch.update(self.images([i.image for i in items], generator, rng, kind == "vl"))
+        if kind in ("text", "vl"):
+            batch.update(self.texts([i.text for i in items], generator))
+        return batch
