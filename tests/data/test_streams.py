@@ -211,7 +211,7 @@ class _Flaky(http.server.SimpleHTTPRequestHandler):
 
 
 def test_http_shards_are_retried_then_skipped_and_counted(tmp_path):
-    urls = text_shards(tmp_path, shards=2, per_shard=20)
+    text_shards(tmp_path, shards=2, per_shard=20)
     handler = lambda *a, **k: _Flaky(*a, directory=str(tmp_path), **k)  # noqa: E731
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -133,12 +133,21 @@ def test_every_planted_reason_is_counted_by_the_pipeline(tmp_path, caplog):
     assert n == 24 + len(planted)
     stream = {"vl": Stream("vl", [src], [1.0])}
     ds = MixedBatches(stream, _Texts(), batch_size=n, seed=0)
-    batch = next(ds.batches())  # one batch = one epoch: every sample once, bad ones replaced
+    batches = ds.batches()
+    batch = next(batches)  # one batch = one epoch: every sample once, bad ones replaced
     assert len(batch["texts"]) == n and "a bad one" not in batch["texts"]
     for reason, count in planted.items():
         assert batch["skipped"].get(reason, 0) >= count, (reason, batch["skipped"])
     assert batch["samples_read"] == n + sum(batch["skipped"].values())
     assert "[decompression_bomb]" in caplog.text
+
+    # quiet: one line for the first skip of each reason, then counts only
+    def lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipping")]
+
+    assert len(lines()) == len(batch["skipped"]), lines()
+    again = next(batches)  # the next epoch meets the same bad samples: counted, not logged
+    assert sum(again["skipped"].values()) >= len(planted) and len(lines()) == len(batch["skipped"])
     # eight bad draws in a row: one clear line naming the source and the reasons
     rng = np.random.default_rng(0)
 

@@ -127,6 +127,9 @@ class DatasetsConfig:
     max_skipped_fraction: float = 0.1
     """Stop the run (with a checkpoint) when more than this fraction of the training samples
     read so far were skipped as bad (unreadable images, empty texts, ...); 1 never stops."""
+    log_keys: bool = False
+    """Write the key of every training sample to RUN_DIR/samples/rank-R.tsv (batch index, kind,
+    key, epoch of a streamed source), to audit what a run read."""
 
 
 @dataclass

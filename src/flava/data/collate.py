@@ -118,7 +118,7 @@ class BatchBuilder:
         rng: np.random.Generator | Sequence[np.random.Generator],
     ) -> dict[str, Any]:
         """Collate one batch of `kind` (one generator / rng for the batch, or one per item)."""
-        batch: dict[str, Any] = {"kind": kind}
+        batch: dict[str, Any] = {"kind": kind, "keys": [i.key for i in items]}
         if kind in ("image", "vl"):
             batch.update(self.images([i.image for i in items], generator, rng, kind == "vl"))
         if kind in ("text", "vl"):

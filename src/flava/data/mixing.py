@@ -277,11 +277,12 @@ class MixedBatches(torch.utils.data.IterableDataset):
                 robust_item(src, int(i), kind, rng, self.skips) for i, rng in zip(indices, rngs)
             ]
         else:
-            items, failures = [], 0
+            items, failures, epochs = [], 0, []
             while len(items) < self.batch_size:
                 record = next(records)
                 try:
                     items.append(src.decode(record, kind, rngs[len(items)]))
+                    epochs.append(records.epoch)
                     failures = 0
                 except SAMPLE_ERRORS as exc:
                     failures += 1  # a bad record: skip it
@@ -299,6 +300,7 @@ class MixedBatches(torch.utils.data.IterableDataset):
         if records is not None:
             name = self.reader_name((self.kinds.index(kind), source), records.layout.reader)
             batch["stream_states"] = {name: records.state()}
+            batch["epochs"] = epochs
         return batch
 
     def __iter__(self) -> Iterator[dict[str, Any]]:

@@ -14,6 +14,8 @@ from lightning.pytorch.callbacks import ModelSummary, TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from lightning.pytorch.utilities.model_summary import get_human_readable_count
 
+from flava.training.counts import describe_skips
+
 log = logging.getLogger("flava")
 ORDER = ["mim", "mlm", "contrastive", "itm", "mmm_image", "mmm_text"]
 SHORT_NAMES = {"contrastive": "con", "mmm_image": "mmm-i", "mmm_text": "mmm-t"}
@@ -70,6 +72,16 @@ def _batch_size(batch: Any) -> int:
     return 0
 
 
+def skipped_text(metrics: dict[str, Any]) -> str:
+    """`skipped 12 (truncated_image 10, empty_text 2)` from the logged counts, else ""."""
+    total = metrics.get("data/skipped")
+    if total is None or float(total) <= 0:
+        return ""
+    prefix = "data/skipped/"
+    counts = {k[len(prefix) :]: int(float(v)) for k, v in metrics.items() if k.startswith(prefix)}
+    return f"skipped {int(float(total))}" + (f" ({describe_skips(counts)})" if counts else "")
+
+
 class StepReadout:
     """Step, losses, samples/s and ETA of the running fit, read from the trainer."""
 
@@ -121,6 +133,9 @@ class StepReadout:
             parts.append(f"loss {total:.3f}" + (f" ({self.kind})" if self.kind else ""))
         if losses:
             parts.append(" ".join(f"{k} {v:.3f}" for k, v in losses.items() if math.isfinite(v)))
+        skipped = skipped_text(trainer.callback_metrics)
+        if skipped:
+            parts.append(skipped)
         rate, eta = self.rate_and_eta(trainer)
         parts.append(f"{rate:.1f} samples/s")
         if eta is not None:

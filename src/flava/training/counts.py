@@ -8,6 +8,7 @@ samples read were bad. Pretraining and fine-tuning use the same counter.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -18,6 +19,16 @@ CHECK_EVERY = 10
 """Steps between checks of the skipped fraction (summed over processes)."""
 CHECK_MIN_BATCHES = 10
 """Batches' worth of samples read before the skipped fraction is judged."""
+SUMMARY_EVERY = 100
+"""Steps between the summary lines of the skipped samples (when there are new ones)."""
+
+log = logging.getLogger("flava")
+
+
+def describe_skips(counts: dict[str, int]) -> str:
+    """`truncated_image 10, empty_text 2`: the non-zero counts, largest first."""
+    ranked = sorted(((n, r) for r, n in counts.items() if n), key=lambda x: (-x[0], x[1]))
+    return ", ".join(f"{r} {n}" for n, r in ranked)
 
 
 class SkipCounter:
@@ -26,6 +37,7 @@ class SkipCounter:
     def __init__(self) -> None:
         self.skipped: dict[str, int] = {}
         self.samples_read = 0
+        self.summarised = 0  # skipped samples (all processes) at the last summary line
 
     def add(self, batch: dict[str, Any]) -> None:
         """Add one batch's counts."""
@@ -55,6 +67,10 @@ class SkipCounter:
         if skipped:
             module.log("data/skipped", float(skipped), on_step=True, reduce_fx="max")
             module.log("data/skipped_fraction", skipped / max(1, read), on_step=True)
+            for name, n in totals.items():
+                if n:
+                    module.log(f"data/skipped/{name}", float(n), on_step=True, reduce_fx="max")
+            self._summarise(module, totals, read)
         if read < CHECK_MIN_BATCHES * batch_size:
             return None
         reason = too_many_skipped(totals, read, limit, "training samples")
@@ -63,6 +79,21 @@ class SkipCounter:
         return (
             f"stopped at step {module.global_step}: {reason}; fix or drop the data, or raise {key}"
         )
+
+    def _summarise(self, module: Any, totals: dict[str, int], read: int) -> None:
+        """Every `SUMMARY_EVERY` steps with new skips: one line of the counts per reason."""
+        skipped = sum(totals.values())
+        if module.global_step % SUMMARY_EVERY or skipped == self.summarised:
+            return
+        self.summarised = skipped
+        if module.global_rank == 0:
+            log.info(
+                "data: %d of %d samples read were skipped (%.2f%%): %s",
+                skipped,
+                read,
+                100 * skipped / max(1, read),
+                describe_skips(totals),
+            )
 
     @staticmethod
     def metrics(totals: dict[str, int]) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 import lightning as L
 import torch
@@ -38,6 +39,7 @@ class FlavaPretrainingModule(L.LightningModule):
         self.stream_states: dict[str, Any] = {}  # position of each iterable-source reader
         self.stopped: tuple[str, str] | None = None  # (checkpoint stem, one-line reason)
         self._kind = "vl"
+        self._keys: IO[str] | None = None  # the sample key log (datasets.log_keys)
 
     @property
     def codebook_size(self) -> int | None:
@@ -101,8 +103,22 @@ class FlavaPretrainingModule(L.LightningModule):
     ) -> dict[str, torch.Tensor]:
         return self(batch, generator, window)
 
+    def _log_keys(self, batch: dict[str, Any]) -> None:
+        """With datasets.log_keys: one line per sample (batch index, kind, key, epoch)."""
+        if self._keys is None:
+            folder = Path(self.cfg.training.run_dir) / "samples"
+            folder.mkdir(parents=True, exist_ok=True)
+            self._keys = open(folder / f"rank-{self.global_rank}.tsv", "a", encoding="utf-8")  # noqa: SIM115
+        epochs = batch.get("epochs") or [""] * len(batch["keys"])
+        index, kind = int(batch["batch_index"]), batch["kind"]
+        for key, epoch in zip(batch["keys"], epochs, strict=True):
+            self._keys.write(f"{index}\t{kind}\t{key}\t{epoch}\n")
+        self._keys.flush()
+
     def _count_data(self, batch: dict[str, Any]) -> None:
         """Add the batch's skipped samples; stop when too large a fraction of them was bad."""
+        if self.cfg.datasets.log_keys:
+            self._log_keys(batch)
         self.counter.add(batch)
         self.stream_states.update(batch.get("stream_states", {}))
         limit, size = self.cfg.datasets.max_skipped_fraction, self.cfg.training.batch_size

@@ -138,6 +138,8 @@ class Item:
     image: Image.Image | None = None
     text: str | None = None
     label: int | None = None
+    key: str = ""
+    """The sample's key in its source (a shard member's key, a row or file index)."""
 
     @property
     def kind(self) -> str:
@@ -200,7 +202,7 @@ class Sample:
             many = len(self.texts) > 1
             text = self.texts[int(rng.integers(len(self.texts)))] if many else self.texts[0]
         image = decode_image(self.image) if kind in ("image", "vl") else None
-        return Item(image=image, text=text, label=self.label)
+        return Item(image=image, text=text, label=self.label, key=self.key)
 
 
 def fetch(location: str, timeout: float = 10.0) -> bytes:

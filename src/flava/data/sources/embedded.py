@@ -32,6 +32,7 @@ class SceneSource(IndexedSource):
         return Item(
             image=scene.image if kind in ("image", "vl") else None,
             text=caption if kind in ("text", "vl") else None,
+            key=str(index),
         )
 
     def describe(self) -> str:

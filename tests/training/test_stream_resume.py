@@ -1,0 +1,163 @@
+"""Streamed tar shards under 2 processes x 2 loader workers, bad records planted unevenly: a run
+killed with SIGKILL resumes bit for bit, and a resume at another process count reads every record
+of the epoch exactly once (audited through datasets.log_keys)."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from flava.model import FlavaForPreTraining
+
+from ..data import sample_data  # noqa: TID252
+from .test_train import SMALL  # noqa: TID252
+
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
+
+SHARDS, PER_SHARD = 8, 6
+BAD = {0: 3, 3: 2, 6: 1}  # shard -> truncated images at its start: uneven across readers
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> tuple[Path, set[str]]:
+    root = tmp_path_factory.mktemp("shards")
+    good = set()
+    for s in range(SHARDS):
+        members = []
+        for i in range(PER_SHARD):
+            key = f"s{s}-{i}"
+            out = io.BytesIO()
+            sample_data.picture(["coffee", "astronaut", "chelsea"][i % 3], "RGB", 40).save(
+                out, format="PNG"
+            )
+            image = out.getvalue()[:200] if i < BAD.get(s, 0) else out.getvalue()
+            members += [(f"{key}.png", image), (f"{key}.txt", f"a photo number {s} {i}".encode())]
+            if i >= BAD.get(s, 0):
+                good.add(key)
+        sample_data.tar_file(root / f"pairs-{s:03d}.tar", members)
+    return root, good
+
+
+def _args(run: Path, root: Path, steps: int, *extra: str) -> list[str]:
+    return [
+        *SMALL,
+        f"training.run_dir={run}",
+        f"training.lightning.max_steps={steps}",
+        "training.batch_size=2",
+        "training.num_workers=2",
+        "training.lightning.limit_val_batches=0",
+        "training.evaluation.enabled=false",
+        "datasets.selected=[vl]",
+        f"datasets.vl.train=[{{type: webdataset, shards: [{root}], shuffle_buffer: 4}}]",
+        "datasets.max_skipped_fraction=1",
+        "datasets.log_keys=true",
+        "model.kmeans_images=8",
+        *extra,
+    ]
+
+
+def _command(processes: int, args: list[str]) -> list[str]:
+    if processes == 1:
+        return [sys.executable, "-m", "flava.train", *args]
+    port = str(29500 + (os.getpid() + int(time.time())) % 400)
+    return [
+        *(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"),
+        *("--master_port", port, "-m", "flava.train", *args),
+        "training.lightning.strategy=ddp",
+        "training.lightning.devices=2",
+    ]
+
+
+_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+
+
+def _train(processes: int, args: list[str]) -> subprocess.CompletedProcess:
+    cmd = _command(processes, args)
+    done = subprocess.run(cmd, env=_ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def _killed(processes: int, args: list[str], run: Path, step: int) -> Path:
+    """Start a run, SIGKILL it (all its processes) once a checkpoint of `step` or later exists."""
+    proc = subprocess.Popen(
+        _command(processes, args),
+        env=_ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 300
+    folder = run / "checkpoints"
+    while proc.poll() is None and time.monotonic() < deadline:
+        found = [p.stem.partition("=")[2] for p in folder.glob("flava-step=*.ckpt")]
+        if any(s.isdigit() and int(s) >= step for s in found):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    return folder / "last.ckpt"
+
+
+def _keys(run: Path, before: int | None = None) -> list[tuple[str, str]]:
+    """(key, epoch) of every sample the run's processes logged, of batches before `before`."""
+    out = []
+    for path in sorted((run / "samples").glob("rank-*.tsv")):
+        for line in path.read_text().splitlines():
+            index, _, key, epoch = line.split("\t")
+            if before is None or int(index) < before:
+                out.append((key, epoch))
+    return out
+
+
+def _audit(first: Path, start: int, second: Path, good: set[str]) -> None:
+    """Epoch 0 of a run split in two: every good record once, no bad one, none twice."""
+    read = [k for k, e in _keys(first, start) + _keys(second) if e == "0"]
+    twice = [k for k, n in Counter(read).items() if n > 1]
+    assert not twice, f"read twice in epoch 0: {twice}"
+    assert set(read) == good, f"missing: {sorted(good - set(read))}"
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return FlavaForPreTraining.from_pretrained(run / "model").state_dict()
+
+
+def test_two_processes_two_workers_resume_exactly_and_elastically(shards, tmp_path):
+    root, good = shards
+    straight = tmp_path / "straight"
+    _train(2, _args(straight, root, 8))
+    # SIGKILL after a periodic checkpoint, resume with 2 processes: the same weights, bit for bit
+    run = tmp_path / "killed"
+    last = shutil.copy(_killed(2, _args(run, root, 8), run, 4), tmp_path / "killed.ckpt")
+    state = torch.load(last, map_location="cpu", weights_only=False)
+    start = state["PretrainingData"]["start_batch"]
+    assert 3 <= start < 8 and len(state["PretrainingData"]["streams"]) == 4  # 2 ranks x 2 workers
+    _train(2, _args(run, root, 8, f"training.lightning_load_from_checkpoint={last}"))
+    weights, reference = _weights(run), _weights(straight)
+    for key, value in reference.items():
+        assert torch.equal(weights[key], value), key
+    # the same checkpoint resumed by 1 process: the epoch goes on, each record once
+    one = tmp_path / "one"
+    resumed = _train(
+        1, _args(one, root, start + 30, f"training.lightning_load_from_checkpoint={last}")
+    )
+    assert "resuming 1 process(es) x 2 reader(s) from a checkpoint of 2 x 2" in resumed.stderr
+    _audit(run, start, one, good)
+    # a 1-process checkpoint resumed by 2 processes
+    single = tmp_path / "single"
+    _train(1, _args(single, root, 5))
+    last = single / "checkpoints" / "last.ckpt"
+    two = tmp_path / "two"
+    _train(2, _args(two, root, 5 + 15, f"training.lightning_load_from_checkpoint={last}"))
+    _audit(single, 5, two, good)
