@@ -81,3 +81,29 @@ def test_a_run_with_accumulation_normalises_over_each_step(tmp_path, monkeypatch
     # both micro-batches of a step see the same counts: those of the whole step
     assert all(windows[i][1] == windows[i + 1][1] for i in range(0, 6, 2))
     assert all(sum(c.values()) > 0 for _, c in windows)
+
+
+@pytest.mark.slow
+def test_a_run_with_contrastive_accumulation_uses_each_window_once(tmp_path, monkeypatch) -> None:
+    from flava.objectives import pretraining as objectives
+    from flava.train import main
+
+    seen: list[tuple[bool, int, int]] = []  # (embedded here, size, position) per micro-batch
+    real = objectives.ContrastiveWindow.embed
+
+    def spy(self, flava):  # noqa: ANN001, ANN202
+        seen.append((self.images is None, self.size, self.position))
+        return real(self, flava)
+
+    monkeypatch.setattr(objectives.ContrastiveWindow, "embed", spy)
+    argv = [
+        *SMALL,
+        f"training.run_dir={tmp_path / 'run'}",
+        "training.lightning.max_steps=3",
+        "training.lightning.accumulate_grad_batches=2",
+        "training.contrastive_accumulation=true",
+        "datasets.selected=[vl]",
+    ]
+    assert main(argv) == 0
+    # each optimizer step embeds its window once, at its first micro-batch
+    assert seen == [(True, 2, 0), (False, 2, 1)] * 3

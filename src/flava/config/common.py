@@ -176,6 +176,11 @@ class TrainingConfig:
     """Stop (with a checkpoint) after this many optimiser steps in a row with non-finite values."""
     compile: bool = False
     """torch.compile each transformer layer (after sharding under fsdp; with DDP alike)."""
+    contrastive_accumulation: bool = False
+    """Pretraining under lightning.accumulate_grad_batches=k: one global contrastive loss over
+    all k micro-batches of an optimizer step (their embeddings cached, then recomputed with
+    gradients), so the contrastive batch is processes x batch_size x k; costs one more forward
+    pass of the unimodal encoders per pair batch. Other objectives are unchanged."""
     attention_kernel: AttentionKernel = AttentionKernel("auto")
     """sdpa (PyTorch's fused attention), explicit (two matrix products around a softmax), or auto
     (in bf16 / fp16 the faster of the two, measured at the start of the run; in fp32 sdpa). The

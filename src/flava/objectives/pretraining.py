@@ -85,6 +85,80 @@ class Window:
         return {"window_count": self.counts.get(objective, 0), "accumulated": self.micro_batches}
 
 
+CONTRASTIVE_INPUTS = ("pixel_values", "input_ids", "attention_mask", "token_type_ids")
+"""What the contrastive loss reads of a pair batch (its unmasked image and text)."""
+
+
+@dataclass
+class ContrastiveWindow:
+    """The unmasked pairs of all micro-batches of an optimizer step, for one contrastive loss
+    over all of them (training.contrastive_accumulation; GradCache, Gao et al. 2021).
+
+    The first micro-batch embeds every member without gradients (`embed`); micro-batch `position`
+    then puts its own embeddings, with gradients, in place of its cached ones, so its loss is
+    the loss of the whole window and its backward pass the gradient through its own pairs. The
+    sum over the window is the full batch's gradient: each micro-batch's loss is multiplied by k
+    against the 1/k of the accumulation, and the logit scale takes its gradient once (from the
+    last micro-batch, the one whose backward pass data-parallel processes synchronise).
+    Embeddings must not depend on the batch (no dropout), as FLAVA's defaults are.
+    """
+
+    inputs: list[Batch]
+    """The `CONTRASTIVE_INPUTS` of each micro-batch of the window."""
+    position: int = 0
+    images: list[torch.Tensor] | None = None
+    texts: list[torch.Tensor] | None = None
+
+    @property
+    def size(self) -> int:
+        """Micro-batches in the window (k)."""
+        return len(self.inputs)
+
+    def embed(self, flava: Any) -> None:
+        """Cache every member's image and text embeddings [B, P] (no gradients), once."""
+        if self.images is not None:
+            return
+        self.images, self.texts = [], []
+        with torch.no_grad():
+            for m in self.inputs:
+                image, text = contrastive_embeddings(flava, m)
+                self.images.append(image.detach())
+                self.texts.append(text.detach())
+
+    def around(self, image: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The window's embeddings [k*B, P] with this micro-batch's own (live) in its place."""
+        assert self.images is not None and self.texts is not None
+        p = self.position
+        images = [*self.images[:p], image, *self.images[p + 1 :]]
+        texts = [*self.texts[:p], text, *self.texts[p + 1 :]]
+        return torch.cat(images), torch.cat(texts)
+
+
+def contrastive_embeddings(flava: Any, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """The projected image and text embeddings [B, P] of a batch's unmasked pairs."""
+    image = flava.image_encoder(batch["pixel_values"])
+    text = flava.text_encoder(
+        batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids")
+    )
+    return flava.image_embedding(image), flava.text_embedding(text)
+
+
+def _contrastive(
+    flava: Any, batch: Batch, window: ContrastiveWindow | None
+) -> tuple[dict[str, torch.Tensor], float]:
+    """The contrastive loss of a pair batch (or of its window) and the factor of its term in
+    the total loss (k under a `ContrastiveWindow`, else 1)."""
+    image, text = contrastive_embeddings(flava, batch)
+    scale = flava.logit_scale
+    if window is None:
+        return contrastive_loss(image, text, scale), 1.0
+    window.embed(flava)
+    image, text = window.around(image, text)
+    if window.position != window.size - 1:
+        scale = scale.detach()  # its gradient comes from the last micro-batch only
+    return contrastive_loss(image, text, scale), float(window.size)
+
+
 def _loss_args(window: Window | None, objective: str) -> dict[str, int]:
     return {} if window is None else window.loss_args(objective)
 
@@ -194,8 +268,10 @@ def vl_step(
     negative_probability: float = 0.5,
     generator: torch.Generator | None = None,
     window: Window | None = None,
+    contrastive_window: ContrastiveWindow | None = None,
 ) -> dict[str, torch.Tensor]:
-    """A vl batch: contrastive on the unmasked pair; ITM + MMM on the masked pair."""
+    """A vl batch: contrastive on the unmasked pair (over the whole accumulation window with a
+    `contrastive_window`); ITM + MMM on the masked pair."""
     flava = model.flava
     losses: dict[str, torch.Tensor] = {}
     mask = batch["attention_mask"]
@@ -215,16 +291,12 @@ def vl_step(
             # Before any encoder runs: the frozen codebook's feature maps then come and go while
             # no activations are held for the backward pass, so they do not raise the peak memory.
             image_labels = mim_labels(targets(batch), masked_pos)[positive]
+    factor = 1.0
     if weights.contrastive:
-        image = flava.image_encoder(batch["pixel_values"])
-        text = flava.text_encoder(batch["input_ids"], mask, types)
-        losses.update(
-            contrastive_loss(
-                flava.image_embedding(image), flava.text_embedding(text), flava.logit_scale
-            )
-        )
+        contrastive, factor = _contrastive(flava, batch, contrastive_window)
+        losses.update(contrastive)
     if not masked_objectives:
-        return _total(losses, weights)
+        return _window_total(losses, weights, factor)
     image_m = flava.image_encoder(batch["pixel_values"], masked_pos)
     mask_m = mask[text_index]
     text_m = flava.text_encoder(
@@ -234,13 +306,23 @@ def vl_step(
     if weights.itm:
         losses.update(itm_loss(model.itm_head(fused), itm_labels))
     if not run_mmm:
-        return _total(losses, weights)
+        return _window_total(losses, weights, factor)
     n_image = image_m.last_hidden_state.shape[1] - 1
     mmm_text_labels = batch["mlm_labels"][positive] if weights.mmm_text else None
     losses.update(
         mmm_losses(model, fused[positive], n_image, image_labels, mmm_text_labels, window)
     )
-    return _total(losses, weights)
+    return _window_total(losses, weights, factor)
+
+
+def _window_total(
+    losses: dict[str, torch.Tensor], weights: LossWeights, factor: float
+) -> dict[str, torch.Tensor]:
+    """`_total` with the contrastive term counted `factor` times (logged once)."""
+    out = _total(losses, weights)
+    if factor != 1.0:
+        out["loss"] = out["loss"] + (factor - 1.0) * weights.contrastive * losses["contrastive"]
+    return out
 
 
 def mmm_losses(
@@ -275,6 +357,7 @@ def pretraining_step(
     negative_probability: float = 0.5,
     generator: torch.Generator | None = None,
     window: Window | None = None,
+    contrastive_window: ContrastiveWindow | None = None,
 ) -> dict[str, torch.Tensor]:
     """Dispatch one batch to its objectives by source kind ("image", "text" or "vl").
 
@@ -288,5 +371,14 @@ def pretraining_step(
     if kind == "text":
         return text_step(model, batch, weights, window)
     if kind == "vl":
-        return vl_step(model, batch, targets, weights, negative_probability, generator, window)
+        return vl_step(
+            model,
+            batch,
+            targets,
+            weights,
+            negative_probability,
+            generator,
+            window,
+            contrastive_window,
+        )
     raise ValueError(f"unknown batch kind {kind!r}; expected image, text or vl")

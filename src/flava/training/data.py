@@ -24,6 +24,7 @@ from flava.data.tokenizer import load_tokenizer
 from flava.data.transforms import image_transform
 from flava.model.config import FlavaConfig
 from flava.objectives.masking import BlockMaskGenerator
+from flava.objectives.pretraining import CONTRASTIVE_INPUTS
 
 log = logging.getLogger("flava")
 
@@ -164,7 +165,9 @@ class PretrainingData(L.LightningDataModule):
         self._train = dataset
         loader = _loader(dataset, t.num_workers)
         k = int(t.lightning.accumulate_grad_batches)
-        return AccumulationWindows(loader, k) if k > 1 else loader
+        if k == 1:
+            return loader
+        return AccumulationWindows(loader, k, bool(t.contrastive_accumulation))
 
     def val_dataloader(self) -> list[torch.utils.data.DataLoader]:
         t = self.cfg.training
@@ -282,15 +285,19 @@ class AccumulationWindows:
     optimizer step, so a resumed run starts on a window boundary.
     """
 
-    def __init__(self, loader: Iterable[dict[str, Any]], k: int) -> None:
-        self.loader, self.k = loader, k
+    def __init__(self, loader: Iterable[dict[str, Any]], k: int, contrastive: bool = False) -> None:
+        self.loader, self.k, self.contrastive = loader, k, contrastive
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         batches = iter(self.loader)
         while window := list(itertools.islice(batches, self.k)):
             members = [{key: b[key] for key in WINDOW_KEYS if key in b} for b in window]
-            for batch in window:
-                yield {**batch, "window": members}
+            window = [{**batch, "window": members} for batch in window]
+            if self.contrastive and window[0]["kind"] == "vl":
+                # the first micro-batch carries every member's pairs (the contrastive window)
+                inputs = [{k: b[k] for k in CONTRASTIVE_INPUTS if k in b} for b in window]
+                window[0]["window_inputs"] = inputs
+            yield from window
 
 
 def _loader(dataset: torch.utils.data.Dataset, workers: int) -> torch.utils.data.DataLoader:

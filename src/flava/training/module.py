@@ -11,7 +11,13 @@ import torch
 from omegaconf import DictConfig
 
 from flava.model.flava import FlavaForPreTraining
-from flava.objectives.pretraining import LossWeights, Window, pretraining_step, window_of
+from flava.objectives.pretraining import (
+    ContrastiveWindow,
+    LossWeights,
+    Window,
+    pretraining_step,
+    window_of,
+)
 from flava.objectives.targets import KMeansCodebook
 from flava.training.counts import SkipCounter
 from flava.training.optim import adamw_with_schedule, check_multipliers, clip_gradients
@@ -40,6 +46,7 @@ class FlavaPretrainingModule(L.LightningModule):
         self.stopped: tuple[str, str] | None = None  # (checkpoint stem, one-line reason)
         self._kind = "vl"
         self._keys: IO[str] | None = None  # the sample key log (datasets.log_keys)
+        self._contrastive: ContrastiveWindow | None = None  # the step's, under accumulation
 
     @property
     def codebook_size(self) -> int | None:
@@ -82,7 +89,18 @@ class FlavaPretrainingModule(L.LightningModule):
             self.cfg.model.losses.itm_negative_probability,
             generator,
             window,
+            self.contrastive_window(batch),
         )
+
+    def contrastive_window(self, batch: dict[str, Any]) -> ContrastiveWindow | None:
+        """Under training.contrastive_accumulation: the step's window, at this micro-batch."""
+        if "window_inputs" in batch:  # the first micro-batch of a pair window
+            self._contrastive = ContrastiveWindow(batch["window_inputs"])
+        if self._contrastive is None or "window" not in batch or batch["kind"] != "vl":
+            return None
+        indices = [int(m["batch_index"]) for m in batch["window"]]
+        self._contrastive.position = indices.index(int(batch["batch_index"]))
+        return self._contrastive
 
     def step_generator(self, batch_index: int) -> torch.Generator:
         """The generator of a training batch's random draws (ITM negatives), keyed by its index."""
