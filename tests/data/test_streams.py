@@ -114,6 +114,17 @@ def test_resume_cost_does_not_grow_with_the_run(urls):
     assert max(costs) <= 3 * 5, costs
 
 
+def test_buffered_records_leave_within_four_buffer_sizes(urls):
+    """So a restore reopens only the shards of the last few buffer sizes of records."""
+    r = reader(source(urls, 3), Layout(0, 1, 0, 1))
+    ages = []
+    for _ in range(35):
+        next(r)
+        state = r.state()
+        ages += [state["inserted"] - serial for _, _, serial in state["buffer"]]
+    assert max(ages) <= 4 * 3 and len(set(ages)) > 5
+
+
 def audit_elastic(urls, before: tuple[int, int], after: tuple[int, int], buffer: int, seed: int):
     """Old readers stop at random places; the new ones finish the epoch: each record once."""
     rng = np.random.default_rng(seed)

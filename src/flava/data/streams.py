@@ -21,6 +21,7 @@ replacement, no epochs) resume exactly at the same layout and start fresh draws 
 from __future__ import annotations
 
 import bisect
+import collections
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -34,6 +35,9 @@ log = logging.getLogger(__name__)
 
 # Consecutive epochs without a single record after which a reader gives up on a stream.
 _EMPTY_EPOCHS = 3
+# A record leaves the shuffle buffer at the latest this many buffer sizes after it entered (the
+# random choice would keep ~2% of them longer): a resume then reopens only recent shards.
+_MAX_AGE = 4
 
 
 @runtime_checkable
@@ -190,7 +194,9 @@ class StreamReader:
         self.rng = self._epoch_rng()
         if "rng" in state:
             self.rng.bit_generator.state = state["rng"]
+        self.inserted = int(state.get("inserted", 0))  # records put in the buffer this epoch
         self.buffer = self._restore(state.get("buffer", []))
+        self._ages = collections.deque(sorted((e[3], j) for j, e in enumerate(self.buffer)))
         self._open: Iterator[tuple[int, Any]] | None = None
         for _ in range(int(state.get("skip", 0))):  # an older checkpoint's record count
             next(self)
@@ -218,15 +224,16 @@ class StreamReader:
             "yielded": self.yielded,
             "empty": self.empty,
             "draining": self.draining,
-            "buffer": [[shard, offset] for shard, offset, _ in self.buffer],
+            "inserted": self.inserted,
+            "buffer": [[shard, offset, serial] for shard, offset, _, serial in self.buffer],
             "rng": self.rng.bit_generator.state,
             "plans": [[e, [p.to_list() for p in ps]] for e, ps in self.plans.items()],
         }
 
-    def _restore(self, refs: Sequence[Sequence[int]]) -> list[tuple[int, int, Any]]:
-        """The buffered records named by (shard, offset) references, read again, in order."""
+    def _restore(self, refs: Sequence[Sequence[int]]) -> list[tuple[int, int, Any, int]]:
+        """The buffered records named by (shard, offset, serial) references, read again."""
         wanted: dict[int, set[int]] = {}
-        for shard, offset in refs:
+        for shard, offset, _ in refs:
             wanted.setdefault(int(shard), set()).add(int(offset))
         found: dict[tuple[int, int], Any] = {}
         for shard, offsets in wanted.items():
@@ -239,8 +246,8 @@ class StreamReader:
                         break
             except UnreadableShard as exc:
                 self.skips.add(exc, f"a buffered {self.kind} shard of {describe(self.source)}")
-        keys = [(int(s), int(o)) for s, o in refs]
-        return [(s, o, found[s, o]) for s, o in keys if (s, o) in found]
+        keys = [(int(s), int(o), int(n)) for s, o, n in refs]
+        return [(s, o, found[s, o], n) for s, o, n in keys if (s, o) in found]
 
     def _incoming(self) -> tuple[int, int, Any] | None:
         """The next record of the epoch's plan as (shard, offset, record); None at its end."""
@@ -290,13 +297,25 @@ class StreamReader:
             if self.size <= 1:
                 self.yielded += 1
                 return incoming[2]
+            entry = (*incoming, self.inserted)
+            self.inserted += 1
             if len(self.buffer) < self.size:
-                self.buffer.append(incoming)
+                self._ages.append((entry[3], len(self.buffer)))
+                self.buffer.append(entry)
                 continue
-            j = int(self.rng.integers(self.size))
-            out, self.buffer[j] = self.buffer[j], incoming
+            j = self._slot(entry[3])
+            out, self.buffer[j] = self.buffer[j], entry
+            self._ages.append((entry[3], j))
             self.yielded += 1
             return out[2]
+
+    def _slot(self, serial: int) -> int:
+        """The buffer slot a new record replaces: random, unless the oldest is too old."""
+        while self._ages and self.buffer[self._ages[0][1]][3] != self._ages[0][0]:
+            self._ages.popleft()  # that record has left the buffer already
+        if self._ages and serial - self._ages[0][0] >= _MAX_AGE * self.size:
+            return self._ages.popleft()[1]
+        return int(self.rng.integers(self.size))
 
     def _next_epoch(self) -> None:
         if self.epoch not in self.plans:  # an elastic resume's leftovers may be empty
@@ -310,6 +329,7 @@ class StreamReader:
         self.plans.pop(self.epoch, None)
         self.epoch += 1
         self.piece, self.offset, self.yielded, self.draining = 0, -1, 0, False
+        self.inserted, self._ages = 0, collections.deque()
         self.rng = self._epoch_rng()
 
 
@@ -338,7 +358,7 @@ def warn_shared_shards(source: IterableSource, readers: int) -> None:
 def _left_in_epoch(state: dict[str, Any], plan: list[Piece]) -> list[Piece]:
     """What a saved reader had not handed out of its epoch: buffer, current shard, the rest."""
     buffered: dict[int, list[int]] = {}
-    for shard, offset in state.get("buffer", []):
+    for shard, offset, *_ in state.get("buffer", []):
         buffered.setdefault(int(shard), []).append(int(offset))
     left = [Piece(s, only=tuple(sorted(o))) for s, o in sorted(buffered.items())]
     if state.get("draining"):
