@@ -145,3 +145,34 @@ def test_pairs_are_never_flipped_images_are():
         flipped[kind] = int((red[:, :, :8].mean((1, 2)) < red[:, :, -8:].mean((1, 2))).sum())
     assert flipped["vl"] == 0 and 0 < flipped["image"] < 16, flipped
     assert transform.hflip  # the builder's own transform is left as configured
+
+
+def test_random_access_sources_resume_at_another_process_count_exactly_once():
+    """2 processes x batch 3 for 5 steps, then 1 process x batch 3 with the saved positions: the
+    epoch of 48 samples is read once; the sample after the cut is the one the epoch had reached."""
+    text = {"text": Stream("text", [CountingSource(48)], [1.0])}
+    first = [MixedBatches(text, TextOnlyBuilder(), 3, seed=4, rank=r, world_size=2) for r in (0, 1)]
+    seen = [
+        i for ds in first for b, _ in zip(ds.batches(), range(5), strict=False) for i in b["ids"]
+    ]
+    positions = first[0].sample_positions_at(5)
+    assert positions == {"text/0": 30}
+    resumed = MixedBatches(
+        text, TextOnlyBuilder(), 3, seed=4, start_batch=5, sample_positions=positions
+    )
+    it = resumed.batches(5)
+    seen += [i for _ in range(6) for i in next(it)["ids"]]
+    assert sorted(seen) == list(range(48))
+    # at the same layout the positions change nothing
+    again = MixedBatches(text, TextOnlyBuilder(), 3, seed=4, rank=1, world_size=2, start_batch=5)
+    same = MixedBatches(
+        text,
+        TextOnlyBuilder(),
+        3,
+        seed=4,
+        rank=1,
+        world_size=2,
+        start_batch=5,
+        sample_positions=positions,
+    )
+    assert next(again.batches(5))["ids"] == next(same.batches(5))["ids"]
