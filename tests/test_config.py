@@ -60,6 +60,7 @@ BAD = [
     (["datasets.selected=[audio]"], "datasets.selected"),
     (["model.losses.itm_weight=-1"], "itm_weight"),
     (["nonsense"], "key=value"),
+    (["datasets.vl.train=[{type:webdataset,shards:[x.tar]}]"], "put a space after each ':'"),
 ]
 
 

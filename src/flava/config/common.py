@@ -3,6 +3,8 @@ the model, data and run sections of the evaluation commands."""
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,26 @@ AttentionKernel = choices("AttentionKernel", ("auto", "sdpa", "explicit"), __nam
 HostMemory = choices("HostMemory", ("auto", "reuse", "return", "system"), __name__)
 """training.host_memory: how glibc's malloc serves a CPU step's large tensors
 (flava.training.host_memory)."""
+
+
+class LoggerName(Choice):
+    """A Lightning logger of training.loggers (built in flava.training.run)."""
+
+    csv = "csv"
+    tensorboard = "tensorboard"
+    wandb = "wandb"
+    mlflow = "mlflow"
+
+
+LOGGER_INSTALLS = {
+    "tensorboard": "pip install tensorboard",
+    "wandb": "pip install 'flava[wandb]'",
+    "mlflow": "pip install 'flava[mlflow]'",
+}
+"""How to install the package of each logger of training.loggers that needs one."""
+
+MLFLOW_DATABASES = ("sqlite", "postgresql", "mysql", "mssql")
+"""URI schemes of MLflow's database stores (they need sqlalchemy and alembic)."""
 
 
 class LrSchedule(Choice):
@@ -146,7 +168,21 @@ class TrainingConfig:
     """Resume from this Lightning checkpoint (model, optimiser, scheduler, step, data position)."""
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     run_dir: str = "runs/flava"
-    """Run directory: config.yaml, metrics.json, logs, checkpoints, curves.png."""
+    """Run directory: config.yaml, metrics.json, logs, checkpoints, curves.png (a local folder)."""
+    loggers: list[LoggerName] = field(
+        default_factory=lambda: [LoggerName.csv, LoggerName.tensorboard]
+    )
+    """Where logged metrics go: csv (<run_dir>/logs/metrics.csv; required, metrics.json and
+    curves.png are read from it), tensorboard (<run_dir>/logs/tensorboard), wandb (<run_dir>/wandb;
+    with WANDB_MODE=offline an offline run, no network; pip install 'flava[wandb]'), mlflow (see
+    training.mlflow_tracking_uri; pip install 'flava[mlflow]'). A logger whose package is missing
+    stops the run before any work."""
+    logger_project: str = "flava"
+    """The wandb project and MLflow experiment a run is logged under (the run is named after the
+    last folder of training.run_dir)."""
+    mlflow_tracking_uri: str | None = None
+    """Where the mlflow logger writes: a tracking server or store URI (None: MLFLOW_TRACKING_URI
+    when set, else the local database <run_dir>/mlflow.db, which needs no network)."""
     seed: int = 0
     """Global seed (-1: draw one and record it)."""
     batch_size: int = 8
@@ -282,6 +318,55 @@ def training_checks(t: DictConfig) -> list[Check]:
             t.lightning.accumulate_grad_batches >= 1,
             "training.lightning.accumulate_grad_batches",
             "must be >= 1",
+        ),
+        (
+            "://" not in t.run_dir,
+            "training.run_dir",
+            "must be a local folder (URLs are not supported: the run writes its files locally)",
+        ),
+        *logger_checks(t),
+    ]
+
+
+def mlflow_uri(t: DictConfig) -> str:
+    """Where the mlflow logger writes: training.mlflow_tracking_uri, else MLFLOW_TRACKING_URI,
+    else the local database <run_dir>/mlflow.db."""
+    local = f"sqlite:///{(Path(t.run_dir) / 'mlflow.db').resolve()}"
+    return t.mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or local
+
+
+def missing_module(logger: str, t: DictConfig) -> str | None:
+    """The first module logger `logger` needs that cannot be found (nothing is imported)."""
+    needs: list[tuple[str, ...]] = {  # each entry: modules of which any one will do
+        "tensorboard": [("tensorboard", "tensorboardX")],
+        "wandb": [("wandb",)],
+        "mlflow": [("mlflow",)],
+    }.get(logger, [])
+    if logger == "mlflow" and mlflow_uri(t).split(":")[0].split("+")[0] in MLFLOW_DATABASES:
+        needs += [("sqlalchemy",), ("alembic",)]  # not in mlflow-skinny
+    for modules in needs:
+        if all(importlib.util.find_spec(m) is None for m in modules):
+            return modules[0]
+    return None
+
+
+def logger_checks(t: DictConfig) -> list[Check]:
+    """Checks of training.loggers: csv kept, each once, every package installed."""
+    names = [str(name) for name in t.loggers]
+    missing = next(((n, m) for n in names if (m := missing_module(n, t)) is not None), None)
+    name, module = missing or ("", "")
+    lacks = f"{name} is not installed" if module == name else f"{name} needs {module}"
+    return [
+        (
+            "csv" in names,
+            "training.loggers",
+            "must include csv (metrics.json and curves.png are read from logs/metrics.csv)",
+        ),
+        (len(set(names)) == len(names), "training.loggers", "must name each logger once"),
+        (
+            missing is None,
+            "training.loggers",
+            f"{lacks}; {LOGGER_INSTALLS.get(name)}, or leave {name} out",
         ),
     ]
 

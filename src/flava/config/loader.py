@@ -85,6 +85,20 @@ def _read_yaml(path: Path) -> Any:
     return data
 
 
+def _dotlist_item(item: str) -> DictConfig:
+    """One `key=value` override; a value that is not YAML fails in one line naming it."""
+    import yaml
+
+    try:
+        return OmegaConf.from_dotlist([item])
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem", None) or "not valid YAML"
+        raise ConfigError(
+            f"{item!r}: the value is not YAML ({where}); in {{...}} and [...] put a space after "
+            "each ':' ({type: webdataset, shards: [x.tar]}) and quote the whole argument"
+        ) from None
+
+
 def load_config(
     argv: list[str], schema: type, check: Callable[[DictConfig], None] | None = None
 ) -> DictConfig:
@@ -100,7 +114,8 @@ def load_config(
     try:
         for arg in file_args:
             merged = OmegaConf.merge(merged, _read_yaml(config_path(arg.split("=", 1)[1])))
-        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(overrides))
+        for item in overrides:
+            merged = OmegaConf.merge(merged, _dotlist_item(item))
     except OmegaConfBaseException as exc:
         raise ConfigError(_one_line(exc)) from None
     if check is not None:

@@ -15,7 +15,8 @@ import lightning as L
 import torch
 from omegaconf import DictConfig
 
-from flava.config import make_directory, to_yaml
+from flava.config import ConfigError, make_directory, to_yaml
+from flava.config.common import LOGGER_INSTALLS, mlflow_uri
 
 log = logging.getLogger("flava")
 
@@ -41,22 +42,54 @@ def _strategy(name: str) -> Any:
     return name
 
 
-def _loggers(run_dir: Path) -> list[Any]:
-    """CSV logs under run_dir/logs, and TensorBoard's beside them where it is installed."""
-    from lightning.pytorch.loggers import CSVLogger
+def _logger(name: str, run_dir: Path, t: DictConfig) -> Any:
+    """One Lightning logger of training.loggers: CSV and TensorBoard under <run_dir>/logs, wandb
+    under <run_dir>/wandb, MLflow in training.mlflow_tracking_uri (default <run_dir>/mlflow.db)."""
+    from lightning.pytorch import loggers
 
-    loggers: list[Any] = [CSVLogger(save_dir=str(run_dir), name="logs", version="")]
-    try:
-        from lightning.pytorch.loggers import TensorBoardLogger
+    if name == "csv":
+        return loggers.CSVLogger(save_dir=str(run_dir), name="logs", version="")
+    if name == "tensorboard":
+        return loggers.TensorBoardLogger(save_dir=str(run_dir), name="logs", version="tensorboard")
+    if name == "wandb":  # WANDB_MODE=offline: an offline run under <run_dir>/wandb, no network
+        finish_wandb()
+        return loggers.WandbLogger(run_dir.name, str(run_dir), project=t.logger_project)
+    return loggers.MLFlowLogger(t.logger_project, run_dir.name, tracking_uri=mlflow_uri(t))
 
-        loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="logs", version="tensorboard"))
-    except ModuleNotFoundError:  # tensorboard is optional
-        pass
-    return loggers
+
+def _loggers(run_dir: Path, t: DictConfig) -> list[Any]:
+    """The loggers of training.loggers, in its order (their packages were checked when the
+    config was loaded; one a version Lightning refuses still fails in one line). MLflow's only
+    on rank 0: its client opens the store at once, and the ranks of torchrun start together."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    names = [str(name) for name in t.loggers]
+    if rank_zero_only.rank != 0:  # only rank 0 logs; the others keep csv for their callbacks
+        names = [name for name in names if name != "mlflow"]
+    out = []
+    for name in names:
+        try:
+            out.append(_logger(name, run_dir, t))
+        except ImportError as exc:  # e.g. a version Lightning refuses
+            why = str(exc).strip().splitlines()[0]
+            install = LOGGER_INSTALLS.get(name, "reinstall flava")
+            message = f"training.loggers: {name} cannot start ({why}); {install}"
+            raise ConfigError(message) from None
+    return out
+
+
+def finish_wandb() -> None:
+    """Finish a wandb run that an earlier command left open in this process (Lightning's
+    WandbLogger would log into it); a run's last one finishes when the process exits."""
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[L.Callback]) -> L.Trainer:
-    """A Lightning Trainer from training.lightning, with CSV (+ TensorBoard) logs, checkpoints."""
+    """A Lightning Trainer from training.lightning, with training.loggers' logs, checkpoints."""
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
     from flava.training.console import console_callbacks
@@ -65,7 +98,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[L.Callback]) -
 
     lc = cfg.training.lightning
     ck = cfg.training.lightning_checkpoint
-    loggers = _loggers(run_dir)
+    loggers = _loggers(run_dir, cfg.training)
     checkpoint = ModelCheckpoint(
         dirpath=ck.dirpath or str(run_dir / "checkpoints"),
         filename=ck.filename,
