@@ -66,11 +66,11 @@ def _class(name: str) -> type:
 
 def _save_kmeans(state: dict[str, Any], out: Path) -> None:
     """kmeans_codebook.safetensors beside the weights when the checkpoint has k-means targets."""
-    from flava.checkpoints.io import save_weights
+    from flava.checkpoints.io import save_kmeans
 
     kmeans = {k.removeprefix("kmeans."): v for k, v in state.items() if k.startswith("kmeans.")}
     if kmeans:
-        save_weights(out / "kmeans_codebook.safetensors", kmeans)
+        save_kmeans(out, kmeans)
 
 
 def main(argv: list[str] | None = None) -> int:

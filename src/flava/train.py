@@ -82,7 +82,7 @@ def run(cfg: Any) -> dict[str, Any]:
         resume = resume_for_strategy(resume, t.lightning.strategy, module, run_dir)
     metrics: dict[str, Any] = {}
     if not resume:  # (a resumed run restores the fitted k-means codebook)
-        if module.kmeans is not None:  # fitted before the "before" validation
+        if module.kmeans is not None and not module.kmeans.fitted:  # before "before" validation
             images = kmeans_fit_images(data, cfg.model.kmeans_images)
             fit_kmeans(module.kmeans, images, t.seed, cfg.model.kmeans_images)
         before = trainer.validate(module, datamodule=data, verbose=False)
@@ -120,9 +120,9 @@ def save_model(module: Any, model_dir: Path, weights: dict[str, Any]) -> Path:
 
     save_pretrained(module.model, model_dir, weights)
     if module.kmeans is not None:
-        from flava.checkpoints.io import save_weights
+        from flava.checkpoints.io import save_kmeans
 
-        save_weights(model_dir / "kmeans_codebook.safetensors", module.kmeans.state_dict())
+        save_kmeans(model_dir, module.kmeans.state_dict())
     return model_dir
 
 

@@ -126,6 +126,24 @@ def test_batch_builder_shapes():
     assert batch["input_ids"].shape[1] <= 16
 
 
+def test_text_length_per_batch_kind():
+    """Text-only batches may read long documents while captions stay short."""
+    builder = BatchBuilder(
+        load_tokenizer(),
+        image_transform("pretrain", image_size=32),
+        BlockMaskGenerator.for_image(32, 8),
+        text_max_length={"text": 40, "vl": 9},
+        padding="max_length",
+    )
+    from PIL import Image
+
+    long = " ".join(f"word{i}" for i in range(60))
+    g, rng = torch.Generator().manual_seed(0), np.random.default_rng(0)
+    text = builder([Item(text=long)], "text", g, rng)
+    pair = builder([Item(Image.new("RGB", (32, 32)), long)], "vl", g, rng)
+    assert text["input_ids"].shape == (1, 40) and pair["input_ids"].shape == (1, 9)
+
+
 def test_pairs_are_never_flipped_images_are():
     # left half red, right half blue: a flip swaps them, and "left of" captions would lie
     pixels = np.zeros((32, 32, 3), dtype=np.uint8)

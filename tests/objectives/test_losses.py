@@ -20,7 +20,7 @@ from flava.objectives.pretraining import (
 
 
 def naive_contrastive(image, text, log_scale):
-    scale = log_scale.clamp(max=torch.log(torch.tensor(100.0))).exp()
+    scale = log_scale.exp()
     loss = 0.0
     n = image.shape[0]
     for i in range(n):
@@ -32,14 +32,69 @@ def naive_contrastive(image, text, log_scale):
     return loss / n
 
 
-def test_contrastive_matches_naive_and_clamps_scale():
+def test_contrastive_matches_naive():
     image, text = torch.randn(6, 5), torch.randn(6, 5)
-    for log_scale in (torch.tensor(2.6592), torch.tensor(7.0)):
+    for log_scale in (torch.tensor(2.6592), torch.tensor(4.6)):
         out = contrastive_loss(image, text, log_scale)
         torch.testing.assert_close(out["contrastive"], naive_contrastive(image, text, log_scale))
-    high = contrastive_loss(image, text, torch.tensor(7.0))["contrastive"]
-    at_max = contrastive_loss(image, text, torch.log(torch.tensor(100.0)))["contrastive"]
-    torch.testing.assert_close(high, at_max)  # clamped at ln(100)
+
+
+def test_logit_scale_is_clamped_as_stored_and_comes_back_down():
+    """Past ln(100) after a step, the stored value is clamped; the gradient still flows at the
+    bound (it was 0 above it with the clamp inside the loss), so a step can lower it again."""
+    import math
+
+    model = FlavaForPreTraining(preset("tiny"), codebook=None)
+    scale = model.flava.logit_scale
+    opt = torch.optim.SGD([scale], lr=1.0)
+    g = torch.Generator().manual_seed(0)
+    image = torch.randn(6, 5, generator=g)
+    with torch.no_grad():
+        scale.fill_(math.log(100.0) - 0.01)
+    (-scale.sum()).backward()  # a step that pushes the scale past the bound
+    opt.step()
+    assert scale.item() > math.log(100.0)
+    model.flava.clamp_logit_scale_()
+    assert scale.item() == pytest.approx(math.log(100.0))
+    # shuffled pairs: the gradient at the bound is not 0 and lowers the scale
+    opt.zero_grad()
+    contrastive_loss(image, image.roll(1, 0), scale)["contrastive"].backward()
+    assert scale.grad.item() > 0
+    opt.step()
+    model.flava.clamp_logit_scale_()
+    assert scale.item() < math.log(100.0) - 0.01
+
+
+def test_transformers_clamps_the_stored_scale_the_same_way(pair):
+    import math
+
+    hf, ours = pair
+    batch = _batch(ours.config)
+    kept = hf.flava.logit_scale.detach().clone(), ours.flava.logit_scale.detach().clone()
+    try:
+        hf.train()
+        with torch.no_grad():
+            hf.flava.logit_scale.fill_(6.0)
+            hf(
+                input_ids=batch["input_ids"],
+                input_ids_masked=batch["input_ids_masked"],
+                pixel_values=batch["pixel_values"],
+                attention_mask=batch["attention_mask"],
+                bool_masked_pos=batch["bool_masked_pos"],
+                mlm_labels=batch["mlm_labels"].clone(),
+                mim_labels=batch["targets"].clone(),
+                itm_labels=torch.ones(4, dtype=torch.long),
+            )
+        assert hf.flava.logit_scale.item() == pytest.approx(math.log(100.0), abs=1e-4)
+        with torch.no_grad():
+            ours.flava.logit_scale.fill_(6.0)
+        ours.flava.clamp_logit_scale_()
+        assert ours.flava.logit_scale.item() == pytest.approx(hf.flava.logit_scale.item(), abs=1e-4)
+    finally:
+        hf.eval()
+        with torch.no_grad():
+            hf.flava.logit_scale.copy_(kept[0])
+            ours.flava.logit_scale.copy_(kept[1])
 
 
 def test_masked_prediction_runs_head_only_on_masked_positions():

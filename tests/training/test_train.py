@@ -73,3 +73,38 @@ def test_train_resume_and_reload(tmp_path):
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key  # bit-identical on CPU in fp32
+
+
+@pytest.mark.slow
+def test_a_warm_start_from_a_run_keeps_its_kmeans_codebook(tmp_path, caplog):
+    """The MIM heads of runs/<x>/model predict ids of its k-means codebook: a run started from
+    that model reads the codebook back instead of fitting a new one (same ids, same patches)."""
+    from safetensors.torch import load_file
+
+    from flava.objectives.targets import KMeansCodebook
+
+    first = tmp_path / "first"
+    assert main([*SMALL, f"training.run_dir={first}", "training.lightning.max_steps=1"]) == 0
+    saved = load_file(first / "model" / "kmeans_codebook.safetensors")
+    warm = tmp_path / "warm"
+    # another seed: a codebook fitted afresh would differ
+    args = [*SMALL, f"training.run_dir={warm}", "training.lightning.max_steps=1", "training.seed=5"]
+    with caplog.at_level("INFO"):
+        assert (
+            main(
+                [*args, f"model.pretrained_model_key={first / 'model'}", "model.mim_target=kmeans"]
+            )
+            == 0
+        )
+    assert "k-means MIM codebook (16 codes) loaded from" in caplog.text
+    again = load_file(warm / "model" / "kmeans_codebook.safetensors")
+    ids = []
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    for state in (saved, again):
+        kmeans = KMeansCodebook(16, 16)
+        kmeans.load_state_dict(state)
+        ids.append(kmeans(images))
+    assert torch.equal(ids[0], ids[1])
+    # a codebook of another size than model.kmeans_codes is refused in one line
+    wrong = [*args, f"model.pretrained_model_key={first / 'model'}", "model.kmeans_codes=32"]
+    assert main([*wrong, f"training.run_dir={tmp_path / 'wrong'}"]) == 2

@@ -22,6 +22,9 @@ class CheckpointError(ValueError):
     """A checkpoint could not be read; the message is one line naming the file and the fix."""
 
 
+KMEANS_FILE = "kmeans_codebook.safetensors"
+"""The k-means MIM codebook a run with k-means targets writes beside its model weights."""
+
 WEIGHT_FILES = (
     "model.safetensors",
     "model.safetensors.index.json",
@@ -142,15 +145,27 @@ def load_weights(directory: Path) -> dict[str, torch.Tensor]:
             shards = sorted(set(read_json(path).get("weight_map", {}).values()))
             state: dict[str, torch.Tensor] = {}
             for shard in shards:
-                state.update(_load_one(directory / shard))
+                state.update(load_weight_file(directory / shard))
             return state
-        return _load_one(path)
+        return load_weight_file(path)
     raise CheckpointError(
         f"{directory}: no weights found (expected one of {', '.join(WEIGHT_FILES)})"
     )
 
 
-def _load_one(path: Path) -> dict[str, torch.Tensor]:
+def save_kmeans(model_dir: Path, state: dict[str, torch.Tensor]) -> None:
+    """Write the k-means MIM codebook (`KMeansCodebook.state_dict()`) beside a model's weights."""
+    save_weights(Path(model_dir) / KMEANS_FILE, state)
+
+
+def load_kmeans(model_dir: str | os.PathLike) -> dict[str, torch.Tensor] | None:
+    """The k-means MIM codebook saved beside a model's weights, or None when there is none."""
+    path = Path(model_dir) / KMEANS_FILE
+    return load_weight_file(path) if path.is_file() else None
+
+
+def load_weight_file(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of one weight file: safetensors by suffix, else torch (weights_only=True)."""
     if path.suffix == ".safetensors":
         try:
             return load_file(str(path))

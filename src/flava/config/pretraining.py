@@ -68,6 +68,36 @@ class LossConfig:
     """Fraction of pairs whose caption is swapped for another caption of the batch."""
 
 
+class InitLayout(Choice):
+    """The layout of a `model.init_from` checkpoint (told from its keys when not given)."""
+
+    vit = "vit"
+    timm = "timm"
+    flava_hf = "flava_hf"
+    flava = "flava"
+
+
+INIT_PARTS = ("image_encoder", "text_encoder", "multimodal_encoder")
+"""The named parts of model.init_from; any other part is a FLAVA parameter prefix."""
+PARAMETER_ROOTS = ("flava.", "mim_head", "mlm_head", "mmm_image_head", "mmm_text_head", "itm_head")
+"""What a FLAVA parameter prefix (FlavaForPreTraining's key names) starts with."""
+
+
+@dataclass
+class InitFrom:
+    """One partial initialisation, applied after the model is built."""
+
+    part: str = ""
+    """image_encoder, text_encoder, multimodal_encoder, or a FLAVA parameter prefix (e.g.
+    mlm_head, flava.text_projection)."""
+    path: str = ""
+    """A local directory or weight file, a run directory (runs/x or runs/x/model), or a hub id
+    (facebook/dino-vitb16, timm/vit_base_patch16_224.dino), read from the cache first."""
+    layout: InitLayout | None = None
+    """vit (transformers ViTModel / DINO), timm (VisionTransformer), flava_hf (transformers
+    FLAVA) or flava (ours); None: told from the keys."""
+
+
 @dataclass
 class ModelConfig:
     """Which model to build and how to get MIM targets."""
@@ -86,6 +116,12 @@ class ModelConfig:
     """k-means codebook size (used when mim_target is kmeans)."""
     kmeans_images: int = 512
     """Training images used to fit the k-means codebook."""
+    init_from: list[InitFrom] = field(default_factory=list)
+    """Partial initialisations applied in order after the model is built (the paper starts the
+    image encoder from DINO, the text encoder from unimodal MLM), e.g.
+    '[{part: image_encoder, path: facebook/dino-vitb16}]'; filled, unfilled and unused keys are
+    logged in one table at start-up; a width or depth mismatch and a BERT text encoder are
+    refused."""
     losses: LossConfig = field(default_factory=LossConfig)
 
 
@@ -97,6 +133,9 @@ class KindConfig:
     """Training datasets (mixed by weight)."""
     val: list[SourceConfig] = field(default_factory=lambda: [SourceConfig(size=512, seed=0)])
     """Validation datasets."""
+    text_max_length: int | None = None
+    """Tokens per text of this kind's batches (None: datasets.text_max_length); the paper read
+    its text-only corpora at up to 512 tokens, captions at 77."""
 
 
 @dataclass
@@ -187,7 +226,27 @@ def model_checks(m: DictConfig) -> list[Check]:
             "must be in [0, 1)",
         ),
         *[(m.losses[name] >= 0, f"model.losses.{name}", "must be >= 0") for name in weights],
+        *init_from_checks(m.init_from),
     ]
+
+
+def init_from_checks(entries: list[InitFrom]) -> list[Check]:
+    """Each model.init_from entry names a part and a path (the weights are read at build)."""
+    roots = ", ".join(PARAMETER_ROOTS)
+    parts = f"must be {', '.join(INIT_PARTS)} or a FLAVA parameter prefix ({roots}...)"
+    checks: list[Check] = []
+    for i, entry in enumerate(entries):
+        part = str(entry.part).strip()
+        named = part.split(".")[0] in INIT_PARTS or part.startswith(PARAMETER_ROOTS)
+        checks += [
+            (bool(part) and named, f"model.init_from[{i}].part", parts),
+            (
+                bool(str(entry.path).strip()),
+                f"model.init_from[{i}].path",
+                "must name a directory, file or hub id",
+            ),
+        ]
+    return checks
 
 
 def datasets_checks(d: DictConfig) -> list[Check]:
@@ -195,6 +254,14 @@ def datasets_checks(d: DictConfig) -> list[Check]:
     checks = [
         (0 < d.mlm_probability < 1, "datasets.mlm_probability", "must be in (0, 1)"),
         (d.text_max_length >= 3, "datasets.text_max_length", "must be >= 3"),
+        *[
+            (
+                d[k].text_max_length is None or d[k].text_max_length >= 3,
+                f"datasets.{k}.text_max_length",
+                "must be >= 3",
+            )
+            for k in ("text", "vl")
+        ],
         (0 <= d.max_skipped_fraction <= 1, "datasets.max_skipped_fraction", "must be in [0, 1]"),
         (len(d.selected) > 0, "datasets.selected", "must name at least one of image, text, vl"),
     ]

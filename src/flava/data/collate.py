@@ -9,7 +9,7 @@ samples of its batch (paper, section 3: MIM and MLM masking; BEiT-style block ma
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -41,9 +41,11 @@ class BatchBuilder:
     The random draws come from `generator` (torch: crops, flips, text masks) and `rng` (numpy:
     block masks): either one of each shared by the whole batch, drawn sample after sample, or a
     sequence of each with one per item (see `sample_draws`), so that an item's crop, flip and
-    masks depend on its own generators only. Texts are padded to the batch's longest
-    (`padding="longest"`) or to `text_max_length` (`"max_length"`); with per-item generators a
-    text's masks are drawn over its own tokens, so they do not depend on the padding.
+    masks depend on its own generators only. Texts are cut at `text_max_length` tokens (one
+    length, or one per batch kind: the paper read its text-only corpora at up to 512 tokens and
+    captions at 77) and padded to the batch's longest (`padding="longest"`) or to that length
+    (`"max_length"`); with per-item generators a text's masks are drawn over its own tokens, so
+    they do not depend on the padding.
     """
 
     def __init__(
@@ -51,7 +53,7 @@ class BatchBuilder:
         tokenizer: FlavaTokenizer,
         transform: ImageTransform,
         mask_generator: BlockMaskGenerator,
-        text_max_length: int = 77,
+        text_max_length: int | Mapping[str, int] = 77,
         mlm_probability: float = 0.15,
         whole_word_masking: bool = False,
         padding: str = "longest",
@@ -64,7 +66,9 @@ class BatchBuilder:
         self.pair_transform = copy.copy(transform)
         self.pair_transform.hflip = False
         self.mask_generator = mask_generator
-        self.text_max_length = text_max_length
+        lengths = text_max_length if isinstance(text_max_length, Mapping) else {}
+        self.max_lengths = {str(k): int(v) for k, v in lengths.items()}
+        self.text_max_length = max(self.max_lengths.values()) if lengths else int(text_max_length)
         self.mlm_probability = mlm_probability
         self.whole_word_masking = whole_word_masking
         self.padding = padding
@@ -84,12 +88,15 @@ class BatchBuilder:
         return out
 
     def texts(
-        self, texts: Sequence[str], generator: torch.Generator | Sequence[torch.Generator]
+        self,
+        texts: Sequence[str],
+        generator: torch.Generator | Sequence[torch.Generator],
+        kind: str = "vl",
     ) -> dict[str, torch.Tensor]:
         """input_ids, attention_mask, token_type_ids, input_ids_masked, mlm_labels [B, L]."""
         tok = self.tokenizer(
             list(texts),
-            max_length=self.text_max_length,
+            max_length=self.max_lengths.get(kind, self.text_max_length),
             padding=self.padding,
             return_word_ids=self.whole_word_masking,
         )
@@ -122,5 +129,5 @@ class BatchBuilder:
         if kind in ("image", "vl"):
             batch.update(self.images([i.image for i in items], generator, rng, kind == "vl"))
         if kind in ("text", "vl"):
-            batch.update(self.texts([i.text for i in items], generator))
+            batch.update(self.texts([i.text for i in items], generator, kind))
         return batch

@@ -50,6 +50,10 @@ def init_weights(module: nn.Module, std: float) -> None:
             nn.init.trunc_normal_(m.cls_token, std=std, a=-2 * std, b=2 * std)
 
 
+LOGIT_SCALE_MAX = math.log(100.0)
+"""Upper bound of the contrastive log-scale (CLIP's temperature of 1/100)."""
+
+
 class FlavaModel(Pretrained, nn.Module):
     """Image, text and multimodal encoders with contrastive and fusion projections."""
 
@@ -145,9 +149,12 @@ class FlavaModel(Pretrained, nn.Module):
             mm = self.fuse(image, text, attention_mask, *flags)
         return FlavaOutput(image, text, mm)
 
-    def clamped_logit_scale(self, max_value: float = math.log(100.0)) -> torch.Tensor:
-        """exp(logit_scale) with the scale clamped at ln(100) (gradient kept inside the range)."""
-        return self.logit_scale.clamp(max=max_value).exp()
+    @torch.no_grad()
+    def clamp_logit_scale_(self) -> None:
+        """Clamp the stored log-scale to [0, ln 100] in place (after each optimizer step, as
+        both reference implementations do: the gradient flows, and a scale pushed past the
+        bound by one step can come back under the next)."""
+        self.logit_scale.clamp_(0.0, LOGIT_SCALE_MAX)
 
 
 class MaskedPredictionHead(nn.Module):

@@ -30,14 +30,11 @@ on every process, whatever the tokens' spread over micro-batches.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-LOGIT_SCALE_MAX = math.log(100.0)
 IGNORE_INDEX = -100
 
 
@@ -85,9 +82,9 @@ def contrastive_loss(
     image_embeddings: torch.Tensor,
     text_embeddings: torch.Tensor,
     logit_scale: torch.Tensor,
-    max_logit_scale: float = LOGIT_SCALE_MAX,
 ) -> dict[str, torch.Tensor]:
-    """Global InfoNCE over L2-normalised embeddings [B, P]; `logit_scale` is the log-scale.
+    """Global InfoNCE over L2-normalised embeddings [B, P]; `logit_scale` is the log-scale
+    (used as it is: the run clamps the stored value after each step, `clamp_logit_scale_`).
 
     Returns {"contrastive": loss, "contrastive_accuracy": image->text top-1 accuracy}. The loss
     is a mean over the local rows; local batches have the same size on every process, so DDP's
@@ -95,7 +92,7 @@ def contrastive_loss(
     """
     image = F.normalize(image_embeddings.float(), dim=-1)  # [B, P]
     text = F.normalize(text_embeddings.float(), dim=-1)  # [B, P]
-    scale = logit_scale.float().clamp(max=max_logit_scale).exp()
+    scale = logit_scale.float().exp()
     all_image, offset = _gather_with_grad(image)  # [W*B, P]
     all_text, _ = _gather_with_grad(text)
     labels = torch.arange(image.shape[0], device=image.device) + offset

@@ -99,11 +99,12 @@ class PretrainingData(L.LightningDataModule):
             image.image_size, image.patch_size, num_masking_patches=d.image_mask_patches
         )
         common = dict(image_size=image.image_size, codebook_size=codebook_size)
+        lengths = {k: d[k].text_max_length or d.text_max_length for k in ("text", "vl")}
         self.train_builder = BatchBuilder(
             self.tokenizer,
             image_transform("pretrain", scale=tuple(d.crop_scale), **common),
             masker,
-            d.text_max_length,
+            lengths,
             d.mlm_probability,
             d.whole_word_masking,
         )
@@ -111,7 +112,7 @@ class PretrainingData(L.LightningDataModule):
             self.tokenizer,
             image_transform("eval", **common),
             masker,
-            d.text_max_length,
+            lengths,
             d.mlm_probability,
             d.whole_word_masking,
         )

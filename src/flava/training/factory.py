@@ -4,6 +4,7 @@ The final model config is worked out first (a preset with the image vocabulary o
 targets: the DALL-E codebook's or `model.kmeans_codes`), then the model is built once. A
 pretrained key is loaded as saved; only when k-means targets replace the codebook its pretrained
 heads were sized for are the two image-prediction heads rebuilt for `model.kmeans_codes`.
+`model.init_from` entries then overwrite parts of it (e.g. the image encoder from DINO).
 k-means fitting is a separate step of the run (`fit_kmeans`), once training images are at hand.
 """
 
@@ -11,10 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import DictConfig
 
+from flava.checkpoints.init_from import format_init_reports, init_from
+from flava.checkpoints.io import CheckpointError, load_kmeans
 from flava.config import ConfigError
 from flava.model.codebook import ImageCodebook
 from flava.model.config import FlavaConfig
@@ -50,6 +55,7 @@ def build_pretraining_model(
         model, target = _load_pretrained(mcfg, target)
     else:
         model = _build_preset(mcfg, target)
+    apply_init_from(model, mcfg.get("init_from") or [])
     if mcfg.activation_checkpointing:
         for enc in (
             model.flava.image_encoder,
@@ -59,7 +65,39 @@ def build_pretraining_model(
             enc.set_activation_checkpointing(True)
     if target == "dalle":
         return model, None
-    return model, KMeansCodebook(mcfg.kmeans_codes, model.config.image.patch_size)
+    kmeans = KMeansCodebook(mcfg.kmeans_codes, model.config.image.patch_size)
+    if mcfg.pretrained_model_key:
+        _load_kmeans(kmeans, mcfg.pretrained_model_key)
+    return model, kmeans
+
+
+def _load_kmeans(kmeans: KMeansCodebook, key: str) -> None:
+    """The k-means codebook a model was trained with, when saved beside it: its MIM heads'
+    target ids keep meaning the same patches (else a fresh codebook is fitted)."""
+    state = load_kmeans(key) if Path(key).is_dir() else None
+    if state is None:
+        return
+    codes = int(state["centroids"].shape[0])
+    if codes != kmeans.num_codes:
+        raise ConfigError(
+            f"model.kmeans_codes={kmeans.num_codes}, but {key} was trained with a {codes}-code "
+            f"k-means codebook; set model.kmeans_codes={codes} to keep its MIM heads' targets"
+        )
+    kmeans.load_state_dict(state)
+    log.info("k-means MIM codebook (%d codes) loaded from %s", codes, key)
+
+
+def apply_init_from(model: FlavaForPreTraining, entries: list[Any]) -> None:
+    """Apply `model.init_from` entries in order; log one table of filled / unfilled / unused
+    keys (a refusal is one line naming the entry)."""
+    reports = []
+    for i, entry in enumerate(entries):
+        try:
+            reports.append(init_from(model, entry.part, entry.path, entry.layout))
+        except CheckpointError as exc:
+            raise CheckpointError(f"model.init_from[{i}] ({entry.part}): {exc}") from None
+    if reports:
+        log.info("%s", format_init_reports(reports))
 
 
 def _build_preset(mcfg: DictConfig, target: str) -> FlavaForPreTraining:

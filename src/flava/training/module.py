@@ -202,6 +202,10 @@ class FlavaPretrainingModule(L.LightningModule):
             return loss
 
         optimizer.step(closure=closure)
+        self.model.flava.clamp_logit_scale_()
+
+    def on_train_start(self) -> None:
+        self.model.flava.clamp_logit_scale_()  # a loaded scale past the bound starts inside it
 
     def _record_nonfinite(self) -> None:
         self.nonfinite[self._kind] = self.nonfinite.get(self._kind, 0) + 1
