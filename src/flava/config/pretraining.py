@@ -65,7 +65,8 @@ class LossConfig:
     global_contrastive_weight: float = 1.0
     """Contrastive loss over the global batch (pair batches)."""
     itm_negative_probability: float = 0.5
-    """Fraction of pairs whose caption is swapped for another caption of the batch."""
+    """ITM negatives: the probability that a pair's caption is swapped for another caption of
+    its batch (the paper gives no figure; TorchMultimodal uses 0.1)."""
 
 
 class InitLayout(Choice):
