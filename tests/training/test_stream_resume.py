@@ -161,3 +161,17 @@ def test_two_processes_two_workers_resume_exactly_and_elastically(shards, tmp_pa
     two = tmp_path / "two"
     _train(2, _args(two, root, 5 + 15, f"training.lightning_load_from_checkpoint={last}"))
     _audit(single, 5, two, good)
+
+
+def test_resampled_shards_resume_to_the_same_weights(shards, tmp_path):
+    """`resampled: true` (pmd.yaml's shard sets) continues its draws exactly after a resume."""
+    root, _ = shards
+    resampled = f"datasets.vl.train=[{{type: webdataset, shards: [{root}], resampled: true}}]"
+    straight, part = tmp_path / "straight", tmp_path / "part"
+    _train(1, [*_args(straight, root, 6), resampled])
+    _train(1, [*_args(part, root, 3), resampled])
+    last = part / "checkpoints" / "last.ckpt"
+    _train(1, [*_args(part, root, 6), resampled, f"training.lightning_load_from_checkpoint={last}"])
+    weights, reference = _weights(part), _weights(straight)
+    for key, value in reference.items():
+        assert torch.equal(weights[key], value), key
