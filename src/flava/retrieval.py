@@ -16,6 +16,9 @@ captions and counted (`data/skipped/<reason>` in metrics.json); above
 data.max_skipped_fraction of them the command stops with one line (exit 1).
 Embeddings are cached in <run_dir>/cache (retrieval.cache_dir) as a .pt file keyed by the
 model, the dataset and a hash of the settings, and reused by later runs.
+Under torchrun (`torchrun --nproc_per_node N -m flava.retrieval ...`) each process embeds a
+share of the batches and the embeddings are gathered: the metrics are one process's; rank 0
+writes them.
 Writes <run.run_dir>/metrics.json. Keys: `python -m flava.retrieval --help`.
 """
 
@@ -45,9 +48,12 @@ from flava.data.scenes import MAX_DISTINCT_SCENES
 from flava.data.sources.base import DataError, skip_metrics
 from flava.tasks.run import (
     check_skipped,
+    is_rank_zero,
     load_flava,
     model_tag,
     print_table,
+    processes,
+    rank_zero_value,
     resolve_device,
     save_results,
 )
@@ -133,7 +139,7 @@ def embeddings(
     from flava.data.transforms import image_transform
     from flava.tasks.retrieval import embed_texts, embed_usable_images
 
-    if path is not None and path.is_file():
+    if path is not None and rank_zero_value(path.is_file()):  # every process takes one branch
         saved = torch.load(path, map_location="cpu", weights_only=True)
         log.info("reusing cached embeddings %s", path)
         return {**saved, "cached": True}
@@ -158,7 +164,7 @@ def embeddings(
             model, load_tokenizer(), texts, 4 * r.batch_size, r.text_max_length, device, r.progress
         )
     out = {"images": image_emb, "texts": text_emb, "text_to_image": owner, "skipped": skips.counts}
-    if path is not None:
+    if path is not None and is_rank_zero():
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save({k: v for k, v in out.items()}, path)
         log.info("cached embeddings in %s", path)
@@ -166,12 +172,17 @@ def embeddings(
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Evaluate per `cfg`; returns the metrics written to metrics.json."""
+    """Evaluate per `cfg` (under torchrun: in every process); returns the metrics."""
+    with processes(resolve_device(cfg.run.device)) as device:
+        return evaluate(cfg, device)
+
+
+def evaluate(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
+    """The retrieval run on `device`; returns the metrics written to metrics.json."""
     from flava.data.sources import SkipLog
     from flava.tasks.metrics import recall_at_k
 
     start = time.perf_counter()
-    device = resolve_device(cfg.run.device)
     if cfg.data.kind == "embedded":
         model = load_flava(cfg.model, cfg.run.seed).to(device).eval()
         data, split = load_captioned(cfg, model.config.image.image_size)

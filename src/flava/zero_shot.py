@@ -18,6 +18,9 @@ Class names: the dataset's (image folders: folder names, "_" read as spaces), Im
 when the folder holds the 1000 WordNet-id folders (n01440764 ...), or a JSON list file.
 Templates: the scenes' own for embedded data, CLIP's 80 for ImageNet, "a photo of a {}."
 otherwise; or a JSON list file, or `imagenet80` / `imagenet7`.
+Under torchrun (`torchrun --nproc_per_node N -m flava.zero_shot ...`) each process embeds a
+share of the images and prompts and the embeddings are gathered: the metrics are one
+process's; rank 0 writes them.
 Writes <run.run_dir>/metrics.json. Keys: `python -m flava.zero_shot --help`.
 """
 
@@ -37,6 +40,7 @@ from flava.tasks.run import (
     check_skipped,
     load_flava,
     print_table,
+    processes,
     resolve_device,
     save_results,
 )
@@ -63,7 +67,13 @@ def load_data_and_model(cfg: DictConfig, split: str, device: torch.device) -> tu
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Evaluate per `cfg`; returns the metrics written to metrics.json."""
+    """Evaluate per `cfg` (under torchrun: in every process); returns the metrics."""
+    with processes(resolve_device(cfg.run.device)) as device:
+        return evaluate(cfg, device)
+
+
+def evaluate(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
+    """The zero-shot run on `device`; returns the metrics written to metrics.json."""
     from flava.data.sources import SkipLog
     from flava.data.tokenizer import load_tokenizer
     from flava.data.transforms import image_transform
@@ -73,7 +83,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     start = time.perf_counter()
     r, d = cfg.run, cfg.data
-    device = resolve_device(r.device)
     split = d.split or ("val" if d.kind != "torchvision" or d.name == "rendered_sst2" else "test")
     data, model = load_data_and_model(cfg, split, device)
     image_size = model.config.image.image_size

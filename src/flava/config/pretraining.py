@@ -135,7 +135,7 @@ class KindConfig:
     val: list[SourceConfig] = field(default_factory=lambda: [SourceConfig(size=512, seed=0)])
     """Validation datasets."""
     text_max_length: int | None = None
-    """Tokens per text of this kind's batches (None: datasets.text_max_length); the paper read
+    """Tokens per text of this kind's batches (None for datasets.text_max_length); the paper read
     its text-only corpora at up to 512 tokens, captions at 77."""
 
 

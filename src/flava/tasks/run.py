@@ -2,13 +2,18 @@
 
 `zero_shot`, `retrieval` and `linear_probe` (their schemas: `flava.config.evaluate`) load
 weights through from_pretrained or build a seeded preset, write config.yaml + metrics.json to
-the run directory and print a two-column table.
+the run directory and print a two-column table. Under torchrun (WORLD_SIZE > 1) `processes`
+joins the processes in one group, the embeddings are shared out (`flava.tasks.retrieval`) and
+only rank 0 writes and prints.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +35,47 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(
             f"run.device={name!r} is invalid: use auto, cpu, cuda or cuda:N"
         ) from None
+
+
+@contextlib.contextmanager
+def processes(device: torch.device) -> Iterator[torch.device]:
+    """Under torchrun (WORLD_SIZE > 1): one process group for the run (nccl on GPUs, else gloo)
+    and cuda:LOCAL_RANK for a plain `cuda` device; otherwise `device` as it is."""
+    import torch.distributed as dist
+
+    joined = dist.is_available() and dist.is_initialized()  # e.g. by Lightning: kept as it is
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or joined:
+        yield device
+        return
+    if device.type == "cuda":
+        if device.index is None:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        yield device
+    finally:
+        dist.destroy_process_group()
+
+
+def is_rank_zero() -> bool:
+    """Whether this process writes results: rank 0 of torch.distributed, or the only one."""
+    from flava.tasks.retrieval import process_count_and_rank
+
+    return process_count_and_rank()[1] == 0
+
+
+def rank_zero_value(value: Any) -> Any:
+    """Rank 0's `value` on every process (so that all take the same branch); `value` alone."""
+    import torch.distributed as dist
+
+    from flava.tasks.retrieval import process_count_and_rank
+
+    if process_count_and_rank()[0] == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def load_flava(mcfg: Any, seed: int = 0) -> Any:
@@ -90,7 +136,9 @@ def check_skipped(cfg: DictConfig, metrics: dict[str, Any], skips: Any, read: in
 
 
 def save_results(run_dir: str | Path, cfg: DictConfig, metrics: dict[str, Any]) -> Path:
-    """config.yaml + metrics.json (sorted keys) in the run directory (no Lightning import)."""
+    """config.yaml + metrics.json (sorted keys) in the run directory (rank 0 writes them)."""
+    if not is_rank_zero():
+        return Path(run_dir)
     out = make_directory(run_dir, "run.run_dir")
     (out / "config.yaml").write_text(to_yaml(cfg))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
@@ -98,7 +146,8 @@ def save_results(run_dir: str | Path, cfg: DictConfig, metrics: dict[str, Any]) 
 
 
 def print_table(title: str, metrics: dict[str, Any]) -> str:
-    """A two-column result table (numbers as percentages where they are fractions)."""
+    """A two-column result table (numbers as percentages where they are fractions), printed
+    by rank 0."""
     width = max([len(k) for k in metrics] + [30])
     lines = [f"\n{title}", f"{'metric':<{width}}  {'value':>10}"]
     for key, value in metrics.items():
@@ -110,5 +159,6 @@ def print_table(title: str, metrics: dict[str, Any]) -> str:
         elif isinstance(value, int):
             lines.append(f"{key:<{width}}  {value:10d}")
     text = "\n".join(lines)
-    print(text)
+    if is_rank_zero():
+        print(text)
     return text

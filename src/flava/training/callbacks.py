@@ -4,7 +4,9 @@ The evaluation sets are the embedded scenes' held-out split (`scene_evaluation_s
 `datasets.vl.val` entry is embedded, else the configured validation data: retrieval on the
 `vl` entries (every caption of each image) and zero-shot classification on each labelled
 `image` entry. Unusable samples are skipped and counted by the one policy of
-`flava.data.sources.base` (`BadSample`, `SkipLog`).
+`flava.data.sources.base` (`BadSample`, `SkipLog`). With several processes every one builds
+the same sets and embeds every W-th batch of them (`flava.tasks.retrieval`); the embeddings are
+gathered, so each process computes the metrics one process would (rank 0 logs them).
 """
 
 from __future__ import annotations
@@ -61,7 +63,8 @@ def zero_shot_metrics(
     batch_size: int = 64,
     max_length: int = 77,
 ) -> dict[str, float]:
-    """Retrieval R@1/5/10 both ways (every caption) and zero-shot top-1/top-5 when labelled."""
+    """Retrieval R@1/5/10 both ways (every caption) and zero-shot top-1/top-5 when labelled
+    (under torch.distributed every process must call it: each embeds a share of the set)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
