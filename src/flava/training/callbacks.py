@@ -348,7 +348,7 @@ def build_evaluation(
         tokenizer,
         transform,
         ev.batch_size,
-        cfg.datasets.text_max_length,
+        cfg.datasets.vl.text_max_length or cfg.datasets.text_max_length,  # captions' length
         ev.every_n_steps,
         counts,
     )
