@@ -1,4 +1,5 @@
-"""Pretrained keys (`flava_full`) through the Hugging Face hub cache; fails fast offline."""
+"""Pretrained keys (`flava_full`) and hub ids through the Hugging Face hub cache; fails fast
+offline."""
 
 from __future__ import annotations
 
@@ -40,23 +41,31 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 def resolve_pretrained(key: str) -> Path:
     """Local directory for a pretrained key: the hub cache, downloading only when reachable."""
-    repo = PRETRAINED_KEYS[key]
+    return resolve_hub(
+        PRETRAINED_KEYS[key],
+        f"pretrained key {key!r}",
+        "model.pretrained_model_key=/path/to/flava-full",
+    )
+
+
+def resolve_hub(repo: str, what: str, example: str) -> Path:
+    """Local directory of hub repo `repo`: the cache first, a download only when the hub is
+    reachable; else one line naming `what` (how the user gave it) and `example` (a local path)."""
     try:
         from huggingface_hub import snapshot_download
     except ImportError:  # pragma: no cover - huggingface_hub is a dependency
         raise CheckpointError(
-            f"pretrained key {key!r} needs huggingface_hub; pip install huggingface_hub, or pass "
-            "a local directory"
+            f"{what} needs huggingface_hub; pip install huggingface_hub, or pass a local directory"
         ) from None
     try:
         return Path(snapshot_download(repo, allow_patterns=_PATTERNS, local_files_only=True))
     except Exception:  # not cached (LocalEntryNotFoundError and friends)
         pass
     hint = (
-        f"pretrained key {key!r} needs {repo}, which is not in the Hugging Face cache and the hub "
+        f"{what} needs {repo}, which is not in the Hugging Face cache and the hub "
         f"cannot be reached; on a connected machine run `huggingface-cli download {repo}` and "
         "copy ~/.cache/huggingface to this one (or set HF_HOME), or pass a local directory "
-        "instead (e.g. model.pretrained_model_key=/path/to/flava-full)"
+        f"instead (e.g. {example})"
     )
     if not _hub_reachable():
         raise CheckpointError(hint)
