@@ -61,6 +61,7 @@ BAD = [
     (["model.losses.itm_weight=-1"], "itm_weight"),
     (["nonsense"], "key=value"),
     (["datasets.vl.train=[{type:webdataset,shards:[x.tar]}]"], "put a space after each ':'"),
+    (["model.init_from.0.path=x"], "set a list as a whole"),
 ]
 
 

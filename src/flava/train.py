@@ -73,7 +73,7 @@ def run(cfg: Any) -> dict[str, Any]:
     resume = check_before_work(cfg)
     L.seed_everything(t.seed if t.seed >= 0 else None, workers=True, verbose=False)
     run_dir = prepare_run_dir(cfg)
-    module = FlavaPretrainingModule(cfg, *build_pretraining_model(cfg.model))
+    module = FlavaPretrainingModule(cfg, *build_pretraining_model(cfg.model, not resume))
     data = PretrainingData(cfg, module.model.config, module.codebook_size)
     image_size = module.model.config.image.image_size
     evaluation = build_evaluation(cfg, image_size, data.tokenizer, data.val_builder.transform)
@@ -82,7 +82,7 @@ def run(cfg: Any) -> dict[str, Any]:
         resume = resume_for_strategy(resume, t.lightning.strategy, module, run_dir)
     metrics: dict[str, Any] = {}
     if not resume:  # (a resumed run restores the fitted k-means codebook)
-        if module.kmeans is not None and not module.kmeans.fitted:  # before "before" validation
+        if _needs_kmeans_fit(module, cfg):  # fitted before the "before" validation
             images = kmeans_fit_images(data, cfg.model.kmeans_images)
             fit_kmeans(module.kmeans, images, t.seed, cfg.model.kmeans_images)
         before = trainer.validate(module, datamodule=data, verbose=False)
@@ -98,6 +98,13 @@ def run(cfg: Any) -> dict[str, Any]:
         return metrics
     model_dir = save_model(module, run_dir / "model", weights)
     return finish_run(metrics, counts, trainer, run_dir, model_dir, evaluation, timer)
+
+
+def _needs_kmeans_fit(module: Any, cfg: Any) -> bool:
+    """k-means targets not read back with the model, and images to predict them for."""
+    kmeans = module.kmeans
+    images = {"image", "vl"} & {str(k) for k in cfg.datasets.selected}
+    return kmeans is not None and not bool(kmeans.fitted) and bool(images)
 
 
 def check_before_work(cfg: Any) -> str | None:
@@ -119,7 +126,7 @@ def save_model(module: Any, model_dir: Path, weights: dict[str, Any]) -> Path:
     from flava.checkpoints import save_pretrained
 
     save_pretrained(module.model, model_dir, weights)
-    if module.kmeans is not None:
+    if module.kmeans is not None and bool(module.kmeans.fitted):
         from flava.checkpoints.io import save_kmeans
 
         save_kmeans(model_dir, module.kmeans.state_dict())

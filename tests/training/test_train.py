@@ -108,3 +108,33 @@ def test_a_warm_start_from_a_run_keeps_its_kmeans_codebook(tmp_path, caplog):
     # a codebook of another size than model.kmeans_codes is refused in one line
     wrong = [*args, f"model.pretrained_model_key={first / 'model'}", "model.kmeans_codes=32"]
     assert main([*wrong, f"training.run_dir={tmp_path / 'wrong'}"]) == 2
+
+
+def test_a_text_only_run_needs_no_kmeans_codebook(tmp_path):
+    """The unimodal text stage: k-means targets are not fitted (no images) nor written."""
+    run = tmp_path / "text"
+    args = [*SMALL, f"training.run_dir={run}", "training.lightning.max_steps=1"]
+    assert main([*args, "datasets.selected=[text]", "training.evaluation.enabled=false"]) == 0
+    assert (run / "model" / "model.safetensors").exists()
+    assert not (run / "model" / "kmeans_codebook.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_a_resumed_run_does_not_read_its_init_from_weights_again(tmp_path):
+    """The checkpoint holds the weights: a stage's output may be gone when a later run resumes."""
+    import shutil
+
+    stage = tmp_path / "stage"
+    assert main([*SMALL, f"training.run_dir={stage}", "training.lightning.max_steps=1"]) == 0
+    run = tmp_path / "run"
+    init = f"model.init_from=[{{part: text_encoder, path: {stage / 'model'}}}]"
+    args = [*SMALL, f"training.run_dir={run}", init]
+    assert main([*args, "training.lightning.max_steps=1"]) == 0
+    shutil.rmtree(stage)
+    last = run / "checkpoints" / "last.ckpt"
+    resumed = [
+        *args,
+        "training.lightning.max_steps=2",
+        f"training.lightning_load_from_checkpoint={last}",
+    ]
+    assert main(resumed) == 0

@@ -115,7 +115,13 @@ def load_config(
         for arg in file_args:
             merged = OmegaConf.merge(merged, _read_yaml(config_path(arg.split("=", 1)[1])))
         for item in overrides:
-            merged = OmegaConf.merge(merged, _dotlist_item(item))
+            try:
+                merged = OmegaConf.merge(merged, _dotlist_item(item))
+            except TypeError as exc:  # e.g. a list entry set by index: a dict onto a list
+                raise ConfigError(
+                    f"{item!r}: {exc}; set a list as a whole, e.g. "
+                    "'model.init_from=[{part: image_encoder, path: DIR}]'"
+                ) from None
     except OmegaConfBaseException as exc:
         raise ConfigError(_one_line(exc)) from None
     if check is not None:

@@ -47,15 +47,17 @@ def preset_config(name: str, image_vocab_size: int, codebook: ImageCodebook | No
 
 
 def build_pretraining_model(
-    mcfg: DictConfig,
+    mcfg: DictConfig, initialise: bool = True
 ) -> tuple[FlavaForPreTraining, KMeansCodebook | None]:
-    """The pretraining model (preset or pretrained) and, for k-means targets, the codebook."""
+    """The pretraining model (preset or pretrained) and, for k-means targets, the codebook;
+    `initialise=False` (a resumed run, whose checkpoint holds the weights) skips init_from."""
     target = mim_target_kind(mcfg)
     if mcfg.pretrained_model_key:
         model, target = _load_pretrained(mcfg, target)
     else:
         model = _build_preset(mcfg, target)
-    apply_init_from(model, mcfg.get("init_from") or [])
+    if initialise:
+        apply_init_from(model, mcfg.get("init_from") or [])
     if mcfg.activation_checkpointing:
         for enc in (
             model.flava.image_encoder,
