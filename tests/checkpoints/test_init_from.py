@@ -331,8 +331,8 @@ def test_a_training_run_starts_from_the_loaded_encoder(tmp_path, monkeypatch, ca
     seen = []
     build = factory.build_pretraining_model
 
-    def spy(mcfg):
-        model, kmeans = build(mcfg)
+    def spy(mcfg, *args):
+        model, kmeans = build(mcfg, *args)
         with torch.no_grad():
             seen.append(model.flava.image_encoder.eval()(x).last_hidden_state)
         model.flava.image_encoder.train()

@@ -179,6 +179,7 @@ def _worker(out: Path) -> None:
     dist.init_process_group("gloo")
     try:
         torch.save(_embeddings(), out / f"rank{dist.get_rank()}.pt")
+        dist.barrier()  # no process leaves while another still talks to it
     finally:
         dist.destroy_process_group()
 

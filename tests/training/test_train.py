@@ -138,3 +138,13 @@ def test_a_resumed_run_does_not_read_its_init_from_weights_again(tmp_path):
         f"training.lightning_load_from_checkpoint={last}",
     ]
     assert main(resumed) == 0
+
+
+def test_a_text_length_past_the_text_positions_fails_in_one_line(tmp_path, capsys):
+    args = [*SMALL, f"training.run_dir={tmp_path / 'run'}", "datasets.text.text_max_length=200"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (
+        "error: datasets.text.text_max_length=200 is more than the text encoder's 128 positions; "
+        "set it to at most 128"
+    )

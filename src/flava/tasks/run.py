@@ -54,6 +54,7 @@ def processes(device: torch.device) -> Iterator[torch.device]:
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
         yield device
+        dist.barrier()  # no process leaves while another still talks to it
     finally:
         dist.destroy_process_group()
 

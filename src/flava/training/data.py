@@ -100,6 +100,18 @@ class PretrainingData(L.LightningDataModule):
         )
         common = dict(image_size=image.image_size, codebook_size=codebook_size)
         lengths = {k: d[k].text_max_length or d.text_max_length for k in ("text", "vl")}
+        positions = model_config.text.max_position_embeddings
+        for kind, length in lengths.items():
+            if length > positions:
+                key = (
+                    f"datasets.{kind}.text_max_length"
+                    if d[kind].text_max_length
+                    else "datasets.text_max_length"
+                )
+                raise ConfigError(
+                    f"{key}={length} is more than the text encoder's {positions} positions; "
+                    f"set it to at most {positions}"
+                )
         self.train_builder = BatchBuilder(
             self.tokenizer,
             image_transform("pretrain", scale=tuple(d.crop_scale), **common),
