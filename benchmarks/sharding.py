@@ -409,7 +409,8 @@ def summarise_run(ranks: list[dict], args: argparse.Namespace) -> dict[str, Any]
     for r in ranks:
         ends = r["step_end_s"]
         per_rank.append(
-            [ends[0] - r["first_step_start_s"]] + [b - a for a, b in zip(ends, ends[1:])]
+            [ends[0] - r["first_step_start_s"]]
+            + [b - a for a, b in zip(ends, ends[1:], strict=False)]
         )
     steps = min(len(t) for t in per_rank)
     intervals = [max(t[i] for t in per_rank) for i in range(steps)]
@@ -425,10 +426,12 @@ def summarise_run(ranks: list[dict], args: argparse.Namespace) -> dict[str, Any]
         "peak_rss_bytes": max(peak),
         "peak_rss_per_rank_bytes": peak,
         "baseline_rss_per_rank_bytes": [r["baseline_rss_bytes"] for r in ranks],
-        "peak_minus_baseline_bytes": max(p - r["baseline_rss_bytes"] for p, r in zip(peak, ranks)),
+        "peak_minus_baseline_bytes": max(
+            p - r["baseline_rss_bytes"] for p, r in zip(peak, ranks, strict=True)
+        ),
         "train_start_rss_per_rank_bytes": [r["train_start_rss_bytes"] for r in ranks],
         "peak_minus_train_start_bytes": max(
-            p - r["train_start_rss_bytes"] for p, r in zip(peak, ranks)
+            p - r["train_start_rss_bytes"] for p, r in zip(peak, ranks, strict=True)
         ),
         "trainable_parameters": ranks[0]["trainable_parameters"],
         "local_trainable_elements": [r["local_trainable_elements"] for r in ranks],

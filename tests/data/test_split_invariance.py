@@ -83,7 +83,7 @@ def check_varied(batches: list[dict], kind: str) -> None:
         targets = [b["mlm_labels"] != -100 for b in batches]
         rows = {tuple(r.tolist()) for t in targets for r in F.pad(t, (0, TEXT_MAX - t.shape[1]))}
         assert len(rows) > sum(len(t) for t in targets) // 2
-        for b, t in zip(batches, targets):
+        for b, t in zip(batches, targets, strict=True):
             assert (t.sum(1) >= 1).all()
             assert torch.equal(b["mlm_labels"][t], b["input_ids"][t])
             assert not (t & (b["attention_mask"] == 0)).any()
@@ -125,7 +125,10 @@ def test_one_process_batch_is_the_two_process_halves(scenes, kind, padding, whol
             for key in TEXT_KEYS:
                 assert torch.equal(single[key], torch.cat([r[b][key] for r in ranks])), key
     if padding == "longest" and kind != "image":  # the padding to reconcile is exercised
-        lengths = [(r0["input_ids"].shape[1], r1["input_ids"].shape[1]) for r0, r1 in zip(*ranks)]
+        lengths = [
+            (r0["input_ids"].shape[1], r1["input_ids"].shape[1])
+            for r0, r1 in zip(*ranks, strict=True)
+        ]
         assert any(a != b for a, b in lengths), lengths
     check_varied(one, kind)
 

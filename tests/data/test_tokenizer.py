@@ -125,7 +125,7 @@ def test_each_sentence_alone_matches_transformers(tok, hf_tok, sentence):
 @pytest.mark.parametrize("max_length", [77, 12, 3])
 @pytest.mark.parametrize("padding", ["longest", "max_length"])
 def test_pairs_match_transformers(tok, hf_tok, max_length, padding):
-    first, second = map(list, zip(*PAIRS))
+    first, second = map(list, zip(*PAIRS, strict=True))
     ours = tok(first, second, max_length=max_length, padding=padding)
     _assert_matches(ours, _reference(hf_tok, first, second, max_length, padding))
     assert ours["input_ids"].shape[1] <= max_length

@@ -208,7 +208,7 @@ def test_pretrain_shapes_and_dtypes():
 def test_constant_colour_is_normalised(kind):
     colour = (200, 100, 50)
     out = image_transform(kind, image_size=32, codebook_size=16)(Image.new("RGB", (80, 60), colour))
-    expected = [(c / 255 - m) / s for c, m, s in zip(colour, CLIP_MEAN, CLIP_STD)]
+    expected = [(c / 255 - m) / s for c, m, s in zip(colour, CLIP_MEAN, CLIP_STD, strict=True)]
     for channel in range(3):
         torch.testing.assert_close(
             out["pixel_values"][channel], torch.full((32, 32), expected[channel]), atol=1e-5, rtol=0

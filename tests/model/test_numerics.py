@@ -90,7 +90,7 @@ def test_mlp_recomputed_gelu_matches_plain_modules(act, autocast):
     ref, ref_grads = _mlp_grads(mlp, x, grad, autocast, fused=False)
     assert out.dtype == ref.dtype == (torch.bfloat16 if autocast else torch.float32)
     torch.testing.assert_close(out, ref, atol=0, rtol=0)
-    for ours, theirs in zip(grads, ref_grads):
+    for ours, theirs in zip(grads, ref_grads, strict=True):
         assert ours.dtype == theirs.dtype
         assert torch.equal(ours, theirs)  # the same operations in the same order
 
@@ -151,7 +151,7 @@ def test_layer_recomputing_norms_and_gelu_matches_plain_modules(autocast):
     torch.testing.assert_close(out, ref, atol=0, rtol=0)
     grads = torch.autograd.grad(out, inputs, grad)
     ref_grads = torch.autograd.grad(ref, inputs, grad)
-    for ours, theirs in zip(grads, ref_grads):
+    for ours, theirs in zip(grads, ref_grads, strict=True):
         assert ours.dtype == theirs.dtype
         assert torch.equal(ours, theirs)  # the same operations in the same order
     with torch.no_grad():

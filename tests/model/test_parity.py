@@ -80,11 +80,13 @@ def test_encoders_projections_and_fusion_match(shape):
             input_ids=ids, pixel_values=pixels, attention_mask=mask, bool_masked_pos=masked
         )
         out = ours.flava(pixels, ids, mask, bool_masked_pos=masked, output_hidden_states=True)
-        for theirs, mine in zip(ref.image_output.hidden_states, out.image.hidden_states):
+        for theirs, mine in zip(
+            ref.image_output.hidden_states, out.image.hidden_states, strict=True
+        ):
             close(mine, theirs)
         close(out.image.last_hidden_state, ref.image_embeddings)
         valid = mask.bool()
-        for theirs, mine in zip(ref.text_output.hidden_states, out.text.hidden_states):
+        for theirs, mine in zip(ref.text_output.hidden_states, out.text.hidden_states, strict=True):
             close(mine[valid], theirs[valid])
         close(out.text.last_hidden_state[valid], ref.text_embeddings[valid])
         mm_valid = torch.cat([torch.ones(3, 2 + masked.shape[1], dtype=torch.bool), valid], 1)
@@ -116,7 +118,7 @@ def test_attention_maps_and_hidden_states_only_when_asked():
         full = ours.flava(pixels, ids, mask, output_hidden_states=True, output_attentions=True)
         ref = hf.flava.image_model(pixel_values=pixels, output_attentions=True)
     assert len(full.image.hidden_states) == SHAPES[0][3] + 1
-    for theirs, mine in zip(ref.attentions, full.image.attentions):
+    for theirs, mine in zip(ref.attentions, full.image.attentions, strict=True):
         close(mine, theirs)
     close(full.image.last_hidden_state, plain.image.last_hidden_state)
 
@@ -189,7 +191,7 @@ def test_our_format_round_trip(tmp_path):
     _, ours = build_pair(SHAPES[1])
     ours.save_pretrained(tmp_path / "ours")
     again = from_pretrained(FlavaForPreTraining, tmp_path / "ours")
-    for (k, a), (k2, b) in zip(ours.state_dict().items(), again.state_dict().items()):
+    for (k, a), (k2, b) in zip(ours.state_dict().items(), again.state_dict().items(), strict=True):
         assert k == k2 and torch.equal(a, b)
     encoder_only = FlavaModel.from_pretrained(tmp_path / "ours")
     assert torch.equal(encoder_only.logit_scale, ours.flava.logit_scale)

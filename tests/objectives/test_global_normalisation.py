@@ -116,7 +116,9 @@ def _worker(rank: int, world: int, port: int, out: dict) -> None:
             if rank == 0:
                 ref_losses, ref_grads = reference[kind]
                 assert sorted(ref_losses) == names, (kind, names)
-                loss_diff = max(abs(m - ref_losses[k]) for k, m in zip(names, mean.tolist()))
+                loss_diff = max(
+                    abs(m - ref_losses[k]) for k, m in zip(names, mean.tolist(), strict=True)
+                )
                 assert {n for n, g in ref_grads.items() if g is None} == {
                     n for n, g in averaged.items() if g is None
                 }, kind

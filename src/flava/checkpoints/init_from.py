@@ -447,7 +447,8 @@ def format_init_reports(reports: list[InitReport]) -> str:
 
     def line(row: tuple[str, ...]) -> str:
         cells = [
-            c.rjust(w) if 2 <= i <= 4 else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))
+            c.rjust(w) if 2 <= i <= 4 else c.ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
         ]
         return "  " + "  ".join(cells).rstrip()
 

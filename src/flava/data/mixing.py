@@ -274,7 +274,8 @@ class MixedBatches(torch.utils.data.IterableDataset):
         if records is None:
             indices = self._indices(kind, source, used)
             items = [
-                robust_item(src, int(i), kind, rng, self.skips) for i, rng in zip(indices, rngs)
+                robust_item(src, int(i), kind, rng, self.skips)
+                for i, rng in zip(indices, rngs, strict=True)
             ]
         else:
             items, failures, epochs = [], 0, []

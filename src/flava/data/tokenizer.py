@@ -120,10 +120,10 @@ def _word_ids(encoding: Encoding) -> list[int]:
     """Return word ids, -1 for special / pad tokens; the second sentence's follow the first's."""
     word_ids = encoding.word_ids
     sequence_ids = encoding.sequence_ids
-    first = [w for w, s in zip(word_ids, sequence_ids) if s == 0 and w is not None]
+    first = [w for w, s in zip(word_ids, sequence_ids, strict=True) if s == 0 and w is not None]
     offset = max(first) + 1 if first else 0
     out = []
-    for word, sequence in zip(word_ids, sequence_ids):
+    for word, sequence in zip(word_ids, sequence_ids, strict=True):
         if word is None or sequence is None:
             out.append(-1)
         else:
@@ -198,7 +198,7 @@ class FlavaTokenizer:
             )
         pad_to = max_length if padding == "max_length" else None
         backend = self._backend_for(max_length if truncation else None, pad_to)
-        inputs: list[Any] = texts if pairs is None else list(zip(texts, pairs))
+        inputs: list[Any] = texts if pairs is None else list(zip(texts, pairs, strict=True))
         encodings = backend.encode_batch(inputs, add_special_tokens=True)
 
         length = pad_to if pad_to is not None else len(encodings[0].ids) if encodings else 0

@@ -151,7 +151,10 @@ class _NormLinear(torch.autograd.Function):
         x, norm_weight, norm_bias, weight, used = ctx.saved_tensors
         used = weight if used is None else used
         need = ctx.needs_input_grad[:5]
-        leaves = [t.detach().requires_grad_(n) for t, n in zip((x, norm_weight, norm_bias), need)]
+        leaves = [
+            t.detach().requires_grad_(n)
+            for t, n in zip((x, norm_weight, norm_bias), need[:3], strict=True)
+        ]
         with torch.enable_grad():
             normed = layer_norm(leaves[0], ctx.shape, leaves[1], leaves[2], ctx.eps)
         wanted = [i for i in range(3) if need[i]]
@@ -162,7 +165,7 @@ class _NormLinear(torch.autograd.Function):
         grads: list[torch.Tensor | None] = [None, None, None, grad_weight, grad_bias]
         if wanted:
             found = torch.autograd.grad(normed, [leaves[i] for i in wanted], grad_normed)
-            for i, g in zip(wanted, found):
+            for i, g in zip(wanted, found, strict=True):
                 grads[i] = g
         return (*grads, None, None)
 

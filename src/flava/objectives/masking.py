@@ -344,7 +344,8 @@ class _TokenDraws:
         """Uniform [0, 1) draws [B, L] on the input's device."""
         if self.rows is not None:  # 2.0: beyond a row's tokens (never eligible, so never used)
             parts = [
-                torch.rand(n, generator=g, device=g.device) for g, n in zip(self.rows, self.lengths)
+                torch.rand(n, generator=g, device=g.device)
+                for g, n in zip(self.rows, self.lengths, strict=True)
             ]
             return self._spread(parts, 2.0)
         return torch.rand(self.shape, generator=self.generator, device=self.rand_device).to(
@@ -356,7 +357,7 @@ class _TokenDraws:
         if self.rows is not None:
             parts = [
                 torch.randint(vocab_size, (n,), generator=g, device=g.device, dtype=dtype)
-                for g, n in zip(self.rows, self.lengths)
+                for g, n in zip(self.rows, self.lengths, strict=True)
             ]
             return self._spread(parts, 0)
         return torch.randint(
@@ -367,7 +368,10 @@ class _TokenDraws:
         """One uniform draw per compact word index [num_words] (`words`: words per row)."""
         if self.rows is not None:
             parts = [torch.full((unused,), 2.0)]
-            parts += [torch.rand(n, generator=g, device=g.device) for g, n in zip(self.rows, words)]
+            parts += [
+                torch.rand(n, generator=g, device=g.device)
+                for g, n in zip(self.rows, words, strict=True)
+            ]
             return torch.cat([t.to(self.device) for t in parts])
         return torch.rand(num_words, generator=self.generator, device=self.rand_device).to(
             self.device

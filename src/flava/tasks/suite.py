@@ -249,7 +249,7 @@ def plot_results(results: Sequence[TaskResult], path: Path) -> None:
         squeeze=False,
         gridspec_kw={"width_ratios": widths},
     )
-    for ax, group in zip(axes[0], groups):
+    for ax, group in zip(axes[0], groups, strict=True):
         rows = [r for r in results if r.group == group]
         xs = range(len(rows))
         ax.bar([x - 0.2 for x in xs], [r.value or 0 for r in rows], 0.4, label="ours")
