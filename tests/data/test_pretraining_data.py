@@ -67,12 +67,12 @@ def test_processes_agree_on_kind_and_get_distinct_samples():
     seen: dict[str, set[int]] = {}
     for _ in range(40):
         x, y = next(ia), next(ib)
-        assert x["kind"] == y["kind"]
-        assert not set(x["ids"]) & set(y["ids"])
-        seen.setdefault(x["kind"], set())
-        both = set(x["ids"]) | set(y["ids"])
-        assert not seen[x["kind"]] & both  # within an epoch no sample repeats
-        seen[x["kind"]] |= both
+        assert x.kind == y.kind
+        assert not set(x.tensors["ids"]) & set(y.tensors["ids"])
+        seen.setdefault(x.kind, set())
+        both = set(x.tensors["ids"]) | set(y.tensors["ids"])
+        assert not seen[x.kind] & both  # within an epoch no sample repeats
+        seen[x.kind] |= both
 
 
 def test_workers_split_batches_and_resume_continues_exactly():
@@ -83,11 +83,11 @@ def test_workers_split_batches_and_resume_continues_exactly():
     interleaved = []
     for _ in range(15):
         interleaved += [next(w0), next(w1)]
-    assert [b["ids"] for b in interleaved] == [b["ids"] for b in full]
+    assert [b.tensors["ids"] for b in interleaved] == [b.tensors["ids"] for b in full]
     resumed = MixedBatches(stream_set(50), TextOnlyBuilder(), 4, seed=2, start_batch=17)
     it = iter(resumed)
     for expected in full[17:]:
-        assert next(it)["ids"] == expected["ids"]
+        assert next(it).tensors["ids"] == expected.tensors["ids"]
 
 
 def test_dataloader_workers_yield_batches_in_order():
@@ -99,7 +99,7 @@ def test_dataloader_workers_yield_batches_in_order():
         got.append(batch)
         if len(got) == 12:
             break
-    assert [b["ids"] for b in got] == [b["ids"] for b in expected]
+    assert [b.tensors["ids"] for b in got] == [b.tensors["ids"] for b in expected]
 
 
 def test_batch_builder_shapes():
@@ -171,7 +171,10 @@ def test_random_access_sources_resume_at_another_process_count_exactly_once():
     text = {"text": Stream("text", [CountingSource(48)], [1.0])}
     first = [MixedBatches(text, TextOnlyBuilder(), 3, seed=4, rank=r, world_size=2) for r in (0, 1)]
     seen = [
-        i for ds in first for b, _ in zip(ds.batches(), range(5), strict=False) for i in b["ids"]
+        i
+        for ds in first
+        for b, _ in zip(ds.batches(), range(5), strict=False)
+        for i in b.tensors["ids"]
     ]
     positions = first[0].sample_positions_at(5)
     assert positions == {"text/0": 30}
@@ -179,7 +182,7 @@ def test_random_access_sources_resume_at_another_process_count_exactly_once():
         text, TextOnlyBuilder(), 3, seed=4, start_batch=5, sample_positions=positions
     )
     it = resumed.batches(5)
-    seen += [i for _ in range(6) for i in next(it)["ids"]]
+    seen += [i for _ in range(6) for i in next(it).tensors["ids"]]
     assert sorted(seen) == list(range(48))
     # at the same layout the positions change nothing
     again = MixedBatches(text, TextOnlyBuilder(), 3, seed=4, rank=1, world_size=2, start_batch=5)
@@ -193,4 +196,4 @@ def test_random_access_sources_resume_at_another_process_count_exactly_once():
         start_batch=5,
         sample_positions=positions,
     )
-    assert next(again.batches(5))["ids"] == next(same.batches(5))["ids"]
+    assert next(again.batches(5)).tensors["ids"] == next(same.batches(5)).tensors["ids"]

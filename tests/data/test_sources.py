@@ -214,7 +214,7 @@ def test_mixed_batches_two_ranks_two_workers_see_each_sample_once(data):
         ds = MixedBatches(stream, TextsBuilder(), 3, seed=7, rank=rank, world_size=2)
         for worker in range(2):
             it = ds.batches(0, 2, worker)
-            seen += [t for _ in range(2) for t in next(it)["texts"]]
+            seen += [t for _ in range(2) for t in next(it).tensors["texts"]]
     assert sorted(seen) == everything
     # the same with real DataLoader worker processes
     seen = []
@@ -223,7 +223,7 @@ def test_mixed_batches_two_ranks_two_workers_see_each_sample_once(data):
         ds = MixedBatches(stream, TextsBuilder(), 3, seed=7, rank=rank, world_size=2)
         loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2)
         for i, batch in enumerate(loader):
-            seen += batch["texts"]
+            seen += batch.tensors["texts"]
             if i == 3:
                 break
     assert sorted(seen) == everything
@@ -243,15 +243,15 @@ def test_weights_and_exact_resume_with_iterable_sources(data):
     assert abs(share - 0.75) < 0.05
     it = ds.batches()
     batches = [next(it) for _ in range(24)]
-    full = [b["texts"] for b in batches]
+    full = [b.tensors["texts"] for b in batches]
     states = {}  # what a checkpoint after batch 8 holds: every reader's latest position
     for b in batches[:9]:
-        states.update(b.get("stream_states", {}))
+        states.update(b.tally.stream_states)
     resumed = MixedBatches(
         streams(), TextsBuilder(), 2, seed=1, start_batch=9, stream_states=states
     )
     it = iter(resumed)
-    assert [next(it)["texts"] for _ in range(15)] == full[9:]
+    assert [next(it).tensors["texts"] for _ in range(15)] == full[9:]
     # two workers: each continues the stream of the batches it serves
     reference = MixedBatches(streams(), TextsBuilder(), 2, seed=1)
     r0, r1 = reference.batches(0, 2, 0), reference.batches(0, 2, 1)
@@ -259,15 +259,15 @@ def test_weights_and_exact_resume_with_iterable_sources(data):
     for _ in range(12):
         ref += [next(r0), next(r1)]
     for b in ref[:9]:
-        states.update(b.get("stream_states", {}))
+        states.update(b.tally.stream_states)
     resumed = MixedBatches(
         streams(), TextsBuilder(), 2, seed=1, start_batch=9, stream_states=states
     )
     w0, w1 = resumed.batches(9, 2, 9), resumed.batches(9, 2, 10)
     interleaved = []
     for _ in range(7):
-        interleaved += [next(w0)["texts"], next(w1)["texts"]]
-    assert interleaved == [b["texts"] for b in ref[9:23]]
+        interleaved += [next(w0).tensors["texts"], next(w1).tensors["texts"]]
+    assert interleaved == [b.tensors["texts"] for b in ref[9:23]]
 
 
 def test_shuffle_buffer_and_resampled_shards(data):
@@ -319,8 +319,8 @@ def test_tar_layout_urls_and_corrupt_samples(tmp_path, caplog):
     stream = {"vl": Stream("vl", [src], [1.0])}
     ds = MixedBatches(stream, TextsBuilder(), 3, seed=0)
     batch = next(ds.batches())
-    assert sorted(batch["texts"], key=len)[-1] in ("one", "uno", "two")
-    assert "broken image" not in batch["texts"] and "skipping" in caplog.text
+    assert sorted(batch.tensors["texts"], key=len)[-1] in ("one", "uno", "two")
+    assert "broken image" not in batch.tensors["texts"] and "skipping" in caplog.text
     # the same shard through pipe: and http://
     piped = sources.TarShards([f"pipe:cat {shard}"], shuffle_buffer=0)
     assert [s.key for s in piped.shard_samples(0)] == [s.key for s in samples]
@@ -399,6 +399,6 @@ def test_url_image_column_with_dead_links(data, tmp_path, caplog):
     src = sources.build(cfg, "train")
     assert src.kinds == {"image", "text", "vl"}
     ds = MixedBatches({"vl": Stream("vl", [src], [1.0])}, TextsBuilder(), 5, seed=0)
-    texts = next(ds.batches())["texts"]
+    texts = next(ds.batches()).tensors["texts"]
     assert len(texts) == 5 and "c4" not in texts  # the dead link was replaced
     assert "skipping sample 4" in caplog.text

@@ -89,6 +89,11 @@ def check_varied(batches: list[dict], kind: str) -> None:
             assert not (t & (b["attention_mask"] == 0)).any()
 
 
+def flat(batch) -> dict:
+    """A PretrainingBatch's tensors with its kind and index, to compare as one dict."""
+    return {**batch.tensors, "kind": batch.kind, "batch_index": batch.index}
+
+
 def batches(kind, scenes, build, batch_size, rank=0, world_size=1, count=4, seed=3):
     ds = MixedBatches(
         {kind: Stream(kind, [scenes], [1.0])},
@@ -99,7 +104,7 @@ def batches(kind, scenes, build, batch_size, rank=0, world_size=1, count=4, seed
         world_size=world_size,
     )
     it = ds.batches()
-    return [next(it) for _ in range(count)]
+    return [flat(next(it)) for _ in range(count)]
 
 
 @pytest.mark.parametrize(
@@ -138,7 +143,7 @@ def test_same_sample_everywhere_gets_different_draws(scenes):
     item = scenes.item(0, "vl", np.random.default_rng(0))
     ds = MixedBatches({"vl": Stream("vl", [_Same(item)], [1.0])}, builder(), 2 * B, seed=1)
     it = ds.batches()
-    first, second = next(it), next(it)
+    first, second = flat(next(it)), flat(next(it))
     for b in (first, second):
         views = b["pixel_values"].flatten(1)
         assert len({tuple(v.tolist()) for v in views}) > B  # crops (32 px: few distinct ones)
@@ -172,12 +177,12 @@ def test_validation_batches_are_split_invariant(scenes):
     one = FixedBatches(stream, build, 2 * B, num_batches=3, seed=5)
     halves = [FixedBatches(stream, build, B, 3, seed=5, rank=r, world_size=2) for r in (0, 1)]
     assert one.num_batches == halves[0].num_batches == 3
-    ones = list(one)
+    ones = [flat(b) for b in one]
     assert len(ones) == 3
     for index, single in enumerate(ones):
-        check_split(single, [h[index] for h in halves], "vl", pad)
+        check_split(single, [flat(h[index]) for h in halves], "vl", pad)
     check_varied(ones, "vl")
-    again = one[1]  # deterministic: the same batch again
+    again = flat(one[1])  # deterministic: the same batch again
     for key in ("input_ids_masked", "mlm_labels", "bool_masked_pos", "pixel_values"):
         assert torch.equal(again[key], ones[1][key]), key
 

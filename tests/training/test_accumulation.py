@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from flava.data.batch import PretrainingBatch
 from flava.data.mixing import _CHUNK, MixedBatches, Stream
 from flava.training import module as module_lib
 from flava.training.data import AccumulationWindows
@@ -43,17 +44,17 @@ def test_the_ratios_hold_per_step_and_no_accumulation_is_unchanged() -> None:
 
 
 def test_windows_carry_every_members_masks() -> None:
-    batches = [{"kind": "vl", "batch_index": i, "bool_masked_pos": i, "x": i} for i in range(5)]
+    batches = [PretrainingBatch("vl", i, {"bool_masked_pos": i, "x": i}) for i in range(5)]
     out = list(AccumulationWindows(batches, 2))
-    assert [b["batch_index"] for b in out] == [0, 1, 2, 3, 4]
-    assert [[m["batch_index"] for m in b["window"]] for b in out] == [
+    assert [b.index for b in out] == [0, 1, 2, 3, 4]
+    assert [[m["batch_index"] for m in b.window] for b in out] == [
         [0, 1],
         [0, 1],
         [2, 3],
         [2, 3],
         [4],
     ]
-    assert "x" not in out[0]["window"][0]
+    assert out[0].window[0] == {"kind": "vl", "batch_index": 0, "bool_masked_pos": 0}
 
 
 @pytest.mark.slow

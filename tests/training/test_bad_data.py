@@ -135,19 +135,21 @@ def test_every_planted_reason_is_counted_by_the_pipeline(tmp_path, caplog):
     ds = MixedBatches(stream, _Texts(), batch_size=n, seed=0)
     batches = ds.batches()
     batch = next(batches)  # one batch = one epoch: every sample once, bad ones replaced
-    assert len(batch["texts"]) == n and "a bad one" not in batch["texts"]
+    assert len(batch.tensors["texts"]) == n and "a bad one" not in batch.tensors["texts"]
     for reason, count in planted.items():
-        assert batch["skipped"].get(reason, 0) >= count, (reason, batch["skipped"])
-    assert batch["samples_read"] == n + sum(batch["skipped"].values())
+        assert batch.tally.skipped.get(reason, 0) >= count, (reason, batch.tally.skipped)
+    assert batch.tally.samples_read == n + sum(batch.tally.skipped.values())
     assert "[decompression_bomb]" in caplog.text
 
     # quiet: one line for the first skip of each reason, then counts only
     def lines() -> list[str]:
         return [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipping")]
 
-    assert len(lines()) == len(batch["skipped"]), lines()
+    assert len(lines()) == len(batch.tally.skipped), lines()
     again = next(batches)  # the next epoch meets the same bad samples: counted, not logged
-    assert sum(again["skipped"].values()) >= len(planted) and len(lines()) == len(batch["skipped"])
+    assert sum(again.tally.skipped.values()) >= len(planted) and len(lines()) == len(
+        batch.tally.skipped
+    )
     # eight bad draws in a row: one clear line naming the source and the reasons
     rng = np.random.default_rng(0)
 
@@ -196,13 +198,17 @@ def test_stream_resume_is_exact_past_bad_records(tmp_path):
 
     full = dataset().batches()
     batches = [next(full) for _ in range(8)]
-    assert sum(sum(b["skipped"].values()) for b in batches) >= 4
-    position = batches[4]["stream_states"]  # what a checkpoint after batch 4 holds
+    assert sum(sum(b.tally.skipped.values()) for b in batches) >= 4
+    position = batches[4].tally.stream_states  # what a checkpoint after batch 4 holds
     resumed = iter(dataset(5, position))
-    assert [next(resumed)["texts"] for _ in range(3)] == [b["texts"] for b in batches[5:]]
+    assert [next(resumed).tensors["texts"] for _ in range(3)] == [
+        b.tensors["texts"] for b in batches[5:]
+    ]
     # without the position the stream would start over
     naive = iter(dataset(5))
-    assert [next(naive)["texts"] for _ in range(3)] != [b["texts"] for b in batches[5:]]
+    assert [next(naive).tensors["texts"] for _ in range(3)] != [
+        b.tensors["texts"] for b in batches[5:]
+    ]
 
 
 def vl_only(root: Path, run: Path) -> list[str]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import numpy as np
 import torch
@@ -123,9 +122,10 @@ class BatchBuilder:
         kind: str,
         generator: torch.Generator | Sequence[torch.Generator],
         rng: np.random.Generator | Sequence[np.random.Generator],
-    ) -> dict[str, Any]:
-        """Collate one batch of `kind` (one generator / rng for the batch, or one per item)."""
-        batch: dict[str, Any] = {"kind": kind, "keys": [i.key for i in items]}
+    ) -> dict[str, torch.Tensor]:
+        """The tensors of one batch of `kind` (one generator / rng for the batch, or one per
+        item)."""
+        batch: dict[str, torch.Tensor] = {}
         if kind in ("image", "vl"):
             batch.update(self.images([i.image for i in items], generator, rng, kind == "vl"))
         if kind in ("text", "vl"):

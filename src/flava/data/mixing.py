@@ -38,6 +38,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from flava.data.batch import PretrainingBatch, ReadTally
 from flava.data.collate import BatchBuilder, sample_draws
 from flava.data.sources.base import (
     SAMPLE_ERRORS,
@@ -215,7 +216,7 @@ class MixedBatches(torch.utils.data.IterableDataset):
             out[sel] = order[positions[sel] % n]
         return out
 
-    def batches(self, start: int = 0, step: int = 1, offset: int = 0) -> Iterator[dict[str, Any]]:
+    def batches(self, start: int = 0, step: int = 1, offset: int = 0) -> Iterator[PretrainingBatch]:
         """Batches start, start+... for which (b - offset) % step == 0 (one worker's share).
 
         Iterable sources are read by reader `offset % step` of `step` (the residue class of the
@@ -265,7 +266,7 @@ class MixedBatches(torch.utils.data.IterableDataset):
         source: int,
         used: int,
         records: StreamReader | None = None,
-    ) -> dict[str, Any]:
+    ) -> PretrainingBatch:
         first = self.rank * self.batch_size  # position of our first sample in the global batch
         positions = range(first, first + self.batch_size)
         rngs, generators = sample_draws(self.seed, _TRAIN_DRAWS, index, positions)
@@ -293,18 +294,15 @@ class MixedBatches(torch.utils.data.IterableDataset):
                             f"{describe(src)}: {failures} {kind} records in a row could not be "
                             f"used (last: {skip_reason(exc)}); check the shards"
                         ) from None
-        batch = self.builder(items, kind, generators, rngs)
-        batch["batch_index"] = index
         skipped = self.skips.take()
-        batch["skipped"] = skipped
-        batch["samples_read"] = len(items) + sum(skipped.values())
+        tally = ReadTally(skipped, len(items) + sum(skipped.values()), [i.key for i in items])
         if records is not None:
             name = self.reader_name((self.kinds.index(kind), source), records.layout.reader)
-            batch["stream_states"] = {name: records.state()}
-            batch["epochs"] = epochs
-        return batch
+            tally.stream_states, tally.epochs = {name: records.state()}, epochs
+        tensors = self.builder(items, kind, generators, rngs)
+        return PretrainingBatch(kind, index, tensors, tally)
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
+    def __iter__(self) -> Iterator[PretrainingBatch]:
         info = torch.utils.data.get_worker_info()
         workers, worker = (1, 0) if info is None else (info.num_workers, info.id)
         return self.batches(self.start_batch, workers, self.start_batch + worker)
@@ -342,10 +340,10 @@ class FixedBatches(torch.utils.data.IterableDataset):
         self.num_batches = total
         self.rank, self.world_size = rank, world_size
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
+    def __iter__(self) -> Iterator[PretrainingBatch]:
         return (self[index] for index in range(self.num_batches))
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, index: int) -> PretrainingBatch:
         first = self.rank * self.batch_size
         positions = range(first, first + self.batch_size)
         rngs, generators = sample_draws(self.seed, _VAL_DRAWS, index, positions)
@@ -354,4 +352,6 @@ class FixedBatches(torch.utils.data.IterableDataset):
         items = [
             robust_item(source, start + j, self.stream.kind, rng) for j, rng in enumerate(rngs)
         ]
-        return self.builder(items, self.stream.kind, generators, rngs)
+        tensors = self.builder(items, self.stream.kind, generators, rngs)
+        keys = [i.key for i in items]
+        return PretrainingBatch(self.stream.kind, index, tensors, ReadTally(keys=keys))

@@ -64,6 +64,8 @@ def duration(seconds: float) -> str:
 
 def _batch_size(batch: Any) -> int:
     """Samples in a collated batch (the first dimension of its first tensor)."""
+    if hasattr(batch, "tensors"):  # a PretrainingBatch
+        batch = batch.tensors
     values = batch.values() if isinstance(batch, dict) else batch
     for value in values if isinstance(batch, (dict, list, tuple)) else [batch]:
         shape = getattr(value, "shape", None)
@@ -99,7 +101,9 @@ class StepReadout:
     def batch_end(self, trainer: L.Trainer, batch: Any) -> None:
         """Count the batch's samples over every process and note its kind."""
         self.samples += _batch_size(batch) * trainer.world_size
-        kind = batch.get("kind") if isinstance(batch, dict) else None
+        kind = getattr(batch, "kind", None) or (
+            batch.get("kind") if isinstance(batch, dict) else None
+        )
         self.kind = kind if isinstance(kind, str) else None
 
     def losses(self, trainer: L.Trainer) -> dict[str, float]:

@@ -39,11 +39,11 @@ class SkipCounter:
         self.samples_read = 0
         self.summarised = 0  # skipped samples (all processes) at the last summary line
 
-    def add(self, batch: dict[str, Any]) -> None:
-        """Add one batch's counts."""
-        for reason, n in batch.get("skipped", {}).items():
+    def add(self, skipped: dict[str, int], samples_read: int) -> None:
+        """Add one batch's counts: skipped samples per reason, samples read."""
+        for reason, n in skipped.items():
             self.skipped[reason] = self.skipped.get(reason, 0) + int(n)
-        self.samples_read += int(batch.get("samples_read", 0))
+        self.samples_read += int(samples_read)
 
     def totals(self, module: Any) -> dict[str, int]:
         """Skipped per reason and `samples_read`, summed over the run's processes."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 from collections.abc import Iterable, Iterator
@@ -12,6 +13,7 @@ import torch
 from omegaconf import DictConfig
 
 from flava.config import ConfigError
+from flava.data.batch import PretrainingBatch
 from flava.data.mixing import (
     KINDS,
     BatchBuilder,
@@ -284,33 +286,45 @@ def _gathered(local: dict[str, Any]) -> dict[str, Any]:
     return {k: v for part in parts for k, v in part.items()}
 
 
-WINDOW_KEYS = ("kind", "batch_index", "bool_masked_pos", "mlm_labels")
-"""What each micro-batch carries of every member of its window: enough to count the masks."""
+WINDOW_TENSORS = ("bool_masked_pos", "mlm_labels")
+"""What each micro-batch carries of every member of its window (with its kind and batch index):
+enough to count the masks."""
 
 
 class AccumulationWindows:
     """The training batches in windows of `k` (one optimizer step under gradient accumulation).
 
-    Each micro-batch carries, under "window", the kind, batch index and masks of every member of
+    Each micro-batch carries, in `window`, the kind, batch index and masks of every member of
     its window, so that its masked-token losses can be normalised by the window's count before
     the window's later micro-batches have run (`objectives.pretraining.window_counts`). Windows
     start at the first batch, as Lightning's accumulation does; a checkpoint is written after an
     optimizer step, so a resumed run starts on a window boundary.
     """
 
-    def __init__(self, loader: Iterable[dict[str, Any]], k: int, contrastive: bool = False) -> None:
+    def __init__(
+        self, loader: Iterable[PretrainingBatch], k: int, contrastive: bool = False
+    ) -> None:
         self.loader, self.k, self.contrastive = loader, k, contrastive
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
+    def __iter__(self) -> Iterator[PretrainingBatch]:
         batches = iter(self.loader)
         while window := list(itertools.islice(batches, self.k)):
-            members = [{key: b[key] for key in WINDOW_KEYS if key in b} for b in window]
-            window = [{**batch, "window": members} for batch in window]
-            if self.contrastive and window[0]["kind"] == "vl":
+            members = [_member(b) for b in window]
+            window = [dataclasses.replace(b, window=members) for b in window]
+            if self.contrastive and window[0].kind == "vl":
                 # the first micro-batch carries every member's pairs (the contrastive window)
-                inputs = [{k: b[k] for k in CONTRASTIVE_INPUTS if k in b} for b in window]
-                window[0]["window_inputs"] = inputs
+                inputs = [_only(b.tensors, CONTRASTIVE_INPUTS) for b in window]
+                window[0].window_inputs = inputs
             yield from window
+
+
+def _only(tensors: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    return {k: tensors[k] for k in names if k in tensors}
+
+
+def _member(batch: PretrainingBatch) -> dict[str, Any]:
+    """A window member: kind, batch index and masks (`objectives.pretraining.window_of`)."""
+    return {"kind": batch.kind, "batch_index": batch.index, **_only(batch.tensors, WINDOW_TENSORS)}
 
 
 def _loader(dataset: torch.utils.data.Dataset, workers: int) -> torch.utils.data.DataLoader:

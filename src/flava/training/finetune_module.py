@@ -247,7 +247,7 @@ class FinetuneModule(L.LightningModule):
 
     def _count_data(self, batch: dict[str, Any]) -> None:
         """Add the batch's skipped examples; stop when too large a fraction of them was bad."""
-        self.counter.add(batch)
+        self.counter.add(batch.get("skipped", {}), batch.get("samples_read", 0))
         limit, size = self.cfg.data.max_skipped_fraction, self.cfg.training.batch_size
         reason = self.counter.check(self, limit, "data.max_skipped_fraction", size)
         if reason is not None:

@@ -10,6 +10,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig
 
+from flava.data.batch import PretrainingBatch
 from flava.model.flava import FlavaForPreTraining
 from flava.objectives.pretraining import (
     ContrastiveWindow,
@@ -74,16 +75,15 @@ class FlavaPretrainingModule(L.LightningModule):
 
     def forward(
         self,
-        batch: dict[str, Any],
+        batch: PretrainingBatch,
         generator: torch.Generator | None = None,
         window: Window | None = None,
     ) -> dict[str, torch.Tensor]:
         """The pretraining step of one batch (its losses); the root of sharding runs it."""
-        tensors = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
         return pretraining_step(
             self.model,
-            tensors,
-            str(batch["kind"]),
+            batch.tensors,
+            batch.kind,
             self.targets,
             self.weights,
             self.cfg.model.losses.itm_negative_probability,
@@ -92,53 +92,53 @@ class FlavaPretrainingModule(L.LightningModule):
             self.contrastive_window(batch),
         )
 
-    def contrastive_window(self, batch: dict[str, Any]) -> ContrastiveWindow | None:
+    def contrastive_window(self, batch: PretrainingBatch) -> ContrastiveWindow | None:
         """Under training.contrastive_accumulation: the step's window, at this micro-batch."""
-        if "window_inputs" in batch:  # the first micro-batch of a pair window
-            self._contrastive = ContrastiveWindow(batch["window_inputs"])
-        if self._contrastive is None or "window" not in batch or batch["kind"] != "vl":
+        if batch.window_inputs is not None:  # the first micro-batch of a pair window
+            self._contrastive = ContrastiveWindow(batch.window_inputs)
+        if self._contrastive is None or batch.window is None or batch.kind != "vl":
             return None
-        indices = [int(m["batch_index"]) for m in batch["window"]]
-        self._contrastive.position = indices.index(int(batch["batch_index"]))
+        indices = [int(m["batch_index"]) for m in batch.window]
+        self._contrastive.position = indices.index(batch.index)
         return self._contrastive
 
     def step_generator(self, batch_index: int) -> torch.Generator:
         """The generator of a training batch's random draws (ITM negatives), keyed by its index."""
         return torch.Generator().manual_seed(batch_index * 7919 + self.cfg.training.seed)
 
-    def window(self, batch: dict[str, Any]) -> Window | None:
+    def window(self, batch: PretrainingBatch) -> Window | None:
         """Under gradient accumulation: the masked-token counts of the step's micro-batches."""
-        if "window" not in batch:
+        if batch.window is None:
             return None
         p = self.cfg.model.losses.itm_negative_probability
-        return window_of(batch["window"], self.weights, p, self.step_generator)
+        return window_of(batch.window, self.weights, p, self.step_generator)
 
     def _step(
         self,
-        batch: dict[str, Any],
+        batch: PretrainingBatch,
         generator: torch.Generator | None,
         window: Window | None = None,
     ) -> dict[str, torch.Tensor]:
         return self(batch, generator, window)
 
-    def _log_keys(self, batch: dict[str, Any]) -> None:
+    def _log_keys(self, batch: PretrainingBatch) -> None:
         """With datasets.log_keys: one line per sample (batch index, kind, key, epoch)."""
         if self._keys is None:
             folder = Path(self.cfg.training.run_dir) / "samples"
             folder.mkdir(parents=True, exist_ok=True)
             self._keys = open(folder / f"rank-{self.global_rank}.tsv", "a", encoding="utf-8")  # noqa: SIM115
-        epochs = batch.get("epochs") or [""] * len(batch["keys"])
-        index, kind = int(batch["batch_index"]), batch["kind"]
-        for key, epoch in zip(batch["keys"], epochs, strict=True):
-            self._keys.write(f"{index}\t{kind}\t{key}\t{epoch}\n")
+        tally = batch.tally
+        epochs = tally.epochs or [""] * len(tally.keys)
+        for key, epoch in zip(tally.keys, epochs, strict=True):
+            self._keys.write(f"{batch.index}\t{batch.kind}\t{key}\t{epoch}\n")
         self._keys.flush()
 
-    def _count_data(self, batch: dict[str, Any]) -> None:
+    def _count_data(self, batch: PretrainingBatch) -> None:
         """Add the batch's skipped samples; stop when too large a fraction of them was bad."""
         if self.cfg.datasets.log_keys:
             self._log_keys(batch)
-        self.counter.add(batch)
-        self.stream_states.update(batch.get("stream_states", {}))
+        self.counter.add(batch.tally.skipped, batch.tally.samples_read)
+        self.stream_states.update(batch.tally.stream_states)
         limit, size = self.cfg.datasets.max_skipped_fraction, self.cfg.training.batch_size
         reason = self.counter.check(self, limit, "datasets.max_skipped_fraction", size)
         if reason is not None:
@@ -161,13 +161,13 @@ class FlavaPretrainingModule(L.LightningModule):
         self.nonfinite = dict(counters.get("nonfinite", {}))
         self.counter.load_state_dict(counters)
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        self.batches_seen = int(batch["batch_index"]) + 1
+    def training_step(self, batch: PretrainingBatch, batch_idx: int) -> torch.Tensor:
+        self.batches_seen = batch.index + 1
         self._count_data(batch)
-        self._kind = str(batch["kind"])  # "image", "text" or "vl"
-        generator = self.step_generator(int(batch["batch_index"]))
+        self._kind = batch.kind  # "image", "text" or "vl"
+        generator = self.step_generator(batch.index)
         out = self._step(batch, generator, self.window(batch))
-        size = next(v.shape[0] for v in batch.values() if isinstance(v, torch.Tensor))
+        size = batch.size
         # the mean over processes of each one's loss is the loss of the global batch
         sync = self.trainer.world_size > 1
         log = {"on_step": True, "batch_size": size, "sync_dist": sync}
@@ -225,11 +225,11 @@ class FlavaPretrainingModule(L.LightningModule):
             self.trainer.should_stop = True
 
     def validation_step(
-        self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
+        self, batch: PretrainingBatch, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
         generator = torch.Generator().manual_seed(batch_idx)
         out = self._step(batch, generator)
-        size = next(v.shape[0] for v in batch.values() if isinstance(v, torch.Tensor))
+        size = batch.size
         for name, value in out.items():
             if name != "loss":
                 self.log(
