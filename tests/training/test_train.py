@@ -120,16 +120,31 @@ def test_a_text_only_run_needs_no_kmeans_codebook(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_resumed_run_does_not_read_its_init_from_weights_again(tmp_path):
-    """The checkpoint holds the weights: a stage's output may be gone when a later run resumes."""
+def test_a_run_starts_from_a_stage_and_resumes_without_it(tmp_path, monkeypatch):
+    """A run with init_from on a unimodal stage's run directory starts with that stage's text
+    encoder bit for bit; resumed, it reads its checkpoint only (the stage may be gone)."""
     import shutil
+
+    from flava.training import factory
 
     stage = tmp_path / "stage"
     assert main([*SMALL, f"training.run_dir={stage}", "training.lightning.max_steps=1"]) == 0
+    built = []
+    build = factory.build_pretraining_model
+
+    def spy(mcfg, *args):  # noqa: ANN001, ANN202
+        model, kmeans = build(mcfg, *args)
+        built.append({k: v.clone() for k, v in model.flava.text_encoder.state_dict().items()})
+        return model, kmeans
+
+    monkeypatch.setattr(factory, "build_pretraining_model", spy)
     run = tmp_path / "run"
-    init = f"model.init_from=[{{part: text_encoder, path: {stage / 'model'}}}]"
+    init = f"model.init_from=[{{part: text_encoder, path: {stage}}}]"
     args = [*SMALL, f"training.run_dir={run}", init]
     assert main([*args, "training.lightning.max_steps=1"]) == 0
+    saved = FlavaForPreTraining.from_pretrained(stage / "model").flava.text_encoder.state_dict()
+    assert built[0].keys() == saved.keys()
+    assert all(torch.equal(built[0][k], saved[k]) for k in saved)
     shutil.rmtree(stage)
     last = run / "checkpoints" / "last.ckpt"
     resumed = [
