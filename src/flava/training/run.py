@@ -98,6 +98,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[L.Callback]) -
 
     lc = cfg.training.lightning
     ck = cfg.training.lightning_checkpoint
+    if cfg.training.lightning_load_from_checkpoint and int(os.environ.get("RANK", "0")) == 0:
+        keep_earlier_logs(run_dir)
     loggers = _loggers(run_dir, cfg.training)
     checkpoint = ModelCheckpoint(
         dirpath=ck.dirpath or str(run_dir / "checkpoints"),
@@ -154,16 +156,38 @@ def set_host_memory(policy: str, strategy: str, on_cpu: bool) -> None:
     log.info("training.host_memory=%s: %s", policy, host_memory.apply(policy, strategy, on_cpu))
 
 
-def read_logged(run_dir: Path) -> list[dict[str, float]]:
-    """Rows of the CSV logger (one per logging step), numbers only."""
+def keep_earlier_logs(run_dir: Path) -> None:
+    """Before a resumed run logs into `run_dir`: keep the CSV log of the runs before it as
+    logs/metrics.before-<k>.csv (Lightning's CSV logger would write over it)."""
     path = run_dir / "logs" / "metrics.csv"
-    if not path.exists():
-        return []
-    rows = []
+    if path.exists():
+        path.rename(path.with_name(f"metrics.before-{len(_earlier_logs(run_dir))}.csv"))
+
+
+def _earlier_logs(run_dir: Path) -> list[Path]:
+    parts = (run_dir / "logs").glob("metrics.before-*.csv")
+    return sorted(parts, key=lambda p: int(p.stem.rpartition("-")[2]))
+
+
+def _csv_rows(path: Path) -> list[dict[str, float]]:
     with path.open() as f:
-        for row in csv.DictReader(f):
-            clean = {k: float(v) for k, v in row.items() if v not in ("", None)}
-            rows.append(clean)
+        return [
+            {k: float(v) for k, v in r.items() if v not in ("", None)} for r in csv.DictReader(f)
+        ]
+
+
+def read_logged(run_dir: Path) -> list[dict[str, float]]:
+    """Rows of the CSV logger (one per logging step), numbers only, across resumes: the rows of
+    a run before a resume, then the resumed run's (which redoes the steps after its checkpoint,
+    so an earlier part's rows from the resumed run's first step on are dropped)."""
+    parts = [*_earlier_logs(run_dir), run_dir / "logs" / "metrics.csv"]
+    rows: list[dict[str, float]] = []
+    for path in (p for p in parts if p.exists()):
+        later = _csv_rows(path)
+        steps = [r["step"] for r in later if "step" in r]
+        if steps:
+            rows = [r for r in rows if r.get("step", -1.0) < min(steps)]
+        rows += later
     return rows
 
 
