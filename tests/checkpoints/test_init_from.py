@@ -28,6 +28,8 @@ from flava.model import FlavaForPreTraining, preset
 from flava.model.encoders import ImageEncoder
 from flava.training.factory import build_pretraining_model
 
+from ..training.test_train import SMALL  # noqa: TID252
+
 transformers = pytest.importorskip("transformers")
 
 TINY = preset("tiny")
@@ -340,20 +342,10 @@ def test_a_training_run_starts_from_the_loaded_encoder(tmp_path, monkeypatch, ca
 
     monkeypatch.setattr(factory, "build_pretraining_model", spy)
     argv = [
-        "config=pretraining/demo.yaml",
+        *SMALL,
         f"training.run_dir={tmp_path / 'run'}",
-        "training.batch_size=4",
-        "training.num_workers=0",
-        "training.warmup_steps=1",
         "training.lightning.max_steps=1",
-        "training.lightning.limit_val_batches=1",
-        "training.lightning.enable_progress_bar=false",
         "training.evaluation.enabled=false",
-        "model.kmeans_codes=16",
-        "model.kmeans_images=16",
-        "datasets.vl.val=[{type: embedded, size: 16}]",
-        "datasets.image.val=[{type: embedded, size: 16}]",
-        "datasets.text.val=[{type: embedded, size: 16}]",
         f"model.init_from=[{{part: image_encoder, path: {tmp_path / 'vit'}}}]",
     ]
     with caplog.at_level(logging.INFO):

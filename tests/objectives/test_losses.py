@@ -75,16 +75,7 @@ def test_transformers_clamps_the_stored_scale_the_same_way(pair):
         hf.train()
         with torch.no_grad():
             hf.flava.logit_scale.fill_(6.0)
-            hf(
-                input_ids=batch["input_ids"],
-                input_ids_masked=batch["input_ids_masked"],
-                pixel_values=batch["pixel_values"],
-                attention_mask=batch["attention_mask"],
-                bool_masked_pos=batch["bool_masked_pos"],
-                mlm_labels=batch["mlm_labels"].clone(),
-                mim_labels=batch["targets"].clone(),
-                itm_labels=torch.ones(4, dtype=torch.long),
-            )
+            _hf_step(hf, batch)
         assert hf.flava.logit_scale.item() == pytest.approx(math.log(100.0), abs=1e-4)
         with torch.no_grad():
             ours.flava.logit_scale.fill_(6.0)
@@ -179,22 +170,26 @@ def pair():
     return hf, ours.eval()
 
 
+def _hf_step(hf, batch: dict[str, torch.Tensor], **extra):
+    """transformers' FlavaForPreTraining on a pair batch, every pair matched."""
+    return hf(
+        input_ids=batch["input_ids"],
+        input_ids_masked=batch["input_ids_masked"],
+        pixel_values=batch["pixel_values"],
+        attention_mask=batch["attention_mask"],
+        bool_masked_pos=batch["bool_masked_pos"],
+        mlm_labels=batch["mlm_labels"].clone(),
+        mim_labels=batch["targets"].clone(),
+        itm_labels=torch.ones(4, dtype=torch.long),
+        **extra,
+    )
+
+
 def test_vl_losses_match_transformers(pair):
     hf, ours = pair
     batch = _batch(ours.config)
-    targets = batch["targets"]
     with torch.no_grad():
-        ref = hf(
-            input_ids=batch["input_ids"],
-            input_ids_masked=batch["input_ids_masked"],
-            pixel_values=batch["pixel_values"],
-            attention_mask=batch["attention_mask"],
-            bool_masked_pos=batch["bool_masked_pos"],
-            mlm_labels=batch["mlm_labels"].clone(),
-            mim_labels=targets.clone(),
-            itm_labels=torch.ones(4, dtype=torch.long),
-            return_loss=True,
-        ).loss_info
+        ref = _hf_step(hf, batch, return_loss=True).loss_info
         out = vl_step(ours, batch, lambda b: b["targets"], LossWeights(), negative_probability=0.0)
     for ours_key, hf_key in [
         ("contrastive", "global_contrastive"),

@@ -13,23 +13,13 @@ from flava.config import ConfigError, RunConfig, load_config, validate
 from flava.train import main
 from flava.training.run import _loggers
 
+from .test_train import SMALL  # noqa: TID252
+
 TWO_STEPS = [
-    "config=pretraining/demo.yaml",
-    "training.batch_size=4",
-    "training.num_workers=0",
-    "training.warmup_steps=1",
+    *SMALL,
     "training.lightning.max_steps=2",
-    "training.lightning.limit_val_batches=1",
-    "training.lightning.log_every_n_steps=1",
-    "training.lightning.enable_progress_bar=false",
     "training.lightning_checkpoint.every_n_train_steps=null",
     "training.evaluation.enabled=false",
-    "model.kmeans_codes=16",
-    "model.kmeans_images=16",
-    "datasets.vl.val=[{type: embedded, size: 16}]",
-    "datasets.image.val=[{type: embedded, size: 16}]",
-    "datasets.text.val=[{type: embedded, size: 16}]",
-    "datasets.sampling=round_robin",
 ]
 
 

@@ -182,7 +182,6 @@ class StreamReader:
             raise ValueError(f"{describe(source)} has no shards")
         self.skips = skips if skips is not None else SkipLog()
         self.size = int(source.shuffle_buffer)
-        self.records_read = 0  # records taken from shards by this reader (audits, benchmarks)
         state = dict(state or {})
         self.plans = {int(e): [Piece.from_list(p) for p in ps] for e, ps in state.get("plans", [])}
         self.epoch = int(state.get("epoch", 0))
@@ -239,7 +238,6 @@ class StreamReader:
         for shard, offsets in wanted.items():
             try:
                 for offset, record in self.source.shard_records(shard, self.kind, min(offsets)):
-                    self.records_read += 1
                     if offset in offsets:
                         found[shard, offset] = record
                     if offset >= max(offsets):
@@ -259,7 +257,6 @@ class StreamReader:
                 self._open = self.source.shard_records(piece.shard, self.kind, start)
             try:
                 for offset, record in self._open or ():
-                    self.records_read += 1
                     self.offset = offset
                     if piece.wants(offset):
                         return piece.shard, offset, record
@@ -331,13 +328,6 @@ class StreamReader:
         self.piece, self.offset, self.yielded, self.draining = 0, -1, 0, False
         self.inserted, self._ages = 0, collections.deque()
         self.rng = self._epoch_rng()
-
-
-def reader_shards(
-    order: Sequence[int], rank: int, world_size: int, reader: int, readers: int
-) -> list[int]:
-    """The shards of one reader: split by process (rank) first, then by reader (worker)."""
-    return list(order[rank::world_size][reader::readers])
 
 
 def warn_shared_shards(source: IterableSource, readers: int) -> None:
