@@ -402,3 +402,23 @@ def test_url_image_column_with_dead_links(data, tmp_path, caplog):
     texts = next(ds.batches()).tensors["texts"]
     assert len(texts) == 5 and "c4" not in texts  # the dead link was replaced
     assert "skipping sample 4" in caplog.text
+
+
+def test_an_svg_in_a_shard_and_a_spreadsheet_csv_are_counted_and_read(tmp_path):
+    """An SVG member is skipped as unsupported_image_format (not dropped without a word), and a
+    captions CSV saved with a UTF-8 byte-order mark keeps its first column's name."""
+    svg = b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg"><rect/></svg>'
+    members = [("a/0.svg", svg), ("a/0.txt", b"a logo"), ("a/1.png", _png("RGB"))]
+    shard = sample_data.tar_file(tmp_path / "svg.tar", [*members, ("a/1.txt", b"a photo")])
+    src = sources.TarShards([str(shard)], shuffle_buffer=0)
+    assert [s.key for s in src.records([0], "vl")] == ["a/0", "a/1"]
+    with pytest.raises(sources.BadSample) as info:
+        src.decode(next(iter(src.records([0], "vl"))), "vl", np.random.default_rng(0))
+    assert info.value.reason == "unsupported_image_format"
+    (tmp_path / "img").mkdir()
+    sample_data.picture("coffee", "RGB", 32).save(tmp_path / "img" / "x.png")
+    rows = '\ufefffilename,caption\r\nimg/x.png,"a cup, of coffee"\r\n'
+    (tmp_path / "captions.csv").write_bytes(rows.encode())
+    cfg = source_cfg(type="captions", path=str(tmp_path), image_column="filename")
+    caps = sources.build(cfg, "train")
+    assert caps.sample(0).texts == ["a cup, of coffee"]

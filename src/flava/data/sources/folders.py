@@ -80,9 +80,10 @@ class ImageFolder(IndexedSource):
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
-    """The rows of a JSONL file (one JSON object per non-empty line) or a CSV file (header row)."""
+    """The rows of a JSONL file (one JSON object per non-empty line) or a CSV file (header row);
+    a UTF-8 byte-order mark (spreadsheets write one) is not part of the first column's name."""
     rows: list[dict[str, Any]] = []
-    with path.open(encoding="utf-8", newline="") as f:
+    with path.open(encoding="utf-8-sig", newline="") as f:
         if path.suffix.lower() == ".csv":
             return [dict(r) for r in csv.DictReader(f)]
         for number, line in enumerate(f, 1):
@@ -113,7 +114,11 @@ def read_captions(
     for row in read_rows(path):
         image = row.get(image_field)
         if not image:
-            raise SourceError(f"{path}: a row has no {image_field!r} field")
+            columns = ", ".join(map(repr, row))
+            raise SourceError(
+                f"{path}: a row has no {image_field!r} field (it has {columns}); "
+                "set image_column to the column holding the image path"
+            )
         texts = [t for name in fields if row.get(name) for t in texts_of(row[name])]
         out.setdefault(str(image), []).extend(texts)
     return out

@@ -17,6 +17,7 @@ from typing import IO
 from flava.data.sources.base import (
     CAPTION_FIELDS,
     IMAGE_EXTENSIONS,
+    LISTED_NON_RASTER,
     Sample,
     SourceError,
     StreamingSource,
@@ -154,6 +155,11 @@ def sample_from_files(
         last = ext.rsplit(".", 1)[-1]
         if sample.image is None and last in IMAGE_EXTENSIONS:
             sample.image = data
+    if sample.image is None:  # an SVG / PDF / HEIC member: decoding names it, and it is counted
+        listed = [
+            data for ext, data in files.items() if ext.rsplit(".", 1)[-1] in LISTED_NON_RASTER
+        ]
+        sample.image = listed[0] if listed else None
     if "txt" in files:
         sample.texts = texts_of(files["txt"].decode("utf-8", errors="replace"))
         sample.empty_text = not sample.texts
