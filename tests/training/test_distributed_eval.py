@@ -9,7 +9,6 @@ each rank's embeddings and metrics to OUT/rank<r>.pt.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -25,12 +24,10 @@ BAD = (2, 5)  # images that fail to load in the usable-images case
 
 
 def _torchrun(args: list[str]) -> subprocess.CompletedProcess[str]:
-    """Two CPU processes (gloo) on a free port; fails the test with their stderr."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    result = subprocess.run([*cmd, *args], env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
+    """Two CPU processes (gloo); fails the test with their stderr."""
+    from .launch import torchrun  # noqa: TID252 (imported here: this file also runs as a script)
+
+    return torchrun(2, *args, timeout=300)
 
 
 def _embeddings() -> dict[str, Any]:

@@ -4,15 +4,13 @@ checkpoint resumes under one process."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from flava.train import main
 
+from .launch import torchrun  # noqa: TID252
 from .test_train import SMALL  # noqa: TID252
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
@@ -20,15 +18,8 @@ pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
 def test_torchrun_two_processes_then_resume_under_one(tmp_path):
     run = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        str(29400 + os.getpid() % 500),
+    torchrun(
+        2,
         "-m",
         "flava.train",
         *SMALL,
@@ -38,9 +29,7 @@ def test_torchrun_two_processes_then_resume_under_one(tmp_path):
         "training.lightning.devices=2",
         "model.activation_checkpointing=true",
         "datasets.sampling=probability",
-    ]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    )
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["steps"] == 3
     last = run / "checkpoints" / "last.ckpt"

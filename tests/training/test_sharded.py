@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +16,7 @@ from flava.config import RunConfig, load_config, validate
 from flava.model import FlavaForPreTraining
 from flava.train import main
 
+from .launch import torchrun  # noqa: TID252
 from .test_train import SMALL  # noqa: TID252
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
@@ -54,27 +52,19 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def _torchrun(nproc: int, run: Path, *extra: str, script: str | None = None) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+def _torchrun(
+    nproc: int, run: Path, *extra: str, script: str | None = None, check: bool = True
+) -> None:
+    """FAST training in `run`, by flava.train or by `script`; `check`: it must exit 0."""
     target = ["-m", "flava.train"] if script is None else [script]
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        str(nproc),
-        "--master_port",
-        str(29000 + (os.getpid() * 7 + len(str(run))) % 900),
-        *target,
+    args = [
         *FAST,
         f"training.run_dir={run}",
         f"training.batch_size={BATCH}",
         f"training.lightning.devices={nproc}",
         *extra,
     ]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    if script is None:
-        assert done.returncode == 0, done.stderr[-3000:]
+    torchrun(nproc, *target, *args, check=check)
 
 
 def _losses(run: Path) -> dict[int, dict[str, float]]:
@@ -181,7 +171,8 @@ def test_fsdp_weights_equal_one_process_under_sgd(tmp_path, monkeypatch):
 
 def test_sigkilled_fsdp_run_resumes_with_two_or_one_process(fsdp_run, tmp_path):
     run = tmp_path / "killed"
-    _torchrun(2, run, "training.lightning.strategy=fsdp", script=_kill_script(tmp_path))
+    kill = _kill_script(tmp_path)
+    _torchrun(2, run, "training.lightning.strategy=fsdp", script=kill, check=False)
     last = run / "checkpoints" / "last.ckpt"
     assert last.is_dir() and not (run / "model").exists()  # killed mid-run
     assert sorted(p.name for p in last.iterdir()) == [
@@ -319,15 +310,8 @@ def test_shipped_scale_configs_start_and_finish_under_fsdp(tmp_path):
     script = tmp_path / "each_config.py"
     script.write_text(_EACH_CONFIG)
     fsdp = SCALE_CONFIGS  # scaling_900m selects ddp; every one runs sharded here
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        str(29000 + (os.getpid() * 11) % 900),
+    torchrun(
+        2,
         str(script),
         ",".join(fsdp),
         str(tmp_path),
@@ -335,9 +319,8 @@ def test_shipped_scale_configs_start_and_finish_under_fsdp(tmp_path):
         "training.lightning.devices=2",
         "training.lightning.strategy=fsdp",
         "model.activation_checkpointing=true",  # composed with sharding
-    ]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
+        timeout=900,
+    )
     codes = json.loads((tmp_path / "codes.json").read_text())
     assert codes == dict.fromkeys(fsdp, 0)
     for name in fsdp:

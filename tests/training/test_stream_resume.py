@@ -20,6 +20,7 @@ import torch
 from flava.model import FlavaForPreTraining
 
 from ..data import sample_data  # noqa: TID252
+from .launch import environment, torchrun_command  # noqa: TID252
 from .test_train import SMALL  # noqa: TID252
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
@@ -69,21 +70,13 @@ def _args(run: Path, root: Path, steps: int, *extra: str) -> list[str]:
 def _command(processes: int, args: list[str]) -> list[str]:
     if processes == 1:
         return [sys.executable, "-m", "flava.train", *args]
-    port = str(29500 + (os.getpid() + int(time.time())) % 400)
-    return [
-        *(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"),
-        *("--master_port", port, "-m", "flava.train", *args),
-        "training.lightning.strategy=ddp",
-        "training.lightning.devices=2",
-    ]
-
-
-_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    ddp = ["training.lightning.strategy=ddp", "training.lightning.devices=2"]
+    return torchrun_command(2, "-m", "flava.train", *args, *ddp)
 
 
 def _train(processes: int, args: list[str]) -> subprocess.CompletedProcess:
     cmd = _command(processes, args)
-    done = subprocess.run(cmd, env=_ENV, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cmd, env=environment(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
@@ -92,7 +85,7 @@ def _killed(processes: int, args: list[str], run: Path, step: int) -> Path:
     """Start a run, SIGKILL it (all its processes) once a checkpoint of `step` or later exists."""
     proc = subprocess.Popen(
         _command(processes, args),
-        env=_ENV,
+        env=environment(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
