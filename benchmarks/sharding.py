@@ -172,7 +172,7 @@ def worker(argv: list[str]) -> int:
     clock = StepClock()
     real = flava.train.build_trainer
 
-    def build_trainer(cfg: Any, run_dir: Path, callbacks: list) -> Any:
+    def build_trainer(cfg: Any, run_dir: Any, callbacks: list) -> Any:
         return real(cfg, run_dir, [*callbacks, clock])
 
     flava.train.build_trainer = build_trainer

@@ -20,6 +20,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from flava.checkpoints.run_dir import RunDir, fetch
 from flava.config import FinetuneConfig, cli_main, describe, load_config, validate_finetune
 from flava.data.sources.base import DataError
 from flava.model.classifier import FlavaClassifier
@@ -41,7 +42,9 @@ class FinetuneRun:
     data: Any
     trainer: Any
     best: Any
-    run_dir: Path
+    run_dir: RunDir
+    resume: str | None = None
+    """The checkpoint to resume from (a remote one's local copy)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,13 +105,13 @@ def _data_module(
     return FinetuneData(cfg, train, vals, train_collate, Collator(transform=eval_tf, **collate))
 
 
-def _best_checkpoint(cfg: DictConfig, run_dir: Path) -> Any:
+def _best_checkpoint(cfg: DictConfig, run_dir: RunDir) -> Any:
     """The callback keeping the checkpoint with the best task.monitor value."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     t, monitor = cfg.training, monitor_of(cfg)
     return ModelCheckpoint(
-        dirpath=t.lightning_checkpoint.dirpath or str(run_dir / "checkpoints"),
+        dirpath=t.lightning_checkpoint.dirpath or run_dir.url("checkpoints"),
         filename="best-{step}",
         monitor=f"val/{monitor}",
         mode="min" if monitor == "loss" else "max",
@@ -131,11 +134,14 @@ def setup(cfg: DictConfig) -> FinetuneRun:
     from flava.checkpoints import CheckpointError
     from flava.training.finetune_module import FinetuneModule
     from flava.training.optim import param_groups
-    from flava.training.run import build_trainer, check_group_layout, prepare_run_dir
+    from flava.training.resume import check_group_layout
+    from flava.training.run import build_trainer, prepare_run_dir
 
     t = cfg.training
     check_task(cfg)
     resume = t.lightning_load_from_checkpoint
+    if resume:  # a remote one (an fsspec URL) is read from a local copy
+        resume = fetch(resume)
     if resume and not Path(resume).exists():
         raise CheckpointError(f"training.lightning_load_from_checkpoint: {resume}: no such file")
     train, vals, class_names, outputs = build_datasets(cfg, _image_size(cfg))
@@ -153,7 +159,7 @@ def setup(cfg: DictConfig) -> FinetuneRun:
         check_group_layout(resume, param_groups(model.named_parameters(), t))
     best = _best_checkpoint(cfg, run_dir)
     trainer = build_trainer(cfg, run_dir, [best])
-    return FinetuneRun(cfg, train, vals, class_names, module, data, trainer, best, run_dir)
+    return FinetuneRun(cfg, train, vals, class_names, module, data, trainer, best, run_dir, resume)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -165,8 +171,7 @@ def fit(r: FinetuneRun) -> dict[str, Any]:
     from flava.training.counts import SkipCounter
     from flava.training.run import stop_with_checkpoint
 
-    resume = r.cfg.training.lightning_load_from_checkpoint
-    r.trainer.fit(r.module, datamodule=r.data, ckpt_path=resume)
+    r.trainer.fit(r.module, datamodule=r.data, ckpt_path=r.resume)
     counts = SkipCounter.metrics(r.module.counter.totals(r.module))  # every process calls it
     if r.module.stopped:
         raise DataError(stop_with_checkpoint(r.trainer, r.run_dir, r.module.stopped, counts))
@@ -197,7 +202,7 @@ def validate(r: FinetuneRun) -> dict[str, Any]:
     best_step = r.trainer.global_step
     best = final
     if best_path:
-        best_step = int(read_checkpoint(best_path)["global_step"])
+        best_step = int(read_checkpoint(fetch(best_path))["global_step"])
         if best_step != r.trainer.global_step:
             best = _validated(r, ckpt_path=best_path)
     metrics: dict[str, Any] = {f"final/{key}": v for key, v in final.items()}
@@ -208,12 +213,14 @@ def validate(r: FinetuneRun) -> dict[str, Any]:
 
 def report(r: FinetuneRun, metrics: dict[str, Any], seconds: float) -> dict[str, Any]:
     """Save model/ (the best weights), write metrics.json and print the summary (rank 0)."""
-    from flava.training.run import loss_trends, read_logged, write_metrics
+    from flava.training.logged import loss_trends, read_logged
+    from flava.training.run import write_metrics
 
     k, module = r.cfg.task, r.module
-    model_dir = r.run_dir / "model"
     extra = {"task": k.name, "type": k.type, "class_names": r.class_names}
-    save_finetuned(module.model, model_dir, extra)
+    folder = r.run_dir.local("model")
+    save_finetuned(module.model, folder, extra)
+    model_dir = r.run_dir.publish(folder, "model")
     metrics.update(loss_trends(read_logged(r.run_dir)))
     metrics.update({f"data/val_skipped/{n}": c for n, c in sorted(module.val_skipped.items())})
     metrics.update(
@@ -222,7 +229,7 @@ def report(r: FinetuneRun, metrics: dict[str, Any], seconds: float) -> dict[str,
             "steps": r.trainer.global_step,
             "monitor": f"val/{monitor_of(r.cfg)}",
             "seconds": round(seconds, 1),
-            "model": str(model_dir),
+            "model": model_dir,
             "train_examples": len(r.train),
             "val_examples": {p: len(ds) for p, ds in r.vals},
         }
@@ -250,7 +257,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return report(r, metrics, timer())
 
 
-def summary(metrics: dict[str, Any], run_dir: Path) -> str:
+def summary(metrics: dict[str, Any], run_dir: RunDir | str) -> str:
     """A table: metric | majority baseline | final | best; then the training loss trend."""
     lines = [
         f"\nFLAVA fine-tuning {metrics['task']}: {metrics['steps']} steps in "

@@ -11,23 +11,21 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from flava.checkpoints.run_dir import RunDir
 from flava.config import RunConfig, cli_main, describe, load_config, validate
 from flava.data.scenes import MAX_DISTINCT_SCENES
 from flava.data.sources.base import DataError, robust_item
+from flava.training.curves import plot_curves
+from flava.training.logged import loss_trends, read_logged
+from flava.training.resume import check_resume, resume_for_strategy
 from flava.training.run import (
     Timer,
     build_trainer,
-    check_resume,
-    loss_trends,
-    plot_curves,
     prepare_run_dir,
-    read_logged,
-    resume_for_strategy,
     stop_with_checkpoint,
     write_metrics,
 )
@@ -96,7 +94,7 @@ def run(cfg: Any) -> dict[str, Any]:
     weights = full_model_state(module.model)  # every process takes part when sharded
     if not trainer.is_global_zero:
         return metrics
-    model_dir = save_model(module, run_dir / "model", weights)
+    model_dir = save_model(module, run_dir, weights)
     return finish_run(metrics, counts, trainer, run_dir, model_dir, evaluation, timer)
 
 
@@ -121,24 +119,26 @@ def check_before_work(cfg: Any) -> str | None:
     return resume
 
 
-def save_model(module: Any, model_dir: Path, weights: dict[str, Any]) -> Path:
-    """Write the trained model (and the fitted k-means codebook) to `model_dir`."""
+def save_model(module: Any, run_dir: RunDir, weights: dict[str, Any]) -> str:
+    """Write the trained model (and the fitted k-means codebook) to <run_dir>/model; its
+    location."""
     from flava.checkpoints import save_pretrained
 
-    save_pretrained(module.model, model_dir, weights)
+    folder = run_dir.local("model")
+    save_pretrained(module.model, folder, weights)
     if module.kmeans is not None and bool(module.kmeans.fitted):
         from flava.checkpoints.io import save_kmeans
 
-        save_kmeans(model_dir, module.kmeans.state_dict())
-    return model_dir
+        save_kmeans(folder, module.kmeans.state_dict())
+    return run_dir.publish(folder, "model")
 
 
 def finish_run(
     metrics: dict[str, Any],
     counts: dict[str, Any],
     trainer: Any,
-    run_dir: Path,
-    model_dir: Path,
+    run_dir: RunDir,
+    model_dir: str,
     evaluation: Any,
     timer: Timer,
 ) -> dict[str, Any]:
@@ -153,7 +153,7 @@ def finish_run(
         metrics.update(evaluation.counts)
         metrics["eval/history"] = evaluation.history
     metrics.update(
-        {"steps": trainer.global_step, "seconds": round(timer(), 1), "checkpoint": str(model_dir)}
+        {"steps": trainer.global_step, "seconds": round(timer(), 1), "checkpoint": model_dir}
     )
     write_metrics(run_dir, metrics)
     plot_curves(run_dir, rows, evaluation.history if evaluation else [])
@@ -177,7 +177,7 @@ def _merge(results: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
-def summary(metrics: dict[str, Any], run_dir: Path) -> str:
+def summary(metrics: dict[str, Any], run_dir: RunDir | str) -> str:
     """A short before/after table, then the training loss of each batch kind and objective."""
     lines = [
         f"\nFLAVA pretraining: {metrics['steps']} steps in {metrics['seconds']:.0f} s -> {run_dir}",

@@ -10,9 +10,11 @@ import lightning as L
 import pytest
 import torch
 
+from flava.checkpoints.run_dir import RunDir
 from flava.train import main
 from flava.training.console import ParameterSummary, StepLog, StepProgressBar, duration
-from flava.training.run import loss_trends, plot_curves
+from flava.training.curves import plot_curves
+from flava.training.logged import loss_trends
 
 from .test_train import SMALL  # noqa: TID252
 
@@ -140,5 +142,5 @@ def test_curves_of_a_run_too_short_to_log_warn_nothing(tmp_path, logged):
     rows = [{"step": s, "train/mim": 5.0 - s} for s in (1, 2, 3)] if logged else [{"step": 1}]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        plot_curves(tmp_path, rows, [])
+        plot_curves(RunDir(tmp_path), rows, [])
     assert (tmp_path / "curves.png").stat().st_size > 0

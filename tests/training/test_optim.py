@@ -8,10 +8,11 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from flava.checkpoints.io import CheckpointError
+from flava.checkpoints.run_dir import RunDir
 from flava.config import ConfigError
 from flava.config.common import TrainingConfig
 from flava.training.optim import adamw_with_schedule, decay_groups, param_groups
-from flava.training.run import resume_for_strategy
+from flava.training.resume import resume_for_strategy
 
 
 class Toy(nn.Module):
@@ -99,7 +100,7 @@ def test_resume_keys_the_optimizer_state_by_name_across_multiplier_groups(tmp_pa
     path = tmp_path / "last.ckpt"
     torch.save({"state_dict": {}, "optimizer_states": [optimizer.state_dict()]}, path)
     module = SimpleNamespace(model=model, cfg=OmegaConf.create({"training": t}))
-    converted = torch.load(resume_for_strategy(str(path), "fsdp", module, tmp_path))
+    converted = torch.load(resume_for_strategy(str(path), "fsdp", module, RunDir(tmp_path)))
     state = converted["optimizer_states"][0]["state"]
     for name, p in model.named_parameters():
         expected = optimizer.state.get(p)
@@ -118,10 +119,10 @@ def test_resume_with_other_multiplier_groups_is_refused_in_one_line(tmp_path, st
     torch.save({"state_dict": {}, "optimizer_states": [optimizer["optimizer"].state_dict()]}, path)
     module = SimpleNamespace(model=model, cfg=OmegaConf.create({"training": _training()}))
     with pytest.raises(CheckpointError) as refused:
-        resume_for_strategy(str(path), strategy, module, tmp_path)
+        resume_for_strategy(str(path), strategy, module, RunDir(tmp_path))
     message = str(refused.value)
     assert "\n" not in message and str(path) in message
     assert "groups of [2, 2, 1, 1] parameters, this run's [3, 3]" in message
     assert "training.lr_multipliers it was saved with" in message
     same = SimpleNamespace(model=model, cfg=OmegaConf.create({"training": saved}))
-    assert resume_for_strategy(str(path), "auto", same, tmp_path) == str(path)
+    assert resume_for_strategy(str(path), "auto", same, RunDir(tmp_path)) == str(path)

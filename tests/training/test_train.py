@@ -168,12 +168,13 @@ def test_a_text_length_past_the_text_positions_fails_in_one_line(tmp_path, capsy
 def test_a_run_resumed_in_its_own_directory_keeps_the_earlier_logged_steps(tmp_path):
     """Lightning's CSV logger writes over logs/metrics.csv: the rows before a resume are kept
     aside and read back, so metrics.json and curves.png cover the whole run."""
-    from flava.training.run import read_logged
+    from flava.checkpoints.run_dir import RunDir
+    from flava.training.logged import read_logged
 
     run = tmp_path / "run"
     args = [*SMALL, f"training.run_dir={run}"]
     assert main([*args, "training.lightning.max_steps=3"]) == 0
-    before = [r["step"] for r in read_logged(run) if "train/loss" in r]
+    before = [r["step"] for r in read_logged(RunDir(run)) if "train/loss" in r]
     last = run / "checkpoints" / "last.ckpt"
     assert (
         main(
@@ -186,5 +187,5 @@ def test_a_run_resumed_in_its_own_directory_keeps_the_earlier_logged_steps(tmp_p
         == 0
     )
     assert (run / "logs" / "metrics.before-0.csv").exists()
-    steps = [r["step"] for r in read_logged(run) if "train/loss" in r]
+    steps = [r["step"] for r in read_logged(RunDir(run)) if "train/loss" in r]
     assert steps[: len(before)] == before and len(steps) == len(set(steps)) == 5

@@ -56,6 +56,13 @@ def fail_checks(cfg: DictConfig, checks: list[Check]) -> None:
 
 def check_directory(path: str | Path, key: str) -> None:
     """Fail with one line, before any work, if a file stands where directory `path` would go."""
+    from flava.checkpoints.run_dir import is_url
+
+    if is_url(path):
+        raise ConfigError(
+            f"{key}={str(path)!r}: this command writes to a local folder; give a local path "
+            "(the run directory of flava.train and flava.finetune may be a URL)"
+        )
     for candidate in (Path(path), *Path(path).parents):
         if candidate.exists():
             if not candidate.is_dir():

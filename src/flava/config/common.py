@@ -168,13 +168,16 @@ class TrainingConfig:
     """Resume from this Lightning checkpoint (model, optimiser, scheduler, step, data position)."""
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     run_dir: str = "runs/flava"
-    """Run directory: config.yaml, metrics.json, logs, checkpoints, curves.png (a local folder)."""
+    """Run directory: config.yaml, metrics.json, logs, checkpoints, model/, curves.png. A local
+    folder, or an fsspec URL (s3://bucket/run, gs://..., with s3fs / gcsfs installed): files are
+    written there directly, the model folder uploaded once written (not with strategy fsdp)."""
     loggers: list[LoggerName] = field(
         default_factory=lambda: [LoggerName.csv, LoggerName.tensorboard]
     )
     """Where logged metrics go: csv (<run_dir>/logs/metrics.csv; required, metrics.json and
-    curves.png are read from it), tensorboard (<run_dir>/logs/tensorboard), wandb (<run_dir>/wandb;
-    with WANDB_MODE=offline an offline run, no network; pip install 'flava[wandb]'), mlflow (see
+    curves.png are read from it), tensorboard (<run_dir>/logs/tensorboard), wandb (<run_dir>/wandb,
+    a local folder: for a URL run_dir, under the system's temporary folder; with
+    WANDB_MODE=offline an offline run, no network; pip install 'flava[wandb]'), mlflow (see
     training.mlflow_tracking_uri; pip install 'flava[mlflow]'). A logger whose package is missing
     stops the run before any work."""
     logger_project: str = "flava"
@@ -319,12 +322,34 @@ def training_checks(t: DictConfig) -> list[Check]:
             "training.lightning.accumulate_grad_batches",
             "must be >= 1",
         ),
-        (
-            "://" not in t.run_dir,
-            "training.run_dir",
-            "must be a local folder (URLs are not supported: the run writes its files locally)",
-        ),
+        *run_dir_checks(t),
         *logger_checks(t),
+    ]
+
+
+def run_dir_checks(t: DictConfig) -> list[Check]:
+    """A run directory on an fsspec URL: a filesystem this machine can open, and nothing that
+    needs it to be a local folder."""
+    from flava.checkpoints.run_dir import is_url, url_problem
+
+    if not is_url(t.run_dir) or str(t.run_dir).startswith("file://"):
+        return []
+    problem = url_problem(t.run_dir)
+    return [
+        (problem is None, "training.run_dir", f"cannot be opened here: {problem}"),
+        (
+            t.lightning.strategy != "fsdp",
+            "training.run_dir",
+            "strategy fsdp writes its sharded checkpoints to a local folder: give a local (or "
+            "mounted) training.run_dir, or use strategy ddp",
+        ),
+        (
+            "mlflow" not in [str(n) for n in t.loggers]
+            or bool(t.mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")),
+            "training.run_dir",
+            "the mlflow logger's default store is a local database in the run directory: set "
+            "training.mlflow_tracking_uri",
+        ),
     ]
 
 

@@ -280,6 +280,8 @@ def datasets_checks(d: DictConfig) -> list[Check]:
 
 def validate(cfg: DictConfig, max_scenes: int | None = None) -> None:
     """Value checks that types alone cannot express (`max_scenes`: see `evaluation_checks`)."""
+    from flava.checkpoints.run_dir import is_url
+
     t, d = cfg.training, cfg.datasets
     fail_checks(
         cfg,
@@ -288,6 +290,12 @@ def validate(cfg: DictConfig, max_scenes: int | None = None) -> None:
             *model_checks(cfg.model),
             *evaluation_checks(t.evaluation, d, max_scenes),
             *datasets_checks(d),
+            (
+                not (d.log_keys and is_url(t.run_dir)),
+                "datasets.log_keys",
+                "writes samples/rank-<k>.tsv to a local folder: give a local training.run_dir",
+            ),
         ],
     )
-    check_directory(t.run_dir, "training.run_dir")
+    if not is_url(t.run_dir):
+        check_directory(t.run_dir, "training.run_dir")
