@@ -242,7 +242,7 @@ def report(r: FinetuneRun, metrics: dict[str, Any], seconds: float) -> dict[str,
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Fine-tune per `cfg`; returns the metrics written to metrics.json (rank 0)."""
     from flava.tasks.metrics import majority_baseline
-    from flava.training.run import Timer
+    from flava.training.run import Timer, leave_together
 
     timer = Timer()
     r = setup(cfg)
@@ -251,10 +251,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     counts = fit(r)
     metrics = validate(r)
     metrics.update({f"baseline/majority/{key}": v for key, v in baseline.items()})
-    if not r.trainer.is_global_zero:
-        return metrics
-    metrics.update(counts)
-    return report(r, metrics, timer())
+    if r.trainer.is_global_zero:
+        metrics.update(counts)
+        metrics = report(r, metrics, timer())
+    leave_together()
+    return metrics
 
 
 def summary(metrics: dict[str, Any], run_dir: RunDir | str) -> str:

@@ -25,6 +25,7 @@ from flava.training.resume import check_resume, resume_for_strategy
 from flava.training.run import (
     Timer,
     build_trainer,
+    leave_together,
     prepare_run_dir,
     stop_with_checkpoint,
     write_metrics,
@@ -92,10 +93,11 @@ def run(cfg: Any) -> dict[str, Any]:
     after = trainer.validate(module, datamodule=data, verbose=False)
     metrics.update(_flatten("after", _merge(after)))
     weights = full_model_state(module.model)  # every process takes part when sharded
-    if not trainer.is_global_zero:
-        return metrics
-    model_dir = save_model(module, run_dir, weights)
-    return finish_run(metrics, counts, trainer, run_dir, model_dir, evaluation, timer)
+    if trainer.is_global_zero:
+        model_dir = save_model(module, run_dir, weights)
+        metrics = finish_run(metrics, counts, trainer, run_dir, model_dir, evaluation, timer)
+    leave_together()
+    return metrics
 
 
 def _needs_kmeans_fit(module: Any, cfg: Any) -> bool:
