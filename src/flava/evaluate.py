@@ -63,9 +63,10 @@ def command_main(command: str) -> Callable[[list[str]], int]:
 
 def finetune_config(argv: list[str]) -> Any:
     """The fine-tuning command's validated config for this dotlist (through its own loader)."""
-    from flava.config import FinetuneConfig, load_config, validate_finetune
+    from flava.config import FinetuneConfig, load_config
+    from flava.tasks.finetuning import validate_config
 
-    return load_config(argv, FinetuneConfig, validate_finetune)
+    return load_config(argv, FinetuneConfig, validate_config)
 
 
 def finetune_scaling(argv: list[str], factor: float, cap: int | None) -> list[str]:

@@ -21,10 +21,10 @@ from typing import Any
 from omegaconf import DictConfig
 
 from flava.checkpoints.run_dir import RunDir, fetch
-from flava.config import FinetuneConfig, cli_main, describe, load_config, validate_finetune
+from flava.config import FinetuneConfig, cli_main, describe, load_config
 from flava.data.sources.base import DataError
 from flava.model.classifier import FlavaClassifier
-from flava.tasks.finetuning import build_datasets, check_task, save_finetuned
+from flava.tasks.finetuning import build_datasets, check_task, save_finetuned, validate_config
 from flava.tasks.run import load_flava
 
 log = logging.getLogger("flava")
@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         argv,
         __doc__,
         lambda: describe(FinetuneConfig),
-        lambda a: load_config(a, FinetuneConfig, validate_finetune),
+        lambda a: load_config(a, FinetuneConfig, validate_config),
         _run,
         stop_errors=(DataError,),
     )

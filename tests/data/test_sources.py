@@ -19,10 +19,11 @@ from omegaconf import OmegaConf
 from flava.config import ConfigError, RunConfig, SourceConfig, load_config, validate
 from flava.data import sources
 from flava.data.mixing import MixedBatches, Stream
+from flava.data.sources import build as build_source
 from flava.data.streams import Layout, StreamReader
 from flava.data.transforms import image_transform
 from flava.data.write_shards import write
-from flava.training.data import build_source, check_sources
+from flava.training.data import check_sources
 
 from . import sample_data
 

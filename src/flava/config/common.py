@@ -233,15 +233,18 @@ class TrainingConfig:
 
 @dataclass
 class SourceConfig:
-    """One dataset. `type: embedded` is the built-in generated scenes (no download)."""
+    """One dataset. `type: embedded` is the built-in generated scenes (no download). Each type
+    reads only its own fields (`flava.data.sources`): setting another type's field is refused."""
 
     type: str = "embedded"
-    """embedded, huggingface, webdataset, image_folder, captions, records, karpathy or
-    text_files (checked by the data layer, which holds one reader per type)."""
+    """embedded, huggingface, webdataset, image_folder, captions, records, karpathy,
+    text_files, or a downstream layout: glue, torchvision, vqa, snli_ve, hateful_memes (checked
+    by the data layer, which holds one reader per type)."""
     key: str | None = None
-    """Hugging Face dataset key (type huggingface)."""
+    """Dataset key: on the Hugging Face Hub (huggingface; glue: default glue, or a directory of
+    save_to_disk tasks), or a torchvision set (torchvision: cifar10, food101, ...)."""
     subset: str | None = None
-    """Hugging Face subset / configuration name."""
+    """Hugging Face subset / configuration name (glue: the task, e.g. mnli)."""
     split: str | None = None
     """Split to read (default: train / validation by role)."""
     size: int = 10000
@@ -266,11 +269,16 @@ class SourceConfig:
     """Sampling weight among datasets of the same kind."""
     path: str | None = None
     """Local data: folder (image_folder, captions), a JSONL / CSV file (records), text files,
-    or a save_to_disk dataset."""
+    or a save_to_disk dataset; the dataset root (torchvision, vqa, snli_ve, hateful_memes)."""
     shards: list[str] = field(default_factory=list)
     """webdataset shards: files, folders of *.tar, {000000..000009} patterns, globs, URLs."""
     captions_file: str | None = None
     """captions: JSONL or CSV file under path (default: captions.jsonl / captions.csv)."""
+    files: dict[str, str] = field(default_factory=dict)
+    """vqa, snli_ve, hateful_memes: the layout's files under path (questions / annotations /
+    images / image_pattern)."""
+    download: bool = False
+    """torchvision: let torchvision download the set into path (needs network access)."""
     label_column: str = "label"
     """Column / field holding an integer class label (optional)."""
     remove_columns: list[str] = field(default_factory=list)

@@ -51,6 +51,7 @@ from flava.data.sources import (
     SkipLog,
     SourceError,
     StreamingSource,
+    check_fields,
     decode_image,
     describe,
     fetch_image,
@@ -121,9 +122,11 @@ def source_config(args: Sequence[str]) -> Any:
             raise ConfigError(f"source argument {bad[0]!r} is not key=value (e.g. path=/data/x)")
         fields = OmegaConf.to_container(OmegaConf.from_dotlist(list(args)))  # type: ignore[assignment]
     try:
-        return OmegaConf.merge(OmegaConf.structured(SourceConfig), fields)
+        cfg = OmegaConf.merge(OmegaConf.structured(SourceConfig), fields)
     except OmegaConfBaseException as exc:
         raise ConfigError(f"source: {str(exc).splitlines()[0]}") from None
+    check_fields(cfg, "source")
+    return cfg
 
 
 def open_source(cfg: Any, role: str = "train", image_size: int = 224) -> Any:

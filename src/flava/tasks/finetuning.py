@@ -16,7 +16,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from flava.config import ConfigError
+from flava.config import ConfigError, validate_finetune
 from flava.model.classifier import FlavaClassifier
 from flava.model.flava import FlavaModel
 from flava.tasks.task_data import (
@@ -27,9 +27,9 @@ from flava.tasks.task_data import (
     glue_dataset,
     hateful_memes_task,
     image_folder_task,
-    read_vqa,
     snli_ve_task,
     torchvision_task,
+    vqa_split,
     vqa_task,
 )
 
@@ -59,6 +59,15 @@ def expected_task(d: DictConfig) -> tuple[str | None, str | None]:
     return "multimodal", "classification"
 
 
+def validate_config(cfg: DictConfig) -> None:
+    """The fine-tuning loader's checks: the schema's values, then `data.source` setting only
+    fields of its type (one-line ConfigError)."""
+    from flava.data.sources import check_fields
+
+    validate_finetune(cfg)
+    check_fields(cfg.data.source, "data.source")
+
+
 def check_task(cfg: DictConfig) -> None:
     """The task section must fit the dataset (one-line ConfigError otherwise)."""
     modality, kind = expected_task(cfg.data)
@@ -86,7 +95,8 @@ def _source_sets(cfg: DictConfig, splits: list[Any]) -> list[Any]:
     training split (validation splits use its classes)."""
     from omegaconf import OmegaConf
 
-    from flava.tasks.task_data import build_source, source_task
+    from flava.data.sources import build
+    from flava.tasks.task_data import source_task
 
     d, k = cfg.data, cfg.task
     sets: list[Any] = []
@@ -103,7 +113,11 @@ def _source_sets(cfg: DictConfig, splits: list[Any]) -> list[Any]:
         if entry.type == "image_folder" and sets:
             entry.classes = list(sets[0].folder_classes or [])
         try:
-            source = build_source(entry, "train" if n == 0 else "val")
+            if entry.type == "embedded":
+                raise ConfigError(
+                    "data.source.type=embedded: use data.kind=embedded for the scenes"
+                )
+            source = build(entry, "train" if n == 0 else "val", whole=True)
         except ConfigError as exc:
             raise type(exc)(
                 f"data.source ({entry.type} {entry.path or entry.key}): {exc}"
@@ -151,9 +165,9 @@ def build_datasets(
             image_folder_task(d.root, s.name, train.class_names, s.size) for s in splits[1:]
         ]
     elif d.kind == "vqa":
-        rows = [read_vqa(d.root, dict(s.files)) for s in splits]
-        vocab = answer_vocabulary([r[2] for r in rows[0]], d.answer_vocab_size)
-        sets = [vqa_task(r, vocab, s.size) for r, s in zip(rows, splits, strict=True)]
+        questions = [vqa_split(d.root, dict(s.files)) for s in splits]
+        vocab = answer_vocabulary(questions[0].labels(), d.answer_vocab_size)
+        sets = [vqa_task(q, vocab, s.size) for q, s in zip(questions, splits, strict=True)]
     elif d.kind == "snli_ve":
         sets = [snli_ve_task(d.root, dict(s.files), s.size) for s in splits]
     elif d.kind == "hateful_memes":
@@ -212,4 +226,5 @@ __all__ = [
     "expected_task",
     "load_finetuned",
     "save_finetuned",
+    "validate_config",
 ]

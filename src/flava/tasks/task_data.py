@@ -1,23 +1,25 @@
-"""Downstream datasets as thin presets on the readers of `flava.data.sources`.
+"""Downstream datasets: the task logic on the sources of `flava.data.sources`.
 
 Every fine-tuning and evaluation dataset is a `TaskDataset` of `Example`s (an image and / or a
-text, an optional second text, and a target) built from a source's raw `Sample`s, with the
-images decoded by `flava.data.sources.decode_image` only. A sample that cannot be used raises
-`BadSample` (counted and skipped by the command, never a traceback). Kinds:
+text, an optional second text, and a target) built from a source's raw `Sample`s; every format
+is read by its source type (`flava.data.sources.build`), and images are decoded by
+`flava.data.sources.decode_image` only. Here are the labels, the answer vocabulary and soft
+scores, and which source each data kind reads. A sample that cannot be used raises `BadSample`
+(counted and skipped by the command, never a traceback). Kinds:
 
 - `source`: any configured source (`SourceConfig`: records JSONL / CSV, image folders, Hugging
   Face datasets, webdataset shards, captions folders) for your own data; labels as read, named
   by the data (class folders, `ClassLabel` names, or the distinct label strings);
 - `embedded`: the generated scenes (flava.data.scenes): `image` (shape classes), `pair`
   (captions[0], statement) -> entailed, `vqa` (image, question) -> answer in ANSWERS;
-- `glue`: a Hugging Face source (`load_dataset("glue", task)`) with the task's text columns;
-- `torchvision`: the torchvision classification sets of the paper's linear probes (CIFAR-10/100,
-  MNIST, Food101, Cars, Aircraft, DTD, Pets, Flowers102, STL-10, GTSRB, PCAM, CLEVR counts,
-  FER2013, Country211, RenderedSST2) in torchvision's layout under a root directory;
+- `glue`: the `glue` source type (a Hugging Face set with the task's text columns);
+- `torchvision`: the `torchvision` source type (the classification sets of the paper's linear
+  probes in torchvision's layout under a root directory);
 - `image_folder`: `root/<split>/<class>/<image>`, or `root/<class>/<image>` as it is;
-- `vqa`: VQAv2 questions + annotations JSON and the COCO image directory;
-- `snli_ve`: SNLI-VE jsonl (Flickr30k image id, sentence2, gold_label) + Flickr30k images;
-- `hateful_memes`: a records source over the jsonl (img, text, label) under the dataset root.
+- `vqa`: the `vqa` source type (VQAv2 questions + annotations JSON, COCO images) with soft
+  scores over the most frequent answers;
+- `snli_ve`: the `snli_ve` source type (SNLI-VE jsonl + Flickr30k images);
+- `hateful_memes`: the `hateful_memes` source type (the jsonl's img, text, label).
 
 Retrieval sets (Karpathy COCO / Flickr30K JSON, captions folders, embedded scenes) are sources
 of images with all their captions. A missing file fails at once with one line naming it
@@ -26,7 +28,6 @@ of images with all their captions. A missing file fails at once with one line na
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -34,58 +35,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
 from PIL import Image
 
 from flava.config import ConfigError, SourceConfig
+from flava.data import sources
 from flava.data.sources import (
     BadSample,
-    ImageFolder,
     IndexedSource,
-    Records,
     Sample,
     SourceError,
     decode_image,
 )
-from flava.data.sources.folders import read_rows
+from flava.data.sources.base import need_exists
+from flava.data.sources.glue import GLUE_TASKS
+from flava.data.sources.snli_ve import SNLI_VE_LABELS
+from flava.data.sources.torchvision_sets import TORCHVISION_DATASETS
 
-SNLI_VE_LABELS = ["entailment", "neutral", "contradiction"]
-GLUE_TASKS: dict[str, tuple[str, str | None, int]] = {
-    # task: (first text column, second text column, outputs; 1 = regression)
-    "cola": ("sentence", None, 2),
-    "sst2": ("sentence", None, 2),
-    "mrpc": ("sentence1", "sentence2", 2),
-    "qqp": ("question1", "question2", 2),
-    "stsb": ("sentence1", "sentence2", 1),
-    "mnli": ("premise", "hypothesis", 3),
-    "qnli": ("question", "sentence", 2),
-    "rte": ("sentence1", "sentence2", 2),
-    "wnli": ("sentence1", "sentence2", 2),
-}
-TORCHVISION_DATASETS = {
-    "cifar10": ("CIFAR10", "cifar-10-batches-py"),
-    "cifar100": ("CIFAR100", "cifar-100-python"),
-    "mnist": ("MNIST", "MNIST"),
-    "food101": ("Food101", "food-101"),
-    "stanford_cars": ("StanfordCars", "stanford_cars"),
-    "fgvc_aircraft": ("FGVCAircraft", "fgvc-aircraft-2013b"),
-    "dtd": ("DTD", "dtd"),
-    "oxford_pets": ("OxfordIIITPet", "oxford-iiit-pet"),
-    "flowers102": ("Flowers102", "flowers-102"),
-    "stl10": ("STL10", "stl10_binary"),
-    "gtsrb": ("GTSRB", "gtsrb"),
-    "pcam": ("PCAM", "pcam"),
-    "clevr_counts": ("CLEVRClassification", "clevr"),
-    "fer2013": ("FER2013", "fer2013"),
-    "country211": ("Country211", "country211"),
-    "rendered_sst2": ("RenderedSST2", "rendered-sst2"),
-}
-"""data.name -> (torchvision class, the folder it reads under data.root, torchvision's layout)."""
-TRAIN_FLAG_DATASETS = ("cifar10", "cifar100", "mnist")
-"""Datasets whose torchvision class takes train=True/False instead of a split name."""
-SPLIT_SPELLINGS = {"country211": {"val": "valid"}}
-UNNAMED_CLASSES = {"pcam": ["normal tissue", "metastatic tissue"]}
-"""Class names of sets whose torchvision class names none and keeps its labels out of reach."""
-"""Split names that a torchvision class spells its own way (validation is val elsewhere)."""
 DatasetUnavailable = SourceError
 """A dataset that is not where the configuration says; the message is one line."""
 
@@ -144,15 +110,10 @@ class TaskDataset:
         )
 
 
-def open_image(path: Path | str) -> Image.Image:
-    """An image file decoded by the one image decoder (`BadSample` if it cannot be used)."""
-    return decode_image(str(path))
-
-
-def _need(path: Path, what: str) -> Path:
-    if not path.exists():
-        raise DatasetUnavailable(f"{what}: {path} not found")
-    return path
+def read_source(role: str = "train", **fields: Any) -> IndexedSource:
+    """The source of these `SourceConfig` fields, read by index (a streamed one whole)."""
+    cfg = OmegaConf.merge(OmegaConf.structured(SourceConfig), fields)
+    return sources.build(cfg, role, whole=True)  # type: ignore[return-value]
 
 
 def _cap(rows: list[Any], size: int | None) -> list[Any]:
@@ -255,18 +216,6 @@ def source_task(
     )
 
 
-def build_source(cfg: Any, role: str) -> IndexedSource:
-    """A configured source read by index (streamed ones: their preview, read whole)."""
-    from flava.data import sources
-
-    if cfg.type == "embedded":
-        raise ConfigError("data.source.type=embedded: use data.kind=embedded for the scenes")
-    source = sources.build(cfg, role)
-    if isinstance(source, sources.StreamingSource):
-        source.preview_size = 10**9  # fine-tuning / evaluation sets are read whole, once
-    return source
-
-
 # ---------------------------------------------------------------------------------------------
 # embedded scenes
 
@@ -312,27 +261,6 @@ class SceneTask:
 # GLUE through Hugging Face datasets
 
 
-def glue_source_config(
-    task: str, split: str, hf_path: str = "glue", cache_dir: str | None = None
-) -> Any:
-    """The `SourceConfig` of one GLUE split: a Hugging Face source with the task's columns.
-
-    `hf_path` is a dataset on the Hub or in the cache ("glue", "nyu-mll/glue"), or a directory
-    holding each task as saved by `datasets` (`load_dataset("glue", task).save_to_disk(
-    f"{hf_path}/{task}")`).
-    """
-    from omegaconf import OmegaConf
-
-    if task not in GLUE_TASKS:
-        raise ConfigError(f"data.name={task!r} is invalid: GLUE tasks are {', '.join(GLUE_TASKS)}")
-    a, b, _ = GLUE_TASKS[task]
-    saved = Path(hf_path).expanduser() / task
-    where = dict(path=str(saved), key="") if saved.is_dir() else dict(key=hf_path, subset=task)
-    fields = dict(type="huggingface", **where, split=split, text_columns=[a])
-    fields.update(text_pair_column=b, label_column="label", image_column="", cache_dir=cache_dir)
-    return OmegaConf.merge(OmegaConf.structured(SourceConfig), fields)
-
-
 def glue_dataset(
     task: str,
     split: str,
@@ -340,22 +268,12 @@ def glue_dataset(
     hf_path: str = "glue",
     cache_dir: str | None = None,
 ) -> TaskDataset:
-    """One GLUE split; fails at once, in one line, when `datasets` or the data is unavailable."""
-    cfg = glue_source_config(task, split, hf_path, cache_dir)
-    try:
-        import datasets  # noqa: F401
-    except ModuleNotFoundError:
-        raise DatasetUnavailable(
-            f"GLUE {task} needs the Hugging Face datasets package: pip install datasets"
-        ) from None
-    try:
-        source = build_source(cfg, "train")
-    except SourceError as exc:
-        fetch = f"datasets.load_dataset('{hf_path}', '{task}')"
-        raise DatasetUnavailable(
-            f'GLUE {task} ({split}): {exc}; to fill the cache run `python -c "import datasets; '
-            f'{fetch}"` on a connected machine'
-        ) from None
+    """One GLUE split (the `glue` source type); fails at once, in one line, when `datasets` or
+    the data is unavailable."""
+    if task not in GLUE_TASKS:
+        raise ConfigError(f"data.name={task!r} is invalid: GLUE tasks are {', '.join(GLUE_TASKS)}")
+    fields = dict(key=hf_path, subset=task, split=split, cache_dir=cache_dir)
+    source = read_source("train", type="glue", **fields)
     regression = GLUE_TASKS[task][2] == 1
     kind = "regression" if regression else "classification"
     space = label_space([], None, kind) if regression else None
@@ -369,10 +287,10 @@ def glue_dataset(
 # torchvision image classification
 
 
-def torchvision_dataset(
-    name: str, root: str | None, split: str, download: bool = False
-) -> tuple[Any, list[str]]:
-    """(torchvision dataset giving (PIL image, label), class names) for cifar10/food101/..."""
+def torchvision_task(
+    name: str, root: str | None, split: str, size: int | None = None, download: bool = False
+) -> TaskDataset:
+    """A torchvision classification split (the `torchvision` source type) as a TaskDataset."""
     if name not in TORCHVISION_DATASETS:
         raise ConfigError(
             f"data.name={name!r} is invalid: torchvision datasets are "
@@ -380,61 +298,10 @@ def torchvision_dataset(
         )
     if root is None:
         raise ConfigError(f"data.root is required for the torchvision dataset {name}")
-    import torchvision.datasets as tvd
-
-    cls_name, folder = TORCHVISION_DATASETS[name]
-    cls = getattr(tvd, cls_name)
-    split = {"validation": "val"}.get(split, split)
-    split = SPLIT_SPELLINGS.get(name, {}).get(split, split)
-    kwargs = {} if cls_name == "FER2013" else {"download": download}  # FER2013: no download
-    try:
-        if name in TRAIN_FLAG_DATASETS:
-            if split not in ("train", "test"):
-                raise ConfigError(f"{cls_name} splits are train and test, not {split!r}")
-            ds = cls(root, train=split == "train", **kwargs)
-        else:
-            ds = cls(root, split=split, **kwargs)
-    except (RuntimeError, FileNotFoundError, ImportError) as exc:
-        first = (str(exc).strip().splitlines() or [""])[0][:120]
-        raise DatasetUnavailable(
-            f"{cls_name} {split} not found under {root} (expected {Path(root) / folder}; {first}): "
-            f"place the dataset there, or set data.download=true on a connected machine"
-        ) from None
-    except ValueError as exc:  # torchvision's check of the split name
-        raise ConfigError(f"{cls_name}: {(str(exc).strip().splitlines() or [''])[0]}") from None
-    classes = list(getattr(ds, "classes", []) or UNNAMED_CLASSES.get(name, []))
-    if not classes:  # GTSRB, FER2013, CLEVR: no names, numbered classes
-        labels = torchvision_labels(ds)
-        classes = [str(i) for i in range(max(labels) + 1)] if labels else []
-    return ds, classes
-
-
-def torchvision_labels(ds: Any) -> list[int] | None:
-    """The labels of a torchvision dataset in index order, read without decoding an image."""
-    for attr in ("targets", "_labels", "labels"):
-        labels = getattr(ds, attr, None)
-        if labels is not None and len(labels):
-            return [int(v) for v in labels]
-    samples = getattr(ds, "_samples", None)  # [(path or pixels, label)]
-    if samples:
-        return [int(label) for _, label in samples]
-    return None
-
-
-def torchvision_task(
-    name: str, root: str | None, split: str, size: int | None = None, download: bool = False
-) -> TaskDataset:
-    """A torchvision classification split as a TaskDataset."""
-    ds, classes = torchvision_dataset(name, root, split, download)
-    rows = list(range(len(ds)))[: size if size is not None else None]
-
-    def make(i: int) -> Example:
-        image, label = ds[i]
-        return Example(image=image, target=int(label))
-
-    labels = torchvision_labels(ds)
-    target_of = (lambda i: labels[i]) if labels is not None else None
-    return TaskDataset(rows, make, len(classes), classes, target_of)
+    source = read_source(type="torchvision", key=name, path=root, split=split, download=download)
+    names = list(source.class_names or [])
+    space = label_space(list(range(len(names))), names, "classification")
+    return source_task(source, ("image",), "classification", size, space)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -450,7 +317,7 @@ def image_folder_path(root: str | None, split: str | None) -> Path:
         return base / split
     if base.is_dir() and split and _holds_images(base):
         return base
-    return _need(base / split if split else base, "image folder")
+    return need_exists(base / split if split else base, "image folder")
 
 
 def _holds_images(folder: Path) -> bool:
@@ -464,7 +331,8 @@ def image_folder_task(
     root: str | None, split: str, classes: list[str] | None = None, size: int | None = None
 ) -> TaskDataset:
     """`root/<split>/<class>/<image>` (or `root/<class>/<image>`) as a classification set."""
-    folder = ImageFolder(image_folder_path(root, split), classes)
+    path = str(image_folder_path(root, split))
+    folder = read_source(type="image_folder", path=path, classes=list(classes or []))
     names = folder.class_names or []
     space = label_space(list(range(len(names))), names, "classification")
     return source_task(folder, ("image",), "classification", size, space)
@@ -505,43 +373,9 @@ def vqa_soft_scores(answers: Sequence[str], vocab: dict[str, int]) -> dict[int, 
     return {vocab[a]: min(n / 3.0, 1.0) for a, n in counts.items() if a in vocab}
 
 
-def _load_json(path: Path, what: str) -> Any:
-    _need(path, what)
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DatasetUnavailable(f"{what}: {path} is not valid JSON ({exc.msg})") from None
-
-
-def read_vqa(root: str | None, files: dict[str, str]) -> list[tuple[Path, str, list[str], int]]:
-    """[(image path, question, human answers, question id)] from VQAv2's published files."""
-    # files: questions (v2_OpenEnded_mscoco_<split>2014_questions.json), annotations
-    # (v2_mscoco_<split>2014_annotations.json), images (the COCO <split>2014 directory) and
-    # optionally image_pattern (default COCO_<images dir name>_{image_id:012d}.jpg).
-    base = Path(root or ".")
-    for key in ("questions", "annotations", "images"):
-        if key not in files:
-            raise ConfigError(f"VQA data needs files.{key} in the split config")
-    questions = _load_json(base / files["questions"], "VQA questions file")["questions"]
-    annotations = _load_json(base / files["annotations"], "VQA annotations file")["annotations"]
-    images = _need(base / files["images"], "VQA image directory")
-    pattern = files.get("image_pattern") or f"COCO_{images.name}_{{image_id:012d}}.jpg"
-    by_id = {a["question_id"]: a for a in annotations}
-    rows = []
-    for q in questions:
-        ann = by_id.get(q["question_id"])
-        if ann is None:
-            raise DatasetUnavailable(
-                f"VQA annotations file has no answers for question {q['question_id']}"
-            )
-        answers = [a["answer"] for a in ann["answers"]]
-        path = images / pattern.format(image_id=q["image_id"])
-        rows.append((path, q["question"], answers, q["question_id"]))
-    if rows and not rows[0][0].exists():
-        raise DatasetUnavailable(
-            f"VQA image {rows[0][0]} not found (files.images / files.image_pattern)"
-        )
-    return rows
+def vqa_split(root: str | None, files: dict[str, str]) -> IndexedSource:
+    """One VQAv2 split (the `vqa` source type): questions with their images and human answers."""
+    return read_source(type="vqa", path=root, files=dict(files))
 
 
 def answer_vocabulary(answer_lists: Sequence[Sequence[str]], size: int) -> list[str]:
@@ -551,68 +385,40 @@ def answer_vocabulary(answer_lists: Sequence[Sequence[str]], size: int) -> list[
     return [a for a, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:size]]
 
 
-def vqa_task(
-    rows: list[tuple[Path, str, list[str], int]], vocab: list[str], size: int | None = None
-) -> TaskDataset:
-    """A VQAv2 split (rows from `read_vqa`) with soft answer scores over `vocab`."""
-    rows = _cap(rows, size)
+def vqa_task(source: IndexedSource, vocab: list[str], size: int | None = None) -> TaskDataset:
+    """A VQAv2 split (from `vqa_split`) with soft answer scores over `vocab`."""
     index = {a: i for i, a in enumerate(vocab)}
+    answers = source.labels()
 
-    def make(r: tuple[Path, str, list[str], int]) -> Example:
-        return Example(image=open_image(r[0]), text=r[1], target=vqa_soft_scores(r[2], index))
+    def make(i: int) -> Example:
+        sample = source.sample(i)
+        image = decode_image(sample.image)
+        return Example(image=image, text=sample.texts[0], target=vqa_soft_scores(answers[i], index))
 
-    return TaskDataset(rows, make, len(vocab), list(vocab), lambda r: vqa_soft_scores(r[2], index))
+    rows = _cap(list(range(len(source))), size)
+    return TaskDataset(
+        rows, make, len(vocab), list(vocab), lambda i: vqa_soft_scores(answers[i], index)
+    )
 
 
 # ---------------------------------------------------------------------------------------------
-# SNLI-VE and Hateful Memes (jsonl)
-
-
-def _read_jsonl(path: Path, what: str) -> list[dict[str, Any]]:
-    _need(path, what)
-    return read_rows(path)
+# SNLI-VE and Hateful Memes
 
 
 def snli_ve_task(root: str | None, files: dict[str, str], size: int | None = None) -> TaskDataset:
     """SNLI-VE (files.annotations: snli_ve_<split>.jsonl, files.images: Flickr30k images)."""
-    base = Path(root or ".")
-    ann = _read_jsonl(base / files.get("annotations", "snli_ve_train.jsonl"), "SNLI-VE file")
-    images = _need(base / files.get("images", "flickr30k_images"), "SNLI-VE image directory")
-    labels = {name: i for i, name in enumerate(SNLI_VE_LABELS)}
-    rows = []
-    for r in ann:
-        if r.get("gold_label") not in labels:
-            continue  # "-": no annotator agreement
-        image_id = str(r.get("Flikr30kID") or r.get("Flickr30kID") or r.get("Flickr30K_ID"))
-        name = image_id if Path(image_id).suffix else f"{image_id}.jpg"
-        rows.append((images / name, r["sentence2"], labels[r["gold_label"]]))
-    rows = _cap(rows, size)
-    if rows and not rows[0][0].exists():
-        raise DatasetUnavailable(f"SNLI-VE image {rows[0][0]} not found (files.images)")
-    return TaskDataset(
-        rows,
-        lambda r: Example(image=open_image(r[0]), text=r[1], target=r[2]),
-        len(SNLI_VE_LABELS),
-        list(SNLI_VE_LABELS),
-        lambda r: r[2],
-    )
+    source = read_source(type="snli_ve", path=root, files=dict(files))
+    space = label_space(list(range(len(SNLI_VE_LABELS))), SNLI_VE_LABELS, "classification")
+    return source_task(source, ("image", "text"), "classification", size, space)
 
 
 def hateful_memes_task(
     root: str | None, files: dict[str, str], size: int | None = None
 ) -> TaskDataset:
     """Hateful Memes (files.annotations: train.jsonl / dev_seen.jsonl; img paths under root)."""
-    base = Path(root or ".")
-    path = _need(base / files.get("annotations", "train.jsonl"), "Hateful Memes file")
-    records = Records(path, "img", ["text"], None, "label", base / files.get("images", ""))
-    names = ["not hateful", "hateful"]
-    return source_task(
-        records,
-        ("image", "text"),
-        "classification",
-        size,
-        label_space([0, 1], names, "classification"),
-    )
+    records = read_source(type="hateful_memes", path=root, files=dict(files))
+    space = label_space([0, 1], records.class_names, "classification")
+    return source_task(records, ("image", "text"), "classification", size, space)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -623,16 +429,13 @@ def karpathy_split(
     annotations: Path, image_root: Path, split: str = "test", size: int | None = None
 ) -> IndexedSource:
     """A Karpathy split (dataset_coco.json / dataset_flickr30k.json): images with every caption."""
-    from flava.data.sources.karpathy import KarpathySplit
-
-    return _capped(KarpathySplit(annotations, image_root, split), size)
+    fields = dict(path=str(annotations), image_root=str(image_root), split=split)
+    return _capped(read_source(type="karpathy", **fields), size)
 
 
 def captions_folder(root: Path, size: int | None = None) -> IndexedSource:
     """A captions folder (captions.jsonl / .csv; caption, captions or text fields) as a source."""
-    from flava.data.sources import CaptionedImages
-
-    return _capped(CaptionedImages(root), size)
+    return _capped(read_source(type="captions", path=str(root)), size)
 
 
 def _capped(source: IndexedSource, size: int | None) -> IndexedSource:

@@ -31,22 +31,13 @@ from flava.objectives.pretraining import CONTRASTIVE_INPUTS
 log = logging.getLogger("flava")
 
 
-def build_source(cfg: DictConfig, role: str, image_size: int, kind: str | None = None) -> Any:
-    """One configured dataset for the "train" or "val" role (`kind`: the stream it serves)."""
+def checked_source(entry: DictConfig, role: str, image_size: int, kind: str, where: str) -> Any:
+    """`sources.build` for a stream of `kind`, failing in one line (prefixed by `where`) unless
+    it gives `kind` samples."""
     from flava.data import sources
 
-    if cfg.type not in sources.SOURCE_TYPES:
-        raise ConfigError(sources.unknown_type(cfg.type))
-    source = sources.build(cfg, role, image_size)
-    if kind is not None and isinstance(source, sources.StreamingSource):
-        source.preview_kind = kind
-    return source
-
-
-def checked_source(entry: DictConfig, role: str, image_size: int, kind: str, where: str) -> Any:
-    """`build_source`, failing in one line (prefixed by `where`) unless it gives `kind` samples."""
     try:
-        source = build_source(entry, role, image_size, kind)
+        source = sources.build(entry, role, image_size, kind)
     except ConfigError as exc:
         raise type(exc)(f"{where}: {exc}") from None
     if kind not in source.kinds:
@@ -60,14 +51,26 @@ def _where(kind: str, role: str, index: int, entry: DictConfig) -> str:
     return f"datasets.{kind}.{role}[{index}] ({entry.type}{' ' + str(name) if name else ''})"
 
 
+def check_source_fields(cfg: DictConfig) -> None:
+    """Every dataset entry of every kind sets only fields of its type (one-line SourceError)."""
+    from flava.data import sources
+
+    for kind in KINDS:
+        for role in ("train", "val"):
+            for i, entry in enumerate(cfg.datasets[kind][role]):
+                sources.check_fields(entry, f"datasets.{kind}.{role}[{i}]")
+
+
 def check_sources(cfg: DictConfig) -> None:
     """Fail within seconds, with one line, if a configured dataset cannot be reached.
 
-    Checks every selected kind's train and val entries without reading data: local paths and
-    shards exist, Hugging Face sets are cached (offline) or answer on the Hub (short timeout).
+    First every entry's fields (`check_source_fields`); then every selected kind's train and
+    val entries without reading data: local paths and shards exist, Hugging Face sets are
+    cached (offline) or answer on the Hub (short timeout).
     """
     from flava.data import sources
 
+    check_source_fields(cfg)
     d = cfg.datasets
     for kind in KINDS:
         if kind not in d.selected:

@@ -1,7 +1,9 @@
 """Data sources: one reader per format, used by every command (pretraining, fine-tuning,
 zero-shot, retrieval, linear probe and the shard writer).
 
-Types (`SourceConfig.type`), one module each, built by `factory.build`:
+Types (`SourceConfig.type`), declared in their backend's module (`base.SourceType`: the fields
+the type reads, how it is built and checked) and registered in `factory.TYPES`; a field of
+another type is refused in one line (`factory.check_fields`):
 
 - ``huggingface`` (`huggingface.py`): `load_dataset(key, subset, split)` or
   `load_from_disk(path)`, with `rename_columns`, `remove_columns`, `split_key_mapping`,
@@ -15,8 +17,15 @@ Types (`SourceConfig.type`), one module each, built by `factory.build`:
   text, a label), for fine-tuning on your own data.
 - ``karpathy`` (`karpathy.py`): a Karpathy COCO / Flickr30K split, every caption of each image.
 - ``text_files`` (`text.py`): one document per line (.txt) or JSONL with a text field.
-- ``embedded``: the generated scenes (`flava.data.scenes`).
+- ``embedded`` (`embedded.py`): the generated scenes (`flava.data.scenes`).
+- ``glue`` (`glue.py`): a GLUE task (`subset`) through Hugging Face, with its text columns.
+- ``torchvision`` (`torchvision_sets.py`): a torchvision classification set (`key`) under
+  `path`, in torchvision's layout.
+- ``vqa`` (`vqa.py`): VQAv2 questions with their COCO images and human answers.
+- ``snli_ve`` (`snli_ve.py`): SNLI-VE hypotheses with their Flickr30k images and gold labels.
+- ``hateful_memes`` (`hateful_memes.py`): the memes' jsonl as a ``records`` source.
 
+`build(cfg, role, image_size, kind, whole)` is the one way every command makes a source.
 Every reader yields `base.Sample`s; images are decoded by `base.decode_image` only, and a sample
 that cannot be used raises `base.BadSample` with one of `base.SKIP_REASONS`.
 """
@@ -34,6 +43,7 @@ from flava.data.sources.base import (
     SampleList,
     SkipLog,
     SourceError,
+    SourceType,
     StreamingSource,
     UnreadableShard,
     decode_image,
@@ -47,7 +57,16 @@ from flava.data.sources.base import (
     skip_reason,
     too_many_skipped,
 )
-from flava.data.sources.factory import SOURCE_TYPES, build, check, unknown_type
+from flava.data.sources.factory import (
+    SOURCE_TYPES,
+    TYPES,
+    build,
+    check,
+    check_fields,
+    set_fields,
+    source_type,
+    unknown_type,
+)
 from flava.data.sources.folders import (
     CaptionedImages,
     ImageFolder,
@@ -79,6 +98,7 @@ __all__ = [
     "SAMPLE_ERRORS",
     "SKIP_REASONS",
     "SOURCE_TYPES",
+    "TYPES",
     "BadSample",
     "CaptionedImages",
     "DataError",
@@ -91,12 +111,14 @@ __all__ = [
     "SampleList",
     "SkipLog",
     "SourceError",
+    "SourceType",
     "StreamingSource",
     "UnreadableShard",
     "TarShards",
     "TextFiles",
     "build",
     "check",
+    "check_fields",
     "check_huggingface",
     "decode_image",
     "describe",
@@ -115,6 +137,8 @@ __all__ = [
     "robust_item",
     "robust_read",
     "row_sample",
+    "set_fields",
+    "source_type",
     "sample_from_files",
     "skip_reason",
     "split_member_name",

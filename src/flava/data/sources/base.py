@@ -131,6 +131,73 @@ class SourceError(ConfigError):
     """A dataset that cannot be read; the message is one line naming it and how to provide it."""
 
 
+COMMON_FIELDS = ("type", "weight")
+"""`SourceConfig` fields every type takes: the type, and the sampling weight among the datasets
+of one kind (pretraining)."""
+
+
+@dataclass(frozen=True)
+class SourceType:
+    """A source type of `SourceConfig.type`: the fields it reads, how it is built and checked.
+
+    Each backend module declares its types next to its reader; `factory` registers them all.
+    """
+
+    name: str
+    fields: tuple[str, ...]
+    """The `SourceConfig` fields the type reads besides `COMMON_FIELDS`; setting another one
+    is refused (`factory.check_fields`)."""
+    build: Callable[[Any, str, int], Any]
+    """(config, role "train" / "val", image size) -> an `IndexedSource` or `StreamingSource`."""
+    check: Callable[[Any], None]
+    """Cheap reachability checks (no data read); raises `SourceError`."""
+
+
+def need_path(cfg: Any) -> str:
+    """`cfg.path`, or a `SourceError` saying the type needs one."""
+    if not cfg.path:
+        raise SourceError(f"{cfg.type} source needs path: (a local folder or file)")
+    return str(cfg.path)
+
+
+def need_exists(path: Path, what: str) -> Path:
+    """`path`, or a one-line `SourceError` "what: path not found"."""
+    if not path.exists():
+        raise SourceError(f"{what}: {path} not found")
+    return path
+
+
+def layout_file(
+    root: str | Path | None, files: Any, key: str, default: str | None, what: str
+) -> Path:
+    """`root/files[key]` of a dataset layout (`default` when `files` does not name it, root
+    "." when None), or a one-line `SourceError` "what: path not found"."""
+    return need_exists(Path(root or ".") / files.get(key, default), what)
+
+
+def layout_type(
+    name: str, reader: Callable[[Any, dict[str, str]], Any], first: tuple[str, str | None, str]
+) -> SourceType:
+    """The type of a published layout under a dataset root (`path`) with its `files`, read by
+    `reader(root, files)`; its check: the first file (key, default, what) exists."""
+
+    def build(cfg: Any, role: str, image_size: int) -> Any:
+        return reader(cfg.path, dict(cfg.files))
+
+    def check(cfg: Any) -> None:
+        if first[0] in cfg.files or first[1] is not None:
+            layout_file(cfg.path, cfg.files, *first)
+
+    return SourceType(name, ("path", "files"), build, check)
+
+
+def check_path(cfg: Any) -> None:
+    """A local source's path exists (a glob pattern is left to the reader)."""
+    path = Path(need_path(cfg)).expanduser()
+    if not path.exists() and not any(c in str(path) for c in "*?["):
+        raise SourceError(f"{cfg.type} path {path} not found")
+
+
 @dataclass
 class Item:
     """One raw sample: an image, a text, or both (a pair), with an optional class label."""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
-from flava.data.sources.base import IndexedSource, Item, Sample
+from flava.data.sources.base import IndexedSource, Item, Sample, SourceType
 
 
 class SceneSource(IndexedSource):
@@ -38,3 +40,16 @@ class SceneSource(IndexedSource):
     def describe(self) -> str:
         """Split size."""
         return f"embedded scenes ({len(self)})"
+
+
+def _build(cfg: Any, role: str, image_size: int) -> SceneSource:
+    split = cfg.split or ("train" if role == "train" else "val")
+    return SceneSource(split=split, size=cfg.size, image_size=image_size, seed=cfg.seed)
+
+
+def _nothing_to_check(cfg: Any) -> None:
+    """The scenes are generated: nothing to reach."""
+
+
+EMBEDDED = SourceType("embedded", ("split", "size", "seed"), _build, _nothing_to_check)
+"""`type: embedded`: `split` (default train / val by role), `size` scenes, generator `seed`."""

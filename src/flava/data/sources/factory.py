@@ -1,74 +1,79 @@
-"""One factory for every source type: `build(cfg, role)` and `check(cfg)` from a `SourceConfig`."""
+"""One factory for every source type: `build(cfg, role)`, `check(cfg)` and `check_fields(cfg)`
+from a `SourceConfig`.
+
+Each backend module declares its types (`base.SourceType`: the fields it reads, how it is
+built and checked) next to its reader; `TYPES` registers them, and nothing else names a type.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from flava.data.sources.base import IndexedSource, SourceError, StreamingSource
-from flava.data.sources.embedded import SceneSource
-from flava.data.sources.folders import CaptionedImages, ImageFolder, Records
-from flava.data.sources.huggingface import HuggingFaceSource, check_huggingface
-from flava.data.sources.karpathy import KarpathySplit
-from flava.data.sources.text import TextFiles
-from flava.data.sources.webdataset import TarShards, expand_shards
+from omegaconf import DictConfig, OmegaConf
 
-SOURCE_TYPES = (
-    "embedded",
-    "huggingface",
-    "webdataset",
-    "image_folder",
-    "captions",
-    "records",
-    "karpathy",
-    "text_files",
+from flava.config import SourceConfig
+from flava.data.sources.base import (
+    COMMON_FIELDS,
+    IndexedSource,
+    SourceError,
+    SourceType,
+    StreamingSource,
 )
+from flava.data.sources.embedded import EMBEDDED
+from flava.data.sources.folders import CAPTIONS, IMAGE_FOLDER, RECORDS
+from flava.data.sources.glue import GLUE
+from flava.data.sources.hateful_memes import HATEFUL_MEMES
+from flava.data.sources.huggingface import HUGGINGFACE
+from flava.data.sources.karpathy import KARPATHY
+from flava.data.sources.snli_ve import SNLI_VE
+from flava.data.sources.text import TEXT_FILES
+from flava.data.sources.torchvision_sets import TORCHVISION
+from flava.data.sources.vqa import VQA
+from flava.data.sources.webdataset import WEBDATASET
+
+TYPES: dict[str, SourceType] = {
+    t.name: t
+    for t in (
+        EMBEDDED,
+        HUGGINGFACE,
+        WEBDATASET,
+        IMAGE_FOLDER,
+        CAPTIONS,
+        RECORDS,
+        KARPATHY,
+        TEXT_FILES,
+        GLUE,
+        TORCHVISION,
+        VQA,
+        SNLI_VE,
+        HATEFUL_MEMES,
+    )
+}
+"""Every source type by its `SourceConfig.type` name."""
+SOURCE_TYPES = tuple(TYPES)
 
 
-def build(cfg: Any, role: str, image_size: int = 224) -> IndexedSource | StreamingSource:
-    """A source from its `SourceConfig` for the "train" or "val" role (`image_size`: the side
-    of the generated scenes)."""
-    kind = cfg.type
-    if kind == "embedded":
-        split = cfg.split or ("train" if role == "train" else "val")
-        return SceneSource(split=split, size=cfg.size, image_size=image_size, seed=cfg.seed)
-    if kind == "huggingface":
-        return HuggingFaceSource.from_config(cfg, role)
-    if kind == "webdataset":
-        patterns = list(cfg.shards) or ([cfg.path] if cfg.path else [])
-        return TarShards(
-            expand_shards(patterns),
-            text_fields=list(cfg.text_columns),
-            shuffle_buffer=cfg.shuffle_buffer,
-            resampled=cfg.resampled,
-            preview_size=cfg.preview_size,
-            timeout=cfg.timeout,
-            retries=cfg.retries,
-            pair_field=cfg.text_pair_column,
-            label_field=cfg.label_column,
-        )
-    if kind == "image_folder":
-        return ImageFolder(_need_path(cfg), list(cfg.classes) if cfg.classes else None)
-    if kind == "records":
-        return Records(
-            _need_path(cfg),
-            cfg.image_column or None,
-            list(cfg.text_columns),
-            cfg.text_pair_column,
-            cfg.label_column or None,
-            cfg.image_root,
-        )
-    if kind == "captions":
-        return CaptionedImages(
-            _need_path(cfg), cfg.captions_file, cfg.image_column, list(cfg.text_columns)
-        )
-    if kind == "karpathy":
-        split = cfg.split or ("train" if role == "train" else "test")
-        path = Path(_need_path(cfg)).expanduser()
-        return KarpathySplit(path, cfg.image_root or path.parent, split)
-    if kind == "text_files":
-        return TextFiles(_need_path(cfg), list(cfg.text_columns))
-    raise SourceError(unknown_type(kind))
+def source_type(kind: str) -> SourceType:
+    """The registered type `kind`, else a one-line `SourceError`."""
+    if kind not in TYPES:
+        raise SourceError(unknown_type(kind))
+    return TYPES[kind]
+
+
+def build(
+    cfg: Any, role: str, image_size: int = 224, kind: str | None = None, whole: bool = False
+) -> IndexedSource | StreamingSource:
+    """The one way a source is made: from its `SourceConfig` for the "train" or "val" role.
+
+    `image_size`: the side of the generated scenes; `kind` ("image", "text", "vl"): the samples
+    a streamed source's preview holds (a pretraining stream of that kind); `whole`: a streamed
+    source's preview is all of it (fine-tuning and evaluation sets, read once).
+    """
+    source = source_type(cfg.type).build(cfg, role, image_size)
+    if isinstance(source, StreamingSource):
+        source.preview_kind = kind if kind is not None else source.preview_kind
+        source.preview_size = 10**9 if whole else source.preview_size
+    return source
 
 
 def unknown_type(kind: str) -> str:
@@ -76,27 +81,39 @@ def unknown_type(kind: str) -> str:
     return f"source type {kind!r} is not known; use one of: {', '.join(SOURCE_TYPES)}"
 
 
-def _need_path(cfg: Any) -> str:
-    if not cfg.path:
-        raise SourceError(f"{cfg.type} source needs path: (a local folder or file)")
-    return str(cfg.path)
-
-
 def check(cfg: Any) -> None:
     """Cheap reachability checks (no data read): paths, shard lists, the Hub. SourceError."""
-    kind = cfg.type
-    if kind == "embedded":
-        return
-    if kind == "huggingface":
-        check_huggingface(cfg)
-    elif kind == "webdataset":
-        patterns = list(cfg.shards) or ([cfg.path] if cfg.path else [])
-        if not patterns:
-            raise SourceError("webdataset source without shards: set shards: [paths or URLs]")
-        expand_shards(patterns)
-    elif kind in ("image_folder", "captions", "text_files", "records", "karpathy"):
-        path = Path(_need_path(cfg)).expanduser()
-        if not path.exists() and not any(c in str(path) for c in "*?["):
-            raise SourceError(f"{kind} path {path} not found")
+    source_type(cfg.type).check(cfg)
+
+
+def set_fields(cfg: Any) -> list[str]:
+    """The fields of a `SourceConfig` whose values differ from the schema's defaults, in the
+    schema's order (a value the structured schema filled in is not counted as set)."""
+    defaults = OmegaConf.to_container(OmegaConf.structured(SourceConfig))
+    if isinstance(cfg, DictConfig):
+        values = OmegaConf.to_container(cfg, resolve=False)
     else:
-        raise SourceError(unknown_type(kind))
+        values = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=False)
+    return [k for k, v in defaults.items() if k in values and values[k] != v]  # type: ignore[union-attr,operator]
+
+
+def check_fields(cfg: Any, where: str) -> None:
+    """Refuse, in one line prefixed by `where`, a field that the entry's type does not read
+    (e.g. `shards` on an image_folder), naming the types that do."""
+    try:
+        kind = source_type(cfg.type)
+    except SourceError as exc:
+        raise SourceError(f"{where}: {exc}") from None
+    own = (*kind.fields, *COMMON_FIELDS)
+    for name in set_fields(cfg):
+        if name in own:
+            continue
+        owners = [t.name for t in TYPES.values() if name in t.fields]
+        use = ", ".join(owners[:-1]) + (" or " if len(owners) > 1 else "") + owners[-1]
+        listed = ", ".join([*kind.fields, *COMMON_FIELDS[1:]])
+        raise SourceError(
+            f"{where}: `{name}` is not a field of type {kind.name} (its fields: {listed}); "
+            f"remove it or use type: {use}"
+            if owners
+            else f"{where}: `{name}` is not a field of type {kind.name}; remove it"
+        )

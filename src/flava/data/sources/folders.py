@@ -20,8 +20,11 @@ from flava.data.sources.base import (
     IndexedSource,
     Sample,
     SourceError,
+    SourceType,
+    check_path,
     has_text_field,
     image_files,
+    need_path,
     set_label,
     texts_of,
 )
@@ -236,3 +239,39 @@ class Records(IndexedSource):
     def describe(self) -> str:
         """File and row count."""
         return f"records {self.path} ({len(self.rows)} rows)"
+
+
+def _image_folder(cfg: Any, role: str, image_size: int) -> ImageFolder:
+    return ImageFolder(need_path(cfg), list(cfg.classes) if cfg.classes else None)
+
+
+def _captions(cfg: Any, role: str, image_size: int) -> CaptionedImages:
+    return CaptionedImages(
+        need_path(cfg), cfg.captions_file, cfg.image_column, list(cfg.text_columns)
+    )
+
+
+def _records(cfg: Any, role: str, image_size: int) -> Records:
+    return Records(
+        need_path(cfg),
+        cfg.image_column or None,
+        list(cfg.text_columns),
+        cfg.text_pair_column,
+        cfg.label_column or None,
+        cfg.image_root,
+    )
+
+
+IMAGE_FOLDER = SourceType("image_folder", ("path", "classes"), _image_folder, check_path)
+"""`type: image_folder`: `path/<class>/<image>`; `classes` fixes the class order."""
+CAPTIONS = SourceType(
+    "captions", ("path", "captions_file", "image_column", "text_columns"), _captions, check_path
+)
+"""`type: captions`: images under `path` with a JSONL / CSV `captions_file`."""
+RECORDS = SourceType(
+    "records",
+    ("path", "image_root", "image_column", "text_columns", "text_pair_column", "label_column"),
+    _records,
+    check_path,
+)
+"""`type: records`: one example per row of the JSONL / CSV file `path`."""

@@ -19,6 +19,7 @@ from flava.data.sources.base import (
     IndexedSource,
     Sample,
     SourceError,
+    SourceType,
     StreamingSource,
     has_text_field,
     set_label,
@@ -329,3 +330,41 @@ class HuggingFaceStream(StreamingSource):
     def describe(self) -> str:
         """Dataset name and shard count."""
         return f"{self.name}, streamed in {self.num_shards()} shards"
+
+
+def _build(cfg: Any, role: str, image_size: int) -> IndexedSource | StreamingSource:
+    return HuggingFaceSource.from_config(cfg, role)
+
+
+def _check(cfg: Any) -> None:
+    check_huggingface(cfg)
+
+
+HUGGINGFACE = SourceType(
+    "huggingface",
+    (
+        "key",
+        "subset",
+        "path",
+        "split",
+        "split_key_mapping",
+        "data_files",
+        "cache_dir",
+        "gated",
+        "timeout",
+        "rename_columns",
+        "remove_columns",
+        "image_column",
+        "text_columns",
+        "text_pair_column",
+        "label_column",
+        "streaming",
+        "stream_shards",
+        "shuffle_buffer",
+        "resampled",
+        "preview_size",
+    ),
+    _build,
+    _check,
+)
+"""`type: huggingface`: a Hub dataset (`key`, `subset`) or a `save_to_disk` copy (`path`)."""

@@ -9,8 +9,17 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
-from flava.data.sources.base import IndexedSource, Sample, SourceError, texts_of
+from flava.data.sources.base import (
+    IndexedSource,
+    Sample,
+    SourceError,
+    SourceType,
+    check_path,
+    need_path,
+    texts_of,
+)
 
 
 class KarpathySplit(IndexedSource):
@@ -62,3 +71,13 @@ class KarpathySplit(IndexedSource):
     def describe(self) -> str:
         """File, split and image count."""
         return f"karpathy {self.path} ({self.split}, {len(self)} images)"
+
+
+def _build(cfg: Any, role: str, image_size: int) -> KarpathySplit:
+    split = cfg.split or ("train" if role == "train" else "test")
+    path = Path(need_path(cfg)).expanduser()
+    return KarpathySplit(path, cfg.image_root or path.parent, split)
+
+
+KARPATHY = SourceType("karpathy", ("path", "image_root", "split"), _build, check_path)
+"""`type: karpathy`: the annotation file `path`, images under `image_root` (default: its folder)."""

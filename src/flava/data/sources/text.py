@@ -10,7 +10,15 @@ from typing import IO, Any
 
 import numpy as np
 
-from flava.data.sources.base import IndexedSource, Sample, SourceError, texts_of
+from flava.data.sources.base import (
+    IndexedSource,
+    Sample,
+    SourceError,
+    SourceType,
+    check_path,
+    need_path,
+    texts_of,
+)
 
 
 class TextFiles(IndexedSource):
@@ -100,3 +108,11 @@ def _line_offsets(name: str, jsonl_fields: Sequence[str] | None = None) -> np.nd
                 offsets.append(position)
             position += len(line)
     return np.asarray(offsets, dtype=np.int64)
+
+
+def _build(cfg: Any, role: str, image_size: int) -> TextFiles:
+    return TextFiles(need_path(cfg), list(cfg.text_columns))
+
+
+TEXT_FILES = SourceType("text_files", ("path", "text_columns"), _build, check_path)
+"""`type: text_files`: .txt / .jsonl files under `path` (a file, folder or glob)."""

@@ -12,7 +12,7 @@ import time
 import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from flava.data.sources.base import (
     CAPTION_FIELDS,
@@ -20,6 +20,7 @@ from flava.data.sources.base import (
     LISTED_NON_RASTER,
     Sample,
     SourceError,
+    SourceType,
     StreamingSource,
     UnreadableShard,
     has_text_field,
@@ -284,3 +285,49 @@ class TarShards(StreamingSource):
     def describe(self) -> str:
         """Shard count and the first shard."""
         return f"webdataset ({len(self.urls)} shards: {self.urls[0]}, ...)"
+
+
+def _patterns(cfg: Any) -> list[str]:
+    """The configured shard patterns (`shards`, else `path`)."""
+    return list(cfg.shards) or ([cfg.path] if cfg.path else [])
+
+
+def _build(cfg: Any, role: str, image_size: int) -> TarShards:
+    return TarShards(
+        expand_shards(_patterns(cfg)),
+        text_fields=list(cfg.text_columns),
+        shuffle_buffer=cfg.shuffle_buffer,
+        resampled=cfg.resampled,
+        preview_size=cfg.preview_size,
+        timeout=cfg.timeout,
+        retries=cfg.retries,
+        pair_field=cfg.text_pair_column,
+        label_field=cfg.label_column,
+    )
+
+
+def _check(cfg: Any) -> None:
+    patterns = _patterns(cfg)
+    if not patterns:
+        raise SourceError("webdataset source without shards: set shards: [paths or URLs]")
+    expand_shards(patterns)
+
+
+WEBDATASET = SourceType(
+    "webdataset",
+    (
+        "shards",
+        "path",
+        "text_columns",
+        "text_pair_column",
+        "label_column",
+        "shuffle_buffer",
+        "resampled",
+        "preview_size",
+        "timeout",
+        "retries",
+    ),
+    _build,
+    _check,
+)
+"""`type: webdataset`: tar `shards` (or one `path`), streamed."""
