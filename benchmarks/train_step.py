@@ -352,7 +352,7 @@ def autocast(args: argparse.Namespace, device: torch.device) -> contextlib.Abstr
 
 def count_flops(loss_fn: Callable[[dict], torch.Tensor], batch: dict) -> int:
     """FLOPs of one forward + backward (codebook forward included) by FlopCounterMode."""
-    from flava.plan import flop_counter  # FlopCounterMode + PyTorch's CPU flash attention
+    from flava.planning import flop_counter  # FlopCounterMode + PyTorch's CPU flash attention
 
     with flop_counter() as counter:
         loss_fn(batch).backward()
@@ -397,7 +397,7 @@ def prepare(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     if args.no_flops:
         return info
     del hf, hf_state
-    from flava.plan import Workload, flop_counter, step_flops
+    from flava.planning import Workload, flop_counter, step_flops
 
     flops: dict[str, int] = {}
     device = torch.device(args.device)

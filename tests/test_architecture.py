@@ -1,6 +1,6 @@
 """Imports between the parts of src/flava run one way: entry points -> training -> tasks -> data
--> config -> objectives, checkpoints -> model (function-level imports counted, TYPE_CHECKING
-ones not)."""
+-> config -> objectives, checkpoints, planning -> model (function-level imports counted,
+TYPE_CHECKING ones not)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ LAYERS = [
     {"tasks"},
     {"data"},
     {"config"},
-    {"objectives", "checkpoints"},
+    {"objectives", "checkpoints", "planning"},  # planning: a cost model over model configs
     {"model"},
 ]
 """Each part may import only parts of lower layers (later in the list)."""

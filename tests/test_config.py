@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 
 import pytest
+import yaml
 
 from flava.config import (
     ConfigError,
@@ -184,3 +185,121 @@ def test_the_config_package_does_not_import_the_data_layer():
                     else [a.name for a in node.names]
                 )
                 assert not any(n.startswith("flava.data") for n in names), path.name
+
+
+# ---------------------------------------------------------------------------------------------
+# one model section, one home per setting
+
+
+def _command_schemas() -> dict[str, type]:
+    from flava.config import LinearProbeRunConfig, RetrievalRunConfig, ZeroShotRunConfig
+    from flava.config.evaluate import EvaluateConfig
+
+    return {
+        "train": RunConfig,
+        "finetune": FinetuneConfig,
+        "evaluate": EvaluateConfig,
+        "zero_shot": ZeroShotRunConfig,
+        "retrieval": RetrievalRunConfig,
+        "linear_probe": LinearProbeRunConfig,
+    }
+
+
+def _declarations() -> dict[str, set[str]]:
+    """Field name -> the classes declaring it, over every section of every command."""
+    import dataclasses
+    import typing
+
+    from flava.config.loader import _item_class
+
+    found: dict[str, set[str]] = {}
+    todo, seen = list(_command_schemas().values()), set()
+    while todo:
+        cls = todo.pop()
+        if cls in seen:
+            continue
+        seen.add(cls)
+        for base in cls.__mro__:
+            if dataclasses.is_dataclass(base):
+                for name in vars(base).get("__annotations__", {}):
+                    found.setdefault(name, set()).add(base.__name__)
+        for kind in typing.get_type_hints(cls).values():
+            nested = kind if dataclasses.is_dataclass(kind) else _item_class(kind)
+            if nested is not None:
+                todo.append(nested)
+    return found
+
+
+def test_every_command_builds_its_model_from_one_section_with_one_default():
+    import dataclasses
+    import typing
+
+    from flava.config import DEFAULT_PRESET, ModelConfig
+
+    assert DEFAULT_PRESET == "flava_full"
+    for command, schema in _command_schemas().items():
+        section = typing.get_type_hints(schema)["model"]
+        assert issubclass(section, ModelConfig), command
+        shared = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+        mine = {f.name: f.default for f in dataclasses.fields(section) if f.name in shared}
+        assert mine == shared, command  # a subclass adds keys, never redeclares these
+        cfg = load_config([], schema)
+        assert cfg.model.preset == DEFAULT_PRESET and cfg.model.pretrained_model_key is None
+
+
+def test_each_shared_setting_is_declared_in_one_place():
+    found = _declarations()
+    assert found["preset"] == found["pretrained_model_key"] == {"ModelConfig"}
+    assert found["activation_checkpointing"] == {"TrainableModelConfig"}
+    assert found["class_names"] == found["templates"] == {"PromptConfig"}
+    assert found["max_skipped_fraction"] == {"DataSectionConfig"}
+    # one home, with the per-kind override of pretraining (datasets.text.text_max_length: 512)
+    assert found["text_max_length"] == {"DataSectionConfig", "KindConfig"}
+
+
+def test_text_max_length_has_one_name_and_one_default_in_every_data_section():
+    from flava.config import LinearProbeRunConfig, RetrievalRunConfig, ZeroShotRunConfig
+
+    assert load_config([], RunConfig).datasets.text_max_length == 77
+    for schema in (FinetuneConfig, ZeroShotRunConfig, RetrievalRunConfig, LinearProbeRunConfig):
+        cfg = load_config([], schema)
+        assert cfg.data.text_max_length == 77 and "text_max_length" not in cfg.get("run", {})
+
+
+def test_the_old_spelling_run_text_max_length_is_read_as_data_text_max_length(
+    tmp_path, caplog, capsys
+):
+    import logging
+
+    from flava import zero_shot
+    from flava.config import ZeroShotRunConfig, validate_zero_shot
+
+    with caplog.at_level(logging.WARNING, logger="flava"):
+        cfg = load_config(["run.text_max_length=40"], ZeroShotRunConfig, validate_zero_shot)
+    assert cfg.data.text_max_length == 40 and "text_max_length" not in cfg.run
+    assert "run.text_max_length is now data.text_max_length" in caplog.text
+    saved = yaml.safe_load(to_yaml(cfg))  # config.yaml keeps only the new key
+    assert saved["data"]["text_max_length"] == 40 and "text_max_length" not in saved["run"]
+    # a config.yaml saved before the move loads as it did
+    old = tmp_path / "config.yaml"
+    old.write_text("run:\n  text_max_length: 33\n  batch_size: 5\n")
+    cfg = load_config([f"config={old}"], ZeroShotRunConfig)
+    assert cfg.data.text_max_length == 33 and cfg.run.batch_size == 5
+    # both spellings with different values in one file: one line naming the key to keep
+    old.write_text("run:\n  text_max_length: 33\ndata:\n  text_max_length: 50\n")
+    with pytest.raises(ConfigError, match="keep only data.text_max_length") as info:
+        load_config([f"config={old}"], ZeroShotRunConfig)
+    assert "\n" not in str(info.value)
+    assert zero_shot.main(["--help"]) == 0
+    assert "run.text_max_length -> data.text_max_length" in capsys.readouterr().out
+
+
+def test_evaluate_and_zero_shot_check_model_and_prompts_before_any_work():
+    from flava.config import ZeroShotRunConfig, validate_zero_shot
+    from flava.config.evaluate import EvaluateConfig, validate_suite
+
+    argv = ["config=evaluation/zero_shot.yaml", "model.preset=giant"]
+    with pytest.raises(ConfigError, match="model.preset='giant' is invalid"):
+        load_config(argv, EvaluateConfig, validate_suite)
+    with pytest.raises(ConfigError, match="zero_shot.templates='nowhere.json' is invalid"):
+        load_config(["zero_shot.templates=nowhere.json"], ZeroShotRunConfig, validate_zero_shot)

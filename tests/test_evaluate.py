@@ -102,6 +102,7 @@ def vqa(root: Path) -> None:
 
 
 QUICK = [
+    "model.preset=tiny",
     "run.finetune_scale=0.001",
     "run.finetune_max_steps=2",
     "run.finetune_args=[training.num_workers=0,training.batch_size=4,data.text_max_length=24]",

@@ -19,8 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from flava.checkpoints import CheckpointError, export_transformers
-from flava.checkpoints.io import read_json
+from flava.checkpoints import CheckpointError, directory_layout, export_transformers
 from flava.checkpoints.pretrained import PRETRAINED_KEYS
 from flava.checkpoints.sharded import (
     is_sharded_checkpoint,
@@ -42,15 +41,7 @@ def _source_kind(src: str) -> tuple[str, str]:
         raise CheckpointError(f"{src}: no such file or directory, and not a pretrained key")
     if path.is_file():
         return "openai", "ImageCodebook"
-    raw = read_json(path / "config.json")
-    if "flava_format" in raw:
-        return "flava", raw.get("class", "FlavaForPreTraining")
-    if raw.get("model_type") == "flava_image_codebook":
-        return "transformers", "ImageCodebook"
-    architectures = raw.get("architectures") or []
-    return "transformers", "FlavaModel" if architectures == [
-        "FlavaModel"
-    ] else "FlavaForPreTraining"
+    return directory_layout(path)
 
 
 def _class(name: str) -> type:

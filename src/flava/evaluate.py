@@ -163,9 +163,9 @@ def run_suite(cfg: Any) -> list[TaskResult]:
 
 
 def task_flops(task: TaskSpec, cfg: Any) -> float:
-    """Estimated FLOPs of one task from `flava.plan`'s counts (encoding 1x, training 3x)."""
+    """Estimated FLOPs of one task from `flava.planning`'s counts (encoding 1x, training 3x)."""
     from flava.model.presets import preset
-    from flava.plan import encoder_forward_flops
+    from flava.planning import encoder_forward_flops
 
     if task.command != "finetune":
         model = preset(str(cfg.model.preset))

@@ -11,7 +11,6 @@ task.json). Keys: `python -m flava.finetune --help`.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from dataclasses import dataclass
@@ -20,11 +19,12 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from flava.checkpoints.finetuned import checkpoint_image_size, save_finetuned
 from flava.checkpoints.run_dir import RunDir, fetch
 from flava.config import FinetuneConfig, cli_main, describe, load_config
 from flava.data.sources.base import DataError
 from flava.model.classifier import FlavaClassifier
-from flava.tasks.finetuning import build_datasets, check_task, save_finetuned, validate_config
+from flava.tasks.finetuning import build_datasets, check_task, validate_config
 from flava.tasks.run import load_flava
 
 log = logging.getLogger("flava")
@@ -69,13 +69,8 @@ def _image_size(cfg: DictConfig) -> int:
     from flava.model.presets import preset
 
     key = cfg.model.pretrained_model_key
-    if key and (Path(key) / "config.json").is_file():
-        raw = json.loads((Path(key) / "config.json").read_text())
-        image = (raw.get("config") or {}).get("image") or raw.get("image_config") or {}
-        if "image_size" in image:
-            return int(image["image_size"])
     if key:
-        return 224  # flava_full
+        return checkpoint_image_size(key) or 224  # a pretrained key: flava_full
     return preset(cfg.model.preset).image.image_size
 
 

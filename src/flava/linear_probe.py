@@ -9,7 +9,7 @@ train + validation and its test accuracy reported. Lambda multiplies (1/2)||W||^
 *mean* cross-entropy: scikit-learn's C = 1 / (n * lambda) (see flava.tasks.linear_probe).
 
 Examples:
-    python -m flava.linear_probe                              # embedded scenes, tiny preset
+    python -m flava.linear_probe model.preset=tiny            # embedded scenes, random tiny model
     python -m flava.linear_probe model.pretrained_model_key=runs/demo/model
     python -m flava.linear_probe model.pretrained_model_key=flava_full data.kind=torchvision \\
         data.name=cifar10 data.root=/data probe.val_split=null      # val held out of train

@@ -5,7 +5,7 @@ its captions is among the k nearest texts; text -> image R@k when a caption's ow
 among the k nearest images (flava.tasks.metrics.recall_at_k).
 
 Examples:
-    python -m flava.retrieval                                  # embedded scenes, tiny preset
+    python -m flava.retrieval model.preset=tiny                # embedded scenes, random tiny model
     python -m flava.retrieval model.pretrained_model_key=flava_full data.kind=coco \\
         data.root=/data/coco            # dataset_coco.json + val2014/ (Karpathy test, 5k)
     python -m flava.retrieval model.pretrained_model_key=flava_full data.kind=flickr30k \\
@@ -110,7 +110,7 @@ def cache_file(cfg: DictConfig, data: Any, split: str, image_size: int) -> Path 
             "data": [d.kind, d.seed, d.size, split, str(d.root), str(d.annotations)],
             "content": content.hexdigest(),
             "image_size": image_size,
-            "text_max_length": cfg.run.text_max_length,
+            "text_max_length": cfg.data.text_max_length,
         },
         sort_keys=True,
     )
@@ -161,7 +161,13 @@ def embeddings(
     owner = torch.tensor([i for i, caps in enumerate(captions) for _ in caps], dtype=torch.long)
     with torch.no_grad():
         text_emb = embed_texts(
-            model, load_tokenizer(), texts, 4 * r.batch_size, r.text_max_length, device, r.progress
+            model,
+            load_tokenizer(),
+            texts,
+            4 * r.batch_size,
+            cfg.data.text_max_length,
+            device,
+            r.progress,
         )
     out = {"images": image_emb, "texts": text_emb, "text_to_image": owner, "skipped": skips.counts}
     if path is not None and is_rank_zero():

@@ -4,7 +4,7 @@ Each class name is put in every prompt template, the text embeddings are average
 and each image takes the class whose embedding is most similar (top-1 / top-5 reported).
 
 Examples:
-    python -m flava.zero_shot                                   # embedded scenes, tiny preset
+    python -m flava.zero_shot model.preset=tiny                 # embedded scenes, random tiny model
     python -m flava.zero_shot model.pretrained_model_key=runs/demo/model
     python -m flava.zero_shot model.pretrained_model_key=flava_full data.kind=image_folder \\
         data.root=/data/imagenet data.split=val                  # ImageNet names + 80 templates
@@ -102,7 +102,7 @@ def evaluate(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
             r.progress,
         )
         labels = torch.tensor([int(data.target(i)) for i in kept], dtype=torch.long)
-        classes = class_embeddings(model, tokenizer, names, templates, r.text_max_length, device)
+        classes = class_embeddings(model, tokenizer, names, templates, d.text_max_length, device)
     acc = topk_accuracy(image_emb, classes, labels, ks=list(cfg.zero_shot.topk))
     metrics: dict[str, Any] = {f"zero_shot/{k}": v for k, v in acc.items()}
     metrics.update(

@@ -23,10 +23,10 @@ from flava.data.scenes import (
     ZERO_SHOT_TEMPLATES,
     Scene,
     SceneDataset,
-    _SceneCache,
     distinct_scenes,
     generate_scene,
 )
+from flava.data.scenes.dataset import SceneCache
 
 INVERSE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 
@@ -282,9 +282,9 @@ def test_indexing_draws_each_scene_once_per_process() -> None:
 
 def test_scene_cache_keeps_its_byte_budget() -> None:
     dataset = SceneDataset("train", 10, seed=0)
-    one = _SceneCache.cost(dataset.generate(0))
+    one = SceneCache.cost(dataset.generate(0))
     assert 64 * 64 * 3 < one < 3 * 64 * 64 * 3
-    cache = _SceneCache(budget=3 * one)  # three 64 px scenes
+    cache = SceneCache(budget=3 * one)  # three 64 px scenes
     for i in range(5):
         cache.put(("k", i), dataset.generate(i))
     assert cache.used == 3 * one and list(cache.scenes) == [("k", 2), ("k", 3), ("k", 4)]

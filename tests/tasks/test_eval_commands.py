@@ -10,7 +10,7 @@ from PIL import Image
 from flava import linear_probe, retrieval, zero_shot
 from flava.tasks.zero_shot import is_imagenet_style
 
-FAST = ["run.progress=false", "run.num_workers=0", "run.batch_size=8"]
+FAST = ["model.preset=tiny", "run.progress=false", "run.num_workers=0", "run.batch_size=8"]
 
 
 def _metrics(run_dir):

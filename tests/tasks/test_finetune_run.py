@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
+from flava.checkpoints import load_finetuned
 from flava.finetune import main
-from flava.tasks.finetuning import load_finetuned
 
 SMALL = [
     "training.batch_size=4",

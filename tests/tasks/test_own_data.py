@@ -15,7 +15,7 @@ import sample_data  # noqa: E402
 from flava import finetune, linear_probe, retrieval, zero_shot  # noqa: E402
 
 BAD = {"unsupported_image_format": 1, "zero_byte_image": 1, "truncated_image": 1}
-FAST = ["run.progress=false", "run.num_workers=0", "run.batch_size=8"]
+FAST = ["model.preset=tiny", "run.progress=false", "run.num_workers=0", "run.batch_size=8"]
 TUNE = [
     "model.preset=tiny",
     "training.batch_size=4",

@@ -14,7 +14,7 @@ import torch
 
 from flava.model import FlavaForPreTraining
 
-from .test_train import SMALL  # noqa: TID252
+from .test_train import EVERY_STEP, SMALL  # noqa: TID252
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +43,8 @@ sys.exit(main(sys.argv[1:]))
 
 
 def _args(run: Path, *extra: str) -> list[str]:
-    return [*SMALL, f"training.run_dir={run}", f"training.lightning.max_steps={STEPS}", *extra]
+    steps = f"training.lightning.max_steps={STEPS}"
+    return [*SMALL, EVERY_STEP, f"training.run_dir={run}", steps, *extra]
 
 
 def _train(run: Path, *extra: str) -> subprocess.CompletedProcess:

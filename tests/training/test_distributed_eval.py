@@ -19,7 +19,7 @@ import torch
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
-FAST = ["run.progress=false", "run.num_workers=0", "run.batch_size=4"]
+FAST = ["model.preset=tiny", "run.progress=false", "run.num_workers=0", "run.batch_size=4"]
 BAD = (2, 5)  # images that fail to load in the usable-images case
 
 

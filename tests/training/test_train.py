@@ -20,8 +20,10 @@ SMALL = [
     "training.lightning.limit_val_batches=1",
     "training.lightning.log_every_n_steps=1",
     "training.lightning.enable_progress_bar=false",
-    "training.lightning_checkpoint.every_n_train_steps=1",
-    "training.lightning_checkpoint.save_top_k=1",  # ~170 MB each: keep the newest and last.ckpt
+    # last.ckpt at the end only: a periodic checkpoint (~170 MB) costs more than a tiny step;
+    # the tests that kill a run mid-way ask for one every step (EVERY_STEP)
+    "training.lightning_checkpoint.every_n_train_steps=null",
+    "training.lightning_checkpoint.save_top_k=1",  # keep the newest and last.ckpt
     "training.evaluation.num_samples=8",
     "model.kmeans_codes=16",
     "model.kmeans_images=16",
@@ -31,6 +33,8 @@ SMALL = [
     "datasets.sampling=round_robin",
     "training.lr_decay_steps=4",
 ]
+EVERY_STEP = "training.lightning_checkpoint.every_n_train_steps=1"
+"""A periodic checkpoint at every step, for the tests that kill a run after one."""
 
 
 def test_train_resume_and_reload(tmp_path):

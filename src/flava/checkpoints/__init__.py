@@ -1,5 +1,6 @@
 """Checkpoints: our `config.json` + `model.safetensors`, the transformers layout both ways,
-OpenAI's `encoder.pkl`, and pretrained keys.
+OpenAI's `encoder.pkl`, pretrained keys, and a fine-tuned classifier's model/ directory
+(`flava.checkpoints.finetuned`).
 
 Loading is free functions over the model classes; importing this package installs
 `save_pretrained` / `from_pretrained` as the model classes' methods of the same names
@@ -19,6 +20,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from flava.checkpoints.finetuned import load_finetuned, save_finetuned
 from flava.checkpoints.hf_keys import (
     flava_config_from_transformers,
     flava_config_to_transformers,
@@ -41,9 +43,12 @@ from flava.model.pretrained import install_checkpoint_io
 __all__ = [
     "CheckpointError",
     "PRETRAINED_KEYS",
+    "directory_layout",
     "export_transformers",
     "from_pretrained",
+    "load_finetuned",
     "load_flava_state",
+    "save_finetuned",
     "save_pretrained",
 ]
 
@@ -106,6 +111,20 @@ def _kind(config: dict[str, Any], where: Path) -> str:
         f"{where}: config.json is neither a flava checkpoint nor a transformers FLAVA one "
         f"(model_type={model_type!r})"
     )
+
+
+def directory_layout(directory: Path) -> tuple[str, str]:
+    """(layout: "flava" or "transformers", class name) of a checkpoint directory, read from its
+    config.json (one-line CheckpointError when it is missing or damaged)."""
+    raw = read_json(directory / "config.json")
+    if "flava_format" in raw:
+        return "flava", raw.get("class", "FlavaForPreTraining")
+    if raw.get("model_type") == "flava_image_codebook":
+        return "transformers", "ImageCodebook"
+    architectures = raw.get("architectures") or []
+    return "transformers", "FlavaModel" if architectures == [
+        "FlavaModel"
+    ] else "FlavaForPreTraining"
 
 
 def load_flava_state(

@@ -1,10 +1,12 @@
 """Run configuration: one loader (`flava.config.loader`) and one schema module per command.
 
-`pretraining` (`flava.train`), `finetune`, `zero_shot`, `retrieval` and `linear_probe` (shared
-sections in `common`) hold typed dataclasses whose field docstrings are the `--help`
-text; fixed choices are `Choice` enums, so the allowed values, the check and the message are
-one. The schemas import nothing from `flava.data`: checks that need the data layer's numbers
-take them from the entry point.
+`pretraining` (`flava.train`), `finetune`, `evaluate`, `zero_shot`, `retrieval` and
+`linear_probe` hold typed dataclasses whose field docstrings are the `--help` text; what more
+than one command has is declared once in `common` (the model section every command uses, with
+one default preset; what every data section holds; prompts; training). Fixed choices are
+`Choice` enums, so the allowed values, the check and the message are one. The schemas import
+nothing from `flava.data`: checks that need the data layer's numbers take them from the entry
+point.
 """
 
 from flava.config.checks import (
@@ -17,13 +19,18 @@ from flava.config.checks import (
     make_directory,
 )
 from flava.config.common import (
+    DEFAULT_PRESET,
     PRECISIONS,
     CheckpointConfig,
+    DataSectionConfig,
     EvaluationConfig,
     LightningConfig,
     LrSchedule,
+    ModelConfig,
     Precision,
+    PromptConfig,
     SourceConfig,
+    TrainableModelConfig,
     TrainingConfig,
     training_checks,
 )
@@ -44,7 +51,7 @@ from flava.config.pretraining import (
     KindConfig,
     LossConfig,
     MimTarget,
-    ModelConfig,
+    PretrainingModelConfig,
     RunConfig,
     Sampling,
     validate,
@@ -53,11 +60,13 @@ from flava.config.retrieval import RetrievalRunConfig, validate_retrieval
 from flava.config.zero_shot import ZeroShotRunConfig, validate_zero_shot
 
 __all__ = [
+    "DEFAULT_PRESET",
     "PRECISIONS",
     "Check",
     "CheckpointConfig",
     "Choice",
     "ConfigError",
+    "DataSectionConfig",
     "DatasetsConfig",
     "EvaluationConfig",
     "FinetuneConfig",
@@ -70,10 +79,13 @@ __all__ = [
     "MimTarget",
     "ModelConfig",
     "Precision",
+    "PretrainingModelConfig",
+    "PromptConfig",
     "RetrievalRunConfig",
     "RunConfig",
     "Sampling",
     "SourceConfig",
+    "TrainableModelConfig",
     "TrainingConfig",
     "ZeroShotRunConfig",
     "check_directory",

@@ -1,5 +1,6 @@
-"""Sections more than one command uses: Lightning, checkpoints, optimisation, one dataset;
-the model, data and run sections of the evaluation commands."""
+"""Sections more than one command uses: the model (every command), what every data section
+holds, prompts, Lightning, checkpoints, optimisation, one dataset; the data and run sections of
+the evaluation commands. Each setting is declared once, here or in one command's schema."""
 
 from __future__ import annotations
 
@@ -12,6 +13,59 @@ from typing import Any
 from omegaconf import DictConfig
 
 from flava.config.checks import Check, Choice, check_directory, choices, fail_checks
+
+DEFAULT_PRESET = "flava_full"
+"""model.preset of every command: the paper's model (the original release built no other)."""
+
+TEMPLATE_SETS = ("imagenet80", "imagenet7")
+"""Named zero-shot template sets (training.evaluation.templates, zero_shot.templates)."""
+
+
+@dataclass
+class ModelConfig:
+    """Weights through from_pretrained, or a preset built with random weights."""
+
+    preset: str = DEFAULT_PRESET
+    """Architecture built with random weights when no pretrained_model_key is given: flava_full,
+    900m, 1.8b, 2.7b, 4.8b, 10b or tiny (14M parameters, what the tests use)."""
+    pretrained_model_key: str | None = None
+    """Start from weights: a pretrained key (flava_full), our save_pretrained directory (a run's
+    model/) or a transformers directory (the preset is then not used)."""
+
+
+@dataclass
+class TrainableModelConfig(ModelConfig):
+    """The model of a command that trains it (pretraining, fine-tuning)."""
+
+    activation_checkpointing: bool = False
+    """Non-re-entrant activation checkpointing in every encoder."""
+
+
+@dataclass
+class DataSectionConfig:
+    """What every command's data section holds (datasets.* of pretraining, data.* of others)."""
+
+    text_max_length: int = 77
+    """Tokens per text, [CLS] and [SEP] included (a sentence pair: both together); at most the
+    text encoder's positions (flava_full 512, tiny 128). The paper's captions: 77."""
+    max_skipped_fraction: float = 0.1
+    """Stop (exit 1; a training run writes a checkpoint first, an evaluation its counts to
+    metrics.json) when more than this fraction of the samples read so far were bad
+    (unreadable or truncated images, SVG, empty texts, bad labels); 1 never stops."""
+
+
+@dataclass
+class PromptConfig:
+    """Class names and prompt templates of zero-shot classification."""
+
+    class_names: str | None = None
+    """JSON list file of class names in label order (default: the dataset's: folder names with
+    "_" read as spaces, ImageNet's for its 1000 wnid folders, or a dataset's label names)."""
+    templates: str | None = None
+    """Prompt templates: a JSON list file of templates with {}, imagenet80 or imagenet7 (default:
+    the scenes' own for embedded data, imagenet80 for ImageNet folders, else "a photo of a
+    {}.")."""
+
 
 Precision = choices(
     "Precision",
@@ -138,8 +192,9 @@ class CheckpointConfig:
 
 
 @dataclass
-class EvaluationConfig:
-    """Zero-shot evaluation callback (classification by prompts, retrieval with every caption)."""
+class EvaluationConfig(PromptConfig):
+    """Zero-shot evaluation callback (classification by prompts, retrieval with every caption);
+    class_names and templates apply to labelled datasets.image.val entries."""
 
     enabled: bool = True
     """Run zero-shot evaluation before and after training."""
@@ -150,12 +205,6 @@ class EvaluationConfig:
     the number of distinct held-out scenes)."""
     batch_size: int = 64
     """Embedding batch size."""
-    class_names: str | None = None
-    """Zero-shot on labelled datasets.image.val entries: JSON list of class names in label order
-    (default: the folder names, "_" read as spaces, or the dataset's label names)."""
-    templates: str | None = None
-    """Zero-shot prompt templates: a JSON list file, imagenet80 or imagenet7 (default: the
-    scenes' own for embedded data, "a photo of a {}." otherwise)."""
 
 
 @dataclass
@@ -422,17 +471,7 @@ class ImageDataKind(Choice):
 
 
 @dataclass
-class EvalModelConfig:
-    """Weights through from_pretrained, or a preset built with random weights."""
-
-    preset: str = "tiny"
-    """Preset to build (random init, seeded by run.seed) when no weights are given."""
-    pretrained_model_key: str | None = None
-    """A pretrained key (flava_full), our checkpoint directory or a transformers directory."""
-
-
-@dataclass
-class EvalDataConfig:
+class EvalDataConfig(DataSectionConfig):
     """Where the images (and captions) come from."""
 
     kind: ImageDataKind = ImageDataKind.embedded
@@ -453,9 +492,6 @@ class EvalDataConfig:
     """Seed of the embedded scenes' generator."""
     download: bool = False
     """Let torchvision download the dataset (needs network access)."""
-    max_skipped_fraction: float = 0.1
-    """Stop (exit 1, metrics.json written) when more than this fraction of the images or
-    captions read were bad (unreadable, truncated, SVG, empty captions, ...); 1 never stops."""
 
 
 @dataclass
@@ -470,30 +506,63 @@ class RunOptions:
     """Images per embedding batch."""
     num_workers: int = 2
     """Image loading worker processes (linear_probe features)."""
-    text_max_length: int = 77
-    """Tokens per text."""
     seed: int = 0
     """Seed of random initialisation (presets) and of sampling."""
     progress: bool = True
     """Show progress bars."""
 
 
-def eval_checks(cfg: DictConfig) -> list[Check]:
-    """Value checks of the sections every evaluation command has."""
+RENAMED_EVAL_KEYS = {"run.text_max_length": "data.text_max_length"}
+"""Old spellings the evaluation commands still read, each with the key it now is."""
+
+
+def model_checks(m: DictConfig) -> list[Check]:
+    """Value checks of the keys every command's model section has."""
     from flava.model.presets import PRESET_NAMES
 
-    r = cfg.run
     return [
-        (cfg.model.preset in PRESET_NAMES, "model.preset", f"one of {', '.join(PRESET_NAMES)}"),
-        (r.batch_size > 0, "run.batch_size", "must be > 0"),
-        (r.num_workers >= 0, "run.num_workers", "must be >= 0"),
-        (r.text_max_length >= 3, "run.text_max_length", "must be >= 3"),
-        (cfg.data.size is None or cfg.data.size > 0, "data.size", "must be > 0"),
+        (m.preset in PRESET_NAMES, "model.preset", f"must be one of {', '.join(PRESET_NAMES)}"),
+    ]
+
+
+def data_section_checks(d: DictConfig, section: str) -> list[Check]:
+    """Value checks of the keys every data section has (`section`: datasets or data)."""
+    return [
+        (d.text_max_length >= 3, f"{section}.text_max_length", "must be >= 3"),
         (
-            0 <= cfg.data.max_skipped_fraction <= 1,
-            "data.max_skipped_fraction",
+            0 <= d.max_skipped_fraction <= 1,
+            f"{section}.max_skipped_fraction",
             "must be in [0, 1]",
         ),
+    ]
+
+
+def prompt_checks(p: DictConfig | PromptConfig, section: str) -> list[Check]:
+    """Value checks of class names and templates (`section`: where they are)."""
+    sets = ", ".join(TEMPLATE_SETS)
+    return [
+        (
+            existing_file(p.class_names),
+            f"{section}.class_names",
+            "must be a JSON list file of class names (not found)",
+        ),
+        (
+            p.templates in TEMPLATE_SETS or existing_file(p.templates),
+            f"{section}.templates",
+            f"must be {sets} or a JSON list file of templates with {{}} (not found)",
+        ),
+    ]
+
+
+def eval_checks(cfg: DictConfig) -> list[Check]:
+    """Value checks of the sections every evaluation command has."""
+    r = cfg.run
+    return [
+        *model_checks(cfg.model),
+        (r.batch_size > 0, "run.batch_size", "must be > 0"),
+        (r.num_workers >= 0, "run.num_workers", "must be >= 0"),
+        *data_section_checks(cfg.data, "data"),
+        (cfg.data.size is None or cfg.data.size > 0, "data.size", "must be > 0"),
     ]
 
 

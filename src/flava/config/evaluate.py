@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from omegaconf import DictConfig
 
 from flava.config.checks import Choice, ConfigError, check_directory, fail_checks
+from flava.config.common import ModelConfig, model_checks
 
 
 class Group(Choice):
@@ -55,16 +56,6 @@ class TaskSpec:
 
 
 @dataclass
-class SuiteModel:
-    """The model every task starts from."""
-
-    preset: str = "tiny"
-    """Architecture preset (tiny, flava_full, ...)."""
-    pretrained_model_key: str | None = None
-    """Weights: a pretrained key (flava_full), a save_pretrained or a transformers directory."""
-
-
-@dataclass
 class SuiteData:
     """Where the datasets are."""
 
@@ -105,7 +96,8 @@ class EvaluateConfig:
 
     suite: str = "paper"
     """Name of the suite (shown in the table)."""
-    model: SuiteModel = field(default_factory=SuiteModel)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The model every task starts from (passed to each task's command)."""
     data: SuiteData = field(default_factory=SuiteData)
     run: SuiteRun = field(default_factory=SuiteRun)
     tasks: list[TaskSpec] = field(default_factory=list)
@@ -132,6 +124,7 @@ def validate_suite(cfg: DictConfig) -> None:
     fail_checks(
         cfg,
         [
+            *model_checks(cfg.model),
             (r.finetune_scale > 0, "run.finetune_scale", "must be > 0 (1: the paper's recipe)"),
             (
                 r.finetune_max_steps is None or r.finetune_max_steps >= 1,

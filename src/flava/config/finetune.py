@@ -14,13 +14,17 @@ from omegaconf import DictConfig
 from flava.config.checks import Check, Choice, fail_checks
 from flava.config.common import (
     CheckpointConfig,
+    DataSectionConfig,
     EvaluationConfig,
     LightningConfig,
     LrSchedule,
     SourceConfig,
+    TrainableModelConfig,
     TrainingConfig,
+    data_section_checks,
     training_checks,
 )
+from flava.config.common import model_checks as shared_model_checks
 
 
 class Modality(Choice):
@@ -113,15 +117,9 @@ class HeadConfig:
 
 
 @dataclass
-class FinetuneModelConfig:
+class FinetuneModelConfig(TrainableModelConfig):
     """The backbone: a preset (random init) or pretrained weights, and the head."""
 
-    preset: str = "flava_full"
-    """flava_full, 900m, 1.8b, 2.7b, 4.8b, 10b or tiny (used when no weights are given)."""
-    pretrained_model_key: str | None = None
-    """Weights: a pretrained key (flava_full), our checkpoint or a transformers directory."""
-    activation_checkpointing: bool = False
-    """Non-re-entrant activation checkpointing in the encoders."""
     head: HeadConfig = field(default_factory=HeadConfig)
 
 
@@ -160,7 +158,7 @@ class SplitConfig:
 
 
 @dataclass
-class FinetuneDataConfig:
+class FinetuneDataConfig(DataSectionConfig):
     """Which dataset, where, and how its inputs are processed."""
 
     kind: DataKind = DataKind.embedded
@@ -172,9 +170,6 @@ class FinetuneDataConfig:
     val_fraction: float = 0.0
     """Carve this seeded share (training.seed) of the training split out as the validation set;
     data.val is then not read (use when the data has no validation split)."""
-    max_skipped_fraction: float = 0.1
-    """Stop (with a checkpoint, exit 1) when more than this fraction of the training examples
-    read were bad (unreadable or truncated images, SVG, empty texts, bad labels); 1 never stops."""
     name: str | None = None
     """embedded: image, pair or vqa; glue: the task (mnli ...); torchvision: cifar10 ..."""
     root: str | None = None
@@ -190,8 +185,6 @@ class FinetuneDataConfig:
     """The training split."""
     val: list[SplitConfig] = field(default_factory=lambda: [SplitConfig(name="val")])
     """Validation splits (the first picks the best checkpoint)."""
-    text_max_length: int = 128
-    """Tokens per text (pairs included), [CLS] and [SEP] included."""
     answer_vocab_size: int = 3129
     """VQA: answers kept (the most frequent in the training annotations)."""
     augment: bool = False
@@ -213,12 +206,11 @@ class FinetuneConfig:
 
 
 def model_checks(m: DictConfig) -> list[Check]:
-    """Value checks of the model section (preset and activation against the model's lists)."""
+    """Value checks of the model section (its shared keys, the head)."""
     from flava.model.config import ACTIVATIONS
-    from flava.model.presets import PRESET_NAMES
 
     return [
-        (m.preset in PRESET_NAMES, "model.preset", f"must be one of {', '.join(PRESET_NAMES)}"),
+        *shared_model_checks(m),
         (m.head.hidden_size > 0, "model.head.hidden_size", "must be > 0"),
         (0 <= m.head.dropout < 1, "model.head.dropout", "must be in [0, 1)"),
         (m.head.activation in ACTIVATIONS, "model.head.activation", f"one of {ACTIVATIONS}"),
@@ -262,11 +254,10 @@ def task_checks(k: DictConfig) -> list[Check]:
 def data_checks(d: DictConfig) -> list[Check]:
     """Value checks of the data section."""
     return [
-        (d.text_max_length >= 3, "data.text_max_length", "must be >= 3"),
+        *data_section_checks(d, "data"),
         (d.answer_vocab_size >= 1, "data.answer_vocab_size", "must be >= 1"),
         (len(d.val) > 0 or d.val_fraction > 0, "data.val", "needs a split, or data.val_fraction"),
         (0 <= d.val_fraction < 1, "data.val_fraction", "must be in [0, 1)"),
-        (0 <= d.max_skipped_fraction <= 1, "data.max_skipped_fraction", "must be in [0, 1]"),
         (
             len(d.crop_scale) == 2 and 0 < d.crop_scale[0] <= d.crop_scale[1] <= 1,
             "data.crop_scale",

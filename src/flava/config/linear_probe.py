@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from omegaconf import DictConfig
 
 from flava.config.checks import Choice
 from flava.config.common import (
+    RENAMED_EVAL_KEYS,
     EvalDataConfig,
-    EvalModelConfig,
+    ModelConfig,
     RunOptions,
     eval_checks,
     fail_eval_checks,
@@ -71,9 +73,11 @@ class LinearProbeRunConfig:
     """`python -m flava.linear_probe`."""
 
     run: RunOptions = field(default_factory=lambda: RunOptions(run_dir="runs/linear_probe"))
-    model: EvalModelConfig = field(default_factory=EvalModelConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
     data: EvalDataConfig = field(default_factory=EvalDataConfig)
     probe: ProbeOptions = field(default_factory=ProbeOptions)
+    renamed_keys: ClassVar[dict[str, str]] = RENAMED_EVAL_KEYS
+    """Old spellings still read (each moved to its new key, with a warning)."""
 
 
 def validate_linear_probe(cfg: DictConfig) -> None:

@@ -3,8 +3,11 @@
 `load_config(argv, schema, check)` takes the arguments users of the original release type:
 `config=flava/configs/pretraining/debug.yaml training.lightning.max_steps=1000`. Unknown keys,
 wrong types, values outside a field's choices and values `check` refuses fail with one line
-naming the key and what is allowed (`ConfigError`, exit status 2 from `cli_main`). `describe`
-lists every key with its type, default and the docstring written under its field (`--help`).
+naming the key and what is allowed (`ConfigError`, exit status 2 from `cli_main`). A key that
+moved is still read under its old spelling when the schema lists it in `renamed_keys` (old ->
+new): it is moved to the new key with a one-line warning, and config.yaml keeps only the new
+one. `describe` lists every key with its type, default and the docstring written under its
+field (`--help`).
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from flava.config.checks import ConfigError
+
+log = logging.getLogger("flava")
 
 _CHOICE_ERROR = re.compile(r"Invalid value '(.*)', expected one of \[(.*)\]")
 
@@ -85,6 +90,32 @@ def _read_yaml(path: Path) -> Any:
     return data
 
 
+def renamed_keys(schema: type) -> dict[str, str]:
+    """Old dotted keys `schema` still reads, each with the key it now is."""
+    return dict(getattr(schema, "renamed_keys", {}))
+
+
+def move_renamed(data: Any, renamed: dict[str, str], where: str) -> Any:
+    """`data` (a YAML file or one override) with each old key of `renamed` moved to its new
+    key with a one-line warning; both spellings with different values fail in one line."""
+    if not isinstance(data, DictConfig):
+        return data
+    for old, new in renamed.items():
+        parent_key, _, leaf = old.rpartition(".")
+        parent = OmegaConf.select(data, parent_key) if parent_key else data
+        if not isinstance(parent, DictConfig) or leaf not in parent:
+            continue
+        value = parent.pop(leaf)
+        given = OmegaConf.select(data, new, default=None)
+        if given is not None and given != value:
+            raise ConfigError(
+                f"{where}: {old}={value!r} and {new}={given!r} set one key; keep only {new}"
+            )
+        OmegaConf.update(data, new, value, force_add=True)
+        log.warning("%s: %s is now %s (the old spelling is still read)", where, old, new)
+    return data
+
+
 def _dotlist_item(item: str) -> DictConfig:
     """One `key=value` override; a value that is not YAML fails in one line naming it."""
     import yaml
@@ -110,13 +141,16 @@ def load_config(
             raise ConfigError(
                 f"argument {item!r} is not key=value; e.g. training.lightning.max_steps=1000"
             )
-    merged = OmegaConf.structured(schema)
+    merged, renamed = OmegaConf.structured(schema), renamed_keys(schema)
     try:
         for arg in file_args:
-            merged = OmegaConf.merge(merged, _read_yaml(config_path(arg.split("=", 1)[1])))
+            path = config_path(arg.split("=", 1)[1])
+            merged = OmegaConf.merge(merged, move_renamed(_read_yaml(path), renamed, str(path)))
         for item in overrides:
             try:
-                merged = OmegaConf.merge(merged, _dotlist_item(item))
+                merged = OmegaConf.merge(
+                    merged, move_renamed(_dotlist_item(item), renamed, "command line")
+                )
             except TypeError as exc:  # e.g. a list entry set by index: a dict onto a list
                 raise ConfigError(
                     f"{item!r}: {exc}; set a list as a whole, e.g. "
@@ -238,6 +272,8 @@ def describe(schema: type) -> list[str]:
             f"  {key}[i].*  (each entry of a {item.__name__} list: {heading})",
             *_describe(item, f"{key}[i].", item(), items),
         ]
+    for old, new in renamed_keys(schema).items():
+        lines.append(f"  {old} -> {new}  (old spelling, still read)")
     return lines
 
 

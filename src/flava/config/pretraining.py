@@ -1,7 +1,7 @@
 """Typed schema of `python -m flava.train`: training, model and datasets sections, and checks.
 
-The sections shared with fine-tuning (Lightning, checkpoints, optimisation, one dataset) live
-in `flava.config.common`.
+The sections shared with other commands (the model's shared keys, what every data section
+holds, Lightning, checkpoints, optimisation, one dataset) live in `flava.config.common`.
 """
 
 from __future__ import annotations
@@ -13,12 +13,16 @@ from omegaconf import DictConfig
 
 from flava.config.checks import Check, Choice, check_directory, fail_checks
 from flava.config.common import (
+    DataSectionConfig,
     EvaluationConfig,
     SourceConfig,
+    TrainableModelConfig,
     TrainingConfig,
-    existing_file,
+    data_section_checks,
+    prompt_checks,
     training_checks,
 )
+from flava.config.common import model_checks as shared_model_checks
 
 
 class MimTarget(Choice):
@@ -42,10 +46,6 @@ class Kind(Choice):
     image = "image"
     text = "text"
     vl = "vl"
-
-
-TEMPLATE_SETS = ("imagenet80", "imagenet7")
-"""Named zero-shot template sets of training.evaluation.templates."""
 
 
 @dataclass
@@ -100,15 +100,9 @@ class InitFrom:
 
 
 @dataclass
-class ModelConfig:
+class PretrainingModelConfig(TrainableModelConfig):
     """Which model to build and how to get MIM targets."""
 
-    preset: str = "flava_full"
-    """flava_full, 900m, 1.8b, 2.7b, 4.8b, 10b or tiny."""
-    pretrained_model_key: str | None = None
-    """Start from weights: a pretrained key (flava_full), our checkpoint or a transformers dir."""
-    activation_checkpointing: bool = False
-    """Non-re-entrant activation checkpointing in every encoder."""
     mim_target: MimTarget = MimTarget.auto
     """auto: dalle when codebook weights are given, else kmeans."""
     codebook: str | None = None
@@ -139,8 +133,14 @@ class KindConfig:
     its text-only corpora at up to 512 tokens, captions at 77."""
 
 
+def kind_text_length(d: DictConfig, kind: str) -> int:
+    """Tokens per text of data kind `kind`: datasets.<kind>.text_max_length, else
+    datasets.text_max_length."""
+    return int(d[kind].text_max_length or d.text_max_length)
+
+
 @dataclass
-class DatasetsConfig:
+class DatasetsConfig(DataSectionConfig):
     """Data: which kinds, how they mix per step, text and image processing."""
 
     selected: list[Kind] = field(default_factory=lambda: [Kind.image, Kind.text, Kind.vl])
@@ -154,8 +154,6 @@ class DatasetsConfig:
     image: KindConfig = field(default_factory=KindConfig)
     text: KindConfig = field(default_factory=KindConfig)
     vl: KindConfig = field(default_factory=KindConfig)
-    text_max_length: int = 77
-    """Tokens per text, [CLS] and [SEP] included."""
     mlm_probability: float = 0.15
     """Fraction of text tokens masked."""
     whole_word_masking: bool = False
@@ -164,9 +162,6 @@ class DatasetsConfig:
     """Patches masked per image (None: 75/196 of the grid)."""
     crop_scale: list[float] = field(default_factory=lambda: [0.9, 1.0])
     """Random resized crop scale range."""
-    max_skipped_fraction: float = 0.1
-    """Stop the run (with a checkpoint) when more than this fraction of the training samples
-    read so far were skipped as bad (unreadable images, empty texts, ...); 1 never stops."""
     log_keys: bool = False
     """Write the key of every training sample to RUN_DIR/samples/rank-R.tsv (batch index, kind,
     key, epoch of a streamed source), to audit what a run read."""
@@ -177,7 +172,7 @@ class RunConfig:
     """The whole pretraining run."""
 
     training: TrainingConfig = field(default_factory=TrainingConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: PretrainingModelConfig = field(default_factory=PretrainingModelConfig)
     datasets: DatasetsConfig = field(default_factory=DatasetsConfig)
 
 
@@ -200,26 +195,15 @@ def evaluation_checks(
             "training.evaluation.every_n_steps",
             "must be >= 1 or null",
         ),
-        (
-            existing_file(ev.class_names),
-            "training.evaluation.class_names",
-            "must be a JSON list file of class names (not found)",
-        ),
-        (
-            ev.templates in TEMPLATE_SETS or existing_file(ev.templates),
-            "training.evaluation.templates",
-            "must be imagenet80, imagenet7 or a JSON list file of templates with {} (not found)",
-        ),
+        *prompt_checks(ev, "training.evaluation"),
     ]
 
 
 def model_checks(m: DictConfig) -> list[Check]:
-    """Value checks of the model section (the preset against the model's named presets)."""
-    from flava.model.presets import PRESET_NAMES
-
+    """Value checks of the model section (its shared keys, k-means, losses, init_from)."""
     weights = [name for name in LossConfig.__dataclass_fields__ if name.endswith("_weight")]
     return [
-        (m.preset in PRESET_NAMES, "model.preset", f"must be one of {', '.join(PRESET_NAMES)}"),
+        *shared_model_checks(m),
         (m.kmeans_codes >= 2, "model.kmeans_codes", "must be >= 2"),
         (
             0 <= m.losses.itm_negative_probability < 1,
@@ -253,8 +237,8 @@ def init_from_checks(entries: list[InitFrom]) -> list[Check]:
 def datasets_checks(d: DictConfig) -> list[Check]:
     """Value checks of the datasets section."""
     checks = [
+        *data_section_checks(d, "datasets"),
         (0 < d.mlm_probability < 1, "datasets.mlm_probability", "must be in (0, 1)"),
-        (d.text_max_length >= 3, "datasets.text_max_length", "must be >= 3"),
         *[
             (
                 d[k].text_max_length is None or d[k].text_max_length >= 3,
@@ -263,7 +247,6 @@ def datasets_checks(d: DictConfig) -> list[Check]:
             )
             for k in ("text", "vl")
         ],
-        (0 <= d.max_skipped_fraction <= 1, "datasets.max_skipped_fraction", "must be in [0, 1]"),
         (len(d.selected) > 0, "datasets.selected", "must name at least one of image, text, vl"),
     ]
     if d.sampling == Sampling.probability:

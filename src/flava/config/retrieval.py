@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from omegaconf import DictConfig
 
 from flava.config.checks import Choice
 from flava.config.common import (
+    RENAMED_EVAL_KEYS,
     EvalDataConfig,
-    EvalModelConfig,
+    ModelConfig,
     RunOptions,
     eval_checks,
     fail_eval_checks,
@@ -54,9 +56,11 @@ class RetrievalRunConfig:
     """`python -m flava.retrieval`."""
 
     run: RunOptions = field(default_factory=lambda: RunOptions(run_dir="runs/retrieval"))
-    model: EvalModelConfig = field(default_factory=EvalModelConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
     data: RetrievalDataConfig = field(default_factory=RetrievalDataConfig)
     retrieval: RetrievalOptions = field(default_factory=RetrievalOptions)
+    renamed_keys: ClassVar[dict[str, str]] = RENAMED_EVAL_KEYS
+    """Old spellings still read (each moved to its new key, with a warning)."""
 
 
 def validate_retrieval(cfg: DictConfig, max_scenes: int | None = None) -> None:

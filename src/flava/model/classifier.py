@@ -2,7 +2,7 @@
 
 Text tasks read the text encoder, image tasks the image encoder, multimodal tasks the
 multimodal encoder over the fused image and text states. Saving and loading a fine-tuned
-classifier lives with the checkpoint code's callers (`flava.tasks.finetuning`).
+classifier lives in `flava.checkpoints.finetuned`.
 """
 
 from __future__ import annotations

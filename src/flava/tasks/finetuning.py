@@ -5,20 +5,19 @@ A dataset kind calls for one encoder and one task type (`expected_task`); `build
 turns the `data` section into the training set and the validation sets (embedded scenes, GLUE,
 torchvision, image folders, VQAv2, SNLI-VE, Hateful Memes or any configured source), each a
 `TaskDataset` from `flava.tasks.task_data`. A run saves its best classifier with
-`save_finetuned`; `load_finetuned` reads it back. The run itself is `flava.finetune`.
+`save_finetuned` and `load_finetuned` reads it back (both in `flava.checkpoints.finetuned`,
+re-exported here). The run itself is `flava.finetune`.
 """
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
+from flava.checkpoints.finetuned import load_finetuned, save_finetuned
 from flava.config import ConfigError, validate_finetune
-from flava.model.classifier import FlavaClassifier
-from flava.model.flava import FlavaModel
 from flava.tasks.task_data import (
     DatasetUnavailable,
     SceneTask,
@@ -182,40 +181,6 @@ def build_datasets(
     if cfg.task.type == "regression" and outputs != 1:
         raise ConfigError(f"task.type=regression needs a regression dataset ({outputs} classes)")
     return train, list(zip(prefixes, vals, strict=True)), list(train.class_names), outputs
-
-
-# ---------------------------------------------------------------------------------------------
-# the saved model/ directory
-
-HEAD_SETTINGS = ("modality", "num_outputs", "hidden_size", "act", "dropout", "pooling")
-
-
-def save_finetuned(
-    model: FlavaClassifier, directory: str | Path, extra: dict[str, Any] | None = None
-) -> None:
-    """FlavaModel dir (from_pretrained-loadable) + head.safetensors + task.json."""
-    from flava.checkpoints import save_pretrained
-    from flava.checkpoints.io import save_weights, write_json
-
-    out = Path(directory)
-    save_pretrained(model.flava, out)
-    save_weights(out / "head.safetensors", model.head.state_dict())
-    write_json(out / "task.json", {**model.settings, **(extra or {})})
-
-
-def load_finetuned(directory: str | Path) -> tuple[FlavaClassifier, dict[str, Any]]:
-    """A fine-tuned classifier saved by a run (its model/ directory) and its task.json."""
-    from safetensors.torch import load_file
-
-    from flava.checkpoints import from_pretrained
-    from flava.checkpoints.io import read_json
-
-    directory = Path(directory)
-    info = read_json(directory / "task.json")
-    flava = from_pretrained(FlavaModel, directory)
-    model = FlavaClassifier(flava, **{k: info[k] for k in HEAD_SETTINGS})
-    model.head.load_state_dict(load_file(str(directory / "head.safetensors")))
-    return model, info
 
 
 __all__ = [

@@ -87,7 +87,11 @@ def load_flava(mcfg: Any, seed: int = 0) -> Any:
     if mcfg.pretrained_model_key:
         return FlavaModel.from_pretrained(mcfg.pretrained_model_key)
     torch.manual_seed(seed)
-    log.info("no weights given: model.preset=%s with random initialisation", mcfg.preset)
+    log.info(
+        "no weights given: model.preset=%s with random initialisation "
+        "(model.pretrained_model_key=flava_full reads the released weights)",
+        mcfg.preset,
+    )
     return FlavaModel(preset(mcfg.preset))
 
 

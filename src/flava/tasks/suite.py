@@ -12,7 +12,7 @@ keys whose mean is its figure, and the paper's figure where FACTS.md gives one. 
 - macro-averages the figures per group (vision, NLP, multimodal) over the tasks that ran, and
   overall as the mean of the group averages (the paper's 75.85 = mean of 79.44, 78.19, 69.92).
 
-Compute is estimated from `flava.plan`'s FLOP counts before anything runs (`run.plan=true`).
+Compute is estimated from `flava.planning`'s FLOP counts before anything runs (`run.plan=true`).
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from flava.config import ConfigError
+from flava.config.pretraining import kind_text_length
 from flava.data.sources.base import SAMPLE_ERRORS, BadSample, Sample, SkipLog, SourceError
 from flava.data.tokenizer import FlavaTokenizer
 from flava.data.transforms import ImageTransform
@@ -348,7 +349,7 @@ def build_evaluation(
         tokenizer,
         transform,
         ev.batch_size,
-        cfg.datasets.vl.text_max_length or cfg.datasets.text_max_length,  # captions' length
+        kind_text_length(cfg.datasets, "vl"),  # captions' length
         ev.every_n_steps,
         counts,
     )

@@ -13,6 +13,7 @@ import torch
 from omegaconf import DictConfig
 
 from flava.config import ConfigError
+from flava.config.pretraining import kind_text_length
 from flava.data.batch import PretrainingBatch
 from flava.data.mixing import (
     KINDS,
@@ -104,7 +105,7 @@ class PretrainingData(L.LightningDataModule):
             image.image_size, image.patch_size, num_masking_patches=d.image_mask_patches
         )
         common = dict(image_size=image.image_size, codebook_size=codebook_size)
-        lengths = {k: d[k].text_max_length or d.text_max_length for k in ("text", "vl")}
+        lengths = {k: kind_text_length(d, k) for k in ("text", "vl")}
         positions = model_config.text.max_position_embeddings
         for kind, length in lengths.items():
             if length > positions:
