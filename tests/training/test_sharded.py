@@ -32,7 +32,7 @@ FAST = [
     # reduction-order differences grow with it; the image encoder keeps its 0.25 multiplier
     "training.learning_rate=1e-3",
     f"training.lightning.max_steps={STEPS}",
-    "training.lightning_checkpoint.every_n_train_steps=3",
+    "training.lightning_checkpoint.every_n_train_steps=null",  # last.ckpt at the end
 ]
 # SIGKILL right after the first last.ckpt (step 3) is complete, in every process.
 _KILL_AFTER_FIRST = r"""
@@ -172,7 +172,8 @@ def test_fsdp_weights_equal_one_process_under_sgd(tmp_path, monkeypatch):
 def test_sigkilled_fsdp_run_resumes_with_two_or_one_process(fsdp_run, tmp_path):
     run = tmp_path / "killed"
     kill = _kill_script(tmp_path)
-    _torchrun(2, run, "training.lightning.strategy=fsdp", script=kill, check=False)
+    every_3 = "training.lightning_checkpoint.every_n_train_steps=3"  # killed after the first
+    _torchrun(2, run, "training.lightning.strategy=fsdp", every_3, script=kill, check=False)
     last = run / "checkpoints" / "last.ckpt"
     assert last.is_dir() and not (run / "model").exists()  # killed mid-run
     assert sorted(p.name for p in last.iterdir()) == [

@@ -54,7 +54,6 @@ def shards(tmp_path_factory) -> tuple[Path, set[str]]:
 def _args(run: Path, root: Path, steps: int, *extra: str) -> list[str]:
     return [
         *SMALL,
-        EVERY_STEP,
         f"training.run_dir={run}",
         f"training.lightning.max_steps={steps}",
         "training.batch_size=2",
@@ -148,7 +147,8 @@ def test_two_processes_two_workers_resume_exactly_and_elastically(shards, tmp_pa
     _train(2, _args(straight, root, 8))
     # SIGKILL after a periodic checkpoint, resume with 2 processes: the same weights, bit for bit
     run = tmp_path / "killed"
-    last = shutil.copy(_killed(2, _args(run, root, 8), run, 4), tmp_path / "killed.ckpt")
+    killed = _killed(2, _args(run, root, 8, EVERY_STEP), run, 4)
+    last = shutil.copy(killed, tmp_path / "killed.ckpt")
     state = torch.load(last, map_location="cpu", weights_only=False)
     start = state["PretrainingData"]["start_batch"]
     assert 3 <= start < 8 and len(state["PretrainingData"]["streams"]) == 4  # 2 ranks x 2 workers
