@@ -125,6 +125,8 @@ def test_run_dir_files_local_and_remote(tmp_path, memory):
         run.publish(folder, "model")  # again: the same files, not model/model/
         assert run.exists("model/config.json") and not run.exists("model/model")
         assert run.read_text("model/config.json") == "{}"
+    # file:// is a local folder for Lightning too (as a URL it wrote <cwd>/file:/...)
+    assert RunDir(f"file://{tmp_path}/f").url("checkpoints") == str(tmp_path / "f" / "checkpoints")
 
 
 def test_commands_that_write_locally_refuse_a_url():

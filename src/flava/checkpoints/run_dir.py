@@ -54,8 +54,10 @@ class RunDir:
     """The run directory at `location`; names below it are '/'-separated relative paths."""
 
     def __init__(self, location: str | os.PathLike) -> None:
-        text = os.fspath(location)
-        self.remote = is_url(text) and not text.startswith("file://")
+        # file:// is a local folder, given to Lightning as a path: it would take the URL for a
+        # relative path and write <cwd>/file:/... (its ModelCheckpoint calls realpath on it)
+        text = os.fspath(location).removeprefix("file://")
+        self.remote = is_url(text)
         self.location = text.rstrip("/") if is_url(text) else str(Path(text))
         self.fs, self._root = fsspec.core.url_to_fs(self.location)
         if isinstance(self.fs, LocalFileSystem):
