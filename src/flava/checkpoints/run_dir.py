@@ -144,7 +144,10 @@ def fetch(location: str) -> str:
         return location  # the caller's check says "no such file"
     rank = os.environ.get("RANK", "0")
     target = scratch_folder(location) / f"rank{rank}" / location.rstrip("/").rsplit("/", 1)[-1]
-    shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
+    if target.is_dir():  # an earlier copy (a sharded checkpoint is a folder)
+        shutil.rmtree(target)
+    else:
+        target.unlink(missing_ok=True)
     target.parent.mkdir(parents=True, exist_ok=True)
     fs.get(path, str(target), recursive=fs.isdir(path))
     return str(target)
