@@ -4,9 +4,11 @@ processes' own stderr."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 
 def environment() -> dict[str, str]:
@@ -30,3 +32,13 @@ def torchrun(
     if check:
         assert done.returncode == 0, done.stderr[-3000:]
     return done
+
+
+def run_plan(nproc: int, plan: list[dict], folder: Path, timeout: float = 1800) -> None:
+    """Run the training runs of `plan` (`run_plan.py`'s entries) in order in one launch of
+    `nproc` processes; each must exit 0."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "plan.json").write_text(json.dumps(plan))
+    runner = str(Path(__file__).with_name("run_plan.py"))
+    torchrun(nproc, runner, str(folder / "plan.json"), timeout=timeout)
+    assert json.loads((folder / "codes.json").read_text()) == [0] * len(plan)

@@ -16,7 +16,8 @@ from flava.config import RunConfig, load_config, validate
 from flava.model import FlavaForPreTraining
 from flava.train import main
 
-from .launch import torchrun  # noqa: TID252
+from .launch import run_plan, torchrun  # noqa: TID252
+from .run_plan import sgd  # noqa: TID252
 from .test_train import SMALL  # noqa: TID252
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
@@ -52,19 +53,18 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+def _args(nproc: int, run: Path, *extra: str) -> list[str]:
+    """flava.train's arguments of a FAST run in `run` on `nproc` processes."""
+    batch = f"training.batch_size={BATCH}"
+    return [*FAST, f"training.run_dir={run}", batch, f"training.lightning.devices={nproc}", *extra]
+
+
 def _torchrun(
     nproc: int, run: Path, *extra: str, script: str | None = None, check: bool = True
 ) -> None:
     """FAST training in `run`, by flava.train or by `script`; `check`: it must exit 0."""
     target = ["-m", "flava.train"] if script is None else [script]
-    args = [
-        *FAST,
-        f"training.run_dir={run}",
-        f"training.batch_size={BATCH}",
-        f"training.lightning.devices={nproc}",
-        *extra,
-    ]
-    torchrun(nproc, *target, *args, check=check)
+    torchrun(nproc, *target, *_args(nproc, run, *extra), check=check)
 
 
 def _losses(run: Path) -> dict[int, dict[str, float]]:
@@ -96,17 +96,46 @@ def _assert_same_losses(a: Path, b: Path, steps: range, tol: float = 1e-5) -> No
             assert la[step][key] == pytest.approx(lb[step][key], abs=tol), (step, key)
 
 
+FSDP = "training.lightning.strategy=fsdp"
+COMPILED = "training.compile=true"
+
+
 @pytest.fixture(scope="module")
-def fsdp_run(tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("fsdp")
-    _torchrun(2, run, "training.lightning.strategy=fsdp")
-    return run
+def runs(tmp_path_factory) -> Path:
+    """Every run of this file that needs several processes, in three launches (a launch costs
+    10-15 s before its first step): an FSDP run SIGKILLed after its first checkpoint; a
+    one-process FSDP run; then, in one launch, the eager FSDP run the others are compared with,
+    a compiled DDP run, DDP's checkpoint resumed under FSDP, FSDP under plain SGD, the killed
+    run resumed, the one-process checkpoint resumed by two compiled processes, and each
+    shipped scale config shrunk to the tiny preset."""
+    out = tmp_path_factory.mktemp("sharded")
+    every_3 = "training.lightning_checkpoint.every_n_train_steps=3"  # killed after the first
+    _torchrun(2, out / "killed", FSDP, every_3, script=_kill_script(out), check=False)
+    one = ["training.lightning.max_steps=3", f"training.batch_size={2 * BATCH}"]
+    _torchrun(1, out / "one_fsdp", FSDP, *one)
+    plan = [
+        {"args": _args(2, out / "fsdp", FSDP)},
+        {"args": _args(2, out / "ddp", "training.lightning.strategy=ddp", COMPILED)},
+        {"args": _args(2, out / "ddp_to_fsdp", FSDP, *_from(out / "ddp", STEPS + 1))},
+        {"args": _args(2, out / "sgd", FSDP), "sgd": True},
+        {"args": _args(2, out / "resumed", FSDP, *_from(out / "killed"))},
+        {"args": _args(2, out / "two", FSDP, *_from(out / "one_fsdp"), COMPILED)},
+        *({"args": _scale_args(name, out)} for name in SCALE_CONFIGS),
+    ]
+    run_plan(2, plan, out / "plan")
+    return out
 
 
-def test_fsdp_trains_as_ddp_and_as_one_process(fsdp_run, tmp_path):
+def _from(run: Path, steps: int = STEPS) -> list[str]:
+    """Resume `run`'s last checkpoint and train to `steps`."""
+    last = run / "checkpoints" / "last.ckpt"
+    load = f"training.lightning_load_from_checkpoint={last}"
+    return [f"training.lightning.max_steps={steps}", load]
+
+
+def test_fsdp_trains_as_ddp_and_as_one_process(runs, tmp_path):
+    fsdp_run, ddp = runs / "fsdp", runs / "ddp"  # ddp compiled, against eager FSDP
     assert json.loads((fsdp_run / "metrics.json").read_text())["steps"] == STEPS
-    ddp = tmp_path / "ddp"  # compiled: training.compile with DDP, against eager FSDP
-    _torchrun(2, ddp, "training.lightning.strategy=ddp", "training.compile=true")
     one = tmp_path / "one"
     args = [*FAST, f"training.run_dir={one}", f"training.batch_size={2 * BATCH}"]
     assert main(args) == 0
@@ -123,44 +152,15 @@ def test_fsdp_trains_as_ddp_and_as_one_process(fsdp_run, tmp_path):
     # ~5e-5 in six steps (measured); the losses above hold to 1e-5
     assert _max_difference(fsdp, ddp_weights) < 1e-4
     assert _max_difference(fsdp, _weights(one / "model")) < 1e-4
-    # DDP's single-file checkpoint resumes under fsdp (optimizer state re-keyed by name)
-    on = tmp_path / "ddp_to_fsdp"
-    last = ddp / "checkpoints" / "last.ckpt"
-    _torchrun(
-        2,
-        on,
-        "training.lightning.strategy=fsdp",
-        f"training.lightning.max_steps={STEPS + 1}",
-        f"training.lightning_load_from_checkpoint={last}",
-    )
-    assert json.loads((on / "metrics.json").read_text())["steps"] == STEPS + 1
+    # DDP's single-file checkpoint resumed under fsdp (optimizer state re-keyed by name)
+    assert json.loads((runs / "ddp_to_fsdp" / "metrics.json").read_text())["steps"] == STEPS + 1
 
 
-_SGD = r"""
-import sys
-import flava.training.module as module
-from tests.training.test_sharded import sgd
-
-module.adamw_with_schedule = sgd
-from flava.train import main
-sys.exit(main(sys.argv[1:]))
-"""
-
-
-def sgd(named, t, device, max_steps):  # noqa: ANN001, ANN201
-    """Plain SGD in place of AdamW: no division by sqrt(v) to amplify reduction order."""
-    return {"optimizer": torch.optim.SGD([p for _, p in named if p.requires_grad], lr=0.05)}
-
-
-def test_fsdp_weights_equal_one_process_under_sgd(tmp_path, monkeypatch):
+def test_fsdp_weights_equal_one_process_under_sgd(runs, tmp_path, monkeypatch):
     """The AdamW weights above agree to 1e-4; with plain SGD the same runs agree to 1e-5."""
     import flava.training.module as module
 
-    script = tmp_path / "sgd.py"
-    script.write_text(_SGD)
-    fsdp = tmp_path / "fsdp"
-    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parents[2]))
-    _torchrun(2, fsdp, "training.lightning.strategy=fsdp", script=str(script))
+    fsdp = runs / "sgd"
     assert json.loads((fsdp / "metrics.json").read_text())["steps"] == STEPS
     monkeypatch.setattr(module, "adamw_with_schedule", sgd)
     one = tmp_path / "one"
@@ -169,11 +169,8 @@ def test_fsdp_weights_equal_one_process_under_sgd(tmp_path, monkeypatch):
     assert _max_difference(_weights(fsdp / "model"), _weights(one / "model")) < 1e-5
 
 
-def test_sigkilled_fsdp_run_resumes_with_two_or_one_process(fsdp_run, tmp_path):
-    run = tmp_path / "killed"
-    kill = _kill_script(tmp_path)
-    every_3 = "training.lightning_checkpoint.every_n_train_steps=3"  # killed after the first
-    _torchrun(2, run, "training.lightning.strategy=fsdp", every_3, script=kill, check=False)
+def test_sigkilled_fsdp_run_resumes_with_two_or_one_process(runs, tmp_path):
+    run = runs / "killed"
     last = run / "checkpoints" / "last.ckpt"
     assert last.is_dir() and not (run / "model").exists()  # killed mid-run
     assert sorted(p.name for p in last.iterdir()) == [
@@ -184,13 +181,7 @@ def test_sigkilled_fsdp_run_resumes_with_two_or_one_process(fsdp_run, tmp_path):
     ]
     assert torch.load(last / "meta.pt", weights_only=True)["global_step"] == 3
     assert not list(run.glob("checkpoints/*.partial"))
-    resumed = tmp_path / "resumed"
-    _torchrun(
-        2,
-        resumed,
-        "training.lightning.strategy=fsdp",
-        f"training.lightning_load_from_checkpoint={last}",
-    )
+    resumed, fsdp_run = runs / "resumed", runs / "fsdp"  # resumed by two processes
     assert _max_difference(_weights(resumed / "model"), _weights(fsdp_run / "model")) < 1e-6
     one = tmp_path / "one"  # the same checkpoint, one process, the same global batch size
     args = [
@@ -221,8 +212,8 @@ def test_sigkilled_fsdp_run_resumes_with_two_or_one_process(fsdp_run, tmp_path):
     assert (weights_dir / "kmeans_codebook.safetensors").exists()
 
 
-def _kill_script(tmp_path: Path) -> str:
-    path = tmp_path / "kill_after_first.py"
+def _kill_script(folder: Path) -> str:
+    path = folder / "kill_after_first.py"
     path.write_text(_KILL_AFTER_FIRST)
     return str(path)
 
@@ -262,70 +253,36 @@ TINY_OVERRIDE = [
 ]
 
 
+def _scale_args(name: str, out: Path) -> list[str]:
+    """A shipped scale config shrunk to the tiny preset on embedded data, sharded on two
+    processes (scaling_900m selects ddp; every one runs sharded here)."""
+    return [
+        f"config={name}",
+        f"training.run_dir={out / name.replace('/', '_')}",
+        *TINY_OVERRIDE,
+        "training.lightning.devices=2",
+        FSDP,
+        "model.activation_checkpointing=true",  # composed with sharding
+    ]
+
+
 @pytest.mark.parametrize("name", SCALE_CONFIGS)
 def test_shipped_scale_configs_validate(name):
     cfg = load_config([f"config={name}"], RunConfig, validate)
     assert cfg.training.lightning.strategy in ("fsdp", "ddp")
 
 
-def test_one_process_sharded_checkpoint_resumes_with_two(fsdp_run, tmp_path):
-    one = tmp_path / "one"
-    _torchrun(
-        1,
-        one,
-        "training.lightning.strategy=fsdp",
-        f"training.batch_size={2 * BATCH}",
-        "training.lightning.max_steps=3",
-    )
-    last = one / "checkpoints" / "last.ckpt"
+def test_one_process_sharded_checkpoint_resumes_with_two(runs):
+    last = runs / "one_fsdp" / "checkpoints" / "last.ckpt"
     assert (last / "__0_0.distcp").exists() and not (last / "__1_0.distcp").exists()
-    two = tmp_path / "two"  # compiled: training.compile under FSDP2, against eager
-    _torchrun(
-        2,
-        two,
-        "training.lightning.strategy=fsdp",
-        f"training.lightning_load_from_checkpoint={last}",
-        "training.compile=true",
-    )
+    two, fsdp_run = runs / "two", runs / "fsdp"  # compiled: training.compile under FSDP2
     _assert_same_losses(fsdp_run, two, range(3, STEPS))
     assert _max_difference(_weights(two / "model"), _weights(fsdp_run / "model")) < 1e-4
 
 
-# Every shipped scale config, shrunk to the tiny preset on embedded data, in one torchrun.
-_EACH_CONFIG = r"""
-import json, sys
-from flava.train import main
-
-names, out, overrides = sys.argv[1].split(","), sys.argv[2], sys.argv[3:]
-codes = {}
-for name in names:
-    run = f"{out}/{name.replace('/', '_')}"
-    codes[name] = main([f"config={name}", f"training.run_dir={run}", *overrides])
-if int(__import__("os").environ["RANK"]) == 0:
-    with open(f"{out}/codes.json", "w") as f:
-        json.dump(codes, f)
-"""
-
-
-def test_shipped_scale_configs_start_and_finish_under_fsdp(tmp_path):
-    script = tmp_path / "each_config.py"
-    script.write_text(_EACH_CONFIG)
-    fsdp = SCALE_CONFIGS  # scaling_900m selects ddp; every one runs sharded here
-    torchrun(
-        2,
-        str(script),
-        ",".join(fsdp),
-        str(tmp_path),
-        *TINY_OVERRIDE,
-        "training.lightning.devices=2",
-        "training.lightning.strategy=fsdp",
-        "model.activation_checkpointing=true",  # composed with sharding
-        timeout=900,
-    )
-    codes = json.loads((tmp_path / "codes.json").read_text())
-    assert codes == dict.fromkeys(fsdp, 0)
-    for name in fsdp:
-        metrics = json.loads((tmp_path / name.replace("/", "_") / "metrics.json").read_text())
+def test_shipped_scale_configs_start_and_finish_under_fsdp(runs):
+    for name in SCALE_CONFIGS:
+        metrics = json.loads((runs / name.replace("/", "_") / "metrics.json").read_text())
         assert metrics["steps"] == 2
 
 
