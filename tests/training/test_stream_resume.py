@@ -10,7 +10,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -22,7 +21,7 @@ from flava.model import FlavaForPreTraining
 from flava.train import main
 
 from ..data import sample_data  # noqa: TID252
-from .launch import environment, torchrun_command  # noqa: TID252
+from .launch import environment, run_plan, torchrun_command  # noqa: TID252
 from .test_train import EVERY_STEP, SMALL  # noqa: TID252
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
@@ -69,37 +68,29 @@ def _args(run: Path, root: Path, steps: int, *extra: str) -> list[str]:
     ]
 
 
-def _command(processes: int, args: list[str]) -> list[str]:
-    if processes == 1:
-        return [sys.executable, "-m", "flava.train", *args]
-    ddp = ["training.lightning.strategy=ddp", "training.lightning.devices=2"]
-    return torchrun_command(2, "-m", "flava.train", *args, *ddp)
+DDP = ["training.lightning.strategy=ddp", "training.lightning.devices=2"]
 
 
-def _train(processes: int, args: list[str]) -> str:
-    """Train to the end; what it logged. One process runs here, in the test's process (a
-    start-up of its own would cost more than its steps); two under torchrun."""
-    if processes == 1:
-        err, logger = io.StringIO(), logging.getLogger("flava")
-        handler, level = logging.StreamHandler(err), logger.level
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        try:
-            assert main(args) == 0, err.getvalue()[-3000:]
-        finally:
-            logger.removeHandler(handler)
-            logger.setLevel(level)
-        return err.getvalue()
-    cmd = _command(processes, args)
-    done = subprocess.run(cmd, env=environment(), capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stderr
+def _train(args: list[str]) -> str:
+    """Train one process to the end, here in the test's process (a start-up of its own would
+    cost more than its steps); what it logged."""
+    err, logger = io.StringIO(), logging.getLogger("flava")
+    handler, level = logging.StreamHandler(err), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        assert main(args) == 0, err.getvalue()[-3000:]
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    return err.getvalue()
 
 
-def _killed(processes: int, args: list[str], run: Path, step: int) -> Path:
-    """Start a run, SIGKILL it (all its processes) once a checkpoint of `step` or later exists."""
+def _killed(args: list[str], run: Path, step: int) -> Path:
+    """Start a 2-process run, SIGKILL it (all its processes) once a checkpoint of `step` or
+    later exists."""
     proc = subprocess.Popen(
-        _command(processes, args),
+        torchrun_command(2, "-m", "flava.train", *args, *DDP),
         env=environment(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -143,33 +134,37 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
 
 def test_two_processes_two_workers_resume_exactly_and_elastically(shards, tmp_path):
     root, good = shards
-    straight = tmp_path / "straight"
-    _train(2, _args(straight, root, 8))
-    # SIGKILL after a periodic checkpoint, resume with 2 processes: the same weights, bit for bit
+    # SIGKILL after a periodic checkpoint (one launch), resumed later by 2 and by 1 process
     run = tmp_path / "killed"
-    killed = _killed(2, _args(run, root, 8, EVERY_STEP), run, 4)
+    killed = _killed(_args(run, root, 8, EVERY_STEP), run, 4)
     last = shutil.copy(killed, tmp_path / "killed.ckpt")
     state = torch.load(last, map_location="cpu", weights_only=False)
     start = state["PretrainingData"]["start_batch"]
     assert 3 <= start < 8 and len(state["PretrainingData"]["streams"]) == 4  # 2 ranks x 2 workers
-    _train(2, _args(run, root, 8, f"training.lightning_load_from_checkpoint={last}"))
+    single = tmp_path / "single"  # a 1-process run whose checkpoint 2 processes resume
+    _train(_args(single, root, 5))
+    # one launch, in order: the run never killed, the killed run resumed, the 1-process
+    # checkpoint resumed by 2 processes
+    straight, two = tmp_path / "straight", tmp_path / "two"
+    from_single = f"training.lightning_load_from_checkpoint={single / 'checkpoints' / 'last.ckpt'}"
+    plan = [
+        _args(straight, root, 8, *DDP),
+        _args(run, root, 8, f"training.lightning_load_from_checkpoint={last}", *DDP),
+        _args(two, root, 5 + 15, from_single, *DDP),
+    ]
+    run_plan(2, [{"args": args} for args in plan], tmp_path / "plan")
+    # the killed run resumed with 2 processes: the same weights as the straight run, bit for bit
     weights, reference = _weights(run), _weights(straight)
     for key, value in reference.items():
         assert torch.equal(weights[key], value), key
-    # the same checkpoint resumed by 1 process: the epoch goes on, each record once
+    _audit(single, 5, two, good)
+    # the killed run's checkpoint resumed by 1 process: the epoch goes on, each record once
     one = tmp_path / "one"
     resumed = _train(
-        1, _args(one, root, start + 30, f"training.lightning_load_from_checkpoint={last}")
+        _args(one, root, start + 30, f"training.lightning_load_from_checkpoint={last}")
     )
     assert "resuming 1 process(es) x 2 reader(s) from a checkpoint of 2 x 2" in resumed
     _audit(run, start, one, good)
-    # a 1-process checkpoint resumed by 2 processes
-    single = tmp_path / "single"
-    _train(1, _args(single, root, 5))
-    last = single / "checkpoints" / "last.ckpt"
-    two = tmp_path / "two"
-    _train(2, _args(two, root, 5 + 15, f"training.lightning_load_from_checkpoint={last}"))
-    _audit(single, 5, two, good)
 
 
 def test_resampled_shards_resume_to_the_same_weights(shards, tmp_path):
@@ -177,10 +172,10 @@ def test_resampled_shards_resume_to_the_same_weights(shards, tmp_path):
     root, _ = shards
     resampled = f"datasets.vl.train=[{{type: webdataset, shards: [{root}], resampled: true}}]"
     straight, part = tmp_path / "straight", tmp_path / "part"
-    _train(1, [*_args(straight, root, 6), resampled])
-    _train(1, [*_args(part, root, 3), resampled])
+    _train([*_args(straight, root, 6), resampled])
+    _train([*_args(part, root, 3), resampled])
     last = part / "checkpoints" / "last.ckpt"
-    _train(1, [*_args(part, root, 6), resampled, f"training.lightning_load_from_checkpoint={last}"])
+    _train([*_args(part, root, 6), resampled, f"training.lightning_load_from_checkpoint={last}"])
     weights, reference = _weights(part), _weights(straight)
     for key, value in reference.items():
         assert torch.equal(weights[key], value), key
