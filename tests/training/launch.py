@@ -10,10 +10,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+ROOT = Path(__file__).parents[2]
+"""The repository's root: on the processes' path, so that they import test modules too."""
+
 
 def environment() -> dict[str, str]:
     """This process's environment (as it is now: tests set variables) with one thread each."""
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "PYTHONPATH": path}
 
 
 def torchrun_command(nproc: int, *target: str) -> list[str]:
@@ -34,11 +38,14 @@ def torchrun(
     return done
 
 
-def run_plan(nproc: int, plan: list[dict], folder: Path, timeout: float = 1800) -> None:
-    """Run the training runs of `plan` (`run_plan.py`'s entries) in order in one launch of
-    `nproc` processes; each must exit 0."""
+def run_plan(
+    nproc: int, plan: list[dict], folder: Path, timeout: float = 1800
+) -> subprocess.CompletedProcess[str]:
+    """Run the runs of `plan` (`run_plan.py`'s entries) in order in one launch of `nproc`
+    processes; each must exit 0. The launch's output."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "plan.json").write_text(json.dumps(plan))
     runner = str(Path(__file__).with_name("run_plan.py"))
-    torchrun(nproc, runner, str(folder / "plan.json"), timeout=timeout)
+    done = torchrun(nproc, runner, str(folder / "plan.json"), timeout=timeout)
     assert json.loads((folder / "codes.json").read_text()) == [0] * len(plan)
+    return done

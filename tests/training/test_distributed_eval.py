@@ -2,32 +2,25 @@
 embeddings, retrieval R@k and zero-shot accuracy, of the library, the `retrieval` / `zero_shot`
 commands and the pretraining callback, with sets that do not split evenly.
 
-Run as a script under torchrun (`python -m torch.distributed.run ... THIS_FILE OUT`), it writes
-each rank's embeddings and metrics to OUT/rank<r>.pt.
+Under torchrun, this module's `main([OUT])` writes each rank's embeddings and metrics to
+OUT/rank<r>.pt (a `launch.run_plan` entry).
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
+from .launch import run_plan  # noqa: TID252
+
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
 FAST = ["model.preset=tiny", "run.progress=false", "run.num_workers=0", "run.batch_size=4"]
 BAD = (2, 5)  # images that fail to load in the usable-images case
-
-
-def _torchrun(args: list[str]) -> subprocess.CompletedProcess[str]:
-    """Two CPU processes (gloo); fails the test with their stderr."""
-    from .launch import torchrun  # noqa: TID252 (imported here: this file also runs as a script)
-
-    return torchrun(2, *args, timeout=300)
 
 
 def _embeddings() -> dict[str, Any]:
@@ -71,8 +64,8 @@ def _embeddings() -> dict[str, Any]:
     }
 
 
-def test_two_processes_embed_and_score_like_one(tmp_path):
-    _torchrun([__file__, str(tmp_path)])
+def test_two_processes_embed_and_score_like_one(launched):
+    out, _ = launched
     one = _embeddings()
     assert one["kept"] == [i for i in range(9) if i not in BAD]
     assert one["skipped"] == {"unreadable_image": 2}
@@ -81,7 +74,7 @@ def test_two_processes_embed_and_score_like_one(tmp_path):
     # every 2nd batch; rank 1 repeats batch 0 to run as many as rank 0 (sharded models)
     shares = {0: [2, 2, 1], 1: [2, 2, 2]}
     for rank in (0, 1):
-        got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
+        got = torch.load(out / "embeddings" / f"rank{rank}.pt", weights_only=False)
         assert got["batches"] == shares[rank]
         for key in ("images", "texts", "usable"):
             torch.testing.assert_close(got[key], one[key], rtol=0, atol=1e-6)
@@ -93,40 +86,62 @@ def _metrics(run_dir: Path) -> dict[str, Any]:
     return json.loads((run_dir / "metrics.json").read_text())
 
 
-def test_zero_shot_command_under_torchrun(tmp_path):
+ZERO_SHOT = [*FAST, "data.size=13"]  # 4 batches of images: 8 on rank 0, 5 on rank 1
+RETRIEVAL = [*FAST, "data.size=9"]  # 3 batches of images, 36 captions in 3 batches of 16
+
+
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The two-process runs, in order in one launch (their folder, their output): pretraining
+    under ddp and under fsdp, the library's embeddings (this module's `main`), zero-shot,
+    retrieval, and retrieval again from the first retrieval's cache."""
+    out = tmp_path_factory.mktemp("two")
+    two = ["training.lightning.devices=2"]
+    again = [f"retrieval.cache_dir={out / 'retrieval' / 'cache'}"]
+    plan = [
+        *(
+            {"args": _pretraining([*two, f"training.{k}", f"training.run_dir={out / s}"])}
+            for s, k in (("ddp", "lightning.strategy=ddp"), ("fsdp", "lightning.strategy=fsdp"))
+        ),
+        {"command": "tests.training.test_distributed_eval", "args": [str(out / "embeddings")]},
+        {"command": "zero_shot", "args": [*ZERO_SHOT, f"run.run_dir={out / 'zero_shot'}"]},
+        {"command": "retrieval", "args": [*RETRIEVAL, f"run.run_dir={out / 'retrieval'}"]},
+        {"command": "retrieval", "args": [*RETRIEVAL, f"run.run_dir={out / 'again'}", *again]},
+    ]
+    return out, run_plan(2, plan, out / "plan", timeout=600).stdout
+
+
+def test_zero_shot_command_under_torchrun(tmp_path, launched):
     from flava import zero_shot
 
-    argv = [*FAST, "data.size=13"]  # 4 batches of images: 8 on rank 0, 5 on rank 1
-    assert zero_shot.main([*argv, f"run.run_dir={tmp_path / 'one'}"]) == 0
-    result = _torchrun(["-m", "flava.zero_shot", *argv, f"run.run_dir={tmp_path / 'two'}"])
-    assert result.stdout.count("zero-shot classification (") == 1  # rank 0's table only
-    one, two = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
+    out, stdout = launched
+    assert zero_shot.main([*ZERO_SHOT, f"run.run_dir={tmp_path / 'one'}"]) == 0
+    assert stdout.count("zero-shot classification (") == 1  # rank 0's table only
+    one, two = _metrics(tmp_path / "one"), _metrics(out / "zero_shot")
     assert two["images"] == one["images"] == 13
     for key in ("zero_shot/top1", "zero_shot/top5"):
         assert two[key] == pytest.approx(one[key], abs=1e-6)
 
 
-def test_retrieval_command_under_torchrun(tmp_path):
+def test_retrieval_command_under_torchrun(tmp_path, launched):
     from flava import retrieval
 
-    argv = [*FAST, "data.size=9"]  # 3 batches of images, 36 captions in 3 batches of 16
-    assert retrieval.main([*argv, f"run.run_dir={tmp_path / 'one'}"]) == 0
-    result = _torchrun(["-m", "flava.retrieval", *argv, f"run.run_dir={tmp_path / 'two'}"])
-    assert result.stdout.count("retrieval (") == 1
-    one, two = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
+    out, stdout = launched
+    assert retrieval.main([*RETRIEVAL, f"run.run_dir={tmp_path / 'one'}"]) == 0
+    assert stdout.count("retrieval (") == 2  # rank 0's table of each of the two runs
+    one, two = _metrics(tmp_path / "one"), _metrics(out / "retrieval")
     assert (two["images"], two["captions"]) == (one["images"], one["captions"]) == (9, 36)
     recalls = [k for k in one if k.startswith("retrieval/")]
     assert len(recalls) == 6
     assert {k: two[k] for k in recalls} == pytest.approx({k: one[k] for k in recalls}, abs=1e-6)
     (cached_one,), (cached_two,) = (
-        list((tmp_path / r / "cache").iterdir()) for r in ("one", "two")
+        list(run.iterdir()) for run in (tmp_path / "one" / "cache", out / "retrieval" / "cache")
     )
     a, b = (torch.load(p, weights_only=True) for p in (cached_one, cached_two))
     for key in ("images", "texts"):
         torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-6)
     assert torch.equal(b["text_to_image"], a["text_to_image"])
-    _torchrun(["-m", "flava.retrieval", *argv, f"run.run_dir={tmp_path / 'two'}"])
-    again = _metrics(tmp_path / "two")  # every process took rank 0's branch: the cache
+    again = _metrics(out / "again")  # every process took rank 0's branch: the cache
     assert again["cache_hit"] is True and all(again[k] == two[k] for k in recalls)
 
 
@@ -159,27 +174,28 @@ def one_process_evaluation(tmp_path_factory: pytest.TempPathFactory) -> dict[str
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_pretraining_evaluation_under_torchrun(tmp_path, strategy, one_process_evaluation):
+def test_pretraining_evaluation_under_torchrun(strategy, launched, one_process_evaluation):
     """The callback's step-0 evaluation of a 2-process run is one process's; under FSDP the
     ranks run as many batches, so their collectives line up."""
-    two = [f"training.lightning.strategy={strategy}", "training.lightning.devices=2"]
-    _torchrun(["-m", "flava.train", *_pretraining([*two, f"training.run_dir={tmp_path}"])])
     assert len(one_process_evaluation) == 8
-    assert _before(tmp_path) == pytest.approx(one_process_evaluation, abs=1e-6)
+    assert _before(launched[0] / strategy) == pytest.approx(one_process_evaluation, abs=1e-6)
 
 
-def _worker(out: Path) -> None:
-    """One torchrun process: join the gloo group, embed its share, save what it gathered."""
+def main(argv: list[str]) -> int:
+    """One torchrun process (in the process group of an earlier run of the plan, or its own):
+    embed its share, save what it gathered to argv[0]/rank<r>.pt."""
     import torch.distributed as dist
 
+    out = Path(argv[0])
+    out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
-    dist.init_process_group("gloo")
+    joined = dist.is_initialized()
+    if not joined:
+        dist.init_process_group("gloo")
     try:
         torch.save(_embeddings(), out / f"rank{dist.get_rank()}.pt")
         dist.barrier()  # no process leaves while another still talks to it
     finally:
-        dist.destroy_process_group()
-
-
-if __name__ == "__main__":
-    _worker(Path(sys.argv[1]))
+        if not joined:
+            dist.destroy_process_group()
+    return 0
