@@ -4,9 +4,10 @@ Every reader (`flava.data.sources.*`) yields `Sample`s: an image (encoded bytes,
 a URL / path), its texts, an optional second text and a label. Random-access readers subclass
 `IndexedSource` (`__len__`, `sample(index)`), streamed ones `StreamingSource` (shards of samples,
 plus random access to a preview prefix). `Sample` is the one record type: a command decodes the
-samples it reads (`Sample.decoded`: the image decoded, one text drawn) and applies one policy to
-samples that cannot be used: `BadSample` names the reason, `SkipLog` counts it, and
-`robust_item` replaces it by another sample of a random-access source.
+samples it reads (`Sample.decoded`: the image decoded, one text drawn; fine-tuning and evaluation
+also set a `target`) and applies one policy to samples that cannot be used: `BadSample` names
+the reason, `SkipLog` counts it, and `robust_item` replaces it by another sample of a
+random-access source.
 
 Images are decoded by `decode_image` only, and left in their mode: the image transforms convert
 every mode with `flava.data.transforms.to_rgb`.
@@ -200,11 +201,11 @@ def check_path(cfg: Any) -> None:
 
 @dataclass
 class Sample:
-    """One sample: an image, texts, a label.
+    """One sample: an image, texts, a label, and what a task makes of them.
 
     As read (raw), the image is encoded bytes, a PIL image or a URL / path string and `texts`
-    holds every text of the sample. Decoded (`decoded`), the image is a PIL image (or None) and
-    `texts` holds the one text drawn (or none).
+    holds every text of the sample. Decoded (`decoded`, a fine-tuning or evaluation dataset),
+    the image is a PIL image (or None) and `texts` holds the one text drawn (or none).
     """
 
     key: str
@@ -219,6 +220,9 @@ class Sample:
     """A text field is present but every value in it is empty or whitespace."""
     bad_label: Any = None
     """A label field whose value is not an integer class (kept to name it in the skip log)."""
+    target: Any = None
+    """What a fine-tuning or evaluation task predicts (`flava.tasks.task_data` sets it on decoded
+    samples): a class index, a float (regression) or {answer index: soft score} (VQA)."""
 
     @property
     def text(self) -> str | None:
