@@ -37,7 +37,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 from flava.data.collate import BatchBuilder
-from flava.data.sources.base import Item
+from flava.data.sources.base import Sample
 from flava.data.sources.embedded import SceneSource
 from flava.data.tokenizer import load_tokenizer
 from flava.data.transforms import image_transform
@@ -191,7 +191,7 @@ def over(batches: Sequence[Sequence], work: Callable[[Sequence], object], deadli
 
 
 def stage_functions(
-    items: Callable[[Sequence[int]], list[Item]],
+    items: Callable[[Sequence[int]], list[Sample]],
     n: int,
     builder: BatchBuilder,
     args: argparse.Namespace,
@@ -214,7 +214,7 @@ def stage_functions(
     def transforms(deadline: float) -> int:
         g = torch.Generator().manual_seed(0)
 
-        def work(batch: Sequence[Item]) -> None:
+        def work(batch: Sequence[Sample]) -> None:
             views = [builder.transform(i.image, generator=g) for i in batch]
             {k: torch.stack([v[k] for v in views]) for k in views[0]}
 
@@ -240,7 +240,7 @@ def stage_functions(
 
 def measure(
     name: str,
-    items: Callable[[Sequence[int]], list[Item]],
+    items: Callable[[Sequence[int]], list[Sample]],
     n: int,
     builder: BatchBuilder,
     args: argparse.Namespace,
@@ -300,8 +300,8 @@ def main(argv: list[str] | None = None) -> dict:
         files = write_files(Path(tmp), args.files)
         n = min(args.samples, len(files))
 
-        def file_items(idx: Sequence[int]) -> list[Item]:
-            return [Item(image=decode(files[i][0]), text=files[i][1]) for i in idx]
+        def file_items(idx: Sequence[int]) -> list[Sample]:
+            return [Sample(str(i), decode(files[i][0]), [files[i][1]]) for i in idx]
 
         results["files"] = measure("jpeg+png", file_items, n, builder, args)
         sizes = [os.path.getsize(p) for p, _ in files]

@@ -10,14 +10,14 @@ import torch
 
 from flava.data.collate import BatchBuilder
 from flava.data.mixing import MixedBatches, Stream
-from flava.data.sources.base import Item
+from flava.data.sources.base import Sample
 from flava.data.tokenizer import load_tokenizer
 from flava.data.transforms import image_transform
 from flava.objectives.masking import BlockMaskGenerator
 
 
 class CountingSource:
-    """Items whose text is their own index (so batches reveal which samples they hold)."""
+    """Samples whose text is their own index (so batches reveal which samples they hold)."""
 
     kinds = frozenset({"image", "text", "vl"})
 
@@ -27,8 +27,8 @@ class CountingSource:
     def __len__(self) -> int:
         return self.n
 
-    def item(self, index: int, kind: str, rng: np.random.Generator) -> Item:
-        return Item(text=f"sample {index}")
+    def item(self, index: int, kind: str, rng: np.random.Generator) -> Sample:
+        return Sample(str(index), texts=[f"sample {index}"])
 
 
 class TextOnlyBuilder:
@@ -113,7 +113,7 @@ def test_batch_builder_shapes():
     from PIL import Image
 
     items = [
-        Item(Image.new("RGB", (40, 50), (i * 40, 0, 0)), f"a red square number {i}")
+        Sample(str(i), Image.new("RGB", (40, 50), (i * 40, 0, 0)), [f"a red square number {i}"])
         for i in range(3)
     ]
     g = torch.Generator().manual_seed(0)
@@ -139,8 +139,8 @@ def test_text_length_per_batch_kind():
 
     long = " ".join(f"word{i}" for i in range(60))
     g, rng = torch.Generator().manual_seed(0), np.random.default_rng(0)
-    text = builder([Item(text=long)], "text", g, rng)
-    pair = builder([Item(Image.new("RGB", (32, 32)), long)], "vl", g, rng)
+    text = builder([Sample("0", texts=[long])], "text", g, rng)
+    pair = builder([Sample("0", Image.new("RGB", (32, 32)), [long])], "vl", g, rng)
     assert text["input_ids"].shape == (1, 40) and pair["input_ids"].shape == (1, 9)
 
 
@@ -155,7 +155,7 @@ def test_pairs_are_never_flipped_images_are():
     builder = BatchBuilder(
         load_tokenizer(), transform, BlockMaskGenerator.for_image(32, 16, num_masking_patches=1)
     )
-    items = [Item(image=picture, text="a red half left of a blue half")] * 16
+    items = [Sample("0", image=picture, texts=["a red half left of a blue half"])] * 16
     flipped = {}
     for kind in ("vl", "image"):
         batch = builder(items, kind, torch.Generator().manual_seed(0), np.random.default_rng(0))

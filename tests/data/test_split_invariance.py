@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from flava.data.collate import BatchBuilder
 from flava.data.mixing import FixedBatches, MixedBatches, Stream
-from flava.data.sources.base import Item
+from flava.data.sources.base import Sample
 from flava.data.sources.embedded import SceneSource
 from flava.data.tokenizer import load_tokenizer
 from flava.data.transforms import image_transform
@@ -156,11 +156,11 @@ def test_same_sample_everywhere_gets_different_draws(scenes):
 
 
 class _Same:
-    """A random-access source holding one item many times."""
+    """A random-access source holding one decoded sample many times."""
 
     kinds = frozenset({"image", "text", "vl"})
 
-    def __init__(self, item: Item) -> None:
+    def __init__(self, item: Sample) -> None:
         self.it = item
 
     def __len__(self) -> int:

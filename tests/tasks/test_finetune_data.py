@@ -188,7 +188,7 @@ def test_image_folder_and_retrieval_layouts(tmp_path):
 def test_embedded_tasks_and_pair_collation():
     pair = SceneTask("pair", "train", 6, 32)
     ex = pair[0]
-    assert ex.image is None and ex.text_pair and ex.target in (0, 1)
+    assert ex.image is None and ex.pair and ex.target in (0, 1)
     collate = Collator("text", "classification", 2, load_tokenizer(), image_transform("eval", 32))
     batch = collate([pair[i] for i in range(4)])
     types, mask = batch["token_type_ids"], batch["attention_mask"]

@@ -72,19 +72,19 @@ def test_truncated_png_dead_url_and_missing_file(tmp_path):
 def test_sample_level_reasons_and_labels():
     rng = np.random.default_rng(0)
     whitespace = sources.Sample("a", image=encoded("PNG"), texts=[], empty_text=True)
-    assert whitespace.item("image", rng).image is not None  # images need no caption
+    assert whitespace.decoded("image", rng).image is not None  # images need no caption
     for kind in ("vl", "text"):
         with pytest.raises(BadSample, match="whitespace") as info:
-            whitespace.item(kind, rng)
+            whitespace.decoded(kind, rng)
         assert info.value.reason == "empty_text"
     with pytest.raises(BadSample) as info:
-        sources.Sample("b", texts=["x"]).item("vl", rng)
+        sources.Sample("b", texts=["x"]).decoded("vl", rng)
     assert info.value.reason == "missing_image"
     # webdataset and Hugging Face rows: labels that are not integer classes are flagged
     files = {"png": encoded("PNG"), "txt": b"a cup", "cls": b"seven"}
     bad = sources.sample_from_files("k", files, ["text"])
     with pytest.raises(BadSample, match="'seven' is not an int") as info:
-        bad.item("vl", rng)
+        bad.decoded("vl", rng)
     assert info.value.reason == "bad_label"
     for value, label in ((3, 3), ("4", 4), (5.0, 5), (np.int64(6), 6), (True, 1), (None, None)):
         good = sources.sample_from_files("k", {**files, "cls": str(value).encode()}, ["text"])

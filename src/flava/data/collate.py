@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from flava.data.sources.base import Item
+from flava.data.sources.base import Sample
 from flava.data.tokenizer import FlavaTokenizer
 from flava.data.transforms import ImageTransform
 from flava.objectives.masking import BlockMaskGenerator, mask_tokens
@@ -35,7 +35,7 @@ def sample_draws(
 
 
 class BatchBuilder:
-    """Turns a list of `Item`s of one kind into a model batch (transforms, masks, tokens).
+    """Turns decoded `Sample`s of one kind into a model batch (transforms, masks, tokens).
 
     The random draws come from `generator` (torch: crops, flips, text masks) and `rng` (numpy:
     block masks): either one of each shared by the whole batch, drawn sample after sample, or a
@@ -118,7 +118,7 @@ class BatchBuilder:
 
     def __call__(
         self,
-        items: Sequence[Item],
+        items: Sequence[Sample],
         kind: str,
         generator: torch.Generator | Sequence[torch.Generator],
         rng: np.random.Generator | Sequence[np.random.Generator],

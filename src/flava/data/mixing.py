@@ -43,7 +43,7 @@ from flava.data.collate import BatchBuilder, sample_draws
 from flava.data.sources.base import (
     SAMPLE_ERRORS,
     DataError,
-    Item,
+    Sample,
     SkipLog,
     describe,
     robust_item,
@@ -63,13 +63,13 @@ _VAL_DRAWS = 0xE7A1
 
 
 class Source(Protocol):
-    """A random-access dataset that yields `Item`s of the kinds it supports."""
+    """A random-access dataset that yields decoded `Sample`s of the kinds it supports."""
 
     kinds: frozenset[str]
 
     def __len__(self) -> int: ...
 
-    def item(self, index: int, kind: str, rng: np.random.Generator) -> Item: ...
+    def item(self, index: int, kind: str, rng: np.random.Generator) -> Sample: ...
 
 
 @dataclass

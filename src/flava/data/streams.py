@@ -46,9 +46,9 @@ class IterableSource(Protocol):
 
     `shard_records(shard, kind, start)` yields (offset, record) of the records of `kind` of one
     shard from offset `start` on (raising `UnreadableShard` when it cannot be read further);
-    `decode(record, kind, rng)` turns one into an `Item` (raising OSError / ValueError for a
-    corrupt record, which is then skipped). `shuffle_buffer` is the size of the sample shuffle
-    buffer (<= 1: none); `resampled` draws shards with replacement instead of epochs.
+    `decode(record, kind, rng)` turns one into a decoded `Sample` (raising OSError / ValueError
+    for a corrupt record, which is then skipped). `shuffle_buffer` is the size of the sample
+    shuffle buffer (<= 1: none); `resampled` draws shards with replacement instead of epochs.
     """
 
     kinds: frozenset[str]

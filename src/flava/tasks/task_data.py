@@ -1,8 +1,9 @@
 """Downstream datasets: the task logic on the sources of `flava.data.sources`.
 
-Every fine-tuning and evaluation dataset is a `TaskDataset` of `Example`s (an image and / or a
-text, an optional second text, and a target) built from a source's raw `Sample`s; every format
-is read by its source type (`flava.data.sources.build`), and images are decoded by
+Every fine-tuning and evaluation dataset is a `TaskDataset` of decoded `Sample`s (an image and /
+or one text, an optional second text `pair`, and a `target`: a class index, a float for
+regression or {answer index: soft score} for VQA) made from a source's raw `Sample`s; every
+format is read by its source type (`flava.data.sources.build`), and images are decoded by
 `flava.data.sources.decode_image` only. Here are the labels, the answer vocabulary and soft
 scores, and which source each data kind reads. A sample that cannot be used raises `BadSample`
 (counted and skipped by the command, never a traceback). Kinds:
@@ -31,12 +32,11 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
-from PIL import Image
 
 from flava.config import ConfigError, SourceConfig
 from flava.data import sources
@@ -57,20 +57,9 @@ DatasetUnavailable = SourceError
 
 
 @dataclass
-class Example:
-    """One sample: image and / or text (+ second text) and a target."""
-
-    # target: a class index, a float (regression) or {answer index: soft score} (VQA)
-
-    image: Image.Image | None = None
-    text: str | None = None
-    text_pair: str | None = None
-    target: Any = None
-
-
-@dataclass
 class TaskDataset:
-    """A list-backed dataset: `rows` are turned into `Example`s by `make` (images load lazily)."""
+    """A list-backed dataset: `make` turns `rows` into decoded `Sample`s with their `target`
+    (images load lazily)."""
 
     rows: Sequence[Any]
     make: Any
@@ -86,18 +75,18 @@ class TaskDataset:
         """Number of examples."""
         return len(self.rows)
 
-    def __getitem__(self, index: int) -> Example:
-        """Example `index` (raises `BadSample` for a sample that cannot be used)."""
+    def __getitem__(self, index: int) -> Sample:
+        """Sample `index`, decoded (raises `BadSample` for a sample that cannot be used)."""
         return self.make(self.rows[index])
 
     def target(self, index: int) -> Any:
-        """The target of example `index` (without loading its image when possible)."""
+        """The target of sample `index` (without loading its image when possible)."""
         if self.target_of is not None:
             return self.target_of(self.rows[index])
         return self[index].target
 
     def subset(self, indices: Sequence[int]) -> TaskDataset:
-        """The examples at `indices` (a carved-out validation split, a capped set)."""
+        """The samples at `indices` (a carved-out validation split, a capped set)."""
         rows = [self.rows[i] for i in indices]
         return TaskDataset(
             rows,
@@ -174,17 +163,16 @@ def label_space(
     return names, target
 
 
-def example_of(sample: Sample, needs: Sequence[str], to_target: Callable[[Any], Any]) -> Example:
-    """The `Example` of a raw sample: its image decoded, its first text, second text, target."""
-    text = sample.texts[0] if sample.texts else None
+def task_sample(sample: Sample, needs: Sequence[str], to_target: Callable[[Any], Any]) -> Sample:
+    """A raw sample decoded for a task: its image decoded (when `needs` it, else left out), its
+    first text, its second text and the target of its label."""
+    text = sample.text
     if "image" in needs and sample.image is None:
         raise BadSample("missing_image", f"sample {sample.key!r} has no image")
     if "text" in needs and text is None:
         raise BadSample("empty_text", f"sample {sample.key!r} has no text")
     image = decode_image(sample.image) if "image" in needs else None
-    return Example(
-        image=image, text=text, text_pair=sample.pair, target=to_target(sample.raw_label)
-    )
+    return replace(sample, image=image, texts=sample.texts[:1], target=to_target(sample.raw_label))
 
 
 def source_task(
@@ -207,7 +195,7 @@ def source_task(
     rows = _cap(list(range(len(source))), size)
     return TaskDataset(
         rows,
-        lambda i: example_of(source.sample(i), needs, to_target),
+        lambda i: task_sample(source.sample(i), needs, to_target),
         outputs,
         names,
         lambda i: to_target(labels[i]),
@@ -243,14 +231,15 @@ class SceneTask:
         """Number of scenes."""
         return len(self.scenes)
 
-    def __getitem__(self, index: int) -> Example:
-        """Scene `index` as an example of the task."""
-        s = self.scenes[index]
+    def __getitem__(self, index: int) -> Sample:
+        """Scene `index` as a decoded sample of the task."""
+        s, key = self.scenes[index], str(index)
         if self.task == "image":
-            return Example(image=s.image, target=s.label)
+            return Sample(key, image=s.image, target=s.label)
         if self.task == "pair":
-            return Example(text=s.captions[0], text_pair=s.statement, target=int(s.entailed))
-        return Example(image=s.image, text=s.question, target={self._answers[s.answer]: 1.0})
+            return Sample(key, texts=[s.captions[0]], pair=s.statement, target=int(s.entailed))
+        target = {self._answers[s.answer]: 1.0}
+        return Sample(key, image=s.image, texts=[s.question], target=target)
 
     def target(self, index: int) -> Any:
         """The target of scene `index`."""
@@ -390,10 +379,11 @@ def vqa_task(source: IndexedSource, vocab: list[str], size: int | None = None) -
     index = {a: i for i, a in enumerate(vocab)}
     answers = source.labels()
 
-    def make(i: int) -> Example:
+    def make(i: int) -> Sample:
         sample = source.sample(i)
         image = decode_image(sample.image)
-        return Example(image=image, text=sample.texts[0], target=vqa_soft_scores(answers[i], index))
+        texts = [sample.texts[0]]
+        return replace(sample, image=image, texts=texts, target=vqa_soft_scores(answers[i], index))
 
     rows = _cap(list(range(len(source))), size)
     return TaskDataset(

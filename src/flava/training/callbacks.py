@@ -202,10 +202,10 @@ def collect(
     for index in picks:
         try:
             sample = source.sample(int(index))
-            item = sample.item(kind, rng)  # BadSample for an empty caption or a bad image
-            _check_label(item.label, num_classes)
+            decoded = sample.decoded(kind, rng)  # BadSample for an empty caption or a bad image
+            _check_label(decoded.label, num_classes)
             # kept as the S x S view: large photographs stay small, the metrics are the same
-            out.append((as_view(item.image, transform), sample))
+            out.append((as_view(decoded.image, transform), sample))
         except SourceError:
             raise
         except SAMPLE_ERRORS as exc:

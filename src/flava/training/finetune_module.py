@@ -13,12 +13,11 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
-from flava.data.sources.base import SAMPLE_ERRORS, SkipLog, robust_read, skip_reason
+from flava.data.sources.base import SAMPLE_ERRORS, Sample, SkipLog, robust_read, skip_reason
 from flava.data.tokenizer import FlavaTokenizer
 from flava.data.transforms import ImageTransform
 from flava.model.classifier import FlavaClassifier
 from flava.tasks.metrics import TaskMetrics
-from flava.tasks.task_data import Example
 from flava.training.counts import SkipCounter
 from flava.training.optim import adamw_with_schedule, check_multipliers, clip_gradients
 
@@ -26,7 +25,7 @@ INPUT_KEYS = ("pixel_values", "input_ids", "attention_mask", "token_type_ids")
 
 
 class Collator:
-    """Examples -> a model batch (pixels and / or tokens) with `targets`."""
+    """Decoded samples -> a model batch (pixels and / or tokens) with `targets`."""
 
     def __init__(
         self,
@@ -41,7 +40,7 @@ class Collator:
         self.tokenizer, self.transform, self.max_length = tokenizer, transform, max_length
 
     def __call__(
-        self, examples: Sequence[Example], generator: torch.Generator | None = None
+        self, examples: Sequence[Sample], generator: torch.Generator | None = None
     ) -> dict[str, torch.Tensor]:
         """Collate; `generator` drives random crops / flips of training images. Failed examples
         (`BadSample` and friends, from `UsableExamples`) are left out and counted in "skipped"."""
@@ -56,7 +55,7 @@ class Collator:
             batch["pixel_values"] = views["pixel_values"]
         if self.modality in ("text", "multimodal"):
             texts = [e.text or "" for e in examples]
-            pairs = [e.text_pair for e in examples]
+            pairs = [e.pair for e in examples]
             second = None if all(p is None for p in pairs) else [p or "" for p in pairs]
             tok = self.tokenizer(texts, second, max_length=self.max_length)
             for key in ("input_ids", "attention_mask", "token_type_ids"):
@@ -145,8 +144,9 @@ class EpochBatches(torch.utils.data.IterableDataset):
         out["samples_read"] = len(indices) + sum(out["skipped"].values())
         return out
 
-    def _example(self, index: int, rng: np.random.Generator) -> Example:
-        """Example `index`; a bad one is counted and replaced by a randomly drawn one."""
+    def _example(self, index: int, rng: np.random.Generator) -> Sample:
+        """Sample `index` of the dataset; a bad one is counted and replaced by a randomly drawn
+        one."""
         count = len(self.dataset)
         return robust_read(
             self.dataset.__getitem__, count, index, rng, self.skips, "training example"

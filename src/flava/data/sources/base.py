@@ -3,10 +3,11 @@
 Every reader (`flava.data.sources.*`) yields `Sample`s: an image (encoded bytes, a PIL image or
 a URL / path), its texts, an optional second text and a label. Random-access readers subclass
 `IndexedSource` (`__len__`, `sample(index)`), streamed ones `StreamingSource` (shards of samples,
-plus random access to a preview prefix). Every command turns samples into what it needs
-(pretraining `Item`s, fine-tuning examples, evaluation images and captions) and applies one
-policy to samples that cannot be used: `BadSample` names the reason, `SkipLog` counts it, and
-`robust_item` replaces it by another sample of a random-access source.
+plus random access to a preview prefix). `Sample` is the one record type: a command decodes the
+samples it reads (`Sample.decoded`: the image decoded, one text drawn; fine-tuning and evaluation
+also set a `target`) and applies one policy to samples that cannot be used: `BadSample` names
+the reason, `SkipLog` counts it, and `robust_item` replaces it by another sample of a
+random-access source.
 
 Images are decoded by `decode_image` only, and left in their mode: the image transforms convert
 every mode with `flava.data.transforms.to_rgb`.
@@ -20,7 +21,7 @@ import urllib.error
 import urllib.request
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -199,26 +200,13 @@ def check_path(cfg: Any) -> None:
 
 
 @dataclass
-class Item:
-    """One raw sample: an image, a text, or both (a pair), with an optional class label."""
-
-    image: Image.Image | None = None
-    text: str | None = None
-    label: int | None = None
-    key: str = ""
-    """The sample's key in its source (a shard member's key, a row or file index)."""
-
-    @property
-    def kind(self) -> str:
-        """ "vl" (pair), "image" or "text"."""
-        if self.image is not None:
-            return "vl" if self.text is not None else "image"
-        return "text"
-
-
-@dataclass
 class Sample:
-    """One raw sample: an image (encoded bytes, PIL, or a URL / path string), texts, a label."""
+    """One sample: an image, texts, a label, and what a task makes of them.
+
+    As read (raw), the image is encoded bytes, a PIL image or a URL / path string and `texts`
+    holds every text of the sample. Decoded (`decoded`, a fine-tuning or evaluation dataset),
+    the image is a PIL image (or None) and `texts` holds the one text drawn (or none).
+    """
 
     key: str
     image: bytes | Image.Image | str | None = None
@@ -232,6 +220,21 @@ class Sample:
     """A text field is present but every value in it is empty or whitespace."""
     bad_label: Any = None
     """A label field whose value is not an integer class (kept to name it in the skip log)."""
+    target: Any = None
+    """What a fine-tuning or evaluation task predicts (`flava.tasks.task_data` sets it on decoded
+    samples): a class index, a float (regression) or {answer index: soft score} (VQA)."""
+
+    @property
+    def text(self) -> str | None:
+        """The first text (a decoded sample's one text), else None."""
+        return self.texts[0] if self.texts else None
+
+    @property
+    def kind(self) -> str:
+        """ "vl" (image and text), "image" or "text"."""
+        if self.image is not None:
+            return "vl" if self.text is not None else "image"
+        return "text"
 
     def has(self, kind: str) -> bool:
         """Whether this sample can serve a batch of `kind`."""
@@ -256,8 +259,9 @@ class Sample:
             reason = "missing_image" if self.image is None and kind != "text" else "empty_text"
             raise BadSample(reason, f"sample {self.key!r} has no {kind} data")
 
-    def item(self, kind: str, rng: np.random.Generator) -> Item:
-        """The `Item` of `kind`: the decoded image and / or one of the texts drawn with `rng`."""
+    def decoded(self, kind: str, rng: np.random.Generator) -> Sample:
+        """This sample decoded for `kind`: its image decoded and / or one of its texts drawn
+        with `rng` (a modality `kind` does not read is left out)."""
         problem = self.problem(kind)
         if problem == "bad_label":
             raise BadSample(problem, f"sample {self.key!r}: label {self.bad_label!r} is not an int")
@@ -269,7 +273,7 @@ class Sample:
             many = len(self.texts) > 1
             text = self.texts[int(rng.integers(len(self.texts)))] if many else self.texts[0]
         image = decode_image(self.image) if kind in ("image", "vl") else None
-        return Item(image=image, text=text, label=self.label, key=self.key)
+        return replace(self, image=image, texts=[] if text is None else [text])
 
 
 def fetch(location: str, timeout: float = 10.0) -> bytes:
@@ -401,9 +405,9 @@ class IndexedSource:
         """The raw sample at `index` (all its texts, encoded image, label)."""
         raise NotImplementedError
 
-    def item(self, index: int, kind: str, rng: np.random.Generator) -> Item:
-        """Sample `index` as an `Item` of `kind`."""
-        return self.sample(index).item(kind, rng)
+    def item(self, index: int, kind: str, rng: np.random.Generator) -> Sample:
+        """Sample `index` decoded for `kind` (`Sample.decoded`)."""
+        return self.sample(index).decoded(kind, rng)
 
     def labels(self) -> list[Any]:
         """The label field of every sample, as read (fine-tuning builds its classes from them)."""
@@ -480,9 +484,9 @@ class StreamingSource:
             except UnreadableShard as exc:
                 log.warning("skipping the rest of a shard: %s", exc)
 
-    def decode(self, record: Sample, kind: str, rng: np.random.Generator) -> Item:
-        """One record as an `Item` of `kind`."""
-        return record.item(kind, rng)
+    def decode(self, record: Sample, kind: str, rng: np.random.Generator) -> Sample:
+        """One record decoded for `kind` (`Sample.decoded`)."""
+        return record.decoded(kind, rng)
 
     def preview(self) -> list[Sample]:
         """The first `preview_size` samples (of `preview_kind`, if set), read once."""
@@ -499,9 +503,9 @@ class StreamingSource:
     def __len__(self) -> int:
         return len(self.preview())
 
-    def item(self, index: int, kind: str, rng: np.random.Generator) -> Item:
-        """Preview sample `index` as an `Item` of `kind`."""
-        return self.preview()[index].item(kind, rng)
+    def item(self, index: int, kind: str, rng: np.random.Generator) -> Sample:
+        """Preview sample `index` decoded for `kind` (`Sample.decoded`)."""
+        return self.preview()[index].decoded(kind, rng)
 
     def sample(self, index: int) -> Sample:
         """Preview sample `index`."""
@@ -588,8 +592,9 @@ def robust_read(
 
 def robust_item(
     source: Any, index: int, kind: str, rng: np.random.Generator, skips: SkipLog | None = None
-) -> Item:
-    """`source.item(index)`, bad samples replaced and counted (see `robust_read`)."""
+) -> Sample:
+    """`source.item(index, kind, rng)` (a decoded `Sample`), bad samples replaced and counted
+    (see `robust_read`)."""
     skips = skips if skips is not None else SkipLog()
     read = lambda i: source.item(i, kind, rng)  # noqa: E731
     name, noun = describe(source), f"{kind} samples"

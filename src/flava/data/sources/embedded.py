@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from flava.data.sources.base import IndexedSource, Item, Sample, SourceType
+from flava.data.sources.base import IndexedSource, Sample, SourceType
 
 
 class SceneSource(IndexedSource):
@@ -27,14 +27,14 @@ class SceneSource(IndexedSource):
         scene = self.scenes[index]
         return Sample(key=str(index), image=scene.image, texts=list(scene.captions))
 
-    def item(self, index: int, kind: str, rng: np.random.Generator) -> Item:
-        """Scene `index` as an image, one of its captions, or both."""
+    def item(self, index: int, kind: str, rng: np.random.Generator) -> Sample:
+        """Scene `index` decoded for `kind`: its image, one of its captions, or both."""
         scene = self.scenes[index]
         caption = scene.captions[int(rng.integers(len(scene.captions)))]
-        return Item(
-            image=scene.image if kind in ("image", "vl") else None,
-            text=caption if kind in ("text", "vl") else None,
+        return Sample(
             key=str(index),
+            image=scene.image if kind in ("image", "vl") else None,
+            texts=[caption] if kind in ("text", "vl") else [],
         )
 
     def describe(self) -> str:
