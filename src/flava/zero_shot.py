@@ -46,6 +46,7 @@ from flava.tasks.run import (
     load_flava,
     print_table,
     processes,
+    read_json_list,
     resolve_device,
     save_results,
 )
@@ -80,9 +81,11 @@ def load_data_and_model(cfg: DictConfig, device: torch.device) -> tuple[Any, Any
     split = evaluation_split(d, default)
     part, is_split = read_split(entry, split)
 
+    z = cfg.zero_shot
+    names = read_json_list(z.class_names, "zero_shot.class_names") if z.class_names else []
+
     def data(image_size: int) -> tuple[Any, str]:
-        named = not cfg.zero_shot.class_names
-        found, own = labelled_images(d, part, image_size, "zero_shot", named=named)
+        found, own = labelled_images(d, part, image_size, "zero_shot", names=names)
         return found, (split if is_split else own) or "all"
 
     if not generated(entry):

@@ -187,35 +187,38 @@ def labelled_images(
     image_size: int,
     command: str,
     like: TaskDataset | None = None,
-    named: bool = False,
+    names: list[str] | None = None,
 ) -> tuple[TaskDataset, str | None]:
     """(the labelled images of `entry`, up to data.size, as a classification set; the split
     the source says it read). Classes are named by the data (class folders, a ClassLabel, or
     the sorted label strings). `like`: a split whose classes (folder order, label space) these
-    share; `named`: the classes must have names (zero-shot prompts), else one line asks for
-    zero_shot.class_names."""
+    share; `names`: the class names the command was given (zero_shot.class_names, for labels
+    that are class numbers), [] when it needs names and has none: class numbers without names
+    then fail in one line asking for zero_shot.class_names."""
     if like is not None and like.folder_classes:
         entry = OmegaConf.merge(entry, {"classes": list(like.folder_classes)})  # type: ignore[assignment]
     source = read(d, entry, image_size, "image", command)
-    space = like.space if like is not None else _class_space(d, entry, source, command, named)
+    space = like.space if like is not None else _class_space(d, entry, source, command, names)
     data = source_task(source, ("image",), "classification", cap_of(d), space)
     return data, getattr(source, "split", None)
 
 
 def _class_space(
-    d: DictConfig, entry: DictConfig, source: Any, command: str, named: bool
+    d: DictConfig, entry: DictConfig, source: Any, command: str, given: list[str] | None
 ) -> tuple[list[str], Any]:
-    """(class names, label -> class) of a source's labels; one line when it has none."""
+    """(class names, label -> class) of a source's labels (class numbers: as many classes as
+    the data's or the `given` names); one line when it has none."""
     names = source.class_names
     values = list(range(len(names))) if names else list(source.labels())
-    space = label_space(values, names, "classification")
+    space = label_space(values, names or given, "classification")
     where = _where(d, entry)
     if not space[0]:
         raise SourceError(
             f"{where}: no sample has a label; {command} needs {NEEDS[command]} "
             "(label_column names the field)"
         )
-    if named and not names and space[0] == [str(i) for i in range(len(space[0]))]:
+    numbered = space[0] == [str(i) for i in range(len(space[0]))]
+    if given is not None and not given and not names and numbered:
         raise ConfigError(
             f"{where}: the labels are class numbers without names; zero-shot prompts need "
             "names: give zero_shot.class_names=names.json (a JSON list in label order)"
