@@ -156,17 +156,25 @@ def test_every_command_help_names_its_keys(capsys):
 
     for command, key in (
         (finetune, "data.kind: {source, embedded, glue,"),
-        (zero_shot, "data.kind: {embedded, image_folder, torchvision} = 'embedded'"),
-        (retrieval, "data.kind: {embedded, coco, flickr30k, captions} = 'embedded'"),
+        (zero_shot, "data.kind: {source, embedded, image_folder, torchvision} = 'embedded'"),
+        (retrieval, "data.kind: {source, embedded, coco, flickr30k, captions} = 'embedded'"),
         (linear_probe, "probe.features: {encoder_cls, projection, mean_patch}"),
     ):
         assert command.main(["--help"]) == 0
         out = capsys.readouterr().out
         assert key in out, command.__name__
+        # data.kind=source: every command lists the source's keys, with the one default type
+        for source_key in (
+            "data.source.type: str = 'records'",
+            "data.source.shards: list[str] = []",
+            "data.source.label_column: str = 'label'",
+        ):
+            assert source_key in out, (command.__name__, source_key)
     assert retrieval.main(["data.kind=flickr"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == (
-        "error: data.kind='flickr' is invalid: must be one of embedded, coco, flickr30k, captions"
+        "error: data.kind='flickr' is invalid: must be one of source, embedded, coco, flickr30k, "
+        "captions"
     )
 
 
@@ -253,6 +261,8 @@ def test_each_shared_setting_is_declared_in_one_place():
     assert found["activation_checkpointing"] == {"TrainableModelConfig"}
     assert found["class_names"] == found["templates"] == {"PromptConfig"}
     assert found["max_skipped_fraction"] == {"DataSectionConfig"}
+    # data.kind=source: one data.source field for fine-tuning and the evaluation commands
+    assert found["source"] == {"SourceDataConfig"}
     # one home, with the per-kind override of pretraining (datasets.text.text_max_length: 512)
     assert found["text_max_length"] == {"DataSectionConfig", "KindConfig"}
 

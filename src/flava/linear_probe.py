@@ -16,6 +16,11 @@ Examples:
     python -m flava.linear_probe data.kind=image_folder data.root=D   # D/train, D/val, D/test
     python -m flava.linear_probe data.kind=image_folder data.root=D   # D/<class>/<image>: split
         # as it is (probe.test_fraction, then probe.val_fraction of the rest; seeded by run.seed)
+    python -m flava.linear_probe data.kind=source data.source.path=labels.jsonl  # split as it is
+Any source type with labelled images is read by data.kind=source (data.source.*); a type with
+splits (huggingface, torchvision, embedded) gives probe.train_split / probe.val_split and the
+test split (data.source.split, default probe.test_split), others are split as they are. The
+named kinds are read as such sources.
 Images that cannot be used are left out and counted (`data/skipped/<reason>`); above
 data.max_skipped_fraction the command stops with one line (exit 1).
 Writes <run.run_dir>/metrics.json. Keys: `python -m flava.linear_probe --help`.
@@ -50,17 +55,13 @@ from flava.tasks.run import (
 log = logging.getLogger("flava")
 
 
-def _has_split(cfg: DictConfig, split: str | None) -> bool:
-    d = cfg.data
-    if not split:
-        return False
-    if d.kind == "embedded":
-        return True
-    if d.kind == "image_folder":
-        from flava.tasks.task_data import has_split_folder
+def validate_config(cfg: DictConfig) -> None:
+    """The loader's checks: the schema's values, then the data section (its source's fields,
+    and a source type that holds labelled images)."""
+    from flava.tasks.eval_data import check_data
 
-        return has_split_folder(d.root, split)
-    return d.name == "rendered_sst2" and split in ("val", "validation")
+    validate_linear_probe(cfg)
+    check_data(cfg, "linear_probe")
 
 
 def _carve(count: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -71,36 +72,43 @@ def _carve(count: int, fraction: float, seed: int) -> tuple[list[int], list[int]
 
 
 def load_splits(cfg: DictConfig, image_size: int) -> tuple[list[tuple[Any, list[int]]], list[str]]:
-    """[(dataset, indices)] for train, val, test and the class names.
+    """[(dataset, indices)] for train, val, test and the class names, read through the data
+    section's source (`flava.tasks.eval_data`).
 
-    A folder without split subfolders (`D/<class>/<image>`) is split as it is: a seeded
-    `probe.test_fraction` for test, then `probe.val_fraction` of the rest for validation.
+    Data without a training split (a folder without split subfolders, `D/<class>/<image>`; a
+    records file; shards) is split as it is: a seeded `probe.test_fraction` for test, then
+    `probe.val_fraction` of the rest for validation; data without the validation split has
+    `probe.val_fraction` of train held out.
     """
-    from flava.tasks.task_data import image_classification_split
+    from flava.tasks.eval_data import (
+        evaluation_split,
+        labelled_images,
+        need_split,
+        source_of,
+        split_of,
+        validation_of,
+    )
 
     d, p = cfg.data, cfg.probe
-    embedded = d.kind == "embedded"
 
-    def split(name: str, embedded_size: int, classes: list[str] | None = None) -> Any:
-        size = embedded_size if embedded else d.size
-        return image_classification_split(
-            d.kind, name, image_size, d.root, d.name, size, d.seed, d.download, classes
-        )
+    def read(entry: Any, like: Any = None) -> Any:
+        return labelled_images(d, entry, image_size, "linear_probe", like)[0]
 
-    train = split(p.train_split, p.train_size)
+    whole = source_of(d, p.train_size)
+    train_part = split_of(whole, p.train_split)
+    train = read(train_part if train_part is not None else whole)
     classes = list(train.class_names)
-    single = d.kind == "image_folder" and not _has_split(cfg, p.train_split)
-    if single:
+    if train_part is None:
         rest, test_idx = _carve(len(train), p.test_fraction, cfg.run.seed + 1)
         test = train
-        log.info(
-            "%s has no split folders: %d of %d images for test", d.root, len(test_idx), len(train)
-        )
+        log.info("no %s split: %d of %d images for test", p.train_split, len(test_idx), len(train))
     else:
-        test = split(p.test_split, p.test_size, classes)
+        test_split = evaluation_split(d, None) or p.test_split
+        test = read(need_split(d, source_of(d, p.test_size), test_split, "probe.test_split"), train)
         rest, test_idx = list(range(len(train))), list(range(len(test)))
-    if _has_split(cfg, p.val_split) and not single:
-        val = split(p.val_split, p.val_size, classes)
+    val_part = None if train_part is None else validation_of(source_of(d, p.val_size), p.val_split)
+    if val_part is not None:
+        val = read(val_part, train)
         return [(train, rest), (val, list(range(len(val)))), (test, test_idx)], classes
     keep, held = _carve(len(rest), p.val_fraction, cfg.run.seed)
     log.info("no validation split: holding out %d of %d training images", len(held), len(rest))
@@ -111,12 +119,13 @@ def load_splits(cfg: DictConfig, image_size: int) -> tuple[list[tuple[Any, list[
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Probe per `cfg`; returns the metrics written to metrics.json."""
     from flava.data.sources import SkipLog
+    from flava.tasks.eval_data import generated, source_of
     from flava.tasks.linear_probe import l2_grid, sweep_and_fit
 
     start = time.perf_counter()
     r, p = cfg.run, cfg.probe
     device = resolve_device(r.device)
-    if cfg.data.kind == "embedded":
+    if generated(source_of(cfg.data)):
         model = load_flava(cfg.model, r.seed).to(device).eval()
         splits, classes = load_splits(cfg, model.config.image.image_size)
     else:  # external files first: a missing dataset fails before the model loads
@@ -199,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         argv,
         __doc__,
         lambda: describe(LinearProbeRunConfig),
-        lambda a: load_config(a, LinearProbeRunConfig, validate_linear_probe),
+        lambda a: load_config(a, LinearProbeRunConfig, validate_config),
         run,
         stop_errors=(DataError,),
     )

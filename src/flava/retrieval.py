@@ -11,6 +11,10 @@ Examples:
     python -m flava.retrieval model.pretrained_model_key=flava_full data.kind=flickr30k \\
         data.root=/data/flickr30k       # dataset_flickr30k.json + flickr30k-images/ (test, 1k)
     python -m flava.retrieval data.kind=captions data.root=DIR   # DIR/captions.jsonl or .csv
+    python -m flava.retrieval data.kind=source data.source.type=webdataset \\
+        'data.source.shards=[/data/shards/val]'                 # any source with captions
+Any source type with images and captions is read by data.kind=source (data.source.*: captions,
+karpathy, records, huggingface, webdataset, ...); the named kinds are read as such sources.
 An image that cannot be used (unreadable, truncated, SVG, no caption) is left out with its
 captions and counted (`data/skipped/<reason>` in metrics.json); above
 data.max_skipped_fraction of them the command stops with one line (exit 1).
@@ -34,10 +38,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from flava.config import (
-    ConfigError,
     RetrievalRunConfig,
     cli_main,
     describe,
@@ -59,39 +62,31 @@ from flava.tasks.run import (
 )
 
 log = logging.getLogger("flava")
-KARPATHY_FILES = {"coco": "dataset_coco.json", "flickr30k": "dataset_flickr30k.json"}
 
 
-def load_captioned(cfg: DictConfig, image_size: int) -> tuple[Any, str]:
-    """(source of images with all their captions, split) for data.kind embedded / coco /
-    flickr30k / captions, read through `flava.data.sources`."""
-    from flava.data.sources import Sample
-    from flava.data.sources.base import SampleList
-    from flava.tasks.task_data import captions_folder, karpathy_split
+def validate_config(cfg: DictConfig) -> None:
+    """The loader's checks: the schema's values (an embedded set's size), then the data
+    section (its source's fields, and a source type that holds images with captions)."""
+    from flava.tasks.eval_data import check_data
 
-    d = cfg.data
-    split = d.split or "test"
-    if d.kind == "embedded":
-        from flava.data.scenes import distinct_scenes
-
-        items = distinct_scenes(split, d.size or 512, image_size=image_size, seed=d.seed)
-        samples = [Sample(str(i), s.image, list(s.captions)) for i, s in enumerate(items)]
-        return SampleList(samples, "embedded scenes"), split
-    if d.kind == "captions":
-        if not d.root:
-            raise ConfigError("data.root is required for captions data (DIR/captions.jsonl)")
-        return captions_folder(Path(d.root), d.size), "all"
-    if not (d.root or d.annotations):
-        raise ConfigError(f"data.root (or data.annotations) is required for {d.kind} data")
-    root = Path(d.root or Path(d.annotations).parent)
-    annotations = Path(d.annotations) if d.annotations else root / KARPATHY_FILES[d.kind]
-    image_root = Path(d.image_root) if d.image_root else root
-    if not d.image_root and d.kind == "flickr30k" and (root / "flickr30k-images").is_dir():
-        image_root = root / "flickr30k-images"
-    return karpathy_split(annotations, image_root, split, d.size), split
+    validate_retrieval(cfg, MAX_DISTINCT_SCENES)
+    check_data(cfg, "retrieval")
 
 
-def cache_file(cfg: DictConfig, data: Any, split: str, image_size: int) -> Path | None:
+def load_captioned(cfg: DictConfig, entry: DictConfig, image_size: int) -> tuple[Any, str]:
+    """(images with all their captions, the split's name) of the data section's source
+    `entry` (`flava.tasks.eval_data.source_of`)."""
+    from flava.tasks.eval_data import captioned_images, evaluation_split, read_split
+
+    split = evaluation_split(cfg.data, "test")
+    part, is_split = read_split(entry, split)
+    data, own = captioned_images(cfg.data, part, image_size)
+    return data, (split if is_split else own) or "all"
+
+
+def cache_file(
+    cfg: DictConfig, entry: DictConfig, data: Any, split: str, image_size: int
+) -> Path | None:
     """Where this model + dataset + settings' embeddings are cached (None: caching off)."""
     rc = cfg.retrieval
     if not rc.use_cache:
@@ -104,10 +99,11 @@ def cache_file(cfg: DictConfig, data: Any, split: str, image_size: int) -> Path 
         content.update(str(sample.image if isinstance(sample.image, str) else "").encode())
         content.update(json.dumps(sample.texts).encode())
     d = cfg.data
+    source = OmegaConf.to_container(entry, resolve=True)
     key = json.dumps(
         {
             "model": model,
-            "data": [d.kind, d.seed, d.size, split, str(d.root), str(d.annotations)],
+            "data": [d.kind, source, d.size, split],
             "content": content.hexdigest(),
             "image_size": image_size,
             "text_max_length": cfg.data.text_max_length,
@@ -117,7 +113,8 @@ def cache_file(cfg: DictConfig, data: Any, split: str, image_size: int) -> Path 
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     name = cfg.model.pretrained_model_key or f"{cfg.model.preset}-random"
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(name).name or name)[:40]
-    return directory / f"{slug}-{d.kind}-{split}-{digest}.pt"
+    kind = entry.type if d.kind == "source" else d.kind
+    return directory / f"{slug}-{kind}-{split}-{digest}.pt"
 
 
 def _captioned_image(data: Any, index: int) -> Any:
@@ -186,17 +183,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 def evaluate(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
     """The retrieval run on `device`; returns the metrics written to metrics.json."""
     from flava.data.sources import SkipLog
+    from flava.tasks.eval_data import generated, source_of
     from flava.tasks.metrics import recall_at_k
 
     start = time.perf_counter()
-    if cfg.data.kind == "embedded":
+    entry = source_of(cfg.data)
+    if generated(entry):
         model = load_flava(cfg.model, cfg.run.seed).to(device).eval()
-        data, split = load_captioned(cfg, model.config.image.image_size)
+        data, split = load_captioned(cfg, entry, model.config.image.image_size)
     else:  # external files first: a missing file fails before the model loads
-        data, split = load_captioned(cfg, 0)
+        data, split = load_captioned(cfg, entry, 0)
         model = load_flava(cfg.model, cfg.run.seed).to(device).eval()
     image_size = model.config.image.image_size
-    path = cache_file(cfg, data, split, image_size)
+    path = cache_file(cfg, entry, data, split, image_size)
     found = embeddings(cfg, model, data, device, path)
     image_emb, text_emb, owner = found["images"], found["texts"], found["text_to_image"]
     skips = SkipLog()
@@ -228,9 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         argv,
         __doc__,
         lambda: describe(RetrievalRunConfig),
-        lambda a: load_config(
-            a, RetrievalRunConfig, lambda c: validate_retrieval(c, MAX_DISTINCT_SCENES)
-        ),
+        lambda a: load_config(a, RetrievalRunConfig, validate_config),
         run,
         stop_errors=(DataError,),
     )

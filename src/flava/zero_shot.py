@@ -11,6 +11,11 @@ Examples:
     python -m flava.zero_shot data.kind=torchvision data.name=cifar10 data.root=/data
     python -m flava.zero_shot data.kind=image_folder data.root=D \\
         zero_shot.class_names=names.json zero_shot.templates=templates.json
+    python -m flava.zero_shot data.kind=source data.source.path=labels.jsonl  # {"image", "label"}
+Any source type with labelled images is read by data.kind=source (data.source.*: records,
+image_folder, huggingface, webdataset, torchvision, ...; the named kinds are read as such
+sources); class names come from the data (class folders, a ClassLabel, label strings) or
+zero_shot.class_names.
 An image folder is D/<split>/<class>/<image>, or D/<class>/<image> read as it is when it has
 no split subfolder. Images that cannot be used are left out and counted
 (`data/skipped/<reason>`); above data.max_skipped_fraction the command stops (exit 1).
@@ -41,6 +46,7 @@ from flava.tasks.run import (
     load_flava,
     print_table,
     processes,
+    read_json_list,
     resolve_device,
     save_results,
 )
@@ -49,21 +55,45 @@ from flava.tasks.zero_shot import class_names_and_templates
 log = logging.getLogger("flava")
 
 
-def load_data_and_model(cfg: DictConfig, split: str, device: torch.device) -> tuple[Any, Any]:
-    """The labelled split and the model; external data is opened first, so it fails fast."""
-    from flava.tasks.task_data import image_classification_split
+def validate_config(cfg: DictConfig) -> None:
+    """The loader's checks: the schema's values, then the data section (its source's fields,
+    and a source type that holds labelled images)."""
+    from flava.tasks.eval_data import check_data
+
+    validate_zero_shot(cfg)
+    check_data(cfg, "zero_shot")
+
+
+def load_data_and_model(cfg: DictConfig, device: torch.device) -> tuple[Any, Any, str, str]:
+    """(the labelled split, the model, the split's name, the source type), read through the
+    data section's source; external data is opened first, so it fails fast."""
+    from flava.tasks.eval_data import (
+        evaluation_split,
+        generated,
+        labelled_images,
+        read_split,
+        source_of,
+    )
 
     d = cfg.data
+    entry = source_of(d)
+    default = "val" if d.kind != "torchvision" or d.name == "rendered_sst2" else "test"
+    split = evaluation_split(d, default)
+    part, is_split = read_split(entry, split)
 
-    def data(image_size: int) -> Any:
-        args = (d.root, d.name, d.size, d.seed, d.download)
-        return image_classification_split(d.kind, split, image_size, *args)
+    z = cfg.zero_shot
+    names = read_json_list(z.class_names, "zero_shot.class_names") if z.class_names else []
 
-    if d.kind != "embedded":
-        dataset = data(0)
-        return dataset, load_flava(cfg.model, cfg.run.seed).to(device).eval()
+    def data(image_size: int) -> tuple[Any, str]:
+        found, own = labelled_images(d, part, image_size, "zero_shot", names=names)
+        return found, (split if is_split else own) or "all"
+
+    if not generated(entry):
+        dataset, name = data(0)
+        return dataset, load_flava(cfg.model, cfg.run.seed).to(device).eval(), name, entry.type
     model = load_flava(cfg.model, cfg.run.seed).to(device).eval()
-    return data(model.config.image.image_size), model
+    dataset, name = data(model.config.image.image_size)
+    return dataset, model, name, entry.type
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -83,10 +113,9 @@ def evaluate(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
 
     start = time.perf_counter()
     r, d = cfg.run, cfg.data
-    split = d.split or ("val" if d.kind != "torchvision" or d.name == "rendered_sst2" else "test")
-    data, model = load_data_and_model(cfg, split, device)
+    data, model, split, kind = load_data_and_model(cfg, device)
     image_size = model.config.image.image_size
-    names, templates = class_names_and_templates(cfg, list(data.class_names))
+    names, templates = class_names_and_templates(cfg, list(data.class_names), kind)
     tokenizer = load_tokenizer()
     transform = image_transform("eval", image_size=image_size)
     skips = SkipLog()
@@ -128,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         argv,
         __doc__,
         lambda: describe(ZeroShotRunConfig),
-        lambda a: load_config(a, ZeroShotRunConfig, validate_zero_shot),
+        lambda a: load_config(a, ZeroShotRunConfig, validate_config),
         run,
         stop_errors=(DataError,),
     )

@@ -18,10 +18,9 @@ from flava.tasks.metrics import majority_baseline
 from flava.tasks.task_data import (
     DatasetUnavailable,
     SceneTask,
-    captions_folder,
     glue_dataset,
     image_folder_task,
-    karpathy_split,
+    read_source,
 )
 from flava.training.finetune_module import Collator
 
@@ -173,16 +172,17 @@ def test_image_folder_and_retrieval_layouts(tmp_path):
         {"split": "train", "filepath": "train2014", "filename": "x.jpg", "sentences": []},
     ]
     (coco / "dataset_coco.json").write_text(json.dumps({"images": entries}))
-    data = karpathy_split(coco / "dataset_coco.json", coco, "test")
+    annotations = str(coco / "dataset_coco.json")
+    data = read_source(type="karpathy", path=annotations, image_root=str(coco), split="test")
     assert data.captions == [["A red square.", "Something red."]]
     assert decode_image(data.sample(0).image).size == (40, 30)
     with pytest.raises(DatasetUnavailable, match="dataset_flickr30k.json"):
-        karpathy_split(coco / "dataset_flickr30k.json", coco)
+        read_source(type="karpathy", path=str(coco / "dataset_flickr30k.json"))
 
     folder = tmp_path / "caps"
     _image(folder / "a.png")
     (folder / "captions.jsonl").write_text(json.dumps({"image": "a.png", "captions": ["x", "y"]}))
-    assert captions_folder(folder).captions == [["x", "y"]]
+    assert read_source(type="captions", path=str(folder)).captions == [["x", "y"]]
 
 
 def test_embedded_tasks_and_pair_collation():

@@ -356,6 +356,16 @@ class SourceConfig:
     is skipped and counted (data/skipped/shard_unreadable)."""
 
 
+@dataclass
+class SourceDataConfig(DataSectionConfig):
+    """A data section that reads any source with data.kind=source (fine-tuning, evaluation)."""
+
+    source: SourceConfig = field(default_factory=lambda: SourceConfig(type="records"))
+    """data.kind=source: how to read the data: any type that holds what the command reads
+    (records, image_folder, captions, huggingface, webdataset, torchvision, karpathy, ...) with
+    its own fields (path, split, image_column, text_columns, label_column, ...; docs/data.md)."""
+
+
 def training_checks(t: DictConfig) -> list[Check]:
     """Value checks of the shared TrainingConfig section (choices are checked by their type)."""
     return [
@@ -465,17 +475,19 @@ def existing_file(path: str | None) -> bool:
 class ImageDataKind(Choice):
     """Where zero_shot's and linear_probe's labelled images come from."""
 
+    source = "source"
     embedded = "embedded"
     image_folder = "image_folder"
     torchvision = "torchvision"
 
 
 @dataclass
-class EvalDataConfig(DataSectionConfig):
+class EvalDataConfig(SourceDataConfig):
     """Where the images (and captions) come from."""
 
     kind: ImageDataKind = ImageDataKind.embedded
-    """embedded (generated scenes), a folder of class folders, or a torchvision dataset."""
+    """source (data.source: any source type with labelled images), embedded (generated scenes),
+    a folder of class folders, or a torchvision dataset. The named kinds are read as sources."""
     name: str | None = None
     """torchvision dataset: cifar10, food101 or rendered_sst2."""
     root: str | None = None
@@ -485,13 +497,27 @@ class EvalDataConfig(DataSectionConfig):
     annotations: str | None = None
     """Retrieval: Karpathy JSON (default root/dataset_coco.json or root/dataset_flickr30k.json)."""
     split: str | None = None
-    """Evaluation split (default: zero_shot val, retrieval test, linear_probe test)."""
+    """Evaluation split (default: zero_shot val, retrieval test, linear_probe test); with
+    data.kind=source: data.source.split (default: the type's own evaluation split, or all)."""
     size: int | None = None
-    """Embedded scenes to generate (default 512), or the first N examples of a dataset."""
+    """Embedded scenes to generate (default 512), or the first N examples of a dataset (a
+    stream is read only that far)."""
     seed: int = 0
     """Seed of the embedded scenes' generator."""
     download: bool = False
     """Let torchvision download the dataset (needs network access)."""
+
+
+NAMED_KIND_KEYS = {
+    "root": "path",
+    "name": "key",
+    "image_root": "image_root",
+    "annotations": "path",
+    "split": "split",
+    "seed": "seed",
+    "download": "download",
+}
+"""Keys of the named data kinds, each with the data.source field that says it for kind=source."""
 
 
 @dataclass
@@ -563,6 +589,21 @@ def eval_checks(cfg: DictConfig) -> list[Check]:
         (r.num_workers >= 0, "run.num_workers", "must be >= 0"),
         *data_section_checks(cfg.data, "data"),
         (cfg.data.size is None or cfg.data.size > 0, "data.size", "must be > 0"),
+        *source_kind_checks(cfg.data),
+    ]
+
+
+def source_kind_checks(d: DictConfig) -> list[Check]:
+    """With data.kind=source the named kinds' keys are not read: each set one is refused,
+    naming the data.source field that says it."""
+    defaults = EvalDataConfig()
+    return [
+        (
+            d.kind != "source" or d[key] == getattr(defaults, key),
+            f"data.{key}",
+            f"it is not read with data.kind=source; set data.source.{field} instead",
+        )
+        for key, field in NAMED_KIND_KEYS.items()
     ]
 
 

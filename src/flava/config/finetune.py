@@ -14,11 +14,10 @@ from omegaconf import DictConfig
 from flava.config.checks import Check, Choice, fail_checks
 from flava.config.common import (
     CheckpointConfig,
-    DataSectionConfig,
     EvaluationConfig,
     LightningConfig,
     LrSchedule,
-    SourceConfig,
+    SourceDataConfig,
     TrainableModelConfig,
     TrainingConfig,
     data_section_checks,
@@ -158,15 +157,12 @@ class SplitConfig:
 
 
 @dataclass
-class FinetuneDataConfig(DataSectionConfig):
+class FinetuneDataConfig(SourceDataConfig):
     """Which dataset, where, and how its inputs are processed."""
 
     kind: DataKind = DataKind.embedded
-    """source: your own data, see data.source."""
-    source: SourceConfig = field(default_factory=lambda: SourceConfig(type="records"))
-    """data.kind=source: how to read it (type records / image_folder / huggingface / webdataset
-    / captions, path, image_column, text_columns, text_pair_column, label_column, ...); each
-    split's name is the Hugging Face split, its path (if set) replaces source.path."""
+    """source: your own data, see data.source (each split's name is the Hugging Face split,
+    its path, if set, replaces data.source.path)."""
     val_fraction: float = 0.0
     """Carve this seeded share (training.seed) of the training split out as the validation set;
     data.val is then not read (use when the data has no validation split)."""

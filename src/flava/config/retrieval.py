@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from omegaconf import DictConfig
 
-from flava.config.checks import Choice
+from flava.config.checks import Check, Choice
 from flava.config.common import (
     RENAMED_EVAL_KEYS,
     EvalDataConfig,
@@ -21,6 +21,7 @@ from flava.config.common import (
 class RetrievalDataKind(Choice):
     """Where retrieval's images and captions come from."""
 
+    source = "source"
     embedded = "embedded"
     coco = "coco"
     flickr30k = "flickr30k"
@@ -36,7 +37,9 @@ class RetrievalDataConfig(EvalDataConfig):
     """Where the images and their captions come from."""
 
     kind: RetrievalDataKind = RetrievalDataKind.embedded  # type: ignore[assignment]
-    """embedded (generated scenes), a Karpathy split (coco, flickr30k) or a captions folder."""
+    """source (data.source: any source type with captioned images), embedded (generated
+    scenes), a Karpathy split (coco, flickr30k) or a captions folder. The named kinds are read
+    as sources."""
 
 
 @dataclass
@@ -69,12 +72,17 @@ def validate_retrieval(cfg: DictConfig, max_scenes: int | None = None) -> None:
     checks = eval_checks(cfg)
     checks.append((all(k >= 1 for k in cfg.retrieval.ks), "retrieval.ks", "k must be >= 1"))
     if max_scenes is not None:
-        size = cfg.data.size or EMBEDDED_RETRIEVAL_SIZE
-        checks.append(
-            (
-                cfg.data.kind != RetrievalDataKind.embedded or size <= max_scenes,
-                "data.size",
-                f"embedded retrieval sets hold at most {max_scenes} distinct scenes",
-            )
-        )
+        checks.append(_scene_count_check(cfg.data, max_scenes))
     fail_eval_checks(cfg, checks)
+
+
+def _scene_count_check(d: DictConfig, max_scenes: int) -> Check:
+    """Embedded retrieval sets (data.kind=embedded, or a data.source of type embedded) hold at
+    most `max_scenes` distinct scenes: data.size (kind=source: the smaller of data.size and
+    data.source.size)."""
+    hint = f"embedded retrieval sets hold at most {max_scenes} distinct scenes"
+    if d.kind == RetrievalDataKind.source and d.source.type == "embedded":
+        size = min(d.size or d.source.size, d.source.size)
+        return (size <= max_scenes, "data.source.size", f"{hint}; set data.size to fewer")
+    size = d.size or EMBEDDED_RETRIEVAL_SIZE
+    return (d.kind != RetrievalDataKind.embedded or size <= max_scenes, "data.size", hint)

@@ -22,9 +22,10 @@ scores, and which source each data kind reads. A sample that cannot be used rais
 - `snli_ve`: the `snli_ve` source type (SNLI-VE jsonl + Flickr30k images);
 - `hateful_memes`: the `hateful_memes` source type (the jsonl's img, text, label).
 
-Retrieval sets (Karpathy COCO / Flickr30K JSON, captions folders, embedded scenes) are sources
-of images with all their captions. A missing file fails at once with one line naming it
-(`DatasetUnavailable`, a `SourceError`: exit status 2 from the entry points).
+The evaluation commands read their data through `flava.tasks.eval_data` (labelled images as a
+`source_task`, retrieval sets as sources of images with all their captions). A missing file
+fails at once with one line naming it (`DatasetUnavailable`, a `SourceError`: exit status 2
+from the entry points).
 """
 
 from __future__ import annotations
@@ -304,13 +305,13 @@ def image_folder_path(root: str | None, split: str | None) -> Path:
     base = Path(root).expanduser()
     if split and (base / split).is_dir():
         return base / split
-    if base.is_dir() and split and _holds_images(base):
+    if base.is_dir() and split and holds_class_folders(base):
         return base
     return need_exists(base / split if split else base, "image folder")
 
 
-def _holds_images(folder: Path) -> bool:
-    """Whether `folder` is itself a class folder layout (images one level down)."""
+def holds_class_folders(folder: Path) -> bool:
+    """Whether `folder` is itself a class folder layout (images under its sub-folders)."""
     from flava.data.sources import image_files
 
     return any(c.is_dir() and image_files(c) for c in folder.iterdir())
@@ -325,11 +326,6 @@ def image_folder_task(
     names = folder.class_names or []
     space = label_space(list(range(len(names))), names, "classification")
     return source_task(folder, ("image",), "classification", size, space)
-
-
-def has_split_folder(root: str | None, split: str | None) -> bool:
-    """Whether `root/<split>` exists (else the folder is split by fraction, or read as it is)."""
-    return bool(root and split and (Path(root).expanduser() / split).is_dir())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -409,52 +405,3 @@ def hateful_memes_task(
     records = read_source(type="hateful_memes", path=root, files=dict(files))
     space = label_space([0, 1], records.class_names, "classification")
     return source_task(records, ("image", "text"), "classification", size, space)
-
-
-# ---------------------------------------------------------------------------------------------
-# retrieval sets
-
-
-def karpathy_split(
-    annotations: Path, image_root: Path, split: str = "test", size: int | None = None
-) -> IndexedSource:
-    """A Karpathy split (dataset_coco.json / dataset_flickr30k.json): images with every caption."""
-    fields = dict(path=str(annotations), image_root=str(image_root), split=split)
-    return _capped(read_source(type="karpathy", **fields), size)
-
-
-def captions_folder(root: Path, size: int | None = None) -> IndexedSource:
-    """A captions folder (captions.jsonl / .csv; caption, captions or text fields) as a source."""
-    return _capped(read_source(type="captions", path=str(root)), size)
-
-
-def _capped(source: IndexedSource, size: int | None) -> IndexedSource:
-    """The first `size` samples of a source (all when None)."""
-    from flava.data.sources.base import SampleList
-
-    if size is None or size >= len(source):
-        return source
-    return SampleList([source.sample(i) for i in range(size)], source.describe())
-
-
-def image_classification_split(
-    kind: str,
-    split: str,
-    image_size: int,
-    root: str | None = None,
-    name: str | None = None,
-    size: int | None = None,
-    seed: int = 0,
-    download: bool = False,
-    classes: list[str] | None = None,
-) -> Any:
-    """Labelled images of one split: embedded scenes (shapes), an image folder or torchvision."""
-    if kind == "embedded":
-        return SceneTask("image", split, size or 512, image_size, seed)
-    if kind == "image_folder":
-        return image_folder_task(root, split, classes, size)
-    if kind == "torchvision":
-        if not name:
-            raise ConfigError("data.name is required for torchvision data (e.g. cifar10)")
-        return torchvision_task(name, root, split, size, download)
-    raise ConfigError(f"data.kind={kind!r} is invalid: use embedded, image_folder or torchvision")

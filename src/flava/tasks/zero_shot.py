@@ -62,12 +62,15 @@ def is_imagenet_style(class_dirs: list[str]) -> bool:
 
 
 def class_names_and_templates(
-    cfg: DictConfig, dataset_classes: list[str]
+    cfg: DictConfig, dataset_classes: list[str], kind: str | None = None
 ) -> tuple[list[str], list[str]]:
-    """Names in label order and templates, from the files given or the dataset's defaults."""
+    """Names in label order and templates, from the files given or the dataset's defaults;
+    `kind`: the source type the classes come from (default cfg.data.kind): image_folder
+    (ImageNet's folders named, "_" read as spaces) and embedded (the scenes' templates) have
+    their own defaults."""
     from flava.tasks.run import read_json_list
 
-    z, kind = cfg.zero_shot, cfg.data.kind
+    z, kind = cfg.zero_shot, kind or cfg.data.kind
     imagenet = kind == "image_folder" and is_imagenet_style(dataset_classes)
     if z.class_names:
         names = read_json_list(z.class_names, "zero_shot.class_names")

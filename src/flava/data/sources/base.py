@@ -137,6 +137,12 @@ COMMON_FIELDS = ("type", "weight")
 of one kind (pretraining)."""
 
 
+LABELLED_IMAGES = "labelled images"
+"""What zero-shot classification and the linear probe read: images with a class each."""
+CAPTIONED_IMAGES = "captioned images"
+"""What retrieval reads: images with all their captions."""
+
+
 @dataclass(frozen=True)
 class SourceType:
     """A source type of `SourceConfig.type`: the fields it reads, how it is built and checked.
@@ -152,6 +158,9 @@ class SourceType:
     """(config, role "train" / "val", image size) -> an `IndexedSource` or `StreamingSource`."""
     check: Callable[[Any], None]
     """Cheap reachability checks (no data read); raises `SourceError`."""
+    holds: frozenset[str] = frozenset()
+    """What the evaluation commands can read from it: `LABELLED_IMAGES` and / or
+    `CAPTIONED_IMAGES` (a type holding neither, such as text_files, serves none of them)."""
 
 
 def need_path(cfg: Any) -> str:
@@ -413,6 +422,11 @@ class IndexedSource:
         """The label field of every sample, as read (fine-tuning builds its classes from them)."""
         return [self.sample(i).raw_label for i in range(len(self))]
 
+    def retrieval_set(self, size: int | None = None) -> IndexedSource:
+        """The images (with all their captions) that retrieval ranks: the first `size` samples
+        (all when None)."""
+        return capped(self, size)
+
     def describe(self) -> str:
         """A short description (logs, error messages, shard manifests)."""
         return type(self).__name__
@@ -515,6 +529,10 @@ class StreamingSource:
         """The label field of every preview sample, as read."""
         return [s.raw_label for s in self.preview()]
 
+    def retrieval_set(self, size: int | None = None) -> IndexedSource | StreamingSource:
+        """The first `size` preview samples (all when None) as a retrieval set."""
+        return capped(self, size)
+
     def describe(self) -> str:
         """A short description (logs, error messages)."""
         return type(self).__name__
@@ -523,6 +541,14 @@ class StreamingSource:
         state = dict(self.__dict__)
         state["_preview"] = None  # workers do not need the preview; keep pickles small
         return state
+
+
+def capped(source: Any, size: int | None) -> Any:
+    """The first `size` samples of a random-access source (or a stream's preview), held in
+    memory; the source itself when None or when it holds no more."""
+    if size is None or size >= len(source):
+        return source
+    return SampleList([source.sample(i) for i in range(size)], source.describe())
 
 
 def too_many_skipped(counts: dict[str, int], read: int, limit: float, what: str) -> str | None:

@@ -6,26 +6,43 @@ from typing import Any
 
 import numpy as np
 
-from flava.data.sources.base import IndexedSource, Sample, SourceType
+from flava.data.sources.base import (
+    CAPTIONED_IMAGES,
+    LABELLED_IMAGES,
+    IndexedSource,
+    Sample,
+    SampleList,
+    SourceError,
+    SourceType,
+)
 
 
 class SceneSource(IndexedSource):
-    """The embedded generated scenes (flava.data.scenes): images, captions, pairs."""
+    """The embedded generated scenes (flava.data.scenes): images with all their captions and
+    a class, the shape of the largest object (`class_names`: the shapes)."""
 
     kinds = frozenset({"image", "text", "vl"})
 
     def __init__(self, split: str, size: int, image_size: int, seed: int = 0) -> None:
-        from flava.data.scenes import SceneDataset
+        from flava.data.scenes import SHAPES, SceneDataset
 
         self.scenes = SceneDataset(split=split, size=size, image_size=image_size, seed=seed)
+        self.split = split
+        self.class_names = list(SHAPES)
 
     def __len__(self) -> int:
         return len(self.scenes)
 
     def sample(self, index: int) -> Sample:
-        """Scene `index` with all its captions."""
+        """Scene `index` with all its captions and its shape class."""
         scene = self.scenes[index]
-        return Sample(key=str(index), image=scene.image, texts=list(scene.captions))
+        return Sample(
+            key=str(index),
+            image=scene.image,
+            texts=list(scene.captions),
+            label=scene.label,
+            raw_label=scene.label,
+        )
 
     def item(self, index: int, kind: str, rng: np.random.Generator) -> Sample:
         """Scene `index` decoded for `kind`: its image, one of its captions, or both."""
@@ -36,6 +53,20 @@ class SceneSource(IndexedSource):
             image=scene.image if kind in ("image", "vl") else None,
             texts=[caption] if kind in ("text", "vl") else [],
         )
+
+    def retrieval_set(self, size: int | None = None) -> IndexedSource:
+        """One scene of each description (`distinct_scenes`: two identical scenes would leave
+        retrieval without one right answer), as many as this source holds (or `size`)."""
+        from flava.data.scenes import distinct_scenes
+
+        s = self.scenes
+        count = len(self) if size is None else min(size, len(self))
+        try:
+            found = distinct_scenes(s.split, count, image_size=s.image_size, seed=s.seed)
+        except ValueError as exc:
+            raise SourceError(f"embedded scenes: {exc}") from None
+        samples = [Sample(str(i), x.image, list(x.captions)) for i, x in enumerate(found)]
+        return SampleList(samples, "embedded scenes")
 
     def describe(self) -> str:
         """Split size."""
@@ -51,5 +82,12 @@ def _nothing_to_check(cfg: Any) -> None:
     """The scenes are generated: nothing to reach."""
 
 
-EMBEDDED = SourceType("embedded", ("split", "size", "seed"), _build, _nothing_to_check)
-"""`type: embedded`: `split` (default train / val by role), `size` scenes, generator `seed`."""
+EMBEDDED = SourceType(
+    "embedded",
+    ("split", "size", "seed"),
+    _build,
+    _nothing_to_check,
+    frozenset({LABELLED_IMAGES, CAPTIONED_IMAGES}),
+)
+"""`type: embedded`: `split` (default train / val by role), `size` scenes, generator `seed`;
+labelled by shape, captioned."""

@@ -17,6 +17,8 @@ import numpy as np
 
 from flava.data.sources.base import (
     CAPTION_FIELDS,
+    CAPTIONED_IMAGES,
+    LABELLED_IMAGES,
     IndexedSource,
     Sample,
     SourceError,
@@ -262,10 +264,16 @@ def _records(cfg: Any, role: str, image_size: int) -> Records:
     )
 
 
-IMAGE_FOLDER = SourceType("image_folder", ("path", "classes"), _image_folder, check_path)
+IMAGE_FOLDER = SourceType(
+    "image_folder", ("path", "classes"), _image_folder, check_path, frozenset({LABELLED_IMAGES})
+)
 """`type: image_folder`: `path/<class>/<image>`; `classes` fixes the class order."""
 CAPTIONS = SourceType(
-    "captions", ("path", "captions_file", "image_column", "text_columns"), _captions, check_path
+    "captions",
+    ("path", "captions_file", "image_column", "text_columns"),
+    _captions,
+    check_path,
+    frozenset({CAPTIONED_IMAGES}),
 )
 """`type: captions`: images under `path` with a JSONL / CSV `captions_file`."""
 RECORDS = SourceType(
@@ -273,5 +281,6 @@ RECORDS = SourceType(
     ("path", "image_root", "image_column", "text_columns", "text_pair_column", "label_column"),
     _records,
     check_path,
+    frozenset({LABELLED_IMAGES, CAPTIONED_IMAGES}),
 )
 """`type: records`: one example per row of the JSONL / CSV file `path`."""

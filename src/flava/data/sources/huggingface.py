@@ -16,6 +16,8 @@ from typing import Any
 from PIL import Image
 
 from flava.data.sources.base import (
+    CAPTIONED_IMAGES,
+    LABELLED_IMAGES,
     IndexedSource,
     Sample,
     SourceError,
@@ -283,9 +285,9 @@ class HuggingFaceSource(IndexedSource):
         """The configured dataset: random access, or `HuggingFaceStream` when streaming."""
         ds = load_huggingface(cfg, role)
         name = f"huggingface {_hf_name(cfg) if cfg.key else cfg.path} ({_split(cfg, role)})"
-        if cfg.streaming:
-            return HuggingFaceStream(ds, cfg, name)
-        return cls(ds, cfg, name)
+        source = HuggingFaceStream(ds, cfg, name) if cfg.streaming else cls(ds, cfg, name)
+        source.split = _split(cfg, role)  # type: ignore[union-attr]
+        return source
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -366,5 +368,6 @@ HUGGINGFACE = SourceType(
     ),
     _build,
     _check,
+    frozenset({LABELLED_IMAGES, CAPTIONED_IMAGES}),
 )
 """`type: huggingface`: a Hub dataset (`key`, `subset`) or a `save_to_disk` copy (`path`)."""

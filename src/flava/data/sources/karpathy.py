@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from flava.data.sources.base import (
+    CAPTIONED_IMAGES,
     IndexedSource,
     Sample,
     SourceError,
@@ -79,5 +80,7 @@ def _build(cfg: Any, role: str, image_size: int) -> KarpathySplit:
     return KarpathySplit(path, cfg.image_root or path.parent, split)
 
 
-KARPATHY = SourceType("karpathy", ("path", "image_root", "split"), _build, check_path)
+KARPATHY = SourceType(
+    "karpathy", ("path", "image_root", "split"), _build, check_path, frozenset({CAPTIONED_IMAGES})
+)
 """`type: karpathy`: the annotation file `path`, images under `image_root` (default: its folder)."""

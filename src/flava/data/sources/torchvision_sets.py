@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from flava.config import ConfigError
-from flava.data.sources.base import IndexedSource, Sample, SourceError, SourceType
+from flava.data.sources.base import LABELLED_IMAGES, IndexedSource, Sample, SourceError, SourceType
 
 TORCHVISION_DATASETS = {
     "cifar10": ("CIFAR10", "cifar-10-batches-py"),
@@ -37,6 +37,9 @@ TRAIN_FLAG_DATASETS = ("cifar10", "cifar100", "mnist")
 """Datasets whose torchvision class takes train=True/False instead of a split name."""
 SPLIT_SPELLINGS = {"country211": {"val": "valid"}}
 """Split names that a torchvision class spells its own way (validation is val elsewhere)."""
+EVALUATED_VALIDATION = ("rendered_sst2",)
+"""Sets whose validation split the evaluation commands read; the others' validation data is
+held out of the training split (probe.val_fraction)."""
 UNNAMED_CLASSES = {"pcam": ["normal tissue", "metastatic tissue"]}
 """Class names of sets whose torchvision class names none and keeps its labels out of reach."""
 
@@ -146,5 +149,11 @@ def _check(cfg: Any) -> None:
         _build(cfg, "train", 0)  # the one-line message
 
 
-TORCHVISION = SourceType("torchvision", ("key", "path", "split", "download"), _build, _check)
+TORCHVISION = SourceType(
+    "torchvision",
+    ("key", "path", "split", "download"),
+    _build,
+    _check,
+    frozenset({LABELLED_IMAGES}),
+)
 """`type: torchvision`: the set `key` (cifar10, food101, ...) under the root `path`."""

@@ -16,7 +16,9 @@ from typing import IO, Any
 
 from flava.data.sources.base import (
     CAPTION_FIELDS,
+    CAPTIONED_IMAGES,
     IMAGE_EXTENSIONS,
+    LABELLED_IMAGES,
     LISTED_NON_RASTER,
     Sample,
     SourceError,
@@ -329,5 +331,6 @@ WEBDATASET = SourceType(
     ),
     _build,
     _check,
+    frozenset({LABELLED_IMAGES, CAPTIONED_IMAGES}),
 )
 """`type: webdataset`: tar `shards` (or one `path`), streamed."""
