@@ -72,13 +72,19 @@ def test_zero_shot_on_image_folder_records_and_shards_sources(tmp_path, capsys):
     names.write_text(json.dumps(sorted(COLOURS)))
     given = _run(zero_shot, [*argv[len(FAST) :], f"zero_shot.class_names={names}"], tmp_path / "g")
     assert given["zero_shot/top1"] == named["zero_shot/top1"]
-    # webdataset shards written from the folder (labels as .cls), read as a stream, capped
+    # webdataset shards written from the folder (labels as .cls, the class names in their
+    # manifest.json), read as a stream, capped
     shards = tmp_path / "shards"
     assert write_shards([str(folder), str(shards), "--shard-size", "4"]) == 0
     stream = ["data.kind=source", "data.source.type=webdataset", f"data.source.shards=[{shards}]"]
-    stream.append(f"zero_shot.class_names={names}")
-    assert _run(zero_shot, stream, tmp_path / "w")["zero_shot/top1"] == named["zero_shot/top1"]
+    from_shards = _run(zero_shot, stream, tmp_path / "w")
+    assert from_shards["zero_shot/top1"] == named["zero_shot/top1"]
+    assert from_shards["classes"] == 3
     assert _run(zero_shot, [*stream, "data.size=4"], tmp_path / "w4")["images"] == 4
+    # shards without a manifest (written elsewhere) take their names from zero_shot.class_names
+    (shards / "manifest.json").unlink()
+    argv = [*stream, f"zero_shot.class_names={names}"]
+    assert _run(zero_shot, argv, tmp_path / "w5")["zero_shot/top1"] == named["zero_shot/top1"]
 
 
 def test_retrieval_on_captions_and_shards_sources(tmp_path):

@@ -58,11 +58,11 @@ from flava.data.sources import (
     image_format,
     too_many_skipped,
 )
+from flava.data.sources.webdataset import MANIFEST
 from flava.data.transforms import to_rgb
 
 log = logging.getLogger("flava.write_shards")
 
-MANIFEST = "manifest.json"
 Files = list[tuple[str, bytes]]  # the tar members of one sample: (name, bytes)
 _TEXT_COLUMNS = ("text", "caption", "captions", "sentences", "sentence")
 _SOURCE: Any = None  # the source being written (inherited by forked worker processes)

@@ -294,9 +294,29 @@ def _patterns(cfg: Any) -> list[str]:
     return list(cfg.shards) or ([cfg.path] if cfg.path else [])
 
 
+MANIFEST = "manifest.json"
+"""What `flava.data.write_shards` writes beside its shards (counts, source, class names)."""
+
+
+def manifest_classes(urls: Sequence[str]) -> list[str] | None:
+    """The class names of local shards written by `flava.data.write_shards`: the `classes` of
+    the `manifest.json` beside them, when every folder of shards has the same list; else None."""
+    found = []
+    for folder in {Path(u).parent for u in urls if not _is_url(u)}:
+        try:
+            classes = json.loads((folder / MANIFEST).read_text()).get("classes")
+        except (OSError, ValueError, AttributeError):
+            return None
+        found.append(classes)
+    if not found or not found[0] or any(c != found[0] for c in found):
+        return None
+    return [str(c) for c in found[0]]
+
+
 def _build(cfg: Any, role: str, image_size: int) -> TarShards:
-    return TarShards(
-        expand_shards(_patterns(cfg)),
+    urls = expand_shards(_patterns(cfg))
+    shards = TarShards(
+        urls,
         text_fields=list(cfg.text_columns),
         shuffle_buffer=cfg.shuffle_buffer,
         resampled=cfg.resampled,
@@ -306,6 +326,8 @@ def _build(cfg: Any, role: str, image_size: int) -> TarShards:
         pair_field=cfg.text_pair_column,
         label_field=cfg.label_column,
     )
+    shards.class_names = manifest_classes(urls)
+    return shards
 
 
 def _check(cfg: Any) -> None:
