@@ -111,10 +111,11 @@ def check_before_work(cfg: Any) -> str | None:
     """Fail in seconds on what would fail later (precision, resume file, data sources); returns
     the checked resume checkpoint, if any."""
     from flava.training.data import check_sources
-    from flava.training.precision import resolve_precision
+    from flava.training.precision import resolve_compile, resolve_precision
 
     resume = cfg.training.lightning_load_from_checkpoint
     resolve_precision(cfg)  # a precision the hardware lacks fails here, before any work
+    resolve_compile(cfg)
     if resume:  # missing, or needing more than tensors and plain containers: one line, exit 2
         resume = check_resume(resume, "training.lightning_load_from_checkpoint")
     check_sources(cfg)  # unreachable datasets fail here, in seconds, before the model is built

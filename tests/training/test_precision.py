@@ -90,6 +90,36 @@ def test_auto_on_cpu(monkeypatch, native, auto):
         assert P.lightning_precision(_lc("bf16")) == "bf16-mixed"
 
 
+@pytest.mark.parametrize(
+    ("device", "native", "precision", "steps", "compiled"),
+    [
+        ("cpu", {"bf16"}, "bf16-mixed", 1000, True),  # AVX512-BF16 / AMX: measured faster
+        ("cpu", {"bf16"}, "bf16-mixed", -1, True),  # no step limit
+        ("cpu", {"bf16"}, "bf16-mixed", 100, False),  # too short to pay back the compile
+        ("cpu", {"bf16"}, "32", 1000, False),  # fp32 on CPU: the demo's kind, eager
+        ("cpu", set(), "bf16-mixed", 1000, False),  # forced bf16 without native units
+        ("cuda", set(), "16-mixed", 1000, True),
+        ("cuda", set(), "32", 1000, False),
+        ("mps", set(), "bf16-mixed", 1000, False),
+    ],
+)
+def test_compile_auto_by_device_precision_and_length(
+    monkeypatch, caplog, device, native, precision, steps, compiled
+):
+    monkeypatch.setattr(P, "cpu_features", lambda: ("AVX512", frozenset(native)))
+    monkeypatch.setattr(P, "target_device", lambda lc: device)
+    chosen, why = P.compile_choice(precision, device, steps)
+    assert chosen is compiled and why
+    lightning = {"precision": precision, "max_steps": steps}
+    cfg = OmegaConf.create({"training": {"compile": "auto", "lightning": lightning}})
+    with caplog.at_level("INFO", logger="flava"):
+        assert P.resolve_compile(cfg).training.compile is compiled
+    assert f"training.compile=auto: {str(compiled).lower()} ({why})" in caplog.text
+    for given in (True, False):  # as given: kept
+        cfg.training.compile = given
+        assert P.resolve_compile(cfg).training.compile is given
+
+
 @pytest.mark.parametrize(("bf16", "auto"), [(True, "bf16-mixed"), (False, "16-mixed")])
 def test_auto_and_bf16_on_gpus(monkeypatch, bf16, auto):
     monkeypatch.setattr(P, "target_device", lambda lc: "cuda")
@@ -149,6 +179,8 @@ def test_auto_resolves_to_32_and_is_recorded(avx2, tmp_path, main, argv):
     assert main([*argv, f"training.run_dir={run_dir}", "training.lightning.precision=auto"]) == 0
     saved = OmegaConf.load(run_dir / "config.yaml")
     assert saved.training.lightning.precision == "32"
+    if main is train.main:  # training.compile=auto resolved and recorded: a 1-step fp32 run
+        assert saved.training.compile is False
     for ckpt in (run_dir / "checkpoints").glob("*.ckpt"):  # what we write loads weights_only
         assert read_checkpoint(ckpt)["global_step"] == 1
 

@@ -262,8 +262,11 @@ class TrainingConfig:
     (the longest matching prefix wins; warm-up and decay scale every group alike)."""
     nonfinite_patience: int = 20
     """Stop (with a checkpoint) after this many optimiser steps in a row with non-finite values."""
-    compile: bool = False
-    """torch.compile each transformer layer (after sharding under fsdp; with DDP alike)."""
+    compile: Any = "auto"
+    """true, false or auto: torch.compile each transformer layer of a pretraining run (after
+    sharding under fsdp; with DDP alike). auto compiles a run of half precision (bf16 / fp16)
+    on a GPU or on a CPU with native units for it, of at least 500 steps (the compile's
+    warm-up is paid back); the choice is logged and kept in the run's config.yaml."""
     contrastive_accumulation: bool = False
     """Pretraining under lightning.accumulate_grad_batches=k: one global contrastive loss over
     all k micro-batches of an optimizer step (their embeddings cached, then recomputed with
@@ -389,6 +392,7 @@ def training_checks(t: DictConfig) -> list[Check]:
             "training.lightning.accumulate_grad_batches",
             "must be >= 1",
         ),
+        (t.compile in (True, False, "auto"), "training.compile", "must be true, false or auto"),
         *run_dir_checks(t),
         *logger_checks(t),
     ]

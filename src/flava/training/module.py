@@ -70,7 +70,7 @@ class FlavaPretrainingModule(L.LightningModule):
         if isinstance(self.trainer.strategy, ShardedStrategy):
             mesh = self.device_mesh["data_parallel"]
             shard(self, self.model, mesh, self.trainer.precision)
-        if self.cfg.training.compile:
+        if self.cfg.training.compile is True:  # flava.train resolves "auto" before the run
             compile_layers(self.model)
 
     def forward(
