@@ -264,9 +264,9 @@ class TrainingConfig:
     """Stop (with a checkpoint) after this many optimiser steps in a row with non-finite values."""
     compile: Any = "auto"
     """true, false or auto: torch.compile each transformer layer of a pretraining run (after
-    sharding under fsdp; with DDP alike). auto compiles a run of half precision (bf16 / fp16)
-    on a GPU or on a CPU with native units for it, of at least 500 steps (the compile's
-    warm-up is paid back); the choice is logged and kept in the run's config.yaml."""
+    sharding under fsdp; with DDP alike). auto compiles a run of at least 500 steps in half
+    precision on a GPU, or in bf16 on a CPU with AMX (where it was measured faster); the choice
+    is logged and kept in the run's config.yaml."""
     contrastive_accumulation: bool = False
     """Pretraining under lightning.accumulate_grad_batches=k: one global contrastive loss over
     all k micro-batches of an optimizer step (their embeddings cached, then recomputed with
