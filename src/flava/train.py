@@ -115,10 +115,10 @@ def check_before_work(cfg: Any) -> str | None:
 
     resume = cfg.training.lightning_load_from_checkpoint
     resolve_precision(cfg)  # a precision the hardware lacks fails here, before any work
-    resolve_compile(cfg)
     if resume:  # missing, or needing more than tensors and plain containers: one line, exit 2
         resume = check_resume(resume, "training.lightning_load_from_checkpoint")
     check_sources(cfg)  # unreachable datasets fail here, in seconds, before the model is built
+    resolve_compile(cfg)  # logged once the checks have passed: a failed check stays one line
     return resume
 
 
