@@ -44,6 +44,7 @@ from flava.config import (
     validate_linear_probe,
 )
 from flava.data.sources.base import DataError, skip_metrics
+from flava.tasks.eval_data import validator
 from flava.tasks.run import (
     check_skipped,
     load_flava,
@@ -53,15 +54,8 @@ from flava.tasks.run import (
 )
 
 log = logging.getLogger("flava")
-
-
-def validate_config(cfg: DictConfig) -> None:
-    """The loader's checks: the schema's values, then the data section (its source's fields,
-    and a source type that holds labelled images)."""
-    from flava.tasks.eval_data import check_data
-
-    validate_linear_probe(cfg)
-    check_data(cfg, "linear_probe")
+CHECKS = validator(validate_linear_probe, "linear_probe")
+"""The loader's checks: the schema's values, then the data section's source."""
 
 
 def _carve(count: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -208,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         argv,
         __doc__,
         lambda: describe(LinearProbeRunConfig),
-        lambda a: load_config(a, LinearProbeRunConfig, validate_config),
+        lambda a: load_config(a, LinearProbeRunConfig, CHECKS),
         run,
         stop_errors=(DataError,),
     )

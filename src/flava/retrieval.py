@@ -34,6 +34,7 @@ import logging
 import re
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,7 @@ from flava.config import (
 )
 from flava.data.scenes import MAX_DISTINCT_SCENES
 from flava.data.sources.base import DataError, skip_metrics
+from flava.tasks.eval_data import validator
 from flava.tasks.run import (
     check_skipped,
     is_rank_zero,
@@ -62,15 +64,8 @@ from flava.tasks.run import (
 )
 
 log = logging.getLogger("flava")
-
-
-def validate_config(cfg: DictConfig) -> None:
-    """The loader's checks: the schema's values (an embedded set's size), then the data
-    section (its source's fields, and a source type that holds images with captions)."""
-    from flava.tasks.eval_data import check_data
-
-    validate_retrieval(cfg, MAX_DISTINCT_SCENES)
-    check_data(cfg, "retrieval")
+CHECKS = validator(partial(validate_retrieval, max_scenes=MAX_DISTINCT_SCENES), "retrieval")
+"""The loader's checks: the schema's values, then the data section's source."""
 
 
 def load_captioned(cfg: DictConfig, entry: DictConfig, image_size: int) -> tuple[Any, str]:
@@ -227,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         argv,
         __doc__,
         lambda: describe(RetrievalRunConfig),
-        lambda a: load_config(a, RetrievalRunConfig, validate_config),
+        lambda a: load_config(a, RetrievalRunConfig, CHECKS),
         run,
         stop_errors=(DataError,),
     )

@@ -41,6 +41,8 @@ from omegaconf import DictConfig
 
 from flava.config import ZeroShotRunConfig, cli_main, describe, load_config, validate_zero_shot
 from flava.data.sources.base import DataError, skip_metrics
+from flava.data.sources.torchvision_sets import EVALUATED_VALIDATION
+from flava.tasks.eval_data import validator
 from flava.tasks.run import (
     check_skipped,
     load_flava,
@@ -53,15 +55,8 @@ from flava.tasks.run import (
 from flava.tasks.zero_shot import class_names_and_templates
 
 log = logging.getLogger("flava")
-
-
-def validate_config(cfg: DictConfig) -> None:
-    """The loader's checks: the schema's values, then the data section (its source's fields,
-    and a source type that holds labelled images)."""
-    from flava.tasks.eval_data import check_data
-
-    validate_zero_shot(cfg)
-    check_data(cfg, "zero_shot")
+CHECKS = validator(validate_zero_shot, "zero_shot")
+"""The loader's checks: the schema's values, then the data section's source."""
 
 
 def load_data_and_model(cfg: DictConfig, device: torch.device) -> tuple[Any, Any, str, str]:
@@ -77,7 +72,7 @@ def load_data_and_model(cfg: DictConfig, device: torch.device) -> tuple[Any, Any
 
     d = cfg.data
     entry = source_of(d)
-    default = "val" if d.kind != "torchvision" or d.name == "rendered_sst2" else "test"
+    default = "val" if d.kind != "torchvision" or d.name in EVALUATED_VALIDATION else "test"
     split = evaluation_split(d, default)
     part, is_split = read_split(entry, split)
 
@@ -157,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         argv,
         __doc__,
         lambda: describe(ZeroShotRunConfig),
-        lambda a: load_config(a, ZeroShotRunConfig, validate_config),
+        lambda a: load_config(a, ZeroShotRunConfig, CHECKS),
         run,
         stop_errors=(DataError,),
     )

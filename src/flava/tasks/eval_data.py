@@ -25,6 +25,7 @@ one (whose size is the number of scenes); a stream is read only that far.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,16 @@ def check_data(cfg: DictConfig, command: str) -> None:
             f"data.source.type={entry.type} cannot serve {command}: it needs {need} "
             f"(use one of the types {fit})"
         )
+
+
+def validator(validate: Callable[[DictConfig], None], command: str) -> Callable[[DictConfig], None]:
+    """An evaluation command's loader checks: its schema's `validate`, then `check_data`."""
+
+    def checks(cfg: DictConfig) -> None:
+        validate(cfg)
+        check_data(cfg, command)
+
+    return checks
 
 
 def split_of(entry: DictConfig, split: str | None) -> DictConfig | None:
