@@ -3,6 +3,7 @@
     python benchmarks/train_step.py --preset flava_full --batch-size 8 --steps 3
     python benchmarks/train_step.py --preset tiny --steps 5 --precision bf16-mixed --json out.json
     python benchmarks/train_step.py --preset tiny --steps 3 --sides ours,ours-compiled
+    python benchmarks/train_step.py --preset tiny --steps 3 --sides ours,ours-compiled-step
 
 Both sides get the same weights (transformers' FlavaForPreTraining randomly initialised from
 the preset's transformers config, converted into ours with the checkpoint mapping), the same
@@ -12,14 +13,18 @@ MMM-text on the masked pair, MIM targets from a forward pass of the DALL-E codeb
 sides. Each (side, round) runs in its own subprocess so that its peak memory is its own; rounds
 alternate ours/theirs (ABBA...) in one invocation so that a shared machine's load hits both.
 
-Sides (--sides): `ours`, `transformers`, `torchmultimodal`, and `ours-compiled`: our model
+Sides (--sides): `ours`, `transformers`, `torchmultimodal`, `ours-compiled`: our model
 exactly as `ours` but compiled the way training compiles it (`training.compile`:
 flava.training.sharding.compile_layers, every transformer layer `Module.compile()`d in place), so
 `--sides ours,ours-compiled` times eager against compiled in one invocation and reports the
-ratio ours-compiled / ours. --compile compiles the other sides too: `ours` through the same
-compile_layers, transformers' three encoders whole (with --compile, `ours-compiled` is the same
-as `ours`). The step's FLOPs are counted once for ours (eager) and reused for ours-compiled. On
-CPU, whenever anything is compiled (--compile, or the ours-compiled side), every worker runs with
+ratio ours-compiled / ours; and `ours-compiled-step`: the whole loss function (codebook targets,
+the three encoders, the heads and the losses; their backward through AOTAutograd) given to one
+`torch.compile`, to see whether compiling more than the layers pays on a machine. Compiled
+sides report how many graphs dynamo made and where it broke them. --compile compiles the other
+sides too: `ours` through the same compile_layers, transformers' three encoders whole (with
+--compile, `ours-compiled` is the same as `ours`). The step's FLOPs are counted once for ours
+(eager) and reused for the compiled sides. On CPU, whenever anything is compiled (--compile, or
+a compiled side), every worker runs with
 OMP_WAIT_POLICY=PASSIVE, eager sides included, so that all sides share one OpenMP setting.
 
 The matrix-product peak of the run's precision (fp32 or bf16, not both) is measured at the start
@@ -38,6 +43,7 @@ import argparse
 import contextlib
 import json
 import os
+import resource
 import signal
 import statistics
 import subprocess
@@ -65,10 +71,19 @@ from machine import (  # noqa: E402
     write_report,
 )
 
-SIDES = ("ours", "ours-compiled", "transformers", "torchmultimodal")
-FLOP_SIDE = {"ours-compiled": "ours"}  # sides that do the FLOPs of another: counted once
-# (numerator, denominator) of the ratio lines; the last only where --compile compiles both
-RATIOS = (("ours", "transformers"), ("ours-compiled", "ours"), ("ours-compiled", "transformers"))
+SIDES = ("ours", "ours-compiled", "ours-compiled-step", "transformers", "torchmultimodal")
+COMPILED = ("ours-compiled", "ours-compiled-step")
+# sides that do the FLOPs of another: counted once
+FLOP_SIDE = {"ours-compiled": "ours", "ours-compiled-step": "ours"}
+# (numerator, denominator) of the ratio lines; the compiled ones against transformers only
+# where --compile compiles transformers too
+RATIOS = (
+    ("ours", "transformers"),
+    ("ours-compiled", "ours"),
+    ("ours-compiled-step", "ours"),
+    ("ours-compiled", "transformers"),
+    ("ours-compiled-step", "transformers"),
+)
 MASK_ID, CLS_ID, SEP_ID, PAD_ID = 103, 101, 102, 0
 
 
@@ -81,7 +96,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--steps",
         type=int,
         default=3,
-        help="timed steps per run, after 1 warm-up (fewer once --max-seconds have passed)",
+        help="timed steps per run, after the warm-up steps (fewer once --max-seconds have passed)",
+    )
+    p.add_argument(
+        "--warmup-steps",
+        type=int,
+        default=2,
+        help="untimed steps before the timed ones (default 2: the first allocates the optimizer "
+        "state and compiles, the second still maps fresh memory in; each step's minor page "
+        "faults are logged, so you can see when the steps reach a steady state)",
     )
     p.add_argument("--rounds", type=int, default=1, help="runs per side, alternating ABBA")
     p.add_argument("--text-length", type=int, default=40, help="padded text length (default 40)")
@@ -234,6 +257,11 @@ def build_side(side: str, args: argparse.Namespace, workdir: Path, device: torch
         return build_torchmultimodal(args, device)
     if side == "ours-compiled":
         return build_ours(argparse.Namespace(**{**vars(args), "compile": True}), workdir, device)
+    if side == "ours-compiled-step":
+        model, loss = build_ours(
+            argparse.Namespace(**{**vars(args), "compile": False}), workdir, device
+        )
+        return model, torch.compile(loss)
     if side not in builders:
         raise ValueError(f"unknown side {side!r}")
     return builders[side](args, workdir, device)
@@ -419,30 +447,54 @@ def prepare(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     return info
 
 
+def minor_faults() -> int:
+    """Minor page faults of this process so far (memory the kernel mapped in on first touch)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def timed_steps(
     args: argparse.Namespace, device: torch.device, step: Callable[[], float], side: str
-) -> tuple[float, list[float], list[float]]:
-    """(warm-up seconds, timed step seconds, losses): one warm-up, then up to --steps timed
-    steps, no further step once --max-seconds of timed steps have passed (at least one)."""
-    times: list[float] = []
+) -> dict[str, Any]:
+    """Warm-up and timed steps: --warmup-steps untimed steps (allocations, optimizer state,
+    compilation), then up to --steps timed ones, no further step once --max-seconds of timed
+    steps have passed (at least one). Seconds, minor page faults and loss of every step."""
+    out: dict[str, Any] = {"warmup_s": [], "warmup_faults": [], "step_times_s": [], "faults": []}
     losses: list[float] = []
-    warmup = 0.0
-    for i in range(1 + args.steps):
+    warmups = max(args.warmup_steps, 0)
+    for i in range(warmups + args.steps):
         sync(device)
-        start = time.perf_counter()
+        faults, start = minor_faults(), time.perf_counter()
         losses.append(step())
         sync(device)
-        elapsed = time.perf_counter() - start
-        if i == 0:  # the warm-up (allocations, optimizer state, compilation)
-            warmup = elapsed
-            log(f"    {side}: warm-up step {elapsed:.2f} s, loss {losses[-1]:.4f}")
+        elapsed, faults = time.perf_counter() - start, minor_faults() - faults
+        if i < warmups:
+            out["warmup_s"].append(elapsed)
+            out["warmup_faults"].append(faults)
+            log(
+                f"    {side}: warm-up step {i + 1}/{warmups} {elapsed:.2f} s, "
+                f"{faults} page faults, loss {losses[-1]:.4f}"
+            )
             continue
-        times.append(elapsed)
-        log(f"    {side}: step {i}/{args.steps} {elapsed:.2f} s")
-        if sum(times) >= args.max_seconds and i < args.steps:
-            log(f"    {side}: --max-seconds {args.max_seconds:g} reached after {i} timed steps")
+        out["step_times_s"].append(elapsed)
+        out["faults"].append(faults)
+        n = len(out["step_times_s"])
+        log(f"    {side}: step {n}/{args.steps} {elapsed:.2f} s, {faults} page faults")
+        if sum(out["step_times_s"]) >= args.max_seconds and n < args.steps:
+            log(f"    {side}: --max-seconds {args.max_seconds:g} reached after {n} timed steps")
             break
-    return warmup, times, losses
+    out["losses"] = losses
+    return out
+
+
+def compile_counts() -> dict[str, Any]:
+    """Graphs dynamo made in this process and its graph breaks by reason (first line)."""
+    from torch._dynamo.utils import counters
+
+    reasons: dict[str, int] = {}
+    for reason, n in counters["graph_break"].items():
+        first = reason.splitlines()[0][:100]
+        reasons[first] = reasons.get(first, 0) + n
+    return {"graphs": counters["stats"]["unique_graphs"], "graph_breaks": reasons}
 
 
 def run(args: argparse.Namespace, side: str, workdir: Path) -> dict[str, Any]:
@@ -469,18 +521,18 @@ def run(args: argparse.Namespace, side: str, workdir: Path) -> dict[str, Any]:
         optimizer.zero_grad(set_to_none=True)
         return float(loss.detach())
 
-    warmup, times, losses = timed_steps(args, device, step, side)
+    steps = timed_steps(args, device, step, side)
     profile = profile_step(step, args.profile_rows) if args.profile else None
     out = {
         "side": side,
-        "step_times_s": times,
-        "warmup_s": warmup,
-        "median_step_s": statistics.median(times),
-        "steps_cut_by_max_seconds": len(times) < args.steps,
-        "losses": losses,
+        **steps,
+        "median_step_s": statistics.median(steps["step_times_s"]),
+        "steps_cut_by_max_seconds": len(steps["step_times_s"]) < args.steps,
         "ready_rss_bytes": ready_rss,
         "peak_rss_bytes": rss_peak(),
     }
+    if side in COMPILED or args.compile:
+        out["compiled"] = compile_counts()
     if profile is not None:
         out["profile"] = profile
     if device.type == "cuda":
@@ -542,7 +594,7 @@ def worker_env(args: argparse.Namespace) -> dict[str, str]:
     are timed under the same OpenMP setting).
     """
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    compiled = args.compile or "ours-compiled" in requested_sides(args)
+    compiled = args.compile or any(s in COMPILED for s in requested_sides(args))
     if compiled and args.device == "cpu":
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     return env
@@ -641,7 +693,7 @@ def summarise(results: list[dict], info: dict, peak: float, args: argparse.Names
             row["mfu"] = model_flops / median / 1e9 / peak
         summary[name] = row
     for num, den in RATIOS:
-        if num == "ours-compiled" and den == "transformers" and not args.compile:
+        if num in COMPILED and den == "transformers" and not args.compile:
             continue  # compiled against eager transformers: not like for like
         a, b = summary.get(num, {}), summary.get(den, {})
         if "median_step_s" not in a or "median_step_s" not in b:
@@ -671,7 +723,7 @@ def print_table(summary: dict, info: dict, peak: float, args: argparse.Namespace
             f"count {info['analytic_flops_unpadded'] / 1e12:.3f} TFLOP (no padding, 15% masking)"
         )
     cuda = any("cuda_peak_bytes" in v for v in summary.values() if isinstance(v, dict))
-    head = f"{'side':<16}{'step s (median)':>16}{'samples/s':>11}{'peak RSS GiB':>14}"
+    head = f"{'side':<19}{'step s (median)':>16}{'samples/s':>11}{'peak RSS GiB':>14}"
     head += f"{'GPU peak GiB':>14}" if cuda else ""
     head += f"{'GFLOP/s':>10}{'MFU':>8}{'loss@0':>10}"
     print(head)
@@ -681,9 +733,9 @@ def print_table(summary: dict, info: dict, peak: float, args: argparse.Namespace
         if row is None:
             continue
         if "error" in row:
-            print(f"{name:<16}skipped: {row['error'].splitlines()[-1]}")
+            print(f"{name:<19}skipped: {row['error'].splitlines()[-1]}")
             continue
-        line = f"{name:<16}{row['median_step_s']:>16.3f}{row['samples_per_s']:>11.2f}"
+        line = f"{name:<19}{row['median_step_s']:>16.3f}{row['samples_per_s']:>11.2f}"
         line += f"{gib(row['peak_rss_bytes']):>14}"
         line += f"{gib(row.get('cuda_peak_bytes')):>14}" if cuda else ""
         if "mfu" in row:
@@ -750,8 +802,8 @@ def expect(info: dict, peak: float, args: argparse.Namespace) -> None:
         f"peak; timing stops after --max-seconds {args.max_seconds:g} per run"
         + (f", a worker is killed after {args.worker_timeout:g} s" if args.worker_timeout else "")
     )
-    if args.worker_timeout and 2 * least > args.worker_timeout:
-        log("note: warm-up + one step will likely not fit in --worker-timeout")
+    if args.worker_timeout and (args.warmup_steps + 1) * least > args.worker_timeout:
+        log("note: the warm-up steps + one step will likely not fit in --worker-timeout")
 
 
 def run_sides(
@@ -772,12 +824,20 @@ def run_sides(
         if "error" in r:
             log(f"  run {i} {side}: FAILED: {r['error'].splitlines()[-1]}")
             continue
+        warm = ", ".join(f"{t:.2f}" for t in r["warmup_s"]) or "none"
         log(
             f"  run {i} {side}: median {r['median_step_s']:.3f} s "
             f"(steps {', '.join(f'{t:.2f}' for t in r['step_times_s'])}; "
-            f"warm-up {r['warmup_s']:.2f}), peak RSS {gib(r['peak_rss_bytes'])} GiB, "
+            f"warm-up {warm}), peak RSS {gib(r['peak_rss_bytes'])} GiB, "
             f"loss {r['losses'][0]:.4f} -> {r['losses'][-1]:.4f}"
         )
+        if "compiled" in r:
+            breaks = r["compiled"]["graph_breaks"]
+            log(
+                f"  run {i} {side}: dynamo made {r['compiled']['graphs']} graph(s), "
+                f"{sum(breaks.values())} graph break(s)"
+                + "".join(f"\n      {n} x {why}" for why, n in sorted(breaks.items()))
+            )
     return results, notes
 
 
@@ -791,7 +851,8 @@ def header(args: argparse.Namespace, machine: dict, notes: list[str]) -> None:
         f"compile {args.compile}, device {args.device}, AdamW {args.optimizer}, "
         f"host memory {args.host_memory}, "
         f"experiments on ours: {args.experiment or 'none'}, "
-        f"{args.steps} timed steps x {args.rounds} round(s), at most {args.max_seconds:g} s of "
+        f"{args.warmup_steps} warm-up + {args.steps} timed steps x {args.rounds} round(s), "
+        f"at most {args.max_seconds:g} s of "
         f"timed steps per run"
     )
     for note in notes:

@@ -129,8 +129,11 @@ def _plain_layer(layer, x, mask):
     return x + mlp.fc2(mlp.act(mlp.fc1(layer.norm2(x))))
 
 
-@pytest.mark.parametrize("autocast", [False, True])
-def test_layer_recomputing_norms_and_gelu_matches_plain_modules(autocast):
+@pytest.mark.parametrize(
+    ("autocast", "dtype"),
+    [(False, torch.float32), (True, torch.float32), (True, torch.bfloat16)],
+)
+def test_layer_recomputing_norms_and_gelu_matches_plain_modules(autocast, dtype):
     from flava.model.config import EncoderConfig
     from flava.model.transformer import Layer
 
@@ -140,10 +143,11 @@ def test_layer_recomputing_norms_and_gelu_matches_plain_modules(autocast):
         for norm in (layer.norm1, layer.norm2):
             norm.weight.uniform_(0.5, 1.5)
             norm.bias.uniform_(-0.2, 0.2)
-    x = torch.randn(3, 7, 48, requires_grad=True)
+    # a bf16 input: the norms cast it to fp32 and back, in the backward pass too
+    x = torch.randn(3, 7, 48).to(dtype).requires_grad_()
     mask = torch.ones(3, 1, 1, 7, dtype=torch.bool)
     mask[2, ..., 5:] = False
-    grad = torch.randn(3, 7, 48)
+    grad = torch.randn(3, 7, 48).to(dtype)
     inputs = (x, *layer.parameters())
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         out, _ = layer(x, mask)
@@ -154,7 +158,7 @@ def test_layer_recomputing_norms_and_gelu_matches_plain_modules(autocast):
     for ours, theirs in zip(grads, ref_grads, strict=True):
         assert ours.dtype == theirs.dtype
         assert torch.equal(ours, theirs)  # the same operations in the same order
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         torch.testing.assert_close(layer(x, mask)[0], _plain_layer(layer, x, mask), atol=0, rtol=0)
 
 

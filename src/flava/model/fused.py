@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from flava.model.norm import LayerNorm, layer_norm
+from flava.model.norm import LayerNorm, layer_norm, layer_norm_backward, layer_norm_with_stats
 
 
 def norm_linear(norm: LayerNorm, linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
@@ -67,6 +67,8 @@ def cast_once(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     `clear_casts()`."""
     if weight.dtype == dtype:
         return weight.detach()
+    if torch.compiler.is_compiling():  # a compiled graph casts once per use itself; no cache
+        return weight.detach().to(dtype)
     key = id(weight)
     stamp = (_generation[0], weight._version, weight.data_ptr())
     entry = _casts.get(key)
@@ -151,23 +153,18 @@ class _NormLinear(torch.autograd.Function):
         x, norm_weight, norm_bias, weight, used = ctx.saved_tensors
         used = weight if used is None else used
         need = ctx.needs_input_grad[:5]
-        leaves = [
-            t.detach().requires_grad_(n)
-            for t, n in zip((x, norm_weight, norm_bias), need[:3], strict=True)
-        ]
-        with torch.enable_grad():
-            normed = layer_norm(leaves[0], ctx.shape, leaves[1], leaves[2], ctx.eps)
-        wanted = [i for i in range(3) if need[i]]
-        product_need = (bool(wanted), need[3], need[4] and ctx.has_bias)
+        normed, mean, rstd = layer_norm_with_stats(x, ctx.shape, norm_weight, norm_bias, ctx.eps)
+        norm_need = (need[0], need[1], need[2] and norm_bias is not None)
+        product_need = (any(norm_need), need[3], need[4] and ctx.has_bias)
         grad_normed, grad_weight, grad_bias = _product_grads(
             grad_out, normed, weight, used, product_need
         )
-        grads: list[torch.Tensor | None] = [None, None, None, grad_weight, grad_bias]
-        if wanted:
-            found = torch.autograd.grad(normed, [leaves[i] for i in wanted], grad_normed)
-            for i, g in zip(wanted, found, strict=True):
-                grads[i] = g
-        return (*grads, None, None)
+        norm_grads: tuple[torch.Tensor | None, ...] = (None, None, None)
+        if any(norm_need):
+            norm_grads = layer_norm_backward(
+                grad_normed, x, ctx.shape, (mean, rstd), norm_weight, norm_bias, norm_need
+            )
+        return (*norm_grads, grad_weight, grad_bias, None, None)
 
 
 class _GeluLinear(torch.autograd.Function):

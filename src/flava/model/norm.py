@@ -24,6 +24,51 @@ def layer_norm(
     return out.to(x.dtype)
 
 
+def layer_norm_with_stats(
+    x: torch.Tensor,
+    shape: tuple[int, ...],
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(`layer_norm` of x, mean, reciprocal standard deviation), without autograd: the forward
+    and the statistics `layer_norm_backward` takes. The same kernel and casts as `layer_norm`."""
+    work = x if x.dtype == torch.float32 else x.float()
+    w = None if weight is None else weight.float()
+    b = None if bias is None else bias.float()
+    with torch.autocast(x.device.type, enabled=False):
+        out, mean, rstd = torch.ops.aten.native_layer_norm(work, list(shape), w, b, eps)
+    return out.to(x.dtype), mean, rstd
+
+
+def layer_norm_backward(
+    grad_out: torch.Tensor,
+    x: torch.Tensor,
+    shape: tuple[int, ...],
+    stats: tuple[torch.Tensor, torch.Tensor],
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    need: tuple[bool, bool, bool],
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Gradients (x, weight, bias) of `layer_norm`, each only where `need` says, given the
+    statistics of `layer_norm_with_stats`: the operations autograd runs for `layer_norm`, in the
+    same order and dtypes, called directly (no autograd graph to rebuild, nothing for
+    `torch.compile` to break on)."""
+    work = x if x.dtype == torch.float32 else x.float()
+    w = None if weight is None else weight.float()
+    b = None if bias is None else bias.float()
+    mean, rstd = stats
+    with torch.autocast(x.device.type, enabled=False):
+        grads = torch.ops.aten.native_layer_norm_backward(
+            grad_out.float(), work, list(shape), mean, rstd, w, b, list(need)
+        )
+    owners = (x, weight, bias)
+    return tuple(  # type: ignore[return-value]
+        None if g is None or not n else g.to(t.dtype)
+        for g, n, t in zip(grads, need, owners, strict=True)
+    )
+
+
 class LayerNorm(nn.LayerNorm):
     """LayerNorm computed in fp32 even under bf16/fp16 autocast; returns the input dtype."""
 
