@@ -2,7 +2,8 @@
 # One prepared run for a lent GPU (H100 / H200, under 10 minutes: each part is time-limited,
 # 560 s in all, so one `run` call with timeout_s=600 holds it): bf16 flava_full training
 # step, ours vs transformers, eager (with a profile of one step: the top operators by GPU self
-# time) and torch.compile; the real `flava.train` under FSDP2 +
+# time) and torch.compile (layer by layer as training does, and ours' whole loss function in one
+# torch.compile with its graph-break count); the real `flava.train` under FSDP2 +
 # compile + bf16; embedding throughput; the plan's memory estimate next to the measured peak.
 # Installs nothing and needs no network.
 #
@@ -62,18 +63,22 @@ run() {  # run NAME LIMIT_S COMMAND...: log, time-limit, keep going on failure
 } 2>&1 | tee "$LOG"
 
 COMMON=(--device "$DEVICE" --preset "$PRESET" --steps "$STEPS")
-run plan 20 "$PY" -m flava.plan --preset "$PRESET" --gpus 1 --gpu-memory "${GPU_MEMORY:-80}" \
+run plan 15 "$PY" -m flava.plan --preset "$PRESET" --gpus 1 --gpu-memory "${GPU_MEMORY:-80}" \
     --batch-size "$BATCH" --text-length 40 --json "$OUT/plan.json"
-run train_bf16 160 "$PY" benchmarks/train_step.py "${COMMON[@]}" --precision bf16-mixed \
+run train_bf16 140 "$PY" benchmarks/train_step.py "${COMMON[@]}" --precision bf16-mixed \
     --batch-size "$BATCH" --sides "$SIDES" --profile --json "$OUT/train_bf16.json"
-run train_bf16_compile 170 "$PY" benchmarks/train_step.py "${COMMON[@]}" --precision bf16-mixed \
+run train_bf16_compile 160 "$PY" benchmarks/train_step.py "${COMMON[@]}" --precision bf16-mixed \
     --batch-size "$BATCH" --compile --no-flops --sides "$SIDES" \
     --json "$OUT/train_bf16_compile.json"
+# Whole step: does compiling more than the layers pay on a GPU? (on 2 Zen 4 cores it did not)
+run train_bf16_compile_step 110 "$PY" benchmarks/train_step.py "${COMMON[@]}" \
+    --precision bf16-mixed --batch-size "$BATCH" --no-flops --sides ours,ours-compiled-step \
+    --json "$OUT/train_bf16_compile_step.json"
 # The real command under sharding: FSDP2 (one process, so nothing is split, but every unit is
 # gathered and reduce-scattered as on many) + torch.compile + bf16-mixed, pair batches of the
 # embedded scenes; samples/s per logged step in the log, the step count and seconds in metrics.json.
 FSDP_STEPS=$((STEPS + 10))
-run train_fsdp_compile_bf16 150 "$PY" -m torch.distributed.run --nproc_per_node 1 \
+run train_fsdp_compile_bf16 100 "$PY" -m torch.distributed.run --nproc_per_node 1 \
     --master_port 29555 -m flava.train config=pretraining/demo.yaml \
     "training.run_dir=$OUT/fsdp_run" "model.preset=$PRESET" "training.batch_size=$BATCH" \
     training.num_workers=8 "training.lightning.accelerator=$([ "$DEVICE" = cpu ] && echo cpu || echo gpu)" \
@@ -83,6 +88,6 @@ run train_fsdp_compile_bf16 150 "$PY" -m torch.distributed.run --nproc_per_node 
     training.lightning.log_every_n_steps=1 training.lightning.limit_val_batches=1 \
     training.lightning_checkpoint.every_n_train_steps=null training.evaluation.enabled=false \
     "datasets.selected=[vl]"
-run inference_bf16 60 "$PY" benchmarks/inference.py "${COMMON[@]}" --precision bf16 \
+run inference_bf16 35 "$PY" benchmarks/inference.py "${COMMON[@]}" --precision bf16 \
     --batch-size 256 --json "$OUT/inference_bf16.json"
 echo "results in $OUT" | tee -a "$LOG"

@@ -96,7 +96,9 @@ def test_auto_on_cpu(monkeypatch, native, auto):
         ("cpu", {"avx512_bf16", "amx_bf16"}, "bf16-mixed", 1000, True),  # AMX: measured faster
         ("cpu", {"avx512_bf16", "amx_bf16"}, "bf16-mixed", -1, True),  # no step limit
         ("cpu", {"avx512_bf16", "amx_bf16"}, "bf16-mixed", 100, False),  # too short to pay
-        ("cpu", {"avx512_bf16"}, "bf16-mixed", 1000, False),  # Zen 4: measured not faster
+        ("cpu", {"avx512_bf16"}, "bf16-mixed", 1000, True),  # Zen 4: measured faster
+        ("cpu", {"avx512_bf16"}, "bf16-mixed", 499, False),
+        ("cpu", {"bf16", "asimd"}, "bf16-mixed", 1000, False),  # Arm BF16: not measured
         ("cpu", {"avx512_bf16", "amx_bf16"}, "32", 1000, False),  # fp32 on CPU: eager
         ("cpu", set(), "bf16-mixed", 1000, False),  # forced bf16 without native units
         ("cuda", set(), "16-mixed", 1000, True),

@@ -168,17 +168,20 @@ def resolve_precision(cfg: DictConfig) -> DictConfig:
 
 
 COMPILE_MIN_STEPS = 500
-"""Fewest optimizer steps for which `training.compile=auto` compiles: a compile's warm-up (47 s
-for flava_full on 2 Zen 4 cores) against its saving (about 1.9 s a bf16 step on AMX) is paid
-back well within them."""
+"""Fewest optimizer steps for which `training.compile=auto` compiles: a compile's warm-up (7 to
+26 s more in the first step for flava_full on 2 Zen 4 cores) against its saving (0.2 to 0.7 s a
+bf16 step there, about 1.9 s on AMX) is paid back well within them."""
+
+BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+"""x86 flags of the CPUs where compiled bf16 layers were measured faster: AVX512-BF16 (Zen 4:
+0.93x and 0.98x the eager step) and AMX (Sapphire Rapids: 0.76x)."""
 
 
 def compile_choice(precision: str, device: str, max_steps: int) -> tuple[bool, str]:
-    """(whether `training.compile=auto` compiles, why): half precision on a GPU, or bf16 on a
-    CPU with AMX tiles (where matrix products are fast, the step's elementwise work, which
-    compiling fuses, is a large share: 1.32x measured there), in a run long enough to pay for
-    the compile. Measured not to pay: bf16 on AVX512-BF16 without AMX (0.98x and 1.06x the eager
-    step on Zen 4) and fp32 on CPU (1.21x slower for the tiny preset)."""
+    """(whether `training.compile=auto` compiles, why): half precision on a GPU, or bf16 on an
+    x86 CPU with AVX512-BF16 or AMX (where matrix products are fast, the step's elementwise work,
+    which compiling fuses, is a large share), in a run long enough to pay for the compile.
+    Measured not to pay: fp32 on CPU (1.06x slower for the tiny preset, the demo's)."""
     kind = low_precision_kind(precision)
     if 0 < max_steps < COMPILE_MIN_STEPS:
         return False, f"{max_steps} steps do not pay back the compile (< {COMPILE_MIN_STEPS})"
@@ -187,10 +190,11 @@ def compile_choice(precision: str, device: str, max_steps: int) -> tuple[bool, s
     if device == "cuda":
         return True, f"{kind} on a GPU"
     capability, native = cpu_features()
-    if device == "cpu" and kind == "bf16" and "amx_bf16" in _cpu_flags():
-        return True, f"bf16 on a CPU with AMX ({capability})"
+    units = sorted(BF16_CPU_FLAGS & _cpu_flags())
+    if device == "cpu" and kind == "bf16" and units:
+        return True, f"bf16 on a CPU with {' and '.join(units)} ({capability})"
     if device == "cpu" and kind in native:
-        return False, f"{kind} on a CPU without AMX ({capability}): compiled layers were not faster"
+        return False, f"{kind} on this CPU ({capability}): compiled layers not measured here"
     return False, f"{kind} without native {kind} units on {device}"
 
 
