@@ -168,7 +168,7 @@ def resolve_precision(cfg: DictConfig) -> DictConfig:
 
 
 COMPILE_MIN_STEPS = 500
-"""Fewest optimizer steps for which `training.compile=auto` compiles: a compile's warm-up (7 to
+"""Fewest optimizer steps for which `training.compile=auto` compiles: a compile's warm-up (6 to
 26 s more in the first step for flava_full on 2 Zen 4 cores) against its saving (0.2 to 0.7 s a
 bf16 step there, about 1.9 s on AMX) is paid back well within them."""
 
