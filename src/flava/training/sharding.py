@@ -144,9 +144,21 @@ def layers(model: nn.Module) -> list[nn.Module]:
     return [layer for encoder in encoders for layer in encoder.encoder.layers]
 
 
+LAYER_VARIANTS = 64
+"""Compiled variants the layers' shared `forward` may hold. Every layer of the three encoders runs
+that one function, and a run meets several variants: fp32 or bf16 input (the multimodal
+encoder's stream stays in bf16 under autocast), with or without a padding mask, with gradients or
+without (validation), each at a new token count once. Dynamo's default of 8 was reached in 12
+steps of the demo in bf16, after which the layers fell back to eager."""
+
+
 def compile_layers(model: nn.Module) -> None:
     """`torch.compile` every transformer layer in place (`Module.compile`: the state-dict keys
     stay as they are). Layers of one shape share their compiled code; idempotent."""
+    import torch._dynamo
+
+    config = torch._dynamo.config
+    config.recompile_limit = max(config.recompile_limit, LAYER_VARIANTS)
     for layer in layers(model):
         if getattr(layer, "_compiled_call_impl", None) is None:
             layer.compile()
