@@ -177,6 +177,17 @@ def test_layer_compiles_to_one_graph_and_matches_eager():
         torch.testing.assert_close(ours, theirs, atol=3e-2, rtol=3e-2)
 
 
+def test_compile_layers_leaves_room_for_every_variant_of_the_shared_forward():
+    import torch._dynamo
+
+    from flava.training.sharding import LAYER_VARIANTS, compile_layers, layers
+
+    model = _model()
+    compile_layers(model)  # lazy: nothing is compiled before a layer runs
+    assert all(layer._compiled_call_impl is not None for layer in layers(model))
+    assert torch._dynamo.config.recompile_limit >= LAYER_VARIANTS > 8  # dynamo's default: 8
+
+
 def test_explicit_attention_equals_sdpa_in_fp32():
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 4, 11, 16, generator=g) for _ in range(3))
