@@ -265,7 +265,8 @@ class TrainingConfig:
     compile: Any = "auto"
     """true, false or auto: torch.compile each transformer layer of a pretraining run (after
     sharding under fsdp; with DDP alike). auto compiles a run of at least 500 steps in half
-    precision on a GPU, or in bf16 on a CPU with AMX (where it was measured faster); the choice
+    precision on a GPU, or in bf16 on an x86 CPU with AVX512-BF16 or AMX (where it was measured
+    faster); the choice
     is logged and kept in the run's config.yaml."""
     contrastive_accumulation: bool = False
     """Pretraining under lightning.accumulate_grad_batches=k: one global contrastive loss over

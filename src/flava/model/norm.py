@@ -17,11 +17,21 @@ def layer_norm(
     """Layer norm computed in fp32 even under bf16/fp16 autocast; returns the input dtype."""
     if x.dtype == torch.float32:
         return F.layer_norm(x, shape, weight, bias, eps)
-    w = None if weight is None else weight.float()
-    b = None if bias is None else bias.float()
+    work, w, b = _in_fp32(x, weight, bias)
     with torch.autocast(x.device.type, enabled=False):
-        out = F.layer_norm(x.float(), shape, w, b, eps)
+        out = F.layer_norm(work, shape, w, b, eps)
     return out.to(x.dtype)
+
+
+def _in_fp32(
+    x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """x, weight and bias as the norm computes with them: in fp32 (no copy of an fp32 one)."""
+    return (
+        x.float(),
+        None if weight is None else weight.float(),
+        None if bias is None else bias.float(),
+    )
 
 
 def layer_norm_with_stats(
@@ -33,9 +43,7 @@ def layer_norm_with_stats(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(`layer_norm` of x, mean, reciprocal standard deviation), without autograd: the forward
     and the statistics `layer_norm_backward` takes. The same kernel and casts as `layer_norm`."""
-    work = x if x.dtype == torch.float32 else x.float()
-    w = None if weight is None else weight.float()
-    b = None if bias is None else bias.float()
+    work, w, b = _in_fp32(x, weight, bias)
     with torch.autocast(x.device.type, enabled=False):
         out, mean, rstd = torch.ops.aten.native_layer_norm(work, list(shape), w, b, eps)
     return out.to(x.dtype), mean, rstd
@@ -54,9 +62,7 @@ def layer_norm_backward(
     statistics of `layer_norm_with_stats`: the operations autograd runs for `layer_norm`, in the
     same order and dtypes, called directly (no autograd graph to rebuild, nothing for
     `torch.compile` to break on)."""
-    work = x if x.dtype == torch.float32 else x.float()
-    w = None if weight is None else weight.float()
-    b = None if bias is None else bias.float()
+    work, w, b = _in_fp32(x, weight, bias)
     mean, rstd = stats
     with torch.autocast(x.device.type, enabled=False):
         grads = torch.ops.aten.native_layer_norm_backward(
