@@ -128,7 +128,11 @@ def test_timm_hidden_states_match(tmp_path, file, prefix):
         "flava.image_encoder.pooler.dense.weight",
         "flava.image_encoder.pooler.dense.bias",
     }
-    assert report.notes == ["layer_norm_eps 1e-06 in the checkpoint, kept the model's 1e-12"]
+    assert report.notes == [
+        "layer_norm_eps 1e-06 in the checkpoint, kept the model's 1e-12",
+        "the checkpoint does not say its attention heads; assumed the model's 4 (give "
+        "num_heads: N in the entry to have it checked)",
+    ]
     x = pixels()
     with torch.no_grad():
         ref = vit.forward_features(x)  # [B, 1 + N, D] after the final norm
@@ -352,3 +356,30 @@ def test_a_training_run_starts_from_the_loaded_encoder(tmp_path, monkeypatch, ca
         assert main(argv) == 0
     close(seen[0], expected)
     assert "image_encoder  vit         56         1       0" in caplog.text
+
+
+def test_timm_head_count_from_its_name_or_the_entry(tmp_path):
+    """timm's config.json without model_args: the head count comes from the architecture name
+    (vit_small: 6) or the entry's num_heads, and another count than the model's is refused."""
+    timm = pytest.importorskip("timm")
+    from safetensors.torch import save_file
+
+    image = TINY.image
+    vit = timm.models.vision_transformer.VisionTransformer(
+        img_size=image.image_size,
+        patch_size=image.patch_size,
+        embed_dim=image.hidden_size,
+        depth=image.num_hidden_layers,
+        num_heads=image.num_attention_heads,
+        mlp_ratio=image.intermediate_size / image.hidden_size,
+        num_classes=0,
+    )
+    save_file(vit.state_dict(), str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text('{"architecture": "vit_small_patch16_224.dino"}')
+    with pytest.raises(CheckpointError, match="6 attention heads in the checkpoint but 4"):
+        init_from(tiny_model(), "image_encoder", str(tmp_path))
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="8 attention heads in the checkpoint but 4"):
+        init_from(tiny_model(), "image_encoder", str(tmp_path), num_heads=8)
+    report = init_from(tiny_model(), "image_encoder", str(tmp_path), num_heads=4)
+    assert not any("attention heads" in note for note in report.notes)

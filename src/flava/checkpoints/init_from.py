@@ -47,6 +47,10 @@ LAYOUTS = ("vit", "timm", "flava_hf", "flava")
 ENCODERS = ("image_encoder", "text_encoder", "multimodal_encoder")
 TIMM_LAYER_NORM_EPS = 1e-6
 """timm's ViTs build their LayerNorms with eps 1e-6 (their weights do not say)."""
+TIMM_HEADS = {"tiny": 3, "small": 6, "base": 12, "large": 16, "huge": 16, "giant": 16}
+"""Attention heads of timm's named ViT sizes (`vit_base_patch16_224.dino`: base), for a
+checkpoint whose config.json has no `model_args`."""
+_TIMM_SIZE = re.compile(r"(?:^|/)(?:vit|deit3?)_(tiny|small|base|large|huge|giant)_")
 
 _HF_NAME = {
     "image_encoder": "image_model",
@@ -284,7 +288,9 @@ def _source_setting(config: dict[str, Any], layout: str, encoder: str, key: str)
     if layout == "timm":
         if key == "layer_norm_eps":
             return TIMM_LAYER_NORM_EPS
-        return (config.get("model_args") or {}).get({"num_attention_heads": "num_heads"}[key])
+        heads = (config.get("model_args") or {}).get("num_heads")
+        size = _TIMM_SIZE.search(str(config.get("architecture", "")))
+        return heads if heads is not None or size is None else TIMM_HEADS[size.group(1)]
     if layout == "flava_hf":
         config = config.get(f"{_CONFIG_NAME[encoder]}_config") or {}
     elif layout == "flava":
@@ -292,14 +298,24 @@ def _source_setting(config: dict[str, Any], layout: str, encoder: str, key: str)
     return config.get(key)
 
 
-def _check_heads(source: _Source, layout: str, encoder: str, ours: Any, part: str) -> None:
-    theirs = _source_setting(source.config, layout, encoder, "num_attention_heads")
-    if theirs is not None and theirs != ours.num_attention_heads:
+def _check_heads(
+    source: _Source, layout: str, encoder: str, ours: Any, part: str, given: int | None
+) -> list[str]:
+    """Refuse another head count (`given`: the entry's num_heads, else config.json's); a
+    checkpoint that does not say is assumed to have the model's, in a note."""
+    theirs = given or _source_setting(source.config, layout, encoder, "num_attention_heads")
+    if theirs is None:
+        return [
+            f"the checkpoint does not say its attention heads; assumed the model's "
+            f"{ours.num_attention_heads} (give num_heads: N in the entry to have it checked)"
+        ]
+    if theirs != ours.num_attention_heads:
         raise CheckpointError(
             f"{source.where}: {part} has {theirs} attention heads in the checkpoint but "
             f"{ours.num_attention_heads} in the model; pick a model.preset of the checkpoint's "
             "shape"
         )
+    return []
 
 
 def _shape(keys: dict[str, torch.Tensor]) -> tuple[int, int | None]:
@@ -367,9 +383,16 @@ def _eps_note(source: _Source, layout: str, encoder: str | None, model: nn.Modul
     return [f"layer_norm_eps {float(theirs):g} in the checkpoint, kept the model's {ours:g}"]
 
 
-def init_from(model: nn.Module, part: str, path: str, layout: str | None = None) -> InitReport:
+def init_from(
+    model: nn.Module,
+    part: str,
+    path: str,
+    layout: str | None = None,
+    num_heads: int | None = None,
+) -> InitReport:
     """Copy `part` of `model` (FlavaForPreTraining or FlavaModel) from the checkpoint at `path`
-    (a directory, file or hub id; `layout` when the keys cannot tell); returns the report."""
+    (a directory, file or hub id; `layout` when the keys cannot tell; `num_heads`: the
+    checkpoint's head count where its files do not say it); returns the report."""
     flat = isinstance(model, FlavaModel)  # keys without "flava."
     own = {(f"flava.{k}" if flat else k): v for k, v in model.state_dict().items()}
     prefix = part_prefix(part, list(own))
@@ -380,9 +403,10 @@ def init_from(model: nn.Module, part: str, path: str, layout: str | None = None)
     found = str(layout) if layout else detect_layout(state, config, path)
     if found not in LAYOUTS:
         raise CheckpointError(f"{path}: layout {found!r} is not one of {', '.join(LAYOUTS)}")
+    head_notes: list[str] = []
     if encoder is not None:
         ours = getattr(model.config, _CONFIG_NAME[encoder])
-        _check_heads(source, found, encoder, ours, part)
+        head_notes = _check_heads(source, found, encoder, ours, part, num_heads)
     top = {k.split(".")[1] for k in own if k.startswith("flava.")}
     mapped = _map(found, source, encoder, part, top)
     chosen = {k: v for k, v in mapped.state.items() if _under(k, prefix)}
@@ -394,6 +418,7 @@ def init_from(model: nn.Module, part: str, path: str, layout: str | None = None)
     mine = {k: v for k, v in own.items() if _under(k, prefix)}
     _check_shape(chosen, mine, part, path)
     report = InitReport(part, path, found, notes=_eps_note(source, found, encoder, model))
+    report.notes += head_notes
     ready = {}
     for key, value in chosen.items():
         if key in mine:

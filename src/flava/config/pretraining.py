@@ -97,6 +97,11 @@ class InitFrom:
     layout: InitLayout | None = None
     """vit (transformers ViTModel / DINO), timm (VisionTransformer), flava_hf (transformers
     FLAVA) or flava (ours); None: told from the keys."""
+    num_heads: int | None = None
+    """The checkpoint's attention heads per layer, checked against the model's. Weights do not
+    say it; None reads it from config.json (timm: model_args.num_heads, else its architecture
+    name, e.g. vit_base: 12) and, where that is silent too, assumes the model's and says so in
+    the start-up table."""
 
 
 @dataclass
@@ -229,6 +234,11 @@ def init_from_checks(entries: list[InitFrom]) -> list[Check]:
                 bool(str(entry.path).strip()),
                 f"model.init_from[{i}].path",
                 "must name a directory, file or hub id",
+            ),
+            (
+                entry.get("num_heads") is None or entry.num_heads >= 1,
+                f"model.init_from[{i}].num_heads",
+                "must be >= 1 or null",
             ),
         ]
     return checks

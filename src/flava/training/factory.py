@@ -95,7 +95,9 @@ def apply_init_from(model: FlavaForPreTraining, entries: list[Any]) -> None:
     reports = []
     for i, entry in enumerate(entries):
         try:
-            reports.append(init_from(model, entry.part, entry.path, entry.layout))
+            reports.append(
+                init_from(model, entry.part, entry.path, entry.layout, entry.get("num_heads"))
+            )
         except CheckpointError as exc:
             raise CheckpointError(f"model.init_from[{i}] ({entry.part}): {exc}") from None
     if reports:
