@@ -383,3 +383,47 @@ def test_timm_head_count_from_its_name_or_the_entry(tmp_path):
         init_from(tiny_model(), "image_encoder", str(tmp_path), num_heads=8)
     report = init_from(tiny_model(), "image_encoder", str(tmp_path), num_heads=4)
     assert not any("attention heads" in note for note in report.notes)
+
+
+def _kmeans_run(folder, codes: int = 16, with_codebook: bool = True):
+    """A k-means run's model/ directory: tiny heads for `codes` image tokens (+ its codebook)."""
+    from flava.checkpoints.io import save_kmeans
+    from flava.objectives.targets import KMeansCodebook
+
+    config = dataclasses.replace(TINY, image=dataclasses.replace(TINY.image, vocab_size=codes))
+    randomise(FlavaForPreTraining(config, codebook=None)).save_pretrained(folder / "model")
+    kmeans = KMeansCodebook(codes, TINY.image.patch_size)
+    kmeans.fit(torch.rand(8, 3, 32, 32), seed=0)
+    if with_codebook:
+        save_kmeans(folder / "model", kmeans.state_dict())
+    return kmeans
+
+
+def test_rebuilt_image_heads_are_initialised_like_the_model(tmp_path):
+    """A pretrained model's image heads rebuilt for another k-means size are initialised as the
+    model is: N(0, initializer_range), zero biases, unit norms (not PyTorch's defaults)."""
+    _kmeans_run(tmp_path, codes=32, with_codebook=False)
+    argv = [f"model.pretrained_model_key={tmp_path / 'model'}", "model.kmeans_codes=16"]
+    model, kmeans = build_pretraining_model(load_config(argv, RunConfig, validate).model)
+    assert kmeans is not None and not bool(kmeans.fitted)
+    for head in (model.mim_head, model.mmm_image_head):
+        assert head.decoder.weight.shape[0] == 16 and not head.decoder.bias.any()
+        assert not head.dense.bias.any() and bool((head.norm.weight == 1).all())
+        std = float(head.decoder.weight.detach().std()) / model.config.initializer_range
+        assert 0.9 < std < 1.1
+
+
+def test_an_initialised_image_head_brings_its_kmeans_codebook(tmp_path):
+    """model.init_from of mim_head from a k-means run loads that run's codebook (its target ids
+    mean its centroids); a run without one is refused in one line."""
+    trained = _kmeans_run(tmp_path / "kmeans_run")
+    _kmeans_run(tmp_path / "bare_run", with_codebook=False)
+    base = ["model.preset=tiny", "model.mim_target=kmeans", "model.kmeans_codes=16"]
+    entry = f"model.init_from=[{{part: mim_head, path: {tmp_path / 'kmeans_run'}}}]"
+    model, kmeans = build_pretraining_model(load_config([*base, entry], RunConfig, validate).model)
+    assert bool(kmeans.fitted)
+    torch.testing.assert_close(kmeans.centroids, trained.centroids, rtol=0, atol=0)
+    bare = f"model.init_from=[{{part: mmm_image_head, path: {tmp_path / 'bare_run'}}}]"
+    with pytest.raises(ConfigError) as info:
+        build_pretraining_model(load_config([*base, bare], RunConfig, validate).model)
+    assert "no kmeans_codebook.safetensors beside its weights" in one_line(info)

@@ -210,6 +210,15 @@ class FlavaForPreTraining(Pretrained, nn.Module):
         if self.codebook is not None:
             self.codebook.requires_grad_(False).eval()
 
+    def resize_image_heads(self, vocab_size: int) -> None:
+        """Rebuild the MIM and MMM-image heads for `vocab_size` image tokens (another codebook),
+        initialised as at construction: N(0, initializer_range) weights, zero biases."""
+        self.config.image.vocab_size = vocab_size
+        self.mim_head = MaskedPredictionHead(self.config.image, vocab_size)
+        self.mmm_image_head = MaskedPredictionHead(self.config.multimodal, vocab_size)
+        for head in (self.mim_head, self.mmm_image_head):
+            init_weights(head, self.config.initializer_range)
+
     def train(self, mode: bool = True) -> FlavaForPreTraining:
         """Train mode for everything except the frozen codebook, which stays in eval."""
         super().train(mode)

@@ -19,11 +19,11 @@ import torch
 from omegaconf import DictConfig
 
 from flava.checkpoints.init_from import format_init_reports, init_from
-from flava.checkpoints.io import CheckpointError, load_kmeans
+from flava.checkpoints.io import KMEANS_FILE, CheckpointError, load_kmeans
 from flava.config import ConfigError
 from flava.model.codebook import ImageCodebook
 from flava.model.config import FlavaConfig
-from flava.model.flava import FlavaForPreTraining, MaskedPredictionHead
+from flava.model.flava import FlavaForPreTraining
 from flava.model.presets import preset
 from flava.objectives.targets import KMeansCodebook
 
@@ -56,8 +56,8 @@ def build_pretraining_model(
         model, target = _load_pretrained(mcfg, target)
     else:
         model = _build_preset(mcfg, target)
-    if initialise:
-        apply_init_from(model, mcfg.get("init_from") or [])
+    entries = list(mcfg.get("init_from") or []) if initialise else []
+    apply_init_from(model, entries)
     if mcfg.activation_checkpointing:
         for enc in (
             model.flava.image_encoder,
@@ -69,24 +69,65 @@ def build_pretraining_model(
         return model, None
     kmeans = KMeansCodebook(mcfg.kmeans_codes, model.config.image.patch_size)
     if mcfg.pretrained_model_key:
-        _load_kmeans(kmeans, mcfg.pretrained_model_key)
+        _load_kmeans(kmeans, _kmeans_state(mcfg.pretrained_model_key), mcfg.pretrained_model_key)
+    for where, state in _image_head_codebooks(entries, target):
+        _load_kmeans(kmeans, state, where)
     return model, kmeans
 
 
-def _load_kmeans(kmeans: KMeansCodebook, key: str) -> None:
-    """The k-means codebook a model was trained with, when saved beside it: its MIM heads'
-    target ids keep meaning the same patches (else a fresh codebook is fitted)."""
-    state = load_kmeans(key) if Path(key).is_dir() else None
+IMAGE_HEADS = ("mim_head", "mmm_image_head")
+"""The heads whose outputs are MIM target ids: they go with the codebook they were trained on."""
+
+
+def _kmeans_state(path: str) -> dict[str, torch.Tensor] | None:
+    """The k-means codebook saved beside a model directory (or a run directory's model/)."""
+    folder = Path(path).expanduser()
+    if folder.is_dir() and not (folder / KMEANS_FILE).is_file() and (folder / "model").is_dir():
+        folder = folder / "model"
+    return load_kmeans(folder) if folder.is_dir() else None
+
+
+def _image_head_codebooks(
+    entries: list[Any], target: str
+) -> list[tuple[str, dict[str, torch.Tensor]]]:
+    """(where, k-means state) of each model.init_from entry that fills an image head: its
+    target ids mean patches of its own codebook, so that codebook is loaded with it (k-means
+    targets); one that has none, or has one while the run predicts DALL-E tokens, is refused."""
+    found = []
+    for i, entry in enumerate(entries):
+        if str(entry.part).strip().split(".")[0] not in IMAGE_HEADS:
+            continue
+        where = f"model.init_from[{i}] ({entry.part}, {entry.path})"
+        state = _kmeans_state(str(entry.path))
+        if target == "dalle" and state is not None:
+            raise ConfigError(
+                f"{where}: its image heads predict k-means codes, but this run predicts DALL-E "
+                "tokens; set model.mim_target=kmeans or drop the entry"
+            )
+        if target == "kmeans" and state is None:
+            raise ConfigError(
+                f"{where}: no {KMEANS_FILE} beside its weights, so its image heads' target ids "
+                "would mean nothing to a newly fitted k-means codebook; give the model/ "
+                "directory of the k-means run that trained them, or drop the entry"
+            )
+        if state is not None:
+            found.append((where, state))
+    return found
+
+
+def _load_kmeans(kmeans: KMeansCodebook, state: dict[str, torch.Tensor] | None, where: str) -> None:
+    """The k-means codebook a model's image heads were trained with: their target ids keep
+    meaning the same patches (without one, a fresh codebook is fitted)."""
     if state is None:
         return
     codes = int(state["centroids"].shape[0])
     if codes != kmeans.num_codes:
         raise ConfigError(
-            f"model.kmeans_codes={kmeans.num_codes}, but {key} was trained with a {codes}-code "
+            f"model.kmeans_codes={kmeans.num_codes}, but {where} was trained with a {codes}-code "
             f"k-means codebook; set model.kmeans_codes={codes} to keep its MIM heads' targets"
         )
     kmeans.load_state_dict(state)
-    log.info("k-means MIM codebook (%d codes) loaded from %s", codes, key)
+    log.info("k-means MIM codebook (%d codes) loaded from %s", codes, where)
 
 
 def apply_init_from(model: FlavaForPreTraining, entries: list[Any]) -> None:
@@ -126,11 +167,8 @@ def _load_pretrained(mcfg: DictConfig, target: str) -> tuple[FlavaForPreTraining
     if target == "dalle":
         return model, target
     model.codebook = None  # k-means targets: no DALL-E codebook in the model
-    image = model.config.image
-    if image.vocab_size != mcfg.kmeans_codes:  # pretrained heads sized for another codebook
-        image.vocab_size = mcfg.kmeans_codes
-        model.mim_head = MaskedPredictionHead(image, mcfg.kmeans_codes)
-        model.mmm_image_head = MaskedPredictionHead(model.config.multimodal, mcfg.kmeans_codes)
+    if model.config.image.vocab_size != mcfg.kmeans_codes:  # heads sized for another codebook
+        model.resize_image_heads(mcfg.kmeans_codes)
     return model, target
 
 
