@@ -17,6 +17,7 @@ $(VENV)/.installed: pyproject.toml
 # ... and the tools of the test suite (pytest, ruff, transformers, datasets, ...).
 $(VENV)/.installed-dev: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps torchmultimodal-nightly==2024.4.1 iopath portalocker
 	touch $@
 
 venv: $(VENV)/.installed-dev

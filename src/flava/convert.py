@@ -10,6 +10,13 @@ A pretraining checkpoint (`<run_dir>/checkpoints/*.ckpt`: a sharded directory wr
 DDP or one process resumes from; the default when DST ends in .ckpt), `--to flava`
 (`save_pretrained` weights in safetensors, plus the k-means codebook when there is one) or
 `--to transformers`.
+
+The original release's files (TorchMultimodal's FLAVA: the published `FLAVAForPreTraining` and
+`FLAVAModel` .pt files, its examples' Lightning .ckpt files, pretraining or classification) are
+told from their keys (or given with `--from torchmultimodal`) and convert to our layout (a
+classifier to a fine-tuned model/ directory); the shapes give the config, `--num-heads` the one
+setting they cannot (default width / 64). `--to torchmultimodal` writes a .pt state dict that
+TorchMultimodal's `FLAVAForPreTraining` (for a FlavaModel: `FLAVAModel`) loads with strict=True.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from flava.checkpoints import CheckpointError, directory_layout, export_transformers
+from flava.checkpoints.io import load_weight_file
 from flava.checkpoints.pretrained import PRETRAINED_KEYS
 from flava.checkpoints.sharded import (
     is_sharded_checkpoint,
@@ -27,20 +35,31 @@ from flava.checkpoints.sharded import (
     training_checkpoint,
     write_consolidated,
 )
+from flava.checkpoints.tmm_keys import tmm_prefix
+
+TMM = "torchmultimodal"
+"""The original release's layout (its name in `init_from.LAYOUTS`)."""
 
 
-def _source_kind(src: str) -> tuple[str, str]:
-    """(layout, class name) of SRC."""
+def _source_kind(src: str, given: str | None = None) -> tuple[str, str]:
+    """(layout, class name) of SRC (`given`: --from)."""
     path = Path(src).expanduser()
-    if is_sharded_checkpoint(path) or path.suffix == ".ckpt":
+    if given == TMM:
+        return TMM, "FLAVAForPreTraining"
+    if is_sharded_checkpoint(path):
         return "training", "FlavaForPreTraining"
+    if path.is_file() and path.suffix == ".ckpt":  # ours, or TorchMultimodal's examples'
+        tmm = tmm_prefix(load_weight_file(path)) is not None
+        return (TMM, "FLAVAForPreTraining") if tmm else ("training", "FlavaForPreTraining")
+    if path.is_dir() and not (path / "config.json").exists():
+        return TMM, "FLAVAForPreTraining"  # a directory holding the release's .pt
     if not path.exists():
         if src in PRETRAINED_KEYS:
             cls = "ImageCodebook" if "codebook" in src else "FlavaForPreTraining"
             return "transformers", cls
         raise CheckpointError(f"{src}: no such file or directory, and not a pretrained key")
     if path.is_file():
-        return "openai", "ImageCodebook"
+        return ("openai", "ImageCodebook") if path.suffix == ".pkl" else (TMM, "FLAVAModel")
     return directory_layout(path)
 
 
@@ -64,24 +83,89 @@ def _save_kmeans(state: dict[str, Any], out: Path) -> None:
         save_kmeans(out, kmeans)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Convert one checkpoint; returns the exit status."""
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m flava.convert",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("src", help="checkpoint directory, encoder.pkl or pretrained key")
-    parser.add_argument("dst", help="output directory")
+    parser.add_argument(
+        "src", help="checkpoint directory or file (.ckpt, TorchMultimodal .pt, encoder.pkl), or key"
+    )
+    parser.add_argument("dst", help="output directory (a file for --to ckpt / torchmultimodal)")
     parser.add_argument(
         "--to",
-        choices=["flava", "transformers", "ckpt"],
+        choices=["flava", "transformers", "ckpt", TMM],
         default=None,
         help="target layout (default: the other one; ckpt for a DST ending in .ckpt)",
     )
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--from",
+        dest="source",
+        choices=[TMM],
+        default=None,
+        help="source layout, when its keys should not decide (default: told from SRC)",
+    )
+    parser.add_argument(
+        "--num-heads",
+        type=int,
+        default=None,
+        help="TorchMultimodal source: attention heads of every encoder (default: width / 64)",
+    )
+    parser.add_argument(
+        "--modality",
+        choices=["text", "image", "multimodal"],
+        default=None,
+        help="TorchMultimodal classifier: the encoder its head reads (the weights cannot tell)",
+    )
+    parser.add_argument(
+        "--activation",
+        default="relu",
+        help="TorchMultimodal classifier: its MLP's activation (default: relu, as its default)",
+    )
+    return parser
+
+
+def _from_tmm(args: argparse.Namespace) -> tuple[Any, str]:
+    """Our model (and its class name) from a TorchMultimodal file; prints what was filled in."""
+    from flava.checkpoints.torchmultimodal import build_from_torchmultimodal, read_torchmultimodal
+
+    config, tmm = read_torchmultimodal(args.src, args.num_heads)
+    model = build_from_torchmultimodal(config, tmm, args.modality, args.activation)
+    for note in tmm.notes:
+        print(f"note: {note}")
+    if tmm.unplaced:
+        print(f"note: {len(tmm.unplaced)} keys not used, e.g. {tmm.unplaced[0]}")
+    return model, type(model).__name__
+
+
+def _write(model: Any, args: argparse.Namespace, target: str, checkpoint: Any) -> None:
+    """Write `model` to DST in the `target` layout."""
+    from flava.model.classifier import FlavaClassifier
+
+    if target == TMM:
+        from flava.checkpoints.torchmultimodal import export_torchmultimodal
+
+        export_torchmultimodal(model, args.dst)
+    elif target == "transformers":
+        export_transformers(model.flava if isinstance(model, FlavaClassifier) else model, args.dst)
+    elif isinstance(model, FlavaClassifier):
+        from flava.checkpoints.finetuned import save_finetuned
+
+        n = model.settings["num_outputs"]
+        extra = {"task": Path(args.src).stem, "type": "classification"}
+        save_finetuned(model, args.dst, {**extra, "class_names": [str(i) for i in range(n)]})
+    else:
+        model.save_pretrained(args.dst)
+        if checkpoint is not None:
+            _save_kmeans(checkpoint["state_dict"], Path(args.dst))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Convert one checkpoint; returns the exit status."""
+    args = _parser().parse_args(argv)
     try:
-        layout, cls_name = _source_kind(args.src)
+        layout, cls_name = _source_kind(args.src, args.source)
         default = "transformers" if layout == "flava" else "flava"
         target = args.to or ("ckpt" if args.dst.endswith(".ckpt") else default)
         if target == "ckpt":
@@ -91,17 +175,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote the consolidated pretraining checkpoint {args.dst} from {args.src}")
             return 0
         checkpoint = None
-        if layout == "training":
+        if layout == TMM:
+            model, cls_name = _from_tmm(args)
+        elif layout == "training":
             checkpoint = training_checkpoint(args.src)
             model = model_from_training_checkpoint(checkpoint, args.src)
         else:
             model = _class(cls_name).from_pretrained(args.src)
-        if target == "transformers":
-            export_transformers(model, args.dst)
-        else:
-            model.save_pretrained(args.dst)
-            if checkpoint is not None:
-                _save_kmeans(checkpoint["state_dict"], Path(args.dst))
+        _write(model, args, target, checkpoint)
     except CheckpointError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,4 +1,5 @@
-"""Checkpoints: our `config.json` + `model.safetensors`, the transformers layout both ways,
+"""Checkpoints: our `config.json` + `model.safetensors`, the transformers layout both ways, the
+original release's (TorchMultimodal) files both ways (`flava.checkpoints.torchmultimodal`),
 OpenAI's `encoder.pkl`, pretrained keys, and a fine-tuned classifier's model/ directory
 (`flava.checkpoints.finetuned`).
 
@@ -156,6 +157,21 @@ def load_flava_state(
     return config, mapped, codebook, unplaced
 
 
+def _load_any(
+    path: Path,
+) -> tuple[FlavaConfig, dict[str, torch.Tensor], dict[str, torch.Tensor] | None, list[str]]:
+    """`load_flava_state` of a directory with config.json; a weight file (or a directory without
+    config.json holding one) is the original release's (TorchMultimodal), told from its keys."""
+    if path.is_dir() and (path / "config.json").is_file():
+        return load_flava_state(path)
+    from flava.checkpoints.torchmultimodal import read_torchmultimodal
+
+    config, tmm = read_torchmultimodal(path)
+    for note in tmm.notes:
+        log.info("%s: %s", path, note)
+    return config, tmm.state, tmm.codebook or None, tmm.unplaced
+
+
 def _load_codebook(directory_or_file: Path) -> tuple[CodebookConfig, dict[str, torch.Tensor]]:
     from flava.checkpoints.dalle import (
         codebook_config_from_transformers,
@@ -202,7 +218,8 @@ def from_pretrained(
     strict: bool = True,
     codebook: str | os.PathLike | None = None,
 ) -> M:
-    """Build `cls` and load weights from our layout, the transformers layout or a pretrained key.
+    """Build `cls` and load weights from our layout, the transformers layout, the original
+    release's (TorchMultimodal) .pt / .ckpt file or a pretrained key.
 
     `strict`: fail when a weight the model needs is absent (pretraining heads may be absent
     when loading FlavaForPreTraining from an encoder-only checkpoint; they are then reported
@@ -217,9 +234,7 @@ def from_pretrained(
         model = cls(config)
         model.load_state_dict(state, strict=True)
         return model
-    if path.is_file():
-        raise CheckpointError(f"{path}: expected a checkpoint directory with config.json")
-    config, state, cb_state, unplaced = load_flava_state(path)
+    config, state, cb_state, unplaced = _load_any(path)
     if issubclass(cls, FlavaModel):
         model = cls(config)
         own = {k[len("flava.") :]: v for k, v in state.items() if k.startswith("flava.")}

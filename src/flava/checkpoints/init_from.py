@@ -10,7 +10,9 @@ The layout is told from the keys, or given:
   FlavaTextModel), mapped by the transformers-FLAVA key mapping, whose encoders share its names;
 - `timm`: timm's VisionTransformer (`timm/vit_base_patch16_224.dino`); its fused qkv is ours;
 - `flava_hf`: transformers FlavaModel / FlavaForPreTraining;
-- `flava`: ours (`save_pretrained`, a run's `model/`, a Lightning checkpoint's state).
+- `flava`: ours (`save_pretrained`, a run's `model/`, a Lightning checkpoint's state);
+- `torchmultimodal`: the original release (TorchMultimodal's FLAVAForPreTraining / FLAVAModel,
+  bare or in its examples' Lightning checkpoints), mapped by `tmm_keys`.
 
 Width, depth and head count must match (refused in one line naming both); image position
 embeddings of another grid are resized bicubically, the class token's position kept, as the
@@ -41,9 +43,10 @@ from flava.checkpoints.io import (
     read_json,
 )
 from flava.checkpoints.pretrained import resolve_hub
+from flava.checkpoints.tmm_keys import state_from_torchmultimodal, tmm_prefix
 from flava.model.flava import FlavaModel
 
-LAYOUTS = ("vit", "timm", "flava_hf", "flava")
+LAYOUTS = ("vit", "timm", "flava_hf", "flava", "torchmultimodal")
 ENCODERS = ("image_encoder", "text_encoder", "multimodal_encoder")
 TIMM_LAYER_NORM_EPS = 1e-6
 """timm's ViTs build their LayerNorms with eps 1e-6 (their weights do not say)."""
@@ -145,9 +148,11 @@ def read_source(path: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
 
 
 def detect_layout(state: dict[str, torch.Tensor], config: dict[str, Any], where: str) -> str:
-    """vit, timm, flava_hf or flava, from config.json and the keys (BERTs are refused first)."""
+    """One of LAYOUTS, from config.json and the keys (BERTs are refused first)."""
     if "flava_format" in config or any(_OURS.match(k) for k in state):
         return "flava"
+    if tmm_prefix(state) is not None:
+        return "torchmultimodal"
     if config.get("model_type") == "flava" or any(_HF_FLAVA.match(k) for k in state):
         return "flava_hf"
     for layout, pattern in (("vit", _VIT), ("timm", _TIMM)):
@@ -267,6 +272,13 @@ def _map_flava(state: dict[str, torch.Tensor], top: set[str]) -> _Mapped:
     return _Mapped(out, origin)
 
 
+def _map_tmm(state: dict[str, torch.Tensor], where: str) -> _Mapped:
+    """TorchMultimodal's FLAVA (its codebook and classifier are not parts of this model)."""
+    tmm = state_from_torchmultimodal(state, where)
+    held = {k: v for k, v in tmm.state.items() if k in tmm.origin}  # not the filled defaults
+    return _Mapped(held, tmm.origin)
+
+
 def _map(layout: str, source: _Source, encoder: str | None, part: str, top: set[str]) -> _Mapped:
     if layout in ("vit", "timm"):
         if encoder is None or (layout == "timm" and encoder != "image_encoder"):
@@ -280,6 +292,8 @@ def _map(layout: str, source: _Source, encoder: str | None, part: str, top: set[
         return _map_vit(source.state, encoder, source.where)
     if layout == "flava_hf":
         return _map_flava_hf(source.state)
+    if layout == "torchmultimodal":
+        return _map_tmm(source.state, source.where)
     return _map_flava(source.state, top)
 
 

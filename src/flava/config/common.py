@@ -30,7 +30,8 @@ class ModelConfig:
     900m, 1.8b, 2.7b, 4.8b, 10b or tiny (14M parameters, what the tests use)."""
     pretrained_model_key: str | None = None
     """Start from weights: a pretrained key (flava_full), our save_pretrained directory (a run's
-    model/) or a transformers directory (the preset is then not used)."""
+    model/), a transformers directory or an original-release (TorchMultimodal) .pt / .ckpt file
+    (the preset is then not used)."""
 
 
 @dataclass

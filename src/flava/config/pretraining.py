@@ -76,6 +76,7 @@ class InitLayout(Choice):
     timm = "timm"
     flava_hf = "flava_hf"
     flava = "flava"
+    torchmultimodal = "torchmultimodal"
 
 
 INIT_PARTS = ("image_encoder", "text_encoder", "multimodal_encoder")
@@ -96,7 +97,8 @@ class InitFrom:
     (facebook/dino-vitb16, timm/vit_base_patch16_224.dino), read from the cache first."""
     layout: InitLayout | None = None
     """vit (transformers ViTModel / DINO), timm (VisionTransformer), flava_hf (transformers
-    FLAVA) or flava (ours); None: told from the keys."""
+    FLAVA), flava (ours) or torchmultimodal (the original release's .pt / Lightning .ckpt);
+    None: told from the keys."""
     num_heads: int | None = None
     """The checkpoint's attention heads per layer, checked against the model's. Weights do not
     say it; None reads it from config.json (timm: model_args.num_heads, else its architecture
