@@ -108,8 +108,8 @@ def _needs_kmeans_fit(module: Any, cfg: Any) -> bool:
 
 
 def check_before_work(cfg: Any) -> str | None:
-    """Fail in seconds on what would fail later (precision, resume file, data sources); returns
-    the checked resume checkpoint, if any."""
+    """Fail in seconds on what would fail later (precision, resume file, data sources, pretrained
+    weights); returns the checked resume checkpoint, if any."""
     from flava.training.data import check_sources
     from flava.training.precision import resolve_compile, resolve_precision
 
@@ -118,8 +118,20 @@ def check_before_work(cfg: Any) -> str | None:
     if resume:  # missing, or needing more than tensors and plain containers: one line, exit 2
         resume = check_resume(resume, "training.lightning_load_from_checkpoint")
     check_sources(cfg)  # unreachable datasets fail here, in seconds, before the model is built
+    check_weights(cfg.model.pretrained_model_key)  # and weights neither cached nor reachable
     resolve_compile(cfg)  # logged once the checks have passed: a failed check stays one line
     return resume
+
+
+def check_weights(key: str | None) -> None:
+    """A pretrained key (flava_full) not in the Hugging Face cache is fetched now, or fails in
+    one line (CheckpointError) when the Hub cannot be reached: before the run directory."""
+    from pathlib import Path
+
+    from flava.checkpoints.pretrained import PRETRAINED_KEYS, resolve_pretrained
+
+    if key and key in PRETRAINED_KEYS and not Path(key).exists():
+        resolve_pretrained(key)
 
 
 def save_model(module: Any, run_dir: RunDir, weights: dict[str, Any]) -> str:

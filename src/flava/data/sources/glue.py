@@ -14,7 +14,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from flava.config import SourceConfig
 from flava.data.sources.base import IndexedSource, SourceError, SourceType, StreamingSource
-from flava.data.sources.huggingface import HuggingFaceSource, check_huggingface
+from flava.data.sources.huggingface import (
+    HuggingFaceSource,
+    check_huggingface,
+    require_datasets,
+)
 
 GLUE_TASKS: dict[str, tuple[str, str | None, int]] = {
     # task: (first text column, second text column, outputs; 1 = regression)
@@ -48,12 +52,7 @@ def glue_config(cfg: Any) -> DictConfig:
 
 def _build(cfg: Any, role: str, image_size: int) -> IndexedSource | StreamingSource:
     hf, task = glue_config(cfg), cfg.subset
-    try:
-        import datasets  # noqa: F401
-    except ModuleNotFoundError:
-        raise SourceError(
-            f"GLUE {task} needs the Hugging Face datasets package: pip install datasets"
-        ) from None
+    require_datasets(f"GLUE {task}")
     try:
         return HuggingFaceSource.from_config(hf, role)
     except SourceError as exc:

@@ -1,14 +1,17 @@
 """Hugging Face datasets: load_dataset / load_from_disk, column mapping, streaming, the Hub probe.
 
-The one place that asks the Hub whether a dataset can be had (`check_huggingface`): offline it
-looks for a cached copy, online it asks once with a short timeout, and either way a dataset that
-cannot be had fails at once with one line saying how to provide it.
+The one place that asks the Hub whether a dataset can be had (`check_huggingface`): without the
+`datasets` package it says how to install it, offline it looks for a cached copy, online it asks
+once with a short timeout, and either way a dataset that cannot be had fails at once with one
+line saying how to provide it. The original release's `IMAGENET_TAR` (an ImageNet archive for a
+retired `imagenet-1k` loading script) is refused in one line naming the source that replaces it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -78,6 +81,47 @@ def _hf_cached(key: str, cache_dir: str | None) -> bool:
     return any(r.is_dir() for r in roots)
 
 
+DATASETS_INSTALL = "pip install 'datasets>=3.0'"
+"""The command that installs the Hugging Face datasets package (also: the `data` extra)."""
+IMAGENET_KEYS = frozenset({"imagenet-1k", "ILSVRC/imagenet-1k", "aps/imagenet2012"})
+"""Hub keys under which the original release read ImageNet with `data_dir: $IMAGENET_TAR`."""
+
+
+def require_datasets(what: str) -> None:
+    """Fail (SourceError, one line) unless the Hugging Face `datasets` package imports; `what`
+    names the dataset that needs it."""
+    try:
+        import datasets  # noqa: F401
+    except ImportError:
+        raise SourceError(
+            f"{what} needs the Hugging Face datasets package, which is not installed: "
+            f"{DATASETS_INSTALL}"
+        ) from None
+
+
+def refuse_imagenet_tar(cfg: Any) -> None:
+    """Refuse the original release's IMAGENET_TAR for an ImageNet Hub entry, in one line.
+
+    The original debug config passed it as `data_dir` to the `imagenet-1k` loading script of
+    2022, which read Kaggle's ILSVRC archive; that script is gone (the Hub set is parquet now,
+    and `datasets` runs no scripts), and a single 150 GB gzip stream cannot be split over
+    processes or resumed in O(shards). Reading the Hub copy instead would ignore the user's
+    archive without a word, so the run stops and names the source that reads the archive.
+    """
+    archive = os.environ.get("IMAGENET_TAR")
+    if not archive or cfg.key not in IMAGENET_KEYS or cfg.path:
+        return
+    train = "DIR/ILSVRC/Data/CLS-LOC/train"
+    raise SourceError(
+        f"IMAGENET_TAR={archive} is not read (the original release passed it to a retired "
+        f"{cfg.key} loading script): extract the archive it names (tar xzf ARCHIVE -C DIR) and "
+        f"replace the {cfg.key} entries with its class folders, e.g. 'datasets.image.train="
+        f"[{{type: image_folder, path: {train}}}]' (or shards of them: python -m "
+        f"flava.data.write_shards {train} SHARDS), or unset IMAGENET_TAR to read {cfg.key} "
+        "from the Hub"
+    )
+
+
 def _hf_name(cfg: Any) -> str:
     return f"{cfg.key}/{cfg.subset}" if cfg.subset else str(cfg.key)
 
@@ -102,8 +146,10 @@ def check_huggingface(cfg: Any) -> bool:
 
     Offline (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE) it looks for a cached copy; online it asks
     the Hub once with a short timeout (no retries): missing, gated without a token, unreachable
-    and not cached all fail with one line.
+    and not cached all fail with one line; so do a missing `datasets` package and IMAGENET_TAR.
     """
+    refuse_imagenet_tar(cfg)
+    require_datasets(f"dataset {_hf_name(cfg) if cfg.key else cfg.path}")
     if cfg.path:
         if not Path(cfg.path).expanduser().exists():
             raise SourceError(
