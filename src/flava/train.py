@@ -111,6 +111,7 @@ def check_before_work(cfg: Any) -> str | None:
     """Fail in seconds on what would fail later (precision, resume file, data sources, pretrained
     weights); returns the checked resume checkpoint, if any."""
     from flava.training.data import check_sources
+    from flava.training.factory import check_codebook
     from flava.training.precision import resolve_compile, resolve_precision
 
     resume = cfg.training.lightning_load_from_checkpoint
@@ -119,6 +120,7 @@ def check_before_work(cfg: Any) -> str | None:
         resume = check_resume(resume, "training.lightning_load_from_checkpoint")
     check_sources(cfg)  # unreachable datasets fail here, in seconds, before the model is built
     check_weights(cfg.model.pretrained_model_key)  # and weights neither cached nor reachable
+    check_codebook(cfg.model)  # DALL-E targets without the codebook's weights
     resolve_compile(cfg)  # logged once the checks have passed: a failed check stays one line
     return resume
 

@@ -10,7 +10,15 @@ from omegaconf import OmegaConf
 
 from flava.config import ConfigError
 from flava.objectives.pretraining import LossWeights
-from flava.training.factory import build_pretraining_model, fit_kmeans, mim_target_kind
+from flava.checkpoints.io import CheckpointError
+from flava.training.factory import (
+    build_pretraining_model,
+    check_codebook,
+    fit_kmeans,
+    mim_target_kind,
+)
+
+from ..model.test_codebook import openai_encoder  # noqa: F401, TID252 (a fixture)
 
 
 def _model_cfg(**overrides):
@@ -46,6 +54,32 @@ def test_kmeans_preset_is_built_with_the_kmeans_vocabulary():
 def test_dalle_preset_needs_codebook_weights():
     with pytest.raises(ValueError, match="needs codebook weights"):
         build_pretraining_model(_model_cfg(mim_target="dalle"))
+
+
+def test_the_dalle_key_reads_encoder_pkl_where_the_original_release_keeps_it(
+    openai_encoder, tmp_path, monkeypatch
+):
+    """model.codebook=dalle (the paper configs'): OpenAI's encoder.pkl in torch.hub's folder;
+    absent, one line says where to put it and how to choose k-means instead."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    cfg = _model_cfg(mim_target="dalle", codebook="dalle")
+    with pytest.raises(CheckpointError) as info:
+        check_codebook(cfg)
+    message = str(info.value)
+    assert "\n" not in message
+    assert f"no encoder.pkl at {tmp_path / 'torch' / 'hub' / 'checkpoints'}" in message
+    assert "put https://cdn.openai.com/dall-e/encoder.pkl there" in message
+    assert "model.mim_target=kmeans" in message
+    with pytest.raises(CheckpointError, match="model.codebook=nowhere.pkl: no such file"):
+        check_codebook(_model_cfg(mim_target="dalle", codebook="nowhere.pkl"))
+    check_codebook(_model_cfg(codebook=None))  # k-means targets need none
+    folder = tmp_path / "torch" / "hub" / "checkpoints"
+    folder.mkdir(parents=True)
+    (folder / "encoder.pkl").write_bytes(openai_encoder[0].read_bytes())
+    check_codebook(cfg)
+    model, kmeans = build_pretraining_model(cfg)
+    assert kmeans is None and model.codebook is not None
+    assert model.config.image.vocab_size == 64 == model.mim_head.decoder.out_features
 
 
 def test_fit_kmeans_logs_and_refuses_too_few_patches(caplog):

@@ -26,6 +26,7 @@ class Toy(nn.Module):
 
 def _training(**overrides) -> OmegaConf:
     t = OmegaConf.structured(TrainingConfig)
+    overrides = {"weight_decay_groups": "matrices", **overrides}
     t.merge_with({"learning_rate": 1e-3, "adam_weight_decay": 0.05, **overrides})
     return t
 
@@ -37,7 +38,7 @@ def _lrs(groups, base: float) -> dict[str, float]:
 def test_without_multipliers_the_two_decay_groups_are_unchanged():
     model = Toy()
     groups = param_groups(model.named_parameters(), _training())
-    decay, no_decay = decay_groups(model.named_parameters())
+    decay, no_decay = decay_groups(model.named_parameters(), "matrices")
     assert [options for options, _ in groups] == [{"weight_decay": 0.05}, {"weight_decay": 0.0}]
     assert [n for n, _ in groups[0][1]] == [n for n, _ in decay]
     assert [n for n, _ in groups[1][1]] == [n for n, _ in no_decay]
@@ -123,6 +124,39 @@ def test_resume_with_other_multiplier_groups_is_refused_in_one_line(tmp_path, st
     message = str(refused.value)
     assert "\n" not in message and str(path) in message
     assert "groups of [2, 2, 1, 1] parameters, this run's [3, 3]" in message
-    assert "training.lr_multipliers it was saved with" in message
+    assert "training.lr_multipliers and training.weight_decay_groups it was saved" in message
     same = SimpleNamespace(model=model, cfg=OmegaConf.create({"training": saved}))
     assert resume_for_strategy(str(path), "auto", same, RunDir(tmp_path)) == str(path)
+
+
+def test_weight_decay_groups():
+    """all (the default, the original release's): every trainable parameter decayed, the logit
+    scale and the norms included; matrices: no 1-D tensor nor image token / position, but the
+    text encoder's embedding tables."""
+    from flava.model import FlavaForPreTraining, preset
+
+    model = FlavaForPreTraining(preset("tiny"), codebook=None)
+    model.flava.text_encoder.word_embed.weight.requires_grad_(False)
+    decay, no_decay = decay_groups(model.named_parameters())
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert [n for n, _ in decay] == trainable and not no_decay
+    assert TrainingConfig().weight_decay_groups == "all"
+    decay, no_decay = decay_groups(model.named_parameters(), "matrices")
+    skipped = {n for n, _ in no_decay}
+    assert {
+        "flava.logit_scale",
+        "flava.image_encoder.cls_token",
+        "flava.image_encoder.pos_embed",
+        "flava.image_encoder.mask_token",
+        "flava.multimodal_encoder.cls_token",
+        "mim_head.decoder.bias",
+        "flava.text_encoder.embed_norm.weight",
+    } <= skipped
+    decayed = {n for n, _ in decay}
+    assert {
+        "flava.text_encoder.pos_embed.weight",
+        "flava.text_encoder.type_embed.weight",
+        "flava.image_encoder.patch_embed.weight",
+    } <= decayed
+    assert len(decayed) + len(skipped) == len(trainable)
+    assert all(p.ndim >= 2 for _, p in decay)

@@ -35,7 +35,13 @@ from flava.checkpoints.io import (
     save_weights,
     write_json,
 )
-from flava.checkpoints.pretrained import CODEBOOK_FOR_KEY, PRETRAINED_KEYS, resolve_pretrained
+from flava.checkpoints.pretrained import (
+    CODEBOOK_FOR_KEY,
+    DALLE_KEY,
+    PRETRAINED_KEYS,
+    resolve_dalle,
+    resolve_pretrained,
+)
 from flava.model.codebook import ImageCodebook
 from flava.model.config import CodebookConfig, FlavaConfig
 from flava.model.flava import FlavaForPreTraining, FlavaModel
@@ -92,6 +98,8 @@ def _resolve(name_or_path: str | os.PathLike) -> tuple[Path, str | None]:
     path = Path(text).expanduser()
     if path.exists():
         return path, None
+    if text == DALLE_KEY:
+        return resolve_dalle(), None
     if text in PRETRAINED_KEYS:
         return resolve_pretrained(text), text
     raise CheckpointError(

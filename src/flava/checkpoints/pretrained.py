@@ -1,5 +1,6 @@
 """Pretrained keys (`flava_full`) and hub ids through the Hugging Face hub cache; fails fast
-offline."""
+offline. The codebook key `dalle` is OpenAI's DALL-E encoder where the original release keeps it
+(its download through torch.hub); it is never downloaded here."""
 
 from __future__ import annotations
 
@@ -14,6 +15,10 @@ PRETRAINED_KEYS: dict[str, str] = {
     "flava_image_codebook": "facebook/flava-image-codebook",
 }
 CODEBOOK_FOR_KEY: dict[str, str] = {"flava_full": "flava_image_codebook"}
+DALLE_KEY = "dalle"
+"""model.codebook=dalle: OpenAI's `encoder.pkl` in torch.hub's checkpoint folder."""
+DALLE_URL = "https://cdn.openai.com/dall-e/encoder.pkl"
+"""Where OpenAI publishes the DALL-E encoder (the original release downloads it from here)."""
 _PATTERNS = [
     "config.json",
     "*.safetensors",
@@ -73,3 +78,24 @@ def resolve_hub(repo: str, what: str, example: str) -> Path:
         return Path(snapshot_download(repo, allow_patterns=_PATTERNS, etag_timeout=10))
     except Exception as exc:
         raise CheckpointError(f"{hint} (download failed: {type(exc).__name__})") from None
+
+
+def dalle_encoder_file() -> Path:
+    """Where the original release's `torch.hub.load_state_dict_from_url(DALLE_URL)` leaves
+    `encoder.pkl`: <torch.hub.get_dir()>/checkpoints (TORCH_HOME, else ~/.cache/torch/hub)."""
+    import torch
+
+    return Path(torch.hub.get_dir()) / "checkpoints" / "encoder.pkl"
+
+
+def resolve_dalle() -> Path:
+    """The `dalle` codebook key's file, or one line saying where to put it and the choices."""
+    path = dalle_encoder_file()
+    if path.is_file():
+        return path
+    raise CheckpointError(
+        f"codebook {DALLE_KEY!r} (the DALL-E codebook of the paper's MIM targets): no "
+        f"encoder.pkl at {path}, where the original release downloads it; put {DALLE_URL} "
+        "there, or give model.codebook=/path/to/encoder.pkl (or flava_image_codebook from the "
+        "Hugging Face cache), or predict k-means codes instead with model.mim_target=kmeans"
+    )

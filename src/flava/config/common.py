@@ -119,6 +119,13 @@ MLFLOW_DATABASES = ("sqlite", "postgresql", "mysql", "mssql")
 """URI schemes of MLflow's database stores (they need sqlalchemy and alembic)."""
 
 
+class WeightDecayGroups(Choice):
+    """Which parameters AdamW's weight decay applies to."""
+
+    all = "all"
+    matrices = "matrices"
+
+
 class LrSchedule(Choice):
     """Decay of the learning rate after the linear warm-up."""
 
@@ -249,7 +256,13 @@ class TrainingConfig:
     adam_eps: float = 1e-8
     """AdamW epsilon."""
     adam_weight_decay: float = 0.1
-    """AdamW weight decay (not applied to biases, norms, embeddings of tokens/positions)."""
+    """AdamW weight decay, applied to the parameters training.weight_decay_groups names."""
+    weight_decay_groups: WeightDecayGroups = WeightDecayGroups.all
+    """all: every trainable parameter is decayed, the logit scale included (the original
+    release's AdamW over all parameters; the paper does not say); matrices: not 1-D tensors
+    (biases, norm weights, the logit scale) nor the image and multimodal class tokens, the
+    image mask token and image position embeddings (the text encoder's word, position and
+    type embeddings are decayed)."""
     warmup_steps: int = 10000
     """Linear warm-up steps."""
     lr_schedule: LrSchedule = LrSchedule.cosine

@@ -64,9 +64,11 @@ class LossConfig:
     """Image-text matching (pair batches)."""
     global_contrastive_weight: float = 1.0
     """Contrastive loss over the global batch (pair batches)."""
-    itm_negative_probability: float = 0.5
+    itm_negative_probability: float = 0.1
     """ITM negatives: the probability that a pair's caption is swapped for another caption of
-    its batch (the paper gives no figure; TorchMultimodal uses 0.1)."""
+    its batch. MMM learns only from the matched pairs, so it also sets the share of a pair batch
+    MMM sees (0.1: about 90%; 0.5: half). Default: the original release's 0.1 (TorchMultimodal's
+    FLAVA `itm_probability`; the paper gives no figure)."""
 
 
 class InitLayout(Choice):
@@ -138,12 +140,31 @@ class KindConfig:
     text_max_length: int | None = None
     """Tokens per text of this kind's batches (None for datasets.text_max_length); the paper read
     its text-only corpora at up to 512 tokens, captions at 77."""
+    whole_word_masking: bool | None = None
+    """MLM / MMM-text mask all pieces of a word together in this kind's texts. None:
+    datasets.whole_word_masking when set, else the original release's choice for the kind:
+    captions of pairs (vl) yes, text-only batches no (TorchMultimodal's FLAVA; the paper does
+    not say)."""
+
+
+WHOLE_WORD_MASKING = {"vl": True, "text": False}
+"""The original release's whole-word masking per kind: its image-text collator masks whole
+words, its text-only collator single tokens."""
 
 
 def kind_text_length(d: DictConfig, kind: str) -> int:
     """Tokens per text of data kind `kind`: datasets.<kind>.text_max_length, else
     datasets.text_max_length."""
     return int(d[kind].text_max_length or d.text_max_length)
+
+
+def kind_whole_word_masking(d: DictConfig, kind: str) -> bool:
+    """Whether kind `kind` masks whole words: datasets.<kind>.whole_word_masking, else
+    datasets.whole_word_masking, else `WHOLE_WORD_MASKING`."""
+    for value in (d[kind].get("whole_word_masking"), d.get("whole_word_masking")):
+        if value is not None:
+            return bool(value)
+    return WHOLE_WORD_MASKING[kind]
 
 
 @dataclass
@@ -154,17 +175,18 @@ class DatasetsConfig(DataSectionConfig):
     """Kinds in use (vl: image-text pairs)."""
     sampling: Sampling = Sampling.probability
     """probability (each step draws its kind) or round_robin."""
-    probabilities: dict[str, float] = field(
-        default_factory=lambda: {"vl": 0.70, "image": 0.15, "text": 0.15}
-    )
-    """Per-step kind probabilities (the paper's: pairs 0.70, images 0.15, text 0.15)."""
+    probabilities: dict[str, float] = field(default_factory=dict)
+    """Per-step kind weights, normalised over datasets.selected; a mapping given must name every
+    selected kind. Empty: uniform, as the original release draws its loaders (the paper states
+    no mix), e.g. {vl: 0.70, image: 0.15, text: 0.15} for more pair steps."""
     image: KindConfig = field(default_factory=KindConfig)
     text: KindConfig = field(default_factory=KindConfig)
     vl: KindConfig = field(default_factory=KindConfig)
     mlm_probability: float = 0.15
     """Fraction of text tokens masked."""
-    whole_word_masking: bool = False
-    """Mask all pieces of a word together."""
+    whole_word_masking: bool | None = None
+    """Mask all pieces of a word together in every kind's texts; None: per kind
+    (datasets.<kind>.whole_word_masking: by default pairs yes, text-only no)."""
     image_mask_patches: int | None = None
     """Patches masked per image (None: 75/196 of the grid)."""
     crop_scale: list[float] = field(default_factory=lambda: [0.9, 1.0])
@@ -261,13 +283,22 @@ def datasets_checks(d: DictConfig) -> list[Check]:
         ],
         (len(d.selected) > 0, "datasets.selected", "must name at least one of image, text, vl"),
     ]
-    if d.sampling == Sampling.probability:
-        probs = {str(k): d.probabilities.get(k, 0.0) for k in d.selected}
+    if d.sampling == Sampling.probability and d.probabilities:
+        probs = {str(k): d.probabilities.get(k) for k in d.selected}
+        missing = [k for k, p in probs.items() if p is None]
         checks.append(
             (
-                all(p >= 0 for p in probs.values()) and sum(probs.values()) > 0,
+                not missing,
                 "datasets.probabilities",
-                f"need a non-negative probability for each selected kind, got {probs}",
+                f"names no weight for the selected kind(s) {', '.join(missing)}; give one "
+                "for each selected kind, or {} for uniform",
+            )
+        )
+        checks.append(
+            (
+                bool(missing) or (all(p >= 0 for p in probs.values()) and sum(probs.values()) > 0),
+                "datasets.probabilities",
+                f"need non-negative weights with a positive sum, got {probs}",
             )
         )
     return checks

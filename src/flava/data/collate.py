@@ -44,7 +44,8 @@ class BatchBuilder:
     length, or one per batch kind: the paper read its text-only corpora at up to 512 tokens and
     captions at 77) and padded to the batch's longest (`padding="longest"`) or to that length
     (`"max_length"`); with per-item generators a text's masks are drawn over its own tokens, so
-    they do not depend on the padding.
+    they do not depend on the padding. Whole-word masking is one setting or one per batch kind
+    (the original release masks whole words in captions only).
     """
 
     def __init__(
@@ -54,7 +55,7 @@ class BatchBuilder:
         mask_generator: BlockMaskGenerator,
         text_max_length: int | Mapping[str, int] = 77,
         mlm_probability: float = 0.15,
-        whole_word_masking: bool = False,
+        whole_word_masking: bool | Mapping[str, bool] = False,
         padding: str = "longest",
     ) -> None:
         if padding not in ("longest", "max_length"):
@@ -69,7 +70,9 @@ class BatchBuilder:
         self.max_lengths = {str(k): int(v) for k, v in lengths.items()}
         self.text_max_length = max(self.max_lengths.values()) if lengths else int(text_max_length)
         self.mlm_probability = mlm_probability
-        self.whole_word_masking = whole_word_masking
+        words = whole_word_masking if isinstance(whole_word_masking, Mapping) else {}
+        self.whole_words = {str(k): bool(v) for k, v in words.items()}
+        self.whole_word_masking = bool(whole_word_masking) if not words else False
         self.padding = padding
 
     def images(
@@ -97,7 +100,7 @@ class BatchBuilder:
             list(texts),
             max_length=self.max_lengths.get(kind, self.text_max_length),
             padding=self.padding,
-            return_word_ids=self.whole_word_masking,
+            return_word_ids=self.whole_words.get(kind, self.whole_word_masking),
         )
         masked, labels = mask_tokens(
             tok["input_ids"],

@@ -1,12 +1,12 @@
 """Per-step mixing of the pretraining sources: each step's batch of one kind, on every process.
 
 Each step's whole batch comes from one kind of source ("image", "text" or "vl" pairs), drawn
-with the configured probabilities (the paper's 0.15 / 0.15 / 0.70) or round-robin. The kind of
-global batch `b` is a pure function of (seed, b), so every process and every DataLoader worker
-agrees on it without communicating. Within a kind, samples are read in a per-epoch permutation
-and each process takes its own slice of every batch, so processes see distinct samples. The
-position of the stream is the batch index, which makes exact resume a matter of starting at
-the right `b`.
+with the configured weights (uniform unless given, as the original release draws its loaders) or
+round-robin. The kind of global batch `b` is a pure function of (seed, b), so every process and
+every DataLoader worker agrees on it without communicating. Within a kind, samples are read in a
+per-epoch permutation and each process takes its own slice of every batch, so processes see
+distinct samples. The position of the stream is the batch index, which makes exact resume a
+matter of starting at the right `b`.
 
 Sources come in two flavours. A `Source` is random access (`item(index, kind, rng)`); its
 samples follow the per-epoch permutations above. An `IterableSource` can only be read in order

@@ -13,7 +13,7 @@ import torch
 from omegaconf import DictConfig
 
 from flava.config import ConfigError
-from flava.config.pretraining import kind_text_length
+from flava.config.pretraining import kind_text_length, kind_whole_word_masking
 from flava.data.batch import PretrainingBatch
 from flava.data.mixing import (
     KINDS,
@@ -106,6 +106,7 @@ class PretrainingData(L.LightningDataModule):
         )
         common = dict(image_size=image.image_size, codebook_size=codebook_size)
         lengths = {k: kind_text_length(d, k) for k in ("text", "vl")}
+        whole_words = {k: kind_whole_word_masking(d, k) for k in ("text", "vl")}
         positions = model_config.text.max_position_embeddings
         for kind, length in lengths.items():
             if length > positions:
@@ -124,7 +125,7 @@ class PretrainingData(L.LightningDataModule):
             masker,
             lengths,
             d.mlm_probability,
-            d.whole_word_masking,
+            whole_words,
         )
         self.val_builder = BatchBuilder(
             self.tokenizer,
@@ -132,7 +133,7 @@ class PretrainingData(L.LightningDataModule):
             masker,
             lengths,
             d.mlm_probability,
-            d.whole_word_masking,
+            whole_words,
         )
         self._streams: dict[str, dict[str, Stream]] = {}
         check_sources(cfg)  # unreachable data fails here, before any data is read

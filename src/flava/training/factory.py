@@ -37,6 +37,37 @@ def mim_target_kind(mcfg: DictConfig) -> str:
     return "dalle" if (mcfg.codebook or mcfg.pretrained_model_key) else "kmeans"
 
 
+def check_codebook(mcfg: DictConfig) -> None:
+    """Before any work: DALL-E targets' codebook weights are at hand (a file or directory, the
+    `dalle` key's encoder.pkl, a pretrained key cached or reachable), else one line."""
+    from flava.checkpoints.pretrained import (
+        DALLE_KEY,
+        PRETRAINED_KEYS,
+        resolve_dalle,
+        resolve_pretrained,
+    )
+
+    source = mcfg.codebook
+    if mim_target_kind(mcfg) != "dalle" or (mcfg.pretrained_model_key and not source):
+        return
+    if not source:
+        raise ConfigError(
+            "model.mim_target=dalle needs codebook weights: set model.codebook=dalle (OpenAI's "
+            "encoder.pkl), a path or flava_image_codebook, or use model.mim_target=kmeans"
+        )
+    if Path(source).expanduser().exists():
+        return
+    if source == DALLE_KEY:
+        resolve_dalle()
+    elif source in PRETRAINED_KEYS:
+        resolve_pretrained(source)
+    else:
+        raise CheckpointError(
+            f"model.codebook={source}: no such file or directory, and not a codebook key "
+            f"({DALLE_KEY}, {', '.join(PRETRAINED_KEYS)}); or use model.mim_target=kmeans"
+        )
+
+
 def preset_config(name: str, image_vocab_size: int, codebook: ImageCodebook | None) -> FlavaConfig:
     """Preset `name` predicting `image_vocab_size` image tokens (with `codebook`'s config)."""
     config = preset(name)
@@ -150,8 +181,7 @@ def _build_preset(mcfg: DictConfig, target: str) -> FlavaForPreTraining:
     if target == "kmeans":
         config = preset_config(mcfg.preset, mcfg.kmeans_codes, None)
         return FlavaForPreTraining(config, codebook=None)
-    if not mcfg.codebook:
-        raise ValueError("model.mim_target=dalle needs codebook weights: set model.codebook")
+    check_codebook(mcfg)
     codebook = ImageCodebook.from_pretrained(mcfg.codebook)
     config = preset_config(mcfg.preset, codebook.config.vocab_size, codebook)
     return FlavaForPreTraining(config, codebook=codebook)

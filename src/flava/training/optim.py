@@ -1,6 +1,8 @@
 """The optimiser of every run: AdamW (paper: betas 0.9 / 0.999) with warm-up then decay.
 
-Weight decay skips biases, norms and the token / position embeddings. AdamW runs as PyTorch's
+Weight decay applies to every parameter (`training.weight_decay_groups=all`, the original
+release's) or skips 1-D tensors and the image encoder's tokens and positions (`matrices`, see
+`decay_groups`). AdamW runs as PyTorch's
 fused kernel where it has one (CUDA; CPU from PyTorch 2.4): on a 2-core CPU the per-tensor
 loop took about 0.2 s of a 0.5 s `tiny` step, the fused kernel about a sixth of that. Under
 `16-mixed` (a loss scaler) it runs unfused; gradients are clipped by `clip_gradients`.
@@ -46,13 +48,17 @@ def fused_supported(device: torch.device) -> bool:
 
 def decay_groups(
     named_parameters: Iterable[tuple[str, torch.nn.Parameter]],
+    groups: str = "all",
 ) -> tuple[list[tuple[str, torch.nn.Parameter]], list[tuple[str, torch.nn.Parameter]]]:
-    """(decayed, not decayed) trainable (name, parameter) pairs, in the given order."""
+    """(decayed, not decayed) trainable (name, parameter) pairs, in the given order. `groups`:
+    "all" decays every one; "matrices" skips 1-D tensors (biases, norm weights, the logit
+    scale) and names ending in `NO_DECAY_SUFFIXES` (the image / multimodal class tokens, the
+    image mask token and position embeddings; the text embeddings are tables, and decayed)."""
     decay, no_decay = [], []
     for name, p in named_parameters:
         if not p.requires_grad:
             continue
-        skip = p.ndim < 2 or name.endswith(NO_DECAY_SUFFIXES)
+        skip = groups == "matrices" and (p.ndim < 2 or name.endswith(NO_DECAY_SUFFIXES))
         (no_decay if skip else decay).append((name, p))
     return decay, no_decay
 
@@ -93,7 +99,7 @@ def param_groups(
         by_multiplier.setdefault(multiplier_of(name, multipliers), []).append((name, p))
     groups = []
     for m in sorted(by_multiplier, key=lambda v: (v != 1.0, v)):
-        decay, no_decay = decay_groups(by_multiplier[m])
+        decay, no_decay = decay_groups(by_multiplier[m], str(t.weight_decay_groups))
         lr = {} if m == 1.0 else {"lr": t.learning_rate * m}
         for params, wd in ((decay, t.adam_weight_decay), (no_decay, 0.0)):
             if params or m == 1.0:  # (the two groups of a run without multipliers, as before)

@@ -55,8 +55,9 @@ def check_group_layout(path: str, groups: list[tuple[dict, list]]) -> dict[str, 
         if saved != sizes:
             raise CheckpointError(
                 f"{key}={path}: its optimizer has parameter groups of {saved} parameters, this "
-                f"run's {sizes}; resume with the training.lr_multipliers it was saved with (see "
-                "config.yaml in its run directory)"
+                f"run's {sizes}; resume with the training.lr_multipliers and "
+                "training.weight_decay_groups it was saved with (see config.yaml in its run "
+                "directory)"
             )
     return checkpoint
 
