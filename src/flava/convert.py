@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from flava.checkpoints import CheckpointError, directory_layout, export_transformers
-from flava.checkpoints.io import load_weight_file
+from flava.checkpoints.io import safe_torch_load
 from flava.checkpoints.pretrained import PRETRAINED_KEYS
 from flava.checkpoints.sharded import (
     is_sharded_checkpoint,
@@ -49,7 +49,9 @@ def _source_kind(src: str, given: str | None = None) -> tuple[str, str]:
     if is_sharded_checkpoint(path):
         return "training", "FlavaForPreTraining"
     if path.is_file() and path.suffix == ".ckpt":  # ours, or TorchMultimodal's examples'
-        tmm = tmm_prefix(load_weight_file(path)) is not None
+        data = safe_torch_load(path)
+        state = data.get("state_dict") if isinstance(data, dict) else None
+        tmm = isinstance(state, dict) and tmm_prefix(state) is not None
         return (TMM, "FLAVAForPreTraining") if tmm else ("training", "FlavaForPreTraining")
     if path.is_dir() and not (path / "config.json").exists():
         return TMM, "FLAVAForPreTraining"  # a directory holding the release's .pt

@@ -320,6 +320,8 @@ def test_flava_model_file_lightning_checkpoints_and_init_from(pair, tmp_path):
     expected = ours.state_dict()
     encoders = save(theirs.model.state_dict(), tmp_path / "flava_model.pt")
     model = FlavaModel.from_pretrained(encoders)  # no log-scale in a FLAVAModel: log(1/0.07)
+    in_folder = FlavaModel.from_pretrained(tmp_path).state_dict()  # a directory holding the .pt
+    assert all(torch.equal(v, in_folder[k]) for k, v in model.state_dict().items())
     for key, value in model.state_dict().items():
         if key != "logit_scale":
             assert torch.equal(value, expected[f"flava.{key}"]), key
