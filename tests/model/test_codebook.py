@@ -6,7 +6,6 @@ import builtins
 import os
 import pickle
 import sys
-import textwrap
 import types
 from pathlib import Path
 
@@ -97,125 +96,6 @@ def test_state_to_transformers_rejects_foreign_keys() -> None:
 
 # ---------------------------------------------------------------------------------------------
 # OpenAI encoder.pkl
-
-_DALL_E_UTILS = """
-import torch
-import torch.nn.functional as F
-from torch import nn
-
-
-class Conv2d(nn.Module):
-    def __init__(self, n_in, n_out, kw, use_float16=True, device=torch.device("cpu"),
-                 requires_grad=False):
-        super().__init__()
-        self.n_in, self.n_out, self.kw = n_in, n_out, kw
-        self.use_float16, self.device, self.requires_grad = use_float16, device, requires_grad
-        w = torch.randn(n_out, n_in, kw, kw) / (n_in * kw**2) ** 0.5
-        self.w = nn.Parameter(w, requires_grad=requires_grad)
-        self.b = nn.Parameter(torch.randn(n_out) * 0.1, requires_grad=requires_grad)
-
-    def forward(self, x):
-        return F.conv2d(x, self.w, self.b, padding=(self.kw - 1) // 2)
-"""
-
-_DALL_E_ENCODER = """
-from collections import OrderedDict
-from dataclasses import dataclass, field
-from functools import partial
-
-import torch
-from torch import nn
-
-from dall_e.utils import Conv2d
-
-
-class EncoderBlock(nn.Module):
-    def __init__(self, n_in, n_out, n_layers, device=None, requires_grad=False):
-        super().__init__()
-        self.n_in, self.n_out, self.n_layers = n_in, n_out, n_layers
-        self.n_hid = n_out // 4
-        self.post_gain = 1 / (n_layers**2)
-        make_conv = partial(Conv2d, device=device, requires_grad=requires_grad)
-        self.id_path = make_conv(n_in, n_out, 1) if n_in != n_out else nn.Identity()
-        self.res_path = nn.Sequential(OrderedDict([
-            ("relu_1", nn.ReLU()), ("conv_1", make_conv(n_in, self.n_hid, 3)),
-            ("relu_2", nn.ReLU()), ("conv_2", make_conv(self.n_hid, self.n_hid, 3)),
-            ("relu_3", nn.ReLU()), ("conv_3", make_conv(self.n_hid, self.n_hid, 3)),
-            ("relu_4", nn.ReLU()), ("conv_4", make_conv(self.n_hid, n_out, 1)),
-        ]))
-
-    def forward(self, x):
-        return self.id_path(x) + self.post_gain * self.res_path(x)
-
-
-@dataclass(eq=False, repr=False)
-class Encoder(nn.Module):
-    group_count: int = 4
-    n_hid: int = 256
-    n_blk_per_group: int = 2
-    input_channels: int = 3
-    vocab_size: int = 8192
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    requires_grad: bool = False
-    use_mixed_precision: bool = True
-
-    def __post_init__(self):
-        super().__init__()
-        blk_range = range(self.n_blk_per_group)
-        n_layers = self.group_count * self.n_blk_per_group
-        make_conv = partial(Conv2d, device=self.device, requires_grad=self.requires_grad)
-        make_blk = partial(EncoderBlock, n_layers=n_layers, device=self.device,
-                           requires_grad=self.requires_grad)
-        h = self.n_hid
-
-        def group(n_in, n_out, pool):
-            items = [(f"block_{i + 1}", make_blk(n_in if i == 0 else n_out, n_out))
-                     for i in blk_range]
-            if pool:
-                items.append(("pool", nn.MaxPool2d(kernel_size=2)))
-            return nn.Sequential(OrderedDict(items))
-
-        self.blocks = nn.Sequential(OrderedDict([
-            ("input", make_conv(self.input_channels, h, 7)),
-            ("group_1", group(h, h, True)),
-            ("group_2", group(h, 2 * h, True)),
-            ("group_3", group(2 * h, 4 * h, True)),
-            ("group_4", group(4 * h, 8 * h, False)),
-            ("output", nn.Sequential(OrderedDict([
-                ("relu", nn.ReLU()),
-                ("conv", make_conv(8 * h, self.vocab_size, 1, use_float16=False)),
-            ]))),
-        ]))
-
-    def forward(self, x):
-        return self.blocks(x)
-"""
-
-
-@pytest.fixture
-def openai_encoder(tmp_path: Path) -> tuple[Path, dict[str, torch.Tensor], torch.Tensor, int]:
-    """A fake dall_e Encoder pickled whole; returns (path, its state, pixels, logits)."""
-    package = tmp_path / "src" / "dall_e"
-    package.mkdir(parents=True)
-    (package / "__init__.py").write_text("")
-    (package / "utils.py").write_text(textwrap.dedent(_DALL_E_UTILS))
-    (package / "encoder.py").write_text(textwrap.dedent(_DALL_E_ENCODER))
-    sys.path.insert(0, str(package.parent))
-    try:
-        from dall_e.encoder import Encoder  # type: ignore[import-not-found]
-
-        encoder = Encoder(n_hid=16, n_blk_per_group=2, vocab_size=64).eval()
-        pixels = ImageCodebook.map_pixels(_images(2, 32))
-        with torch.no_grad():
-            logits = encoder(pixels)
-        state = {k: v.detach().clone() for k, v in encoder.state_dict().items()}
-        path = tmp_path / "encoder.pkl"
-        torch.save(encoder, path)
-    finally:
-        sys.path.remove(str(package.parent))
-        for name in [m for m in sys.modules if m == "dall_e" or m.startswith("dall_e.")]:
-            del sys.modules[name]
-    return path, state, pixels, logits
 
 
 def test_load_openai_encoder(openai_encoder: tuple) -> None:

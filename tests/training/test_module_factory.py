@@ -8,17 +8,15 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from flava.checkpoints.io import CheckpointError
 from flava.config import ConfigError
 from flava.objectives.pretraining import LossWeights
-from flava.checkpoints.io import CheckpointError
 from flava.training.factory import (
     build_pretraining_model,
     check_codebook,
     fit_kmeans,
     mim_target_kind,
 )
-
-from ..model.test_codebook import openai_encoder  # noqa: F401, TID252 (a fixture)
 
 
 def _model_cfg(**overrides):
