@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -290,3 +292,28 @@ def test_mim_labels_keep_only_masked():
     t = torch.arange(6).reshape(1, 6)
     m = torch.tensor([[True, False, True, False, False, True]])
     assert mim_labels(t, m).tolist() == [[0, -100, 2, -100, -100, 5]]
+
+
+def test_image_text_logits_are_what_the_contrastive_loss_scores():
+    """FlavaModel.image_text_logits: [Bi, Bt] cosine x exp(logit_scale) (at most 100); on a
+    matched batch its two cross-entropies are the contrastive loss."""
+    from flava.model import FlavaModel, preset
+
+    torch.manual_seed(0)
+    model = FlavaModel(preset("tiny")).eval()
+    pixels = torch.randn(3, 3, 64, 64)
+    ids = torch.randint(1000, 2000, (3, 9))
+    with torch.no_grad():
+        model.logit_scale.fill_(1.5)
+        logits = model.image_text_logits(pixels, ids)
+        loss = contrastive_loss(
+            model.encode_image(pixels), model.encode_text(ids), model.logit_scale
+        )
+        wider = model.image_text_logits(pixels[:2], torch.randint(1000, 2000, (5, 7)))
+        model.logit_scale.fill_(10.0)  # past ln 100: used clamped, as training keeps it
+        capped = model.image_text_logits(pixels, ids)
+    labels = torch.arange(3)
+    expected = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+    torch.testing.assert_close(expected, loss["contrastive"])
+    assert wider.shape == (2, 5)
+    torch.testing.assert_close(capped, logits * 100 / math.exp(1.5))

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from flava.model.config import EncoderConfig, FlavaConfig
@@ -95,6 +96,31 @@ class FlavaModel(Pretrained, nn.Module):
     ) -> torch.Tensor:
         """[B, L] token ids -> projected CLS embedding [B, P] (not normalised)."""
         return self.text_embedding(self.text_encoder(input_ids, attention_mask, token_type_ids))
+
+    def similarity_logits(
+        self, image_embeddings: torch.Tensor, text_embeddings: torch.Tensor
+    ) -> torch.Tensor:
+        """Image-text logits [Bi, Bt]: cosine similarity of the embeddings ([Bi, P], [Bt, P],
+        as `encode_image` / `encode_text` give them) times the learned temperature
+        exp(logit_scale), as the contrastive loss scores pairs. Softmax over dim 1: which text
+        fits each image; `.T` and softmax over dim 1: which image fits each text."""
+        image = F.normalize(image_embeddings.float(), dim=-1)  # [Bi, P]
+        text = F.normalize(text_embeddings.float(), dim=-1)  # [Bt, P]
+        scale = self.logit_scale.float().clamp(0.0, LOGIT_SCALE_MAX).exp()  # [1]
+        return scale * image @ text.T  # [Bi, Bt]
+
+    def image_text_logits(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Similarity logits [Bi, Bt] of a batch of images [Bi, 3, H, W] against a batch of
+        texts [Bt, L] (see `similarity_logits`)."""
+        image = self.encode_image(pixel_values)
+        text = self.encode_text(input_ids, attention_mask, token_type_ids)
+        return self.similarity_logits(image, text)
 
     def fuse(
         self,
