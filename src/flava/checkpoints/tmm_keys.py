@@ -30,6 +30,9 @@ from flava.model.config import (
     TextEncoderConfig,
 )
 
+TMM_HEAD_LAYER_NORM_EPS = 1e-5
+"""The LayerNorm epsilon of the original release's MLM / MIM / MMM heads (its
+`FLAVAPretrainingLoss` default; its encoders use 1e-12, as ours): converted models keep it."""
 LAYER_KEY = re.compile(
     r"^(.*?)(image_encoder|text_encoder|mm_encoder)\.encoder\.layer\.\d+\.attention\.query\.weight$"
 )
@@ -322,7 +325,14 @@ def config_from_torchmultimodal(tmm: TmmState, where: str, num_heads: int | None
         type_vocab_size=int(s["flava.text_encoder.type_embed.weight"].shape[0]),
     )
     multimodal = MultimodalEncoderConfig(**shapes["multimodal_encoder"])
-    config = FlavaConfig(image, text, multimodal, codebook, projection_dim=projection)
+    config = FlavaConfig(
+        image,
+        text,
+        multimodal,
+        codebook,
+        projection_dim=projection,
+        head_layer_norm_eps=TMM_HEAD_LAYER_NORM_EPS,
+    )
     try:
         return config.validate()
     except ValueError as exc:

@@ -145,6 +145,9 @@ class FlavaConfig:
     """Initial contrastive logit scale, log(1/0.07)."""
     initializer_range: float = 0.02
     """Std of the normal initialisation of linear and embedding weights."""
+    head_layer_norm_eps: float | None = None
+    """LayerNorm epsilon of the MLM, MIM and MMM heads; None: their encoder's (transformers'
+    FLAVA). The original release's heads use 1e-5, which its converted checkpoints keep."""
 
     def validate(self) -> FlavaConfig:
         """Check every part; returns self."""

@@ -186,11 +186,12 @@ class FlavaModel(Pretrained, nn.Module):
 class MaskedPredictionHead(nn.Module):
     """dense + activation + LayerNorm + decoder to the vocabulary (MLM, MIM, MMM)."""
 
-    def __init__(self, config: EncoderConfig, vocab_size: int) -> None:
+    def __init__(self, config: EncoderConfig, vocab_size: int, eps: float | None = None) -> None:
+        """`eps`: the LayerNorm's epsilon (None: the encoder's)."""
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.act = activation(config.hidden_act)
-        self.norm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.norm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps if eps is None else eps)
         self.decoder = nn.Linear(config.hidden_size, vocab_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -220,10 +221,11 @@ class FlavaForPreTraining(Pretrained, nn.Module):
         self.config = config.validate()
         self.flava = FlavaModel(config)
         image_vocab, text_vocab = config.image.vocab_size, config.text.vocab_size
-        self.mim_head = MaskedPredictionHead(config.image, image_vocab)
-        self.mlm_head = MaskedPredictionHead(config.text, text_vocab)
-        self.mmm_image_head = MaskedPredictionHead(config.multimodal, image_vocab)
-        self.mmm_text_head = MaskedPredictionHead(config.multimodal, text_vocab)
+        eps = config.head_layer_norm_eps
+        self.mim_head = MaskedPredictionHead(config.image, image_vocab, eps)
+        self.mlm_head = MaskedPredictionHead(config.text, text_vocab, eps)
+        self.mmm_image_head = MaskedPredictionHead(config.multimodal, image_vocab, eps)
+        self.mmm_text_head = MaskedPredictionHead(config.multimodal, text_vocab, eps)
         self.itm_head = ITMHead(config.multimodal)
         for head in (self.mim_head, self.mlm_head, self.mmm_image_head, self.mmm_text_head):
             init_weights(head, config.initializer_range)
@@ -240,8 +242,9 @@ class FlavaForPreTraining(Pretrained, nn.Module):
         """Rebuild the MIM and MMM-image heads for `vocab_size` image tokens (another codebook),
         initialised as at construction: N(0, initializer_range) weights, zero biases."""
         self.config.image.vocab_size = vocab_size
-        self.mim_head = MaskedPredictionHead(self.config.image, vocab_size)
-        self.mmm_image_head = MaskedPredictionHead(self.config.multimodal, vocab_size)
+        eps = self.config.head_layer_norm_eps
+        self.mim_head = MaskedPredictionHead(self.config.image, vocab_size, eps)
+        self.mmm_image_head = MaskedPredictionHead(self.config.multimodal, vocab_size, eps)
         for head in (self.mim_head, self.mmm_image_head):
             init_weights(head, self.config.initializer_range)
 
