@@ -183,6 +183,8 @@ def flava_state_to_transformers(state: dict[str, torch.Tensor]) -> dict[str, tor
         elif head in _HEADS:
             module, _, kind = rest.rpartition(".")
             out[f"{head}.{reverse_head[module]}.{kind}"] = value
+            if rest == "decoder.bias":  # transformers 4.x ties decoder.bias to <head>.bias on
+                out[f"{head}.bias"] = value.clone()  # load: without it, zeros replace ours
         elif head == "itm_head":
             module, _, kind = rest.rpartition(".")
             module = {"pooler.dense": "pooler.dense", "classifier": "seq_relationship"}[module]
