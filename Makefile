@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 # The PyTorch build to install first; override for another platform, e.g. TORCH_SPEC="torch torchvision".
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test quick lint venv
+.PHONY: demo test quick lint venv versions
 
 # The package and what it needs to run (the demo needs nothing more) ...
 $(VENV)/.installed: pyproject.toml
@@ -31,6 +31,12 @@ test: $(VENV)/.installed-dev
 # The quick loop (under 90 s): every module's fast tests, without the end-to-end and multi-process ones.
 quick: $(VENV)/.installed-dev
 	$(PY) -m pytest -m "not slow"
+
+# The declared dependency ranges at both ends (.ci/run runs it after the tests): two more
+# environments, the lowest versions pyproject.toml declares and the newest, each running the
+# quick suite and a 2-process DDP image-text run (about 6 GB of disk each).
+versions:
+	.ci/versions
 
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check src tests benchmarks

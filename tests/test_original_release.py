@@ -63,7 +63,7 @@ class Hidden:
 sys.meta_path[:] = [Hidden(finder) for finder in sys.meta_path]
 """
 
-INSTALL = "pip install 'datasets>=3.0'"
+INSTALL = "pip install 'datasets>=3.1'"
 COMMANDS = {
     "debug": ("flava.train", ["config=flava/configs/pretraining/debug.yaml"]),
     "max_steps": (

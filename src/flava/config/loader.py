@@ -66,6 +66,12 @@ def config_path(text: str) -> Path:
     )
 
 
+_SPACE_HINT = (
+    "put a space after each ':' ({type: webdataset, shards: [x.tar]}) and quote the whole argument"
+)
+_COLON_KEY = re.compile(r"Key '[^' ]+:[^' ]*' not in")
+
+
 def _one_line(exc: OmegaConfBaseException) -> str:
     """The first line of an OmegaConf error, naming the key; a value outside a field's choices
     reads like the value checks' messages."""
@@ -75,6 +81,8 @@ def _one_line(exc: OmegaConfBaseException) -> str:
     if key and choice:
         return f"{key}={choice.group(1)!r} is invalid: must be one of {choice.group(2)}"
     text = f"{key}: {msg}" if key and key not in msg else msg
+    if _COLON_KEY.search(msg):  # omegaconf < 2.4 reads {type:x} as the key "type:x"
+        return f"{text}: in {{...}} and [...] {_SPACE_HINT}"
     return f"{text} (see --help for the keys)"
 
 
@@ -125,8 +133,7 @@ def _dotlist_item(item: str) -> DictConfig:
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem", None) or "not valid YAML"
         raise ConfigError(
-            f"{item!r}: the value is not YAML ({where}); in {{...}} and [...] put a space after "
-            "each ':' ({type: webdataset, shards: [x.tar]}) and quote the whole argument"
+            f"{item!r}: the value is not YAML ({where}); in {{...}} and [...] {_SPACE_HINT}"
         ) from None
 
 
@@ -152,8 +159,9 @@ def load_config(
                     merged, move_renamed(_dotlist_item(item), renamed, "command line")
                 )
             except TypeError as exc:  # e.g. a list entry set by index: a dict onto a list
+                first = str(exc).strip().splitlines()[0]  # omegaconf < 2.4: several lines
                 raise ConfigError(
-                    f"{item!r}: {exc}; set a list as a whole, e.g. "
+                    f"{item!r}: {first}; set a list as a whole, e.g. "
                     "'model.init_from=[{part: image_encoder, path: DIR}]'"
                 ) from None
     except OmegaConfBaseException as exc:

@@ -73,9 +73,12 @@ def _gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     # the functional collective differentiates through the gather (its backward sums each rank's
     # slice of the gradient over processes, on gloo too); torch.distributed.nn's all_gather,
     # which did the same, is deprecated and warns on every step
-    from torch.distributed._functional_collectives import all_gather_single
+    try:
+        from torch.distributed._functional_collectives import all_gather_single as gather
+    except ImportError:  # torch < 2.13: the differentiable gather under its older name
+        from torch.distributed._functional_collectives import all_gather_tensor_autograd as gather
 
-    return all_gather_single(x.contiguous(), 0, dist.group.WORLD), dist.get_rank() * x.shape[0]
+    return gather(x.contiguous(), 0, dist.group.WORLD), dist.get_rank() * x.shape[0]
 
 
 def contrastive_loss(

@@ -158,7 +158,8 @@ def compile_layers(model: nn.Module) -> None:
     import torch._dynamo
 
     config = torch._dynamo.config
-    config.recompile_limit = max(config.recompile_limit, LAYER_VARIANTS)
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, name, max(getattr(config, name), LAYER_VARIANTS))  # torch < 2.7: cache_size
     for layer in layers(model):
         if getattr(layer, "_compiled_call_impl", None) is None:
             layer.compile()

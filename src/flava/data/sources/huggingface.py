@@ -81,7 +81,7 @@ def _hf_cached(key: str, cache_dir: str | None) -> bool:
     return any(r.is_dir() for r in roots)
 
 
-DATASETS_INSTALL = "pip install 'datasets>=3.0'"
+DATASETS_INSTALL = "pip install 'datasets>=3.1'"
 """The command that installs the Hugging Face datasets package (also: the `data` extra)."""
 IMAGENET_KEYS = frozenset({"imagenet-1k", "ILSVRC/imagenet-1k", "aps/imagenet2012"})
 """Hub keys under which the original release read ImageNet with `data_dir: $IMAGENET_TAR`."""
@@ -171,7 +171,7 @@ def check_huggingface(cfg: Any) -> bool:
     if (cfg.key, bool(cfg.gated)) in _HUB_ANSWERED:
         return False
     from huggingface_hub import HfApi, get_token
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+    from huggingface_hub.utils import GatedRepoError, RepositoryNotFoundError
 
     try:
         info = HfApi().dataset_info(cfg.key, timeout=cfg.timeout)
