@@ -100,3 +100,19 @@ def test_the_paper_configs_predict_dalle_tokens_and_say_how_to_grow_the_batch():
     assert "pretraining/pmd.yaml" in shipped_configs()
     text = config_path("pretraining/pmd.yaml").read_text()
     assert "training.contrastive_accumulation=true" in text
+
+
+def test_a_run_without_the_dalle_encoder_stops_before_any_work(tmp_path, monkeypatch, capsys):
+    """The paper configs' model.codebook=dalle without encoder.pkl: one line, exit 2, no run
+    directory (here on the demo's embedded data, so that the data check passes)."""
+    from flava.train import main
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    run = tmp_path / "run"
+    argv = ["config=pretraining/demo.yaml", "model.mim_target=dalle", "model.codebook=dalle"]
+    assert main([*argv, f"training.run_dir={run}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:"), err
+    assert "put https://cdn.openai.com/dall-e/encoder.pkl there" in err[0]
+    assert "model.mim_target=kmeans" in err[0]
+    assert not run.exists()
