@@ -22,7 +22,7 @@ from flava.tasks.task_data import (
     image_folder_task,
     read_source,
 )
-from flava.training.finetune_module import Collator
+from flava.training.finetune_data import Collator
 
 
 def _image(path, colour=(200, 30, 30), size=(40, 30)):
