@@ -93,7 +93,8 @@ def _entries(d: DictConfig, splits: list[Any]) -> list[DictConfig]:
     entries = []
     for n, split in enumerate(splits):
         entry = source_of(d, split=split)
-        if d.kind == "source" and n and not split.path and d.source.type != "huggingface":
+        separate = split.path or split.files or d.source.type == "huggingface"
+        if d.kind == "source" and n and not separate:
             raise ConfigError(
                 f"data.val[{n - 1}] would read the training data again ({d.source.type} splits "
                 "are files): give it path: (e.g. 'data.val=[{path: val.jsonl}]') or set "

@@ -55,6 +55,8 @@ def source_of(d: DictConfig, scenes: int | None = None, split: Any = None) -> Di
             fields = OmegaConf.merge(fields, {"split": d.source.split or split.name})
             if split.path:
                 fields.path, fields.shards = split.path, []
+            if split.files:  # a layout type's files of this split (vqa, snli_ve, ...)
+                fields.files = dict(split.files)
     else:
         fields = TRANSLATIONS[str(d.kind)](d, split, scenes)
         if split is not None and "split" in source_type(fields["type"]).fields:
