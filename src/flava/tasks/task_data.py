@@ -249,7 +249,7 @@ def answer_vocabulary(answer_lists: Sequence[Sequence[str]], size: int) -> list[
 
 
 def vqa_task(source: IndexedSource, vocab: list[str], size: int | None = None) -> TaskDataset:
-    """A VQAv2 split (from `vqa_split`) with soft answer scores over `vocab`."""
+    """A VQAv2 split (a `vqa` source) with soft answer scores over `vocab`."""
     index = {a: i for i, a in enumerate(vocab)}
     answers = source.labels()
 
