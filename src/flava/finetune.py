@@ -80,7 +80,7 @@ def _data_module(
     """Training batches (augmented when data.augment) and the validation loaders."""
     from flava.data.tokenizer import load_tokenizer
     from flava.data.transforms import image_transform
-    from flava.training.finetune_module import Collator, FinetuneData
+    from flava.training.finetune_data import Collator, FinetuneData
 
     d, k = cfg.data, cfg.task
     collate = dict(

@@ -70,7 +70,7 @@ CHECKS = validator(partial(validate_retrieval, max_scenes=MAX_DISTINCT_SCENES), 
 
 def load_captioned(cfg: DictConfig, entry: DictConfig, image_size: int) -> tuple[Any, str]:
     """(images with all their captions, the split's name) of the data section's source
-    `entry` (`flava.tasks.eval_data.source_of`)."""
+    `entry` (`flava.tasks.named_kinds.source_of`)."""
     from flava.tasks.eval_data import captioned_images, evaluation_split, read_split
 
     split = evaluation_split(cfg.data, "test")

@@ -22,7 +22,7 @@ from flava.tasks.task_data import (
     image_folder_task,
     read_source,
 )
-from flava.training.finetune_module import Collator
+from flava.training.finetune_data import Collator
 
 
 def _image(path, colour=(200, 30, 30), size=(40, 30)):
@@ -206,3 +206,26 @@ def test_glue_offline_fails_fast_in_one_line():
     message = str(info.value)
     assert "GLUE qnli" in message and "datasets" in message and "\n" not in message
     assert time.perf_counter() - start < 60
+
+
+def test_a_named_kind_is_its_source_config(tmp_path):
+    # data.kind=hateful_memes data.root=DIR is data.kind=source {type: hateful_memes, path: DIR}
+    memes = tmp_path / "memes"
+    for i in range(2):
+        _image(memes / "img" / f"{i}.png", (10 * i, 10 * i, 10 * i))
+    rows = [{"id": i, "img": f"img/{i}.png", "text": f"t{i}", "label": i} for i in range(2)]
+    for name in ("train.jsonl", "dev_seen.jsonl"):
+        (memes / name).write_text("\n".join(json.dumps(r) for r in rows))
+    named = _cfg(["config=finetuning/hateful_memes.yaml", f"data.root={memes}"])
+    source = _cfg(
+        [
+            "config=finetuning/hateful_memes.yaml",
+            "data.kind=source",
+            "data.source.type=hateful_memes",
+            f"data.source.path={memes}",
+        ]
+    )
+    a, b = build_datasets(named, 32), build_datasets(source, 32)
+    assert a[2] == b[2] == ["not hateful", "hateful"] and a[3] == b[3] == 2
+    assert [a[0][i].target for i in range(2)] == [b[0][i].target for i in range(2)] == [0, 1]
+    assert len(a[1][0][1]) == len(b[1][0][1]) == 2

@@ -31,8 +31,9 @@ def _embeddings() -> dict[str, Any]:
     from flava.data.transforms import image_transform
     from flava.model.flava import FlavaModel
     from flava.model.presets import preset
+    from flava.tasks.eval_sets import scene_evaluation_set
     from flava.tasks.retrieval import embed_images, embed_texts, embed_usable_images
-    from flava.training.callbacks import scene_evaluation_set, zero_shot_metrics
+    from flava.training.callbacks import zero_shot_metrics
 
     torch.manual_seed(0)
     model = FlavaModel(preset("tiny")).eval()

@@ -10,8 +10,8 @@ from omegaconf import OmegaConf
 
 from flava.config import ConfigError, RunConfig, load_config, validate
 from flava.data.transforms import image_transform
+from flava.tasks.eval_sets import evaluation_sets, scene_evaluation_set
 from flava.train import main
-from flava.training.callbacks import evaluation_sets, scene_evaluation_set
 
 from ..data import sample_data  # noqa: TID252
 

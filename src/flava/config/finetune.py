@@ -147,7 +147,8 @@ class SplitConfig:
     label: str | None = None
     """Name of an extra validation split in metric keys: val_<label>/<metric>."""
     files: dict[str, str] = field(default_factory=dict)
-    """File-layout datasets: questions / annotations / images (relative to data.root)."""
+    """File-layout datasets: questions / annotations / images (relative to data.root, or to
+    data.source.path with data.kind=source)."""
     size: int | None = None
     """Number of examples (embedded: scenes to generate; others: first N, None: all)."""
     seed: int = 0

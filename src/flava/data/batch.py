@@ -1,8 +1,9 @@
-"""What the pretraining data hands the training step: the model's tensors, apart from the record
-of how they were read (skipped samples, sample keys, stream positions).
+"""What the data hands a training step: the model's tensors, apart from the record of how they
+were read (skipped samples, sample keys, stream positions).
 
-Lightning moves a `PretrainingBatch` to the device field by field (tensors move, the rest stays);
-the objectives see only `tensors`, the run's counters and checkpoints only `tally`.
+Lightning moves a `PretrainingBatch` or a `FinetuneBatch` to the device field by field (tensors
+move, the rest stays); the objectives and the classifier see only the tensors, the run's counters
+and checkpoints only `tally`.
 """
 
 from __future__ import annotations
@@ -50,3 +51,29 @@ class PretrainingBatch:
         """Samples in the batch (the first dimension of its first tensor)."""
         first = next((v for v in self.tensors.values() if isinstance(v, torch.Tensor)), None)
         return int(first.shape[0]) if first is not None else len(self.tally.keys)
+
+
+@dataclass
+class FinetuneBatch:
+    """One fine-tuning batch: the classifier's inputs, the targets and how it was read.
+
+    `batch[name]` reads an input tensor or "targets", as the model's keyword arguments name them.
+    """
+
+    inputs: dict[str, torch.Tensor]
+    """pixel_values and / or input_ids, attention_mask, token_type_ids (those the task reads)."""
+    targets: torch.Tensor
+    """Class indices [B], regression values [B] or soft answer scores [B, A]."""
+    index: int = -1
+    """Index of the global training batch (the data's position; -1: a validation batch)."""
+    tally: ReadTally = field(default_factory=ReadTally)
+    """Examples skipped as bad (and, for a training batch, examples read)."""
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        """The input tensor `name`, or the targets."""
+        return self.targets if name == "targets" else self.inputs[name]
+
+    @property
+    def size(self) -> int:
+        """Examples in the batch."""
+        return int(self.targets.shape[0])

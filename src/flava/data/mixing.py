@@ -40,6 +40,7 @@ import torch
 
 from flava.data.batch import PretrainingBatch, ReadTally
 from flava.data.collate import BatchBuilder, sample_draws
+from flava.data.order import epoch_order
 from flava.data.sources.base import (
     SAMPLE_ERRORS,
     DataError,
@@ -206,15 +207,7 @@ class MixedBatches(torch.utils.data.IterableDataset):
         n = len(self.streams[kind].sources[source])
         key = (self.kinds.index(kind), source)
         start = self.sample_position(key, used) + self.rank * self.batch_size
-        positions = np.arange(start, start + self.batch_size)
-        epochs = positions // n
-        out = np.empty(self.batch_size, dtype=np.int64)
-        for epoch in np.unique(epochs):
-            perm = np.random.default_rng([self.seed, KINDS.index(kind), source, int(epoch)])
-            order = perm.permutation(n)
-            sel = epochs == epoch
-            out[sel] = order[positions[sel] % n]
-        return out
+        return epoch_order(start, self.batch_size, n, (self.seed, KINDS.index(kind), source))
 
     def batches(self, start: int = 0, step: int = 1, offset: int = 0) -> Iterator[PretrainingBatch]:
         """Batches start, start+... for which (b - offset) % step == 0 (one worker's share).

@@ -1,18 +1,8 @@
 """The data of the evaluation commands (`flava.zero_shot`, `flava.retrieval`,
-`flava.linear_probe`): the `data` section translated into one `SourceConfig` and read by the
-one source factory (`flava.data.sources.build`), whatever the kind.
-
-`data.kind=source` is `data.source` as written. The named kinds are spellings of source fields,
-translated by `source_of` alone:
-
-- `embedded` -> `{type: embedded, size, seed}` (size: data.size, default 512; the linear probe's
-  splits: probe.<split>_size);
-- `image_folder` -> `{type: image_folder, path: data.root}`;
-- `torchvision` -> `{type: torchvision, key: data.name, path: data.root, download}`;
-- `captions` -> `{type: captions, path: data.root}`;
-- `coco` / `flickr30k` -> `{type: karpathy, path: data.annotations (default
-  root/dataset_<kind>.json), image_root: data.image_root (default root, Flickr30K's
-  root/flickr30k-images when there)}`.
+`flava.linear_probe`): the `data` section translated into one `SourceConfig` (`source_of` of
+`flava.tasks.named_kinds`, which fine-tuning uses too) and read by the one source factory
+(`flava.data.sources.build`), whatever the kind (the embedded scenes' size: data.size, default
+512; the linear probe's splits: probe.<split>_size).
 
 A split (`split_of`) is the source's own where its type reads `split`, or the `<path>/<split>`
 sub-folder of an image folder; otherwise the data has no split of that name and is read as it
@@ -26,12 +16,11 @@ one (whose size is the number of scenes); a stream is read only that far.
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from flava.config import ConfigError, SourceConfig
+from flava.config import ConfigError
 from flava.data.sources import (
     TYPES,
     SourceError,
@@ -40,9 +29,11 @@ from flava.data.sources import (
     check_fields,
     source_type,
 )
-from flava.data.sources.base import CAPTIONED_IMAGES, LABELLED_IMAGES, need_exists
-from flava.data.sources.torchvision_sets import EVALUATED_VALIDATION, TORCHVISION_DATASETS
-from flava.tasks.task_data import TaskDataset, holds_class_folders, label_space, source_task
+from flava.data.sources.base import CAPTIONED_IMAGES, LABELLED_IMAGES
+from flava.data.sources.labels import label_space
+from flava.data.sources.torchvision_sets import EVALUATED_VALIDATION
+from flava.tasks.named_kinds import source_of, split_of
+from flava.tasks.task_data import TaskDataset, source_task
 
 NEEDS = {
     "zero_shot": LABELLED_IMAGES,
@@ -50,51 +41,6 @@ NEEDS = {
     "retrieval": CAPTIONED_IMAGES,
 }
 """What each evaluation command reads from its source."""
-EMBEDDED_SIZE = 512
-"""Scenes of an embedded set when data.size is not given."""
-KARPATHY_FILES = {"coco": "dataset_coco.json", "flickr30k": "dataset_flickr30k.json"}
-"""The Karpathy annotation file of data.kind=coco / flickr30k under data.root."""
-
-
-def source_of(d: DictConfig, scenes: int | None = None) -> DictConfig:
-    """The `SourceConfig` an evaluation data section names: data.source for data.kind=source,
-    else the named kind's keys as source fields (see the module doc); `scenes`: the number of
-    embedded scenes (default data.size, else 512). A named kind missing a key it needs fails
-    in one line (`ConfigError`)."""
-    fields = d.source if d.kind == "source" else _named_fields(d, scenes)
-    return OmegaConf.merge(OmegaConf.structured(SourceConfig), fields)  # type: ignore[return-value]
-
-
-def _named_fields(d: DictConfig, scenes: int | None) -> dict[str, Any]:
-    """The source fields a named data kind stands for."""
-    kind = str(d.kind)
-    if kind == "embedded":
-        return {"type": "embedded", "size": scenes or d.size or EMBEDDED_SIZE, "seed": d.seed}
-    if kind == "image_folder":
-        if d.root is None:
-            raise ConfigError("data.root is required for image_folder data")
-        return {"type": "image_folder", "path": d.root}
-    if kind == "torchvision":
-        if not d.name:
-            raise ConfigError("data.name is required for torchvision data (e.g. cifar10)")
-        if d.name not in TORCHVISION_DATASETS:
-            known = ", ".join(TORCHVISION_DATASETS)
-            raise ConfigError(f"data.name={d.name!r} is invalid: torchvision datasets are {known}")
-        if d.root is None:
-            raise ConfigError(f"data.root is required for the torchvision dataset {d.name}")
-        return {"type": "torchvision", "key": d.name, "path": d.root, "download": d.download}
-    if kind == "captions":
-        if not d.root:
-            raise ConfigError("data.root is required for captions data (DIR/captions.jsonl)")
-        return {"type": "captions", "path": d.root}
-    if not (d.root or d.annotations):
-        raise ConfigError(f"data.root (or data.annotations) is required for {kind} data")
-    root = Path(d.root or Path(d.annotations).parent)
-    annotations = Path(d.annotations) if d.annotations else root / KARPATHY_FILES[kind]
-    image_root = Path(d.image_root) if d.image_root else root
-    if not d.image_root and kind == "flickr30k" and (root / "flickr30k-images").is_dir():
-        image_root = root / "flickr30k-images"
-    return {"type": "karpathy", "path": str(annotations), "image_root": str(image_root)}
 
 
 def check_data(cfg: DictConfig, command: str) -> None:
@@ -120,23 +66,6 @@ def validator(validate: Callable[[DictConfig], None], command: str) -> Callable[
         check_data(cfg, command)
 
     return checks
-
-
-def split_of(entry: DictConfig, split: str | None) -> DictConfig | None:
-    """`entry` narrowed to its split `split`, or None when the data has no split of that name
-    (read it as it is). An image folder with neither `<path>/<split>` nor class folders of its
-    own fails in one line naming `<path>/<split>`."""
-    if not split:
-        return None
-    if "split" in source_type(entry.type).fields:
-        return OmegaConf.merge(entry, {"split": split})  # type: ignore[return-value]
-    if entry.type == "image_folder" and entry.path:
-        folder = Path(entry.path).expanduser()
-        if (folder / split).is_dir():
-            return OmegaConf.merge(entry, {"path": str(folder / split)})  # type: ignore[return-value]
-        if not (folder.is_dir() and holds_class_folders(folder)):
-            need_exists(folder / split, "image folder")
-    return None
 
 
 def validation_of(entry: DictConfig, split: str | None) -> DictConfig | None:

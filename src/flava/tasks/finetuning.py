@@ -2,11 +2,12 @@
 saved model.
 
 A dataset kind calls for one encoder and one task type (`expected_task`); `build_datasets`
-turns the `data` section into the training set and the validation sets (embedded scenes, GLUE,
-torchvision, image folders, VQAv2, SNLI-VE, Hateful Memes or any configured source), each a
-`TaskDataset` from `flava.tasks.task_data`. A run saves its best classifier with
-`save_finetuned` and `load_finetuned` reads it back (both in `flava.checkpoints.finetuned`,
-re-exported here). The run itself is `flava.finetune`.
+turns the `data` section into the training set and the validation sets: each split's source
+config (data.source, or a named kind's translation by `flava.tasks.named_kinds`) read by the one
+source factory and made a `TaskDataset` (`flava.tasks.task_data`: labels by the source type's
+rule, VQA soft scores over the training split's answers; the embedded scenes' three tasks). A
+run saves its best classifier with `save_finetuned` and `load_finetuned` reads it back (both in
+`flava.checkpoints.finetuned`, re-exported here). The run itself is `flava.finetune`.
 """
 
 from __future__ import annotations
@@ -18,17 +19,14 @@ from omegaconf import DictConfig
 
 from flava.checkpoints.finetuned import load_finetuned, save_finetuned
 from flava.config import ConfigError, validate_finetune
+from flava.data.sources import build
+from flava.tasks.named_kinds import source_of
 from flava.tasks.task_data import (
     DatasetUnavailable,
     SceneTask,
     TaskDataset,
     answer_vocabulary,
-    glue_dataset,
-    hateful_memes_task,
-    image_folder_task,
-    snli_ve_task,
-    torchvision_task,
-    vqa_split,
+    source_task,
     vqa_task,
 )
 
@@ -89,38 +87,52 @@ def _split_prefixes(d: DictConfig) -> list[str]:
 NEEDS = {"text": ("text",), "image": ("image",), "multimodal": ("image", "text")}
 
 
-def _source_sets(cfg: DictConfig, splits: list[Any]) -> list[Any]:
-    """data.kind=source: each split read through the configured source; labels named by the
-    training split (validation splits use its classes)."""
-    from omegaconf import OmegaConf
-
-    from flava.data.sources import build
-    from flava.tasks.task_data import source_task
-
-    d, k = cfg.data, cfg.task
-    sets: list[Any] = []
+def _entries(d: DictConfig, splits: list[Any]) -> list[DictConfig]:
+    """Each split's source config (`flava.tasks.named_kinds.source_of`): data.source with the
+    split's name and path, or the named kind's translation."""
+    entries = []
     for n, split in enumerate(splits):
-        entry = OmegaConf.merge(d.source, {"split": d.source.split or split.name})
-        if n and not split.path and d.source.type != "huggingface":
+        entry = source_of(d, split=split)
+        separate = split.path or split.files or d.source.type == "huggingface"
+        if d.kind == "source" and n and not separate:
             raise ConfigError(
                 f"data.val[{n - 1}] would read the training data again ({d.source.type} splits "
                 "are files): give it path: (e.g. 'data.val=[{path: val.jsonl}]') or set "
                 "data.val_fraction=0.2"
             )
-        if split.path:
-            entry.path, entry.shards = split.path, []
+        if d.kind == "source" and entry.type == "embedded":
+            raise ConfigError(
+                f"data.source ({entry.type} {entry.path or entry.key}): data.source.type="
+                "embedded: use data.kind=embedded for the scenes"
+            )
+        entries.append(entry)
+    return entries
+
+
+def _read(d: DictConfig, entry: DictConfig, n: int) -> Any:
+    """The source of split `n` (a data.source failure names data.source)."""
+    try:
+        return build(entry, "train" if n == 0 else "val", whole=True)
+    except ConfigError as exc:
+        if d.kind != "source":
+            raise
+        raise type(exc)(f"data.source ({entry.type} {entry.path or entry.key}): {exc}") from None
+
+
+def _source_sets(cfg: DictConfig, entries: list[DictConfig], splits: list[Any]) -> list[Any]:
+    """Each split read through its source; labels by the training split's source type (the
+    validation splits use its classes), VQA's answers by the training split's."""
+    d, k = cfg.data, cfg.task
+    sets: list[Any] = []
+    vocab: list[str] = []
+    for n, (entry, split) in enumerate(zip(entries, splits, strict=True)):
         if entry.type == "image_folder" and sets:
             entry.classes = list(sets[0].folder_classes or [])
-        try:
-            if entry.type == "embedded":
-                raise ConfigError(
-                    "data.source.type=embedded: use data.kind=embedded for the scenes"
-                )
-            source = build(entry, "train" if n == 0 else "val", whole=True)
-        except ConfigError as exc:
-            raise type(exc)(
-                f"data.source ({entry.type} {entry.path or entry.key}): {exc}"
-            ) from None
+        source = _read(d, entry, n)
+        if k.type == "vqa":
+            vocab = vocab or answer_vocabulary(source.labels(), d.answer_vocab_size)
+            sets.append(vqa_task(source, vocab, split.size))
+            continue
         space = sets[0].space if sets else None
         sets.append(source_task(source, NEEDS[k.modality], k.type, split.size, space))
     return sets
@@ -146,33 +158,12 @@ def build_datasets(
     carve = d.val_fraction > 0
     splits = [d.train] if carve else [d.train, *d.val]
     prefixes = ["val"] if carve else _split_prefixes(d)
-    if d.kind == "source":
-        sets = _source_sets(cfg, splits)
-    elif d.kind == "embedded":
-        sets = [
-            SceneTask(d.name or "image", s.name, s.size or 512, image_size, s.seed) for s in splits
-        ]
-    elif d.kind == "glue":
-        if not d.name:
-            raise ConfigError("data.name is required for glue data (e.g. mnli)")
-        sets = [glue_dataset(d.name, s.name, s.size, d.hf_path, d.cache_dir) for s in splits]
-    elif d.kind == "torchvision":
-        sets = [torchvision_task(d.name, d.root, s.name, s.size, d.download) for s in splits]
-    elif d.kind == "image_folder":
-        train = image_folder_task(d.root, d.train.name, None, d.train.size)
-        sets = [train] + [
-            image_folder_task(d.root, s.name, train.class_names, s.size) for s in splits[1:]
-        ]
-    elif d.kind == "vqa":
-        questions = [vqa_split(d.root, dict(s.files)) for s in splits]
-        vocab = answer_vocabulary(questions[0].labels(), d.answer_vocab_size)
-        sets = [vqa_task(q, vocab, s.size) for q, s in zip(questions, splits, strict=True)]
-    elif d.kind == "snli_ve":
-        sets = [snli_ve_task(d.root, dict(s.files), s.size) for s in splits]
-    elif d.kind == "hateful_memes":
-        sets = [hateful_memes_task(d.root, dict(s.files), s.size) for s in splits]
-    else:  # pragma: no cover - validated before
-        raise ConfigError(f"data.kind={d.kind!r} is invalid")
+    entries = _entries(d, splits)
+    if d.kind == "embedded":  # the scenes' three tasks (image, pair, vqa) on the scenes' split
+        task = d.name or "image"
+        sets = [SceneTask(task, e.split, e.size, image_size, e.seed) for e in entries]
+    else:
+        sets = _source_sets(cfg, entries, splits)
     train, vals = sets[0], sets[1:]
     if carve:
         train, val = _carve_validation(cfg, train)

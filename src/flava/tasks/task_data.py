@@ -2,30 +2,15 @@
 
 Every fine-tuning and evaluation dataset is a `TaskDataset` of decoded `Sample`s (an image and /
 or one text, an optional second text `pair`, and a `target`: a class index, a float for
-regression or {answer index: soft score} for VQA) made from a source's raw `Sample`s; every
-format is read by its source type (`flava.data.sources.build`), and images are decoded by
-`flava.data.sources.decode_image` only. Here are the labels, the answer vocabulary and soft
-scores, and which source each data kind reads. A sample that cannot be used raises `BadSample`
-(counted and skipped by the command, never a traceback). Kinds:
-
-- `source`: any configured source (`SourceConfig`: records JSONL / CSV, image folders, Hugging
-  Face datasets, webdataset shards, captions folders) for your own data; labels as read, named
-  by the data (class folders, `ClassLabel` names, or the distinct label strings);
-- `embedded`: the generated scenes (flava.data.scenes): `image` (shape classes), `pair`
-  (captions[0], statement) -> entailed, `vqa` (image, question) -> answer in ANSWERS;
-- `glue`: the `glue` source type (a Hugging Face set with the task's text columns);
-- `torchvision`: the `torchvision` source type (the classification sets of the paper's linear
-  probes in torchvision's layout under a root directory);
-- `image_folder`: `root/<split>/<class>/<image>`, or `root/<class>/<image>` as it is;
-- `vqa`: the `vqa` source type (VQAv2 questions + annotations JSON, COCO images) with soft
-  scores over the most frequent answers;
-- `snli_ve`: the `snli_ve` source type (SNLI-VE jsonl + Flickr30k images);
-- `hateful_memes`: the `hateful_memes` source type (the jsonl's img, text, label).
-
-The evaluation commands read their data through `flava.tasks.eval_data` (labelled images as a
-`source_task`, retrieval sets as sources of images with all their captions). A missing file
-fails at once with one line naming it (`DatasetUnavailable`, a `SourceError`: exit status 2
-from the entry points).
+regression or {answer index: soft score} for VQA) made from a source's raw `Sample`s
+(`source_task`); every format is read by its source type (`flava.data.sources.build`), the
+named data kinds are translated into source configs by `flava.tasks.named_kinds`, labels follow
+their source type's rule (`flava.data.sources.labels`) and images are decoded by
+`flava.data.sources.decode_image` only. Here are the task's side: decoding for the inputs a
+task reads, VQA's answer vocabulary and soft scores, and the embedded scenes' three tasks
+(`SceneTask`: image, pair, vqa). A sample that cannot be used raises `BadSample` (counted and
+skipped by the command, never a traceback); a missing file fails at once with one line naming
+it (`DatasetUnavailable`, a `SourceError`: exit status 2 from the entry points).
 """
 
 from __future__ import annotations
@@ -34,7 +19,6 @@ import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
@@ -48,10 +32,7 @@ from flava.data.sources import (
     SourceError,
     decode_image,
 )
-from flava.data.sources.base import need_exists
-from flava.data.sources.glue import GLUE_TASKS
-from flava.data.sources.snli_ve import SNLI_VE_LABELS
-from flava.data.sources.torchvision_sets import TORCHVISION_DATASETS
+from flava.data.sources.labels import LabelSpace, space_of
 
 DatasetUnavailable = SourceError
 """A dataset that is not where the configuration says; the message is one line."""
@@ -106,62 +87,44 @@ def read_source(role: str = "train", **fields: Any) -> IndexedSource:
     return sources.build(cfg, role, whole=True)  # type: ignore[return-value]
 
 
+def named_task(
+    kind: str, split: str, needs: Sequence[str], task_type: str = "classification", **keys: Any
+) -> TaskDataset:
+    """The `split` of the named data kind `kind` with these data keys (name, root, size, ...):
+    `flava.tasks.named_kinds.source_of`, then `source_task`."""
+    from flava.config.finetune import FinetuneDataConfig, SplitConfig
+    from flava.tasks.named_kinds import source_of
+
+    size = keys.pop("size", None)
+    classes = keys.pop("classes", None)
+    d = OmegaConf.merge(OmegaConf.structured(FinetuneDataConfig), {"kind": kind, **keys})
+    entry = source_of(d, split=OmegaConf.structured(SplitConfig(name=split)))  # type: ignore[arg-type]
+    if classes:
+        entry.classes = list(classes)
+    source = sources.build(entry, "train", whole=True)
+    return source_task(source, needs, task_type, size)  # type: ignore[arg-type]
+
+
+def glue_dataset(task: str, split: str, size: int | None = None) -> TaskDataset:
+    """One GLUE split (data.kind=glue data.name=`task`) as a `TaskDataset`."""
+    kind = "regression" if task == "stsb" else "classification"
+    return named_task("glue", split, ("text",), kind, name=task, size=size)
+
+
+def image_folder_task(
+    root: str, split: str, classes: list[str] | None = None, size: int | None = None
+) -> TaskDataset:
+    """`root/<split>/<class>/<image>` (or `root/<class>/<image>`), data.kind=image_folder, as a
+    classification set; `classes`: the class folders in label order (another split's)."""
+    return named_task("image_folder", split, ("image",), root=root, classes=classes, size=size)
+
+
 def _cap(rows: list[Any], size: int | None) -> list[Any]:
     return rows if size is None else rows[:size]
 
 
 # ---------------------------------------------------------------------------------------------
 # any source: labels named by the data
-
-
-def _as_int(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value.strip())
-    return None
-
-
-def label_space(
-    values: Sequence[Any], class_names: Sequence[str] | None, task_type: str
-) -> tuple[list[str], Callable[[Any], Any]]:
-    """(class names, label value -> target) for labels as read.
-
-    Regression: floats. Integer labels (ints, integral floats, digit strings): class i, named by
-    `class_names` when the data names them. Anything else: the sorted distinct label strings.
-    A value outside the space raises `BadSample("bad_label")`.
-    """
-    present = [v for v in values if v is not None and v != ""]
-    if task_type == "regression":
-
-        def number(value: Any) -> float:
-            try:
-                return float(value)
-            except (TypeError, ValueError):
-                raise BadSample("bad_label", f"label {value!r} is not a number") from None
-
-        return [], number
-    ints = [_as_int(v) for v in present]
-    if present and all(i is not None and i >= 0 for i in ints):
-        count = max(max(ints) + 1, len(class_names or []))  # type: ignore[type-var]
-        names = list(class_names) if class_names and len(class_names) >= count else None
-        names = names or [str(i) for i in range(count)]
-        index: dict[Any, int] = {}
-    else:
-        names = sorted({str(v).strip() for v in present})
-        index = {n: i for i, n in enumerate(names)}
-
-    def target(value: Any) -> int:
-        i = _as_int(value) if not index else index.get(str(value).strip())
-        if i is None or not 0 <= i < len(names):
-            raise BadSample("bad_label", f"label {value!r} is not one of the {len(names)} classes")
-        return i
-
-    return names, target
 
 
 def task_sample(sample: Sample, needs: Sequence[str], to_target: Callable[[Any], Any]) -> Sample:
@@ -181,12 +144,13 @@ def source_task(
     needs: Sequence[str],
     task_type: str = "classification",
     size: int | None = None,
-    space: tuple[list[str], Callable[[Any], Any]] | None = None,
+    space: LabelSpace | None = None,
 ) -> TaskDataset:
-    """A source as a TaskDataset; `space` (names, target) from the training split, else built
-    from this source's labels; `needs`: the inputs the task reads ("image", "text")."""
+    """A source as a TaskDataset; `space` (names, target) from the training split, else the
+    source's own (`space_of`: its type's label rule); `needs`: the inputs the task reads
+    ("image", "text")."""
     labels = source.labels()
-    names, to_target = space or label_space(labels, source.class_names, task_type)
+    names, to_target = space or space_of(source, task_type)
     outputs = 1 if task_type == "regression" else len(names)
     if task_type != "regression" and outputs < 2 and space is None:
         raise DatasetUnavailable(
@@ -248,87 +212,6 @@ class SceneTask:
 
 
 # ---------------------------------------------------------------------------------------------
-# GLUE through Hugging Face datasets
-
-
-def glue_dataset(
-    task: str,
-    split: str,
-    size: int | None = None,
-    hf_path: str = "glue",
-    cache_dir: str | None = None,
-) -> TaskDataset:
-    """One GLUE split (the `glue` source type); fails at once, in one line, when `datasets` or
-    the data is unavailable."""
-    if task not in GLUE_TASKS:
-        raise ConfigError(f"data.name={task!r} is invalid: GLUE tasks are {', '.join(GLUE_TASKS)}")
-    fields = dict(key=hf_path, subset=task, split=split, cache_dir=cache_dir)
-    source = read_source("train", type="glue", **fields)
-    regression = GLUE_TASKS[task][2] == 1
-    kind = "regression" if regression else "classification"
-    space = label_space([], None, kind) if regression else None
-    if not regression:
-        names = source.class_names or [str(i) for i in range(GLUE_TASKS[task][2])]
-        space = label_space(list(range(len(names))), names, kind)
-    return source_task(source, ("text",), kind, size, space)
-
-
-# ---------------------------------------------------------------------------------------------
-# torchvision image classification
-
-
-def torchvision_task(
-    name: str, root: str | None, split: str, size: int | None = None, download: bool = False
-) -> TaskDataset:
-    """A torchvision classification split (the `torchvision` source type) as a TaskDataset."""
-    if name not in TORCHVISION_DATASETS:
-        raise ConfigError(
-            f"data.name={name!r} is invalid: torchvision datasets are "
-            f"{', '.join(TORCHVISION_DATASETS)}"
-        )
-    if root is None:
-        raise ConfigError(f"data.root is required for the torchvision dataset {name}")
-    source = read_source(type="torchvision", key=name, path=root, split=split, download=download)
-    names = list(source.class_names or [])
-    space = label_space(list(range(len(names))), names, "classification")
-    return source_task(source, ("image",), "classification", size, space)
-
-
-# ---------------------------------------------------------------------------------------------
-# image folders
-
-
-def image_folder_path(root: str | None, split: str | None) -> Path:
-    """`root/<split>` when it exists, else `root` itself when it holds the class folders."""
-    if root is None:
-        raise ConfigError("data.root is required for image_folder data")
-    base = Path(root).expanduser()
-    if split and (base / split).is_dir():
-        return base / split
-    if base.is_dir() and split and holds_class_folders(base):
-        return base
-    return need_exists(base / split if split else base, "image folder")
-
-
-def holds_class_folders(folder: Path) -> bool:
-    """Whether `folder` is itself a class folder layout (images under its sub-folders)."""
-    from flava.data.sources import image_files
-
-    return any(c.is_dir() and image_files(c) for c in folder.iterdir())
-
-
-def image_folder_task(
-    root: str | None, split: str, classes: list[str] | None = None, size: int | None = None
-) -> TaskDataset:
-    """`root/<split>/<class>/<image>` (or `root/<class>/<image>`) as a classification set."""
-    path = str(image_folder_path(root, split))
-    folder = read_source(type="image_folder", path=path, classes=list(classes or []))
-    names = folder.class_names or []
-    space = label_space(list(range(len(names))), names, "classification")
-    return source_task(folder, ("image",), "classification", size, space)
-
-
-# ---------------------------------------------------------------------------------------------
 # VQAv2
 
 _NUMBER_WORDS = {
@@ -358,11 +241,6 @@ def vqa_soft_scores(answers: Sequence[str], vocab: dict[str, int]) -> dict[int, 
     return {vocab[a]: min(n / 3.0, 1.0) for a, n in counts.items() if a in vocab}
 
 
-def vqa_split(root: str | None, files: dict[str, str]) -> IndexedSource:
-    """One VQAv2 split (the `vqa` source type): questions with their images and human answers."""
-    return read_source(type="vqa", path=root, files=dict(files))
-
-
 def answer_vocabulary(answer_lists: Sequence[Sequence[str]], size: int) -> list[str]:
     """The `size` most frequent normalised answers (every human answer counts; ties by name)."""
     counts = Counter(normalize_answer(a) for answers in answer_lists for a in answers)
@@ -371,7 +249,7 @@ def answer_vocabulary(answer_lists: Sequence[Sequence[str]], size: int) -> list[
 
 
 def vqa_task(source: IndexedSource, vocab: list[str], size: int | None = None) -> TaskDataset:
-    """A VQAv2 split (from `vqa_split`) with soft answer scores over `vocab`."""
+    """A VQAv2 split (a `vqa` source) with soft answer scores over `vocab`."""
     index = {a: i for i, a in enumerate(vocab)}
     answers = source.labels()
 
@@ -385,23 +263,3 @@ def vqa_task(source: IndexedSource, vocab: list[str], size: int | None = None) -
     return TaskDataset(
         rows, make, len(vocab), list(vocab), lambda i: vqa_soft_scores(answers[i], index)
     )
-
-
-# ---------------------------------------------------------------------------------------------
-# SNLI-VE and Hateful Memes
-
-
-def snli_ve_task(root: str | None, files: dict[str, str], size: int | None = None) -> TaskDataset:
-    """SNLI-VE (files.annotations: snli_ve_<split>.jsonl, files.images: Flickr30k images)."""
-    source = read_source(type="snli_ve", path=root, files=dict(files))
-    space = label_space(list(range(len(SNLI_VE_LABELS))), SNLI_VE_LABELS, "classification")
-    return source_task(source, ("image", "text"), "classification", size, space)
-
-
-def hateful_memes_task(
-    root: str | None, files: dict[str, str], size: int | None = None
-) -> TaskDataset:
-    """Hateful Memes (files.annotations: train.jsonl / dev_seen.jsonl; img paths under root)."""
-    records = read_source(type="hateful_memes", path=root, files=dict(files))
-    space = label_space([0, 1], records.class_names, "classification")
-    return source_task(records, ("image", "text"), "classification", size, space)

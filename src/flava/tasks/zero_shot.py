@@ -64,16 +64,28 @@ def is_imagenet_style(class_dirs: list[str]) -> bool:
 def class_names_and_templates(
     cfg: DictConfig, dataset_classes: list[str], kind: str | None = None
 ) -> tuple[list[str], list[str]]:
-    """Names in label order and templates, from the files given or the dataset's defaults;
-    `kind`: the source type the classes come from (default cfg.data.kind): image_folder
-    (ImageNet's folders named, "_" read as spaces) and embedded (the scenes' templates) have
-    their own defaults."""
+    """`prompts` of a zero-shot command: its zero_shot.class_names / templates; `kind`: the
+    source type the classes come from (default cfg.data.kind)."""
+    z = cfg.zero_shot
+    return prompts(dataset_classes, kind or cfg.data.kind, z.class_names, z.templates)
+
+
+def prompts(
+    dataset_classes: list[str],
+    kind: str,
+    class_names: str | None = None,
+    templates: str | None = None,
+    section: str = "zero_shot",
+) -> tuple[list[str], list[str]]:
+    """Names in label order and templates, from the files given (`class_names`, `templates`:
+    the settings `section`.class_names / .templates) or the dataset's defaults; `kind`: the
+    source type the classes come from: image_folder (ImageNet's folders named, "_" read as
+    spaces) and embedded (the scenes' templates) have their own defaults."""
     from flava.tasks.run import read_json_list
 
-    z, kind = cfg.zero_shot, kind or cfg.data.kind
     imagenet = kind == "image_folder" and is_imagenet_style(dataset_classes)
-    if z.class_names:
-        names = read_json_list(z.class_names, "zero_shot.class_names")
+    if class_names:
+        names = read_json_list(class_names, f"{section}.class_names")
     elif imagenet:
         names = imagenet_classnames()
     elif kind == "image_folder":
@@ -82,24 +94,24 @@ def class_names_and_templates(
         names = list(dataset_classes)
     if len(names) != len(dataset_classes):
         raise _config_error(
-            f"zero_shot.class_names has {len(names)} names but the dataset has "
+            f"{section}.class_names has {len(names)} names but the dataset has "
             f"{len(dataset_classes)} classes"
         )
-    if z.templates in ("imagenet80", "imagenet7"):
-        templates = imagenet_templates(int(z.templates.removeprefix("imagenet")))
-    elif z.templates:
-        templates = read_json_list(z.templates, "zero_shot.templates")
+    if templates in ("imagenet80", "imagenet7"):
+        chosen = imagenet_templates(int(templates.removeprefix("imagenet")))
+    elif templates:
+        chosen = read_json_list(templates, f"{section}.templates")
     elif kind == "embedded":
         from flava.data.scenes import ZERO_SHOT_TEMPLATES
 
-        templates = list(ZERO_SHOT_TEMPLATES)
+        chosen = list(ZERO_SHOT_TEMPLATES)
     elif imagenet:
-        templates = imagenet_templates(80)
+        chosen = imagenet_templates(80)
     else:
-        templates = list(DEFAULT_TEMPLATES)
-    if not templates or any("{}" not in t for t in templates):
-        raise _config_error("zero_shot.templates: every template must contain {}")
-    return names, templates
+        chosen = list(DEFAULT_TEMPLATES)
+    if not chosen or any("{}" not in t for t in chosen):
+        raise _config_error(f"{section}.templates: every template must contain {{}}")
+    return names, chosen
 
 
 def _config_error(message: str) -> Exception:

@@ -22,6 +22,7 @@ from flava.data.mixing import (
     MixedBatches,
     Stream,
 )
+from flava.data.sources.factory import checked_source
 from flava.data.streams import Layout, elastic_states, is_iterable, stream_seed
 from flava.data.tokenizer import load_tokenizer
 from flava.data.transforms import image_transform
@@ -30,21 +31,6 @@ from flava.objectives.masking import BlockMaskGenerator
 from flava.objectives.pretraining import CONTRASTIVE_INPUTS
 
 log = logging.getLogger("flava")
-
-
-def checked_source(entry: DictConfig, role: str, image_size: int, kind: str, where: str) -> Any:
-    """`sources.build` for a stream of `kind`, failing in one line (prefixed by `where`) unless
-    it gives `kind` samples."""
-    from flava.data import sources
-
-    try:
-        source = sources.build(entry, role, image_size, kind)
-    except ConfigError as exc:
-        raise type(exc)(f"{where}: {exc}") from None
-    if kind not in source.kinds:
-        gives = "/".join(sorted(source.kinds))
-        raise ConfigError(f"{where}: gives {gives} samples, not {kind}")
-    return source
 
 
 def _where(kind: str, role: str, index: int, entry: DictConfig) -> str:

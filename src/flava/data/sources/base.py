@@ -369,7 +369,7 @@ def texts_of(value: Any) -> list[str]:
     return []
 
 
-def _label(value: Any) -> int | None:
+def label_index(value: Any) -> int | None:
     """An integer class label from an int, a bool (0 / 1), an integral float or a digit
     string; else None."""
     if value is None:
@@ -386,7 +386,7 @@ def _label(value: Any) -> int | None:
 def set_label(sample: Sample, value: Any) -> None:
     """Set `sample.label` from a label field, flagging a value that is not an integer class."""
     sample.raw_label = value
-    sample.label = _label(value)
+    sample.label = label_index(value)
     if (
         sample.label is None
         and value is not None
@@ -406,6 +406,10 @@ class IndexedSource:
     kinds: frozenset[str] = frozenset({"image", "text", "vl"})
     class_names: list[str] | None = None
     """Names of the integer labels in order, where the data names them (folders, ClassLabel)."""
+    numbered_classes: list[str] | None = None
+    """The classes a type's labels number, where the type fixes them (GLUE, torchvision,
+    SNLI-VE, Hateful Memes, image folders); None: classes are named by the labels as read
+    (`flava.data.sources.labels.space_of`)."""
 
     def __len__(self) -> int:
         raise NotImplementedError

@@ -11,7 +11,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from flava.config import SourceConfig
+from flava.config import ConfigError, SourceConfig
 from flava.data.sources.base import (
     COMMON_FIELDS,
     IndexedSource,
@@ -73,6 +73,19 @@ def build(
     if isinstance(source, StreamingSource):
         source.preview_kind = kind if kind is not None else source.preview_kind
         source.preview_size = 10**9 if whole else source.preview_size
+    return source
+
+
+def checked_source(entry: DictConfig, role: str, image_size: int, kind: str, where: str) -> Any:
+    """`sources.build` for a stream of `kind`, failing in one line (prefixed by `where`) unless
+    it gives `kind` samples."""
+    try:
+        source = build(entry, role, image_size, kind)
+    except ConfigError as exc:
+        raise type(exc)(f"{where}: {exc}") from None
+    if kind not in source.kinds:
+        gives = "/".join(sorted(source.kinds))
+        raise ConfigError(f"{where}: gives {gives} samples, not {kind}")
     return source
 
 

@@ -55,6 +55,7 @@ class ImageFolder(IndexedSource):
                 f"image folder {self.root}: class {unknown[0]!r} is not among the training classes"
             )
         self.class_names = [c.replace("_", " ") for c in self.classes]
+        self.numbered_classes = self.class_names
         self.files: list[str] = []
         labels: list[int] = []
         for label, name in enumerate(self.classes):

@@ -54,13 +54,17 @@ def _build(cfg: Any, role: str, image_size: int) -> IndexedSource | StreamingSou
     hf, task = glue_config(cfg), cfg.subset
     require_datasets(f"GLUE {task}")
     try:
-        return HuggingFaceSource.from_config(hf, role)
+        source = HuggingFaceSource.from_config(hf, role)
     except SourceError as exc:
         fetch = f"datasets.load_dataset('{cfg.key or 'glue'}', '{task}')"
         raise SourceError(
             f'GLUE {task} ({cfg.split}): {exc}; to fill the cache run `python -c "import '
             f'datasets; {fetch}"` on a connected machine'
         ) from None
+    outputs = GLUE_TASKS[task][2]  # labels number the task's classes (1: a regression score)
+    if outputs > 1:
+        source.numbered_classes = source.class_names or [str(i) for i in range(outputs)]
+    return source
 
 
 def _check(cfg: Any) -> None:

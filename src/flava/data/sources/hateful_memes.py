@@ -21,6 +21,7 @@ def hateful_memes(root: str | Path | None, files: dict[str, Any]) -> Records:
     image_root = Path(root or ".") / files.get("images", "")
     records = Records(path, "img", ["text"], None, "label", image_root)
     records.class_names = list(MEME_CLASSES)
+    records.numbered_classes = records.class_names
     return records
 
 

@@ -44,6 +44,7 @@ class SnliVe(IndexedSource):
         if self.rows and not self.rows[0][0].exists():
             raise SourceError(f"SNLI-VE image {self.rows[0][0]} not found (files.images)")
         self.class_names = list(SNLI_VE_LABELS)
+        self.numbered_classes = self.class_names
 
     def __len__(self) -> int:
         return len(self.rows)

@@ -113,6 +113,7 @@ class TorchvisionSet(IndexedSource):
             labels = self.known_labels
             classes = [str(i) for i in range(max(labels) + 1)] if labels else []
         self.class_names = list(classes)
+        self.numbered_classes = self.class_names
 
     def __len__(self) -> int:
         return len(self.dataset)
