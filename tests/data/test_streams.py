@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from flava.data import sources
-from flava.data.sources.base import SkipLog
+from flava.data.sources.skips import SkipLog
 from flava.data.streams import Layout, StreamReader, elastic_states, stream_seed
 
 from . import sample_data

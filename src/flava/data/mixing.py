@@ -40,15 +40,10 @@ import torch
 
 from flava.data.batch import PretrainingBatch, ReadTally
 from flava.data.collate import BatchBuilder, sample_draws
-from flava.data.sources.base import (
-    SAMPLE_ERRORS,
-    DataError,
-    Sample,
-    SkipLog,
-    describe,
-    robust_item,
-    skip_reason,
-)
+from flava.data.sources.errors import SAMPLE_ERRORS, DataError, skip_reason
+from flava.data.sources.readers import describe
+from flava.data.sources.sample import Sample
+from flava.data.sources.skips import SkipLog, robust_item
 from flava.data.streams import Layout, StreamReader, is_iterable, warn_shared_shards
 
 log = logging.getLogger(__name__)

@@ -29,7 +29,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from flava.data.sources.base import SkipLog, UnreadableShard, describe
+from flava.data.sources.errors import UnreadableShard
+from flava.data.sources.readers import describe
+from flava.data.sources.skips import SkipLog
 
 log = logging.getLogger(__name__)
 

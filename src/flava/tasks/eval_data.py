@@ -40,7 +40,7 @@ from flava.data.sources import (
     check_fields,
     source_type,
 )
-from flava.data.sources.base import CAPTIONED_IMAGES, LABELLED_IMAGES, need_exists
+from flava.data.sources.registry import CAPTIONED_IMAGES, LABELLED_IMAGES, need_exists
 from flava.data.sources.torchvision_sets import EVALUATED_VALIDATION, TORCHVISION_DATASETS
 from flava.tasks.task_data import TaskDataset, holds_class_folders, label_space, source_task
 

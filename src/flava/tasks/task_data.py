@@ -48,8 +48,8 @@ from flava.data.sources import (
     SourceError,
     decode_image,
 )
-from flava.data.sources.base import need_exists
 from flava.data.sources.glue import GLUE_TASKS
+from flava.data.sources.registry import need_exists
 from flava.data.sources.snli_ve import SNLI_VE_LABELS
 from flava.data.sources.torchvision_sets import TORCHVISION_DATASETS
 

@@ -4,7 +4,7 @@ The evaluation sets are the embedded scenes' held-out split (`scene_evaluation_s
 `datasets.vl.val` entry is embedded, else the configured validation data: retrieval on the
 `vl` entries (every caption of each image) and zero-shot classification on each labelled
 `image` entry. Unusable samples are skipped and counted by the one policy of
-`flava.data.sources.base` (`BadSample`, `SkipLog`). With several processes every one builds
+`flava.data.sources` (`BadSample`, `SkipLog`). With several processes every one builds
 the same sets and embeds every W-th batch of them (`flava.tasks.retrieval`); the embeddings are
 gathered, so each process computes the metrics one process would (rank 0 logs them).
 """
@@ -24,7 +24,9 @@ from PIL import Image
 
 from flava.config import ConfigError
 from flava.config.pretraining import kind_text_length
-from flava.data.sources.base import SAMPLE_ERRORS, BadSample, Sample, SkipLog, SourceError
+from flava.data.sources.errors import SAMPLE_ERRORS, BadSample, SourceError
+from flava.data.sources.sample import Sample
+from flava.data.sources.skips import SkipLog
 from flava.data.tokenizer import FlavaTokenizer
 from flava.data.transforms import ImageTransform
 from flava.model.flava import FlavaModel

@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-from flava.data.sources.base import SKIP_REASONS, skip_metrics, too_many_skipped
+from flava.data.sources.errors import SKIP_REASONS
+from flava.data.sources.skips import skip_metrics, too_many_skipped
 
 CHECK_EVERY = 10
 """Steps between checks of the skipped fraction (summed over processes)."""

@@ -13,7 +13,9 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
-from flava.data.sources.base import SAMPLE_ERRORS, Sample, SkipLog, robust_read, skip_reason
+from flava.data.sources.errors import SAMPLE_ERRORS, skip_reason
+from flava.data.sources.sample import Sample
+from flava.data.sources.skips import SkipLog, robust_read
 from flava.data.tokenizer import FlavaTokenizer
 from flava.data.transforms import ImageTransform
 from flava.model.classifier import FlavaClassifier
