@@ -27,6 +27,8 @@ class ReadTally:
     """Each sample's epoch, for a streamed source (None: a random-access one)."""
     stream_states: dict[str, dict[str, Any]] = field(default_factory=dict)
     """The position of the stream reader that served it ("kind/source/rank/reader": state)."""
+    skip_examples: dict[str, str] = field(default_factory=dict)
+    """The first example of a reason its DataLoader worker met (`SkipLog.take_examples`)."""
 
 
 @dataclass

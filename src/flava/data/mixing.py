@@ -291,6 +291,7 @@ class MixedBatches(torch.utils.data.IterableDataset):
                         ) from None
         skipped = self.skips.take()
         tally = ReadTally(skipped, len(items) + sum(skipped.values()), [i.key for i in items])
+        tally.skip_examples = self.skips.take_examples()
         if records is not None:
             name = self.reader_name((self.kinds.index(kind), source), records.layout.reader)
             tally.stream_states, tally.epochs = {name: records.state()}, epochs

@@ -143,6 +143,7 @@ class EpochBatches(torch.utils.data.IterableDataset):
         out = self.collate(examples, generator)
         out["batch_index"] = torch.tensor(batch_index)
         out["skipped"] = self.skips.take()
+        out["skip_examples"] = self.skips.take_examples()
         out["samples_read"] = len(indices) + sum(out["skipped"].values())
         return out
 
@@ -249,7 +250,9 @@ class FinetuneModule(L.LightningModule):
 
     def _count_data(self, batch: dict[str, Any]) -> None:
         """Add the batch's skipped examples; stop when too large a fraction of them was bad."""
-        self.counter.add(batch.get("skipped", {}), batch.get("samples_read", 0))
+        self.counter.add(
+            batch.get("skipped", {}), batch.get("samples_read", 0), batch.get("skip_examples")
+        )
         limit, size = self.cfg.data.max_skipped_fraction, self.cfg.training.batch_size
         reason = self.counter.check(self, limit, "data.max_skipped_fraction", size)
         if reason is not None:

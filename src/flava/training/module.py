@@ -137,7 +137,7 @@ class FlavaPretrainingModule(L.LightningModule):
         """Add the batch's skipped samples; stop when too large a fraction of them was bad."""
         if self.cfg.datasets.log_keys:
             self._log_keys(batch)
-        self.counter.add(batch.tally.skipped, batch.tally.samples_read)
+        self.counter.add(batch.tally.skipped, batch.tally.samples_read, batch.tally.skip_examples)
         self.stream_states.update(batch.tally.stream_states)
         limit, size = self.cfg.datasets.max_skipped_fraction, self.cfg.training.batch_size
         reason = self.counter.check(self, limit, "datasets.max_skipped_fraction", size)
