@@ -90,6 +90,7 @@ class FlavaPretrainingModule(L.LightningModule):
             generator,
             window,
             self.contrastive_window(batch),
+            None if window is None else window.pairings.get(batch.index),
         )
 
     def contrastive_window(self, batch: PretrainingBatch) -> ContrastiveWindow | None:
