@@ -37,8 +37,8 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 from flava.data.collate import BatchBuilder
-from flava.data.sources.base import Sample
 from flava.data.sources.embedded import SceneSource
+from flava.data.sources.sample import Sample
 from flava.data.tokenizer import load_tokenizer
 from flava.data.transforms import image_transform
 from flava.objectives.masking import BlockMaskGenerator

@@ -21,6 +21,14 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _new_run() -> None:
+    """Each test is a run: a bad-sample reason is logged once per run (`log_first`)."""
+    from flava.data.sources.skips import new_run
+
+    new_run()
+
+
 def _smooth_images(batch: int, size: int) -> torch.Tensor:
     """Smooth-ish images in [0, 1]."""
     x = torch.rand(batch, 3, size // 4, size // 4)

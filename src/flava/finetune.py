@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 from flava.checkpoints.finetuned import checkpoint_image_size, save_finetuned
 from flava.checkpoints.run_dir import RunDir, fetch
 from flava.config import FinetuneConfig, cli_main, describe, load_config
-from flava.data.sources.base import DataError
+from flava.data.sources.errors import DataError
 from flava.model.classifier import FlavaClassifier
 from flava.tasks.finetuning import build_datasets, check_task, validate_config
 from flava.tasks.run import load_flava

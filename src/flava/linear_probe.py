@@ -43,7 +43,8 @@ from flava.config import (
     load_config,
     validate_linear_probe,
 )
-from flava.data.sources.base import DataError, skip_metrics
+from flava.data.sources.errors import DataError
+from flava.data.sources.skips import skip_metrics
 from flava.tasks.eval_data import validator
 from flava.tasks.run import (
     check_skipped,

@@ -49,7 +49,8 @@ from flava.config import (
     validate_retrieval,
 )
 from flava.data.scenes import MAX_DISTINCT_SCENES
-from flava.data.sources.base import DataError, skip_metrics
+from flava.data.sources.errors import DataError
+from flava.data.sources.skips import skip_metrics
 from flava.tasks.eval_data import validator
 from flava.tasks.run import (
     check_skipped,

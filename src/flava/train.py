@@ -18,7 +18,8 @@ import torch
 from flava.checkpoints.run_dir import RunDir
 from flava.config import RunConfig, cli_main, describe, load_config, validate
 from flava.data.scenes import MAX_DISTINCT_SCENES
-from flava.data.sources.base import DataError, robust_item
+from flava.data.sources.errors import DataError
+from flava.data.sources.skips import robust_item
 from flava.training.curves import plot_curves
 from flava.training.logged import loss_trends, read_logged
 from flava.training.resume import check_resume, resume_for_strategy

@@ -40,7 +40,8 @@ import torch
 from omegaconf import DictConfig
 
 from flava.config import ZeroShotRunConfig, cli_main, describe, load_config, validate_zero_shot
-from flava.data.sources.base import DataError, skip_metrics
+from flava.data.sources.errors import DataError
+from flava.data.sources.skips import skip_metrics
 from flava.data.sources.torchvision_sets import EVALUATED_VALIDATION
 from flava.tasks.eval_data import validator
 from flava.tasks.run import (

@@ -10,7 +10,7 @@ import torch
 
 from flava.data.collate import BatchBuilder
 from flava.data.mixing import MixedBatches, Stream
-from flava.data.sources.base import Sample
+from flava.data.sources.sample import Sample
 from flava.data.tokenizer import load_tokenizer
 from flava.data.transforms import image_transform
 from flava.objectives.masking import BlockMaskGenerator

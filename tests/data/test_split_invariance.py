@@ -9,8 +9,8 @@ import torch.nn.functional as F
 
 from flava.data.collate import BatchBuilder
 from flava.data.mixing import FixedBatches, MixedBatches, Stream
-from flava.data.sources.base import Sample
 from flava.data.sources.embedded import SceneSource
+from flava.data.sources.sample import Sample
 from flava.data.tokenizer import load_tokenizer
 from flava.data.transforms import image_transform
 from flava.objectives.masking import BlockMaskGenerator, mask_tokens

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from flava.data import sources
-from flava.data.sources.base import SkipLog
+from flava.data.sources.skips import SkipLog
 from flava.data.streams import Layout, StreamReader, elastic_states, stream_seed
 
 from . import sample_data
@@ -251,3 +251,13 @@ def test_a_failing_pipe_command_is_retried_then_skipped(tmp_path):
     got = rest_of_epoch(reader(src, Layout(0, 1, 0, 1), skips=skips), 0)
     assert sorted(got) == sorted([f"s0-{i}" for i in range(3)] + [f"s1-{i}" for i in range(6)])
     assert skips.take() == {"shard_unreadable": 1}
+
+
+def test_reader_keys_keep_the_checkpoint_names():
+    from flava.data.streams import ReaderKey
+
+    key = ReaderKey("vl", 0, 1, 2)
+    assert str(key) == "vl/0/1/2" and ReaderKey.parse("vl/0/1/2") == key
+    assert key.same_stream(ReaderKey.parse("vl/0/0/1")) and not key.same_stream(
+        ReaderKey("vl", 1, 1, 2)
+    )

@@ -14,7 +14,8 @@ import torch
 
 from flava.data import sources
 from flava.data.mixing import MixedBatches, Stream
-from flava.data.sources.base import BadSample, DataError, robust_item
+from flava.data.sources.errors import BadSample, DataError
+from flava.data.sources.skips import robust_item
 from flava.train import main
 
 from ..data import sample_data  # noqa: TID252

@@ -26,7 +26,8 @@ BAD = (2, 5)  # images that fail to load in the usable-images case
 def _embeddings() -> dict[str, Any]:
     """Images (9, batches of 2), texts (13, batches of 3), usable images with two bad ones, and
     the callback's metrics, of the seeded tiny model on held-out scenes."""
-    from flava.data.sources.base import BadSample, SkipLog
+    from flava.data.sources.errors import BadSample
+    from flava.data.sources.skips import SkipLog
     from flava.data.tokenizer import load_tokenizer
     from flava.data.transforms import image_transform
     from flava.model.flava import FlavaModel

@@ -9,9 +9,12 @@ and checkpoints only `tally`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from flava.data.streams import ReaderKey
 
 
 @dataclass
@@ -26,8 +29,10 @@ class ReadTally:
     """Each sample's key in its source, in batch order."""
     epochs: list[int] | None = None
     """Each sample's epoch, for a streamed source (None: a random-access one)."""
-    stream_states: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """The position of the stream reader that served it ("kind/source/rank/reader": state)."""
+    stream_states: dict[ReaderKey, dict[str, Any]] = field(default_factory=dict)
+    """The position of the stream reader that served it (`StreamReader.state`), by its key."""
+    skip_examples: dict[str, str] = field(default_factory=dict)
+    """The first example of a reason its DataLoader worker met (`SkipLog.take_examples`)."""
 
 
 @dataclass

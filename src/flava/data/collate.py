@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from flava.data.sources.base import Sample
+from flava.data.sources.sample import Sample
 from flava.data.tokenizer import FlavaTokenizer
 from flava.data.transforms import ImageTransform
 from flava.objectives.masking import BlockMaskGenerator, mask_tokens

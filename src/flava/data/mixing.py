@@ -8,8 +8,8 @@ per-epoch permutation and each process takes its own slice of every batch, so pr
 distinct samples. The position of the stream is the batch index, which makes exact resume a
 matter of starting at the right `b`.
 
-Sources come in two flavours. A `Source` is random access (`item(index, kind, rng)`); its
-samples follow the per-epoch permutations above. An `IterableSource` can only be read in order
+Sources come in two flavours. An `IndexedSource` is random access (`item(index, kind, rng)`); its
+samples follow the per-epoch permutations above. A `StreamingSource` can only be read in order
 (tar shards, streamed Hugging Face sets): each process has one `flava.data.streams.StreamReader`
 per DataLoader worker (the worker serving the batches `b mod num_workers`), which pulls
 `batch_size` records whenever one of its batches draws that source. Every batch carries its
@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,16 +41,10 @@ import torch
 from flava.data.batch import PretrainingBatch, ReadTally
 from flava.data.collate import BatchBuilder, sample_draws
 from flava.data.order import epoch_order
-from flava.data.sources.base import (
-    SAMPLE_ERRORS,
-    DataError,
-    Sample,
-    SkipLog,
-    describe,
-    robust_item,
-    skip_reason,
-)
-from flava.data.streams import Layout, StreamReader, is_iterable, warn_shared_shards
+from flava.data.sources.errors import SAMPLE_ERRORS, DataError, skip_reason
+from flava.data.sources.readers import describe
+from flava.data.sources.skips import SkipLog, robust_item
+from flava.data.streams import Layout, ReaderKey, StreamReader, is_iterable, warn_shared_shards
 
 log = logging.getLogger(__name__)
 
@@ -63,23 +57,13 @@ _TRAIN_DRAWS = 0x7D5A
 _VAL_DRAWS = 0xE7A1
 
 
-class Source(Protocol):
-    """A random-access dataset that yields decoded `Sample`s of the kinds it supports."""
-
-    kinds: frozenset[str]
-
-    def __len__(self) -> int: ...
-
-    def item(self, index: int, kind: str, rng: np.random.Generator) -> Sample: ...
-
-
 @dataclass
 class Stream:
     """The datasets of one kind with their sampling weights."""
 
     kind: str
     sources: list[Any]
-    """`Source`s and / or `IterableSource`s."""
+    """`IndexedSource`s and / or `StreamingSource`s."""
     weights: list[float]
 
 
@@ -97,7 +81,7 @@ class MixedBatches(torch.utils.data.IterableDataset):
         rank: int = 0,
         world_size: int = 1,
         start_batch: int = 0,
-        stream_states: dict[str, dict[str, Any]] | None = None,
+        stream_states: dict[ReaderKey, dict[str, Any]] | None = None,
         accumulation: int = 1,
         sample_positions: dict[str, int] | None = None,
     ) -> None:
@@ -119,7 +103,7 @@ class MixedBatches(torch.utils.data.IterableDataset):
         self.probabilities = probs / probs.sum()
         self.rank, self.world_size = rank, world_size
         self.start_batch = start_batch
-        # where each reader of an iterable source starts ("kind/source/rank/reader": state)
+        # where each reader of an iterable source starts
         self.stream_states = dict(stream_states or {})
         # samples of each random-access source ("kind/source") consumed before start_batch, when
         # the run that consumed them had another global batch (None: the batches' own count)
@@ -237,9 +221,9 @@ class MixedBatches(torch.utils.data.IterableDataset):
                 yield self._build(index, kind, key[1], count, readers[key])
             b += _CHUNK
 
-    def reader_name(self, key: tuple[int, int], reader: int) -> str:
-        """The checkpoint name of one reader of an iterable source: kind/source/rank/reader."""
-        return f"{self.kinds[key[0]]}/{key[1]}/{self.rank}/{reader}"
+    def reader_key(self, key: tuple[int, int], reader: int) -> ReaderKey:
+        """The key of one reader of this process for an iterable source."""
+        return ReaderKey(self.kinds[key[0]], key[1], self.rank, reader)
 
     def reader(self, key: tuple[int, int], reader: int, readers: int) -> StreamReader:
         """Reader `reader` of `readers` (workers) of this process for one iterable source,
@@ -249,7 +233,7 @@ class MixedBatches(torch.utils.data.IterableDataset):
         layout = Layout(self.rank, self.world_size, reader, readers)
         if layout.part == 0:
             warn_shared_shards(source, layout.parts)
-        state = self.stream_states.get(self.reader_name(key, reader))
+        state = self.stream_states.get(self.reader_key(key, reader))
         return StreamReader(source, kind, self.seed, key, layout, state, self.skips)
 
     def _build(
@@ -289,8 +273,9 @@ class MixedBatches(torch.utils.data.IterableDataset):
                         ) from None
         skipped = self.skips.take()
         tally = ReadTally(skipped, len(items) + sum(skipped.values()), [i.key for i in items])
+        tally.skip_examples = self.skips.take_examples()
         if records is not None:
-            name = self.reader_name((self.kinds.index(kind), source), records.layout.reader)
+            name = self.reader_key((self.kinds.index(kind), source), records.layout.reader)
             tally.stream_states, tally.epochs = {name: records.state()}, epochs
         tensors = self.builder(items, kind, generators, rngs)
         return PretrainingBatch(kind, index, tensors, tally)

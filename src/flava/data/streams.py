@@ -25,11 +25,13 @@ import collections
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 
-from flava.data.sources.base import SkipLog, UnreadableShard, describe
+from flava.data.sources.errors import UnreadableShard
+from flava.data.sources.readers import StreamingSource, describe
+from flava.data.sources.skips import SkipLog
 
 log = logging.getLogger(__name__)
 
@@ -40,31 +42,10 @@ _EMPTY_EPOCHS = 3
 _MAX_AGE = 4
 
 
-@runtime_checkable
-class IterableSource(Protocol):
-    """A dataset read in order from shards (tar files, streamed Hugging Face sets).
-
-    `shard_records(shard, kind, start)` yields (offset, record) of the records of `kind` of one
-    shard from offset `start` on (raising `UnreadableShard` when it cannot be read further);
-    `decode(record, kind, rng)` turns one into a decoded `Sample` (raising OSError / ValueError
-    for a corrupt record, which is then skipped). `shuffle_buffer` is the size of the sample
-    shuffle buffer (<= 1: none); `resampled` draws shards with replacement instead of epochs.
-    """
-
-    kinds: frozenset[str]
-    shuffle_buffer: int
-    resampled: bool
-
-    def num_shards(self) -> int: ...
-
-    def shard_records(self, shard: int, kind: str, start: int = 0) -> Iterator[tuple[int, Any]]: ...
-
-    def decode(self, record: Any, kind: str, rng: np.random.Generator) -> Any: ...
-
-
 def is_iterable(source: Any) -> bool:
-    """Whether `source` is read as a stream (an `IterableSource`) rather than by index."""
-    return isinstance(source, IterableSource)
+    """Whether `source` is read as a stream (a `StreamingSource`: tar shards, a streamed Hugging
+    Face set) rather than by index (an `IndexedSource`)."""
+    return isinstance(source, StreamingSource)
 
 
 @dataclass(frozen=True)
@@ -109,6 +90,42 @@ class Piece:
         """The inverse of `to_list` (an empty `only` list is no list)."""
         shard, start, stride, phase, only = values
         return cls(int(shard), int(start), int(stride), int(phase), tuple(only) or None)
+
+
+@dataclass(frozen=True)
+class ReaderKey:
+    """One reader of an iterable source: the kind and index of the source, the process (rank)
+    and the DataLoader worker (reader). Checkpoints name it "kind/source/rank/reader" (`str`,
+    `parse`: the one place that formats and reads the name)."""
+
+    kind: str
+    source: int
+    rank: int
+    reader: int
+
+    def __str__(self) -> str:
+        return f"{self.kind}/{self.source}/{self.rank}/{self.reader}"
+
+    @classmethod
+    def parse(cls, name: str) -> ReaderKey:
+        """The key named `name` in a checkpoint."""
+        kind, source, rank, reader = name.split("/")
+        return cls(kind, int(source), int(rank), int(reader))
+
+    def same_stream(self, other: ReaderKey) -> bool:
+        """Whether both keys are readers of one source."""
+        return (self.kind, self.source) == (other.kind, other.source)
+
+
+@dataclass(frozen=True)
+class Buffered:
+    """A record in a reader's shuffle buffer: where it was read (shard, offset), the record, and
+    its serial number among the records put in the buffer this epoch (its age)."""
+
+    shard: int
+    offset: int
+    record: Any
+    serial: int
 
 
 @dataclass(frozen=True)
@@ -167,7 +184,7 @@ class StreamReader:
 
     def __init__(
         self,
-        source: IterableSource,
+        source: StreamingSource,
         kind: str,
         seed: int,
         stream_key: tuple[int, int],
@@ -195,10 +212,8 @@ class StreamReader:
             self.rng.bit_generator.state = state["rng"]
         self.inserted = int(state.get("inserted", 0))  # records put in the buffer this epoch
         self.buffer = self._restore(state.get("buffer", []))
-        self._ages = collections.deque(sorted((e[3], j) for j, e in enumerate(self.buffer)))
+        self._ages = collections.deque(sorted((e.serial, j) for j, e in enumerate(self.buffer)))
         self._open: Iterator[tuple[int, Any]] | None = None
-        for _ in range(int(state.get("skip", 0))):  # an older checkpoint's record count
-            next(self)
 
     def _epoch_rng(self) -> np.random.Generator:
         layout = self.layout
@@ -224,12 +239,12 @@ class StreamReader:
             "empty": self.empty,
             "draining": self.draining,
             "inserted": self.inserted,
-            "buffer": [[shard, offset, serial] for shard, offset, _, serial in self.buffer],
+            "buffer": [[e.shard, e.offset, e.serial] for e in self.buffer],
             "rng": self.rng.bit_generator.state,
             "plans": [[e, [p.to_list() for p in ps]] for e, ps in self.plans.items()],
         }
 
-    def _restore(self, refs: Sequence[Sequence[int]]) -> list[tuple[int, int, Any, int]]:
+    def _restore(self, refs: Sequence[Sequence[int]]) -> list[Buffered]:
         """The buffered records named by (shard, offset, serial) references, read again."""
         wanted: dict[int, set[int]] = {}
         for shard, offset, _ in refs:
@@ -245,7 +260,7 @@ class StreamReader:
             except UnreadableShard as exc:
                 self.skips.add(exc, f"a buffered {self.kind} shard of {describe(self.source)}")
         keys = [(int(s), int(o), int(n)) for s, o, n in refs]
-        return [(s, o, found[s, o], n) for s, o, n in keys if (s, o) in found]
+        return [Buffered(s, o, found[s, o], n) for s, o, n in keys if (s, o) in found]
 
     def _incoming(self) -> tuple[int, int, Any] | None:
         """The next record of the epoch's plan as (shard, offset, record); None at its end."""
@@ -282,7 +297,7 @@ class StreamReader:
             if self.draining:
                 if self.buffer:
                     self.yielded += 1
-                    return self.buffer.pop(0)[2]
+                    return self.buffer.pop(0).record
                 self._next_epoch()
                 continue
             incoming = self._incoming()
@@ -293,22 +308,22 @@ class StreamReader:
                 continue
             if self.size <= 1:
                 self.yielded += 1
-                return incoming[2]
-            entry = (*incoming, self.inserted)
+                return incoming[2]  # (shard, offset, record)
+            entry = Buffered(*incoming, self.inserted)
             self.inserted += 1
             if len(self.buffer) < self.size:
-                self._ages.append((entry[3], len(self.buffer)))
+                self._ages.append((entry.serial, len(self.buffer)))
                 self.buffer.append(entry)
                 continue
-            j = self._slot(entry[3])
+            j = self._slot(entry.serial)
             out, self.buffer[j] = self.buffer[j], entry
-            self._ages.append((entry[3], j))
+            self._ages.append((entry.serial, j))
             self.yielded += 1
-            return out[2]
+            return out.record
 
     def _slot(self, serial: int) -> int:
         """The buffer slot a new record replaces: random, unless the oldest is too old."""
-        while self._ages and self.buffer[self._ages[0][1]][3] != self._ages[0][0]:
+        while self._ages and self.buffer[self._ages[0][1]].serial != self._ages[0][0]:
             self._ages.popleft()  # that record has left the buffer already
         if self._ages and serial - self._ages[0][0] >= _MAX_AGE * self.size:
             return self._ages.popleft()[1]
@@ -330,7 +345,7 @@ class StreamReader:
         self.rng = self._epoch_rng()
 
 
-def warn_shared_shards(source: IterableSource, readers: int) -> None:
+def warn_shared_shards(source: StreamingSource, readers: int) -> None:
     """Log once that `readers` (processes x workers) share fewer shards."""
     shards = source.num_shards()
     if source.resampled or shards >= readers:
@@ -362,7 +377,7 @@ def _left_in_epoch(state: dict[str, Any], plan: list[Piece]) -> list[Piece]:
 
 
 def elastic_states(
-    saved: Sequence[dict[str, Any]], source: IterableSource, seed: list[int], layout: Layout
+    saved: Sequence[dict[str, Any]], source: StreamingSource, seed: list[int], layout: Layout
 ) -> tuple[dict[str, Any], str]:
     """The starting state of one new reader at `layout` from the states of all readers of the
     stream at another layout, and a short account of what is carried over.

@@ -20,7 +20,7 @@ the weighted sum.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -79,6 +79,9 @@ class Window:
     counts: dict[str, int]
     """Masked tokens per objective (mim, mlm, mmm_image, mmm_text) over the window."""
     micro_batches: int
+    pairings: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    """The ITM pairing (`itm_pairing`) of each pair micro-batch, by batch index: drawn once, when
+    the window is counted, and used by that micro-batch's step."""
 
     def loss_args(self, objective: str) -> dict[str, int]:
         """Keyword arguments of `masked_prediction_loss` for one objective."""
@@ -163,30 +166,21 @@ def _loss_args(window: Window | None, objective: str) -> dict[str, int]:
     return {} if window is None else window.loss_args(objective)
 
 
-def masked_counts(
-    kind: str,
-    batch: Batch,
-    weights: LossWeights,
-    negative_probability: float = 0.5,
-    generator: torch.Generator | None = None,
-) -> dict[str, int]:
+def masked_counts(kind: str, batch: Batch, itm_labels: torch.Tensor | None) -> dict[str, int]:
     """The masked tokens per objective that the step of this batch normalises.
 
     Known before the step runs: the masks come with the data, and a vl batch's matched pairs
-    (MMM's tokens) from the same `itm_pairing` draw, with a generator seeded as the step's.
+    (MMM's tokens) from its ITM pairing's labels (None: no masked pair objective).
     """
     if kind == "image":
         return {"mim": int(batch["bool_masked_pos"].sum())}
     if kind == "text":
         return {"mlm": int((batch["mlm_labels"] != IGNORE_INDEX).sum())}
-    if not (weights.itm or weights.mmm_image or weights.mmm_text):
+    if itm_labels is None:
         return {}
     masked_pos = batch["bool_masked_pos"]
     b = masked_pos.shape[0]
-    _, labels = itm_pairing(
-        b, negative_probability if weights.itm else 0.0, generator, masked_pos.device
-    )
-    positive = labels.bool()
+    positive = itm_labels.bool()
     return {
         "mmm_image": int(masked_pos.reshape(b, -1)[positive].sum()),
         "mmm_text": int((batch["mlm_labels"][positive] != IGNORE_INDEX).sum()),
@@ -200,13 +194,34 @@ def window_of(
     generator_of: Callable[[int], torch.Generator],
 ) -> Window:
     """The `Window` of an optimizer step's micro-batches (kind, batch index and masks of each;
-    `generator_of(batch index)` gives the generator that micro-batch's step uses)."""
-    counts: dict[str, int] = {}
+    `generator_of(batch index)` gives the generator that micro-batch's step uses): its counts,
+    and the ITM pairing of each pair micro-batch, drawn here once for its step."""
+    window = Window({}, len(members))
     for m in members:
-        g = generator_of(int(m["batch_index"]))
-        for name, n in masked_counts(str(m["kind"]), m, weights, negative_probability, g).items():
-            counts[name] = counts.get(name, 0) + n
-    return Window(counts, len(members))
+        index, labels = int(m["batch_index"]), None
+        if str(m["kind"]) == "vl" and _masked_pairs(weights):
+            masked_pos = m["bool_masked_pos"]
+            pairing = _pairing(masked_pos, weights, negative_probability, generator_of(index))
+            window.pairings[index], labels = pairing, pairing[1]
+        for name, n in masked_counts(str(m["kind"]), m, labels).items():
+            window.counts[name] = window.counts.get(name, 0) + n
+    return window
+
+
+def _masked_pairs(weights: LossWeights) -> bool:
+    """Whether a vl step runs its masked pair objectives (ITM, MMM)."""
+    return bool(weights.itm or weights.mmm_image or weights.mmm_text)
+
+
+def _pairing(
+    like: torch.Tensor,
+    weights: LossWeights,
+    negative_probability: float,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ITM pairing of a vl batch of `like.shape[0]` pairs (no negatives without ITM)."""
+    p = negative_probability if weights.itm else 0.0
+    return itm_pairing(like.shape[0], p, generator, like.device)
 
 
 def mim_labels(targets: torch.Tensor, bool_masked_pos: torch.Tensor) -> torch.Tensor:
@@ -269,19 +284,21 @@ def vl_step(
     generator: torch.Generator | None = None,
     window: Window | None = None,
     contrastive_window: ContrastiveWindow | None = None,
+    pairing: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """A vl batch: contrastive on the unmasked pair (over the whole accumulation window with a
-    `contrastive_window`); ITM + MMM on the masked pair."""
+    `contrastive_window`); ITM + MMM on the masked pair, paired by `pairing` (the window's draw
+    for this batch), else by a draw from `generator`."""
     flava = model.flava
     losses: dict[str, torch.Tensor] = {}
     mask = batch["attention_mask"]
     types = batch.get("token_type_ids")
-    masked_objectives = bool(weights.itm or weights.mmm_image or weights.mmm_text)
+    masked_objectives = _masked_pairs(weights)
     if masked_objectives:
-        b = batch["pixel_values"].shape[0]
-        text_index, itm_labels = itm_pairing(
-            b, negative_probability if weights.itm else 0.0, generator, batch["pixel_values"].device
-        )
+        pixels = batch["pixel_values"]
+        if pairing is None:
+            pairing = _pairing(pixels, weights, negative_probability, generator)
+        text_index, itm_labels = (t.to(pixels.device) for t in pairing)
         positive = itm_labels.bool()
         # With several processes every one joins MMM's all-reduce, matched pairs or not.
         run_mmm = world_size() > 1 or bool(positive.any())
@@ -358,11 +375,13 @@ def pretraining_step(
     generator: torch.Generator | None = None,
     window: Window | None = None,
     contrastive_window: ContrastiveWindow | None = None,
+    pairing: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Dispatch one batch to its objectives by source kind ("image", "text" or "vl").
 
     `window`: under gradient accumulation, the masked-token counts of the optimizer step's
-    micro-batches (`window_of`); None normalises by this batch's own counts.
+    micro-batches (`window_of`); None normalises by this batch's own counts. `pairing`: a vl
+    batch's ITM pairing drawn with the window (`Window.pairings`).
     """
     if kind == "image":
         if targets is None:
@@ -380,5 +399,6 @@ def pretraining_step(
             generator,
             window,
             contrastive_window,
+            pairing,
         )
     raise ValueError(f"unknown batch kind {kind!r}; expected image, text or vl")

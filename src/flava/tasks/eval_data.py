@@ -29,8 +29,8 @@ from flava.data.sources import (
     check_fields,
     source_type,
 )
-from flava.data.sources.base import CAPTIONED_IMAGES, LABELLED_IMAGES
 from flava.data.sources.labels import label_space
+from flava.data.sources.registry import CAPTIONED_IMAGES, LABELLED_IMAGES
 from flava.data.sources.torchvision_sets import EVALUATED_VALIDATION
 from flava.tasks.named_kinds import source_of, split_of
 from flava.tasks.task_data import TaskDataset, source_task

@@ -7,7 +7,7 @@ retrieval on the `vl` entries (every caption of each image, `num_samples` shared
 zero-shot classification on each labelled `image` entry (class names and prompts as
 `flava.zero_shot` finds them, `flava.tasks.zero_shot.prompts`). Samples are drawn in seeded
 random order; unusable ones are skipped and counted by the one policy of
-`flava.data.sources.base` (`BadSample`, `SkipLog`).
+`flava.data.sources` (`BadSample`, `SkipLog`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 from omegaconf import DictConfig
 from PIL import Image
 
-from flava.data.sources.base import SAMPLE_ERRORS, BadSample, Sample, SkipLog, SourceError
+from flava.data.sources import SAMPLE_ERRORS, BadSample, Sample, SkipLog, SourceError
 from flava.data.sources.factory import checked_source
 from flava.data.transforms import ImageTransform
 

@@ -27,7 +27,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from flava.data.sources.base import SAMPLE_ERRORS, SkipLog
+from flava.data.sources.errors import SAMPLE_ERRORS
+from flava.data.sources.skips import SkipLog
 from flava.model.flava import FlavaModel
 
 FEATURES = ("encoder_cls", "projection", "mean_patch")

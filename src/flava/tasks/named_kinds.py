@@ -31,8 +31,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from flava.config import ConfigError, SourceConfig
 from flava.data.sources import image_files, source_type
-from flava.data.sources.base import need_exists
 from flava.data.sources.glue import GLUE_TASKS
+from flava.data.sources.registry import need_exists
 from flava.data.sources.torchvision_sets import TORCHVISION_DATASETS
 
 EMBEDDED_SIZE = 512

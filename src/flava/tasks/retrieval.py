@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from flava.data.sources.base import SAMPLE_ERRORS, SkipLog
+from flava.data.sources.errors import SAMPLE_ERRORS
+from flava.data.sources.skips import SkipLog
 from flava.model.flava import FlavaModel
 
 # embeds the items of one batch: (embeddings [K, P], the K item indices used), skips counted

@@ -131,7 +131,8 @@ def read_json_list(path: str, what: str) -> list[str]:
 
 def check_skipped(cfg: DictConfig, metrics: dict[str, Any], skips: Any, read: int) -> None:
     """Write metrics.json and stop (DataError, exit 1) when too many samples were bad."""
-    from flava.data.sources.base import DataError, skip_metrics, too_many_skipped
+    from flava.data.sources.errors import DataError
+    from flava.data.sources.skips import skip_metrics, too_many_skipped
 
     limit = cfg.data.max_skipped_fraction
     reason = too_many_skipped(skips.counts, read, limit, "samples")

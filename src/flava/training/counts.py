@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-from flava.data.sources.base import SKIP_REASONS, skip_metrics, too_many_skipped
+from flava.data.sources.errors import SKIP_REASONS
+from flava.data.sources.skips import log_first, skip_metrics, too_many_skipped
 
 CHECK_EVERY = 10
 """Steps between checks of the skipped fraction (summed over processes)."""
@@ -39,8 +40,13 @@ class SkipCounter:
         self.samples_read = 0
         self.summarised = 0  # skipped samples (all processes) at the last summary line
 
-    def add(self, skipped: dict[str, int], samples_read: int) -> None:
-        """Add one batch's counts: skipped samples per reason, samples read."""
+    def add(
+        self, skipped: dict[str, int], samples_read: int, examples: dict[str, str] | None = None
+    ) -> None:
+        """Add one batch's counts: skipped samples per reason, samples read; log the first
+        example of a reason its worker met (`log_first`: once a run, rank 0)."""
+        for reason, example in (examples or {}).items():
+            log_first(reason, example)
         for reason, n in skipped.items():
             self.skipped[reason] = self.skipped.get(reason, 0) + int(n)
         self.samples_read += int(samples_read)
@@ -64,6 +70,9 @@ class SkipCounter:
         totals = self.totals(module)
         read = totals.pop("samples_read")
         skipped = sum(totals.values())
+        for name, n in totals.items():
+            if n:  # a reason met only on other processes: rank 0 names it once
+                log_first(name, f"{n} sample(s) on another process [{name}]")
         if skipped:
             module.log("data/skipped", float(skipped), on_step=True, reduce_fx="max")
             module.log("data/skipped_fraction", skipped / max(1, read), on_step=True)

@@ -23,7 +23,7 @@ from flava.data.mixing import (
     Stream,
 )
 from flava.data.sources.factory import checked_source
-from flava.data.streams import Layout, elastic_states, is_iterable, stream_seed
+from flava.data.streams import Layout, ReaderKey, elastic_states, is_iterable, stream_seed
 from flava.data.tokenizer import load_tokenizer
 from flava.data.transforms import image_transform
 from flava.model.config import FlavaConfig
@@ -82,7 +82,7 @@ class PretrainingData(L.LightningDataModule):
         self.codebook_size = codebook_size
         self.start_batch = 0
         self.saved: dict[str, Any] = {}  # the data state of the checkpoint resumed from
-        self.initial_states: dict[str, dict[str, Any]] = {}  # this rank's readers at start
+        self.initial_states: dict[ReaderKey, dict[str, Any]] = {}  # this rank's readers at start
         self._train: MixedBatches | None = None
         d = cfg.datasets
         image = model_config.image
@@ -195,36 +195,35 @@ class PretrainingData(L.LightningDataModule):
             loaders.append(_loader(ds, 0))
         return loaders
 
-    def _resume_streams(self, dataset: MixedBatches, readers: int) -> dict[str, dict[str, Any]]:
+    def _resume_streams(
+        self, dataset: MixedBatches, readers: int
+    ) -> dict[ReaderKey, dict[str, Any]]:
         """The starting state of each reader of this process (see `flava.data.streams`): its own
         saved state at the same layout, else the saved epochs' leftovers dealt anew; says in one
         line what a changed layout does."""
-        saved = self.saved.get("streams", {})
-        legacy = self.saved.get("stream_records", {})  # older checkpoints: records per reader
+        saved = {ReaderKey.parse(n): v for n, v in self.saved.get("streams", {}).items()}
         rank, world = dataset.rank, dataset.world_size
         out, notes = {}, []
         for k, kind in enumerate(dataset.kinds):
             for i, source in enumerate(dataset.streams[kind].sources):
                 if not is_iterable(source):
                     continue
-                prefix = f"{kind}/{i}/"
-                old = [v for n, v in saved.items() if n.startswith(prefix)]
+                first = ReaderKey(kind, i, rank, 0)
+                old = [v for key, v in saved.items() if key.same_stream(first)]
                 same = all(list(v["layout"][1::2]) == [world, readers] for v in old)
                 for reader in range(readers):
                     layout = Layout(rank, world, reader, readers)
-                    name = f"{prefix}{rank}/{reader}"
+                    key = ReaderKey(kind, i, rank, reader)
                     if same:
-                        state = dict(saved.get(name, {}))
-                        if not old and f"{prefix}{reader}" in legacy:
-                            state["skip"] = int(legacy[f"{prefix}{reader}"])
+                        state = dict(saved.get(key, {}))
                     else:
                         seed = stream_seed(dataset.seed, (k, i))
                         state, note = elastic_states(old, source, seed, layout)
                         if reader == 0:
-                            notes.append(f"{prefix[:-1]} {note}")
+                            notes.append(f"{kind}/{i} {note}")
                     state.setdefault("layout", [rank, world, reader, readers])
                     state.setdefault("shards", source.num_shards())
-                    out[name] = state
+                    out[key] = state
         self._say_layout(world, readers, notes)
         return out
 
@@ -253,7 +252,8 @@ class PretrainingData(L.LightningDataModule):
         and the samples consumed of each random-access source."""
         module = self.trainer.lightning_module if self.trainer is not None else None
         batch = int(getattr(module, "batches_seen", self.start_batch))
-        local = {**self.initial_states, **getattr(module, "stream_states", {})}
+        positions = {**self.initial_states, **getattr(module, "stream_states", {})}
+        local = {str(key): state for key, state in positions.items()}
         out: dict[str, Any] = {"start_batch": batch, "streams": _gathered(local)}
         if self._train is not None:
             readers = max(1, self.cfg.training.num_workers)

@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 
 from flava.data.batch import FinetuneBatch, ReadTally
 from flava.data.order import epoch_order
-from flava.data.sources.base import SAMPLE_ERRORS, Sample, SkipLog, robust_read, skip_reason
+from flava.data.sources import SAMPLE_ERRORS, Sample, SkipLog, robust_read, skip_reason
 from flava.data.tokenizer import FlavaTokenizer
 from flava.data.transforms import ImageTransform
 
@@ -131,7 +131,11 @@ class EpochBatches(torch.utils.data.IterableDataset):
         out = self.collate(examples, generator)
         skipped = self.skips.take()
         out.index = batch_index
-        out.tally = ReadTally(skipped=skipped, samples_read=len(indices) + sum(skipped.values()))
+        out.tally = ReadTally(
+            skipped=skipped,
+            samples_read=len(indices) + sum(skipped.values()),
+            skip_examples=self.skips.take_examples(),
+        )
         return out
 
     def _example(self, index: int, rng: np.random.Generator) -> Sample:

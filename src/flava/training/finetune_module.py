@@ -51,7 +51,7 @@ class FinetuneModule(L.LightningModule):
 
     def _count_data(self, batch: FinetuneBatch) -> None:
         """Add the batch's skipped examples; stop when too large a fraction of them was bad."""
-        self.counter.add(batch.tally.skipped, batch.tally.samples_read)
+        self.counter.add(batch.tally.skipped, batch.tally.samples_read, batch.tally.skip_examples)
         limit, size = self.cfg.data.max_skipped_fraction, self.cfg.training.batch_size
         reason = self.counter.check(self, limit, "data.max_skipped_fraction", size)
         if reason is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import lightning as L
 import torch
@@ -22,6 +22,9 @@ from flava.objectives.pretraining import (
 from flava.objectives.targets import KMeansCodebook
 from flava.training.counts import SkipCounter
 from flava.training.optim import adamw_with_schedule, check_multipliers, clip_gradients
+
+if TYPE_CHECKING:
+    from flava.data.streams import ReaderKey
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +46,7 @@ class FlavaPretrainingModule(L.LightningModule):
         self.nonfinite: dict[str, int] = {}  # skipped steps per batch kind
         self.nonfinite_in_row = 0
         self.counter = SkipCounter()  # bad training samples skipped, per reason; samples read
-        self.stream_states: dict[str, Any] = {}  # position of each iterable-source reader
+        self.stream_states: dict[ReaderKey, Any] = {}  # position of each iterable-source reader
         self.stopped: tuple[str, str] | None = None  # (checkpoint stem, one-line reason)
         self._kind = "vl"
         self._keys: IO[str] | None = None  # the sample key log (datasets.log_keys)
@@ -90,6 +93,7 @@ class FlavaPretrainingModule(L.LightningModule):
             generator,
             window,
             self.contrastive_window(batch),
+            None if window is None else window.pairings.get(batch.index),
         )
 
     def contrastive_window(self, batch: PretrainingBatch) -> ContrastiveWindow | None:
@@ -137,7 +141,7 @@ class FlavaPretrainingModule(L.LightningModule):
         """Add the batch's skipped samples; stop when too large a fraction of them was bad."""
         if self.cfg.datasets.log_keys:
             self._log_keys(batch)
-        self.counter.add(batch.tally.skipped, batch.tally.samples_read)
+        self.counter.add(batch.tally.skipped, batch.tally.samples_read, batch.tally.skip_examples)
         self.stream_states.update(batch.tally.stream_states)
         limit, size = self.cfg.datasets.max_skipped_fraction, self.cfg.training.batch_size
         reason = self.counter.check(self, limit, "datasets.max_skipped_fraction", size)

@@ -16,13 +16,15 @@ from omegaconf import DictConfig
 from flava.checkpoints.run_dir import RunDir, is_url
 from flava.config import ConfigError, make_directory, to_yaml
 from flava.config.common import LOGGER_INSTALLS, mlflow_uri
+from flava.data.sources.skips import new_run
 
 log = logging.getLogger("flava")
 
 
 def prepare_run_dir(cfg: DictConfig) -> RunDir:
     """Create the run directory (a local folder or an fsspec URL) and save the resolved config
-    as config.yaml."""
+    as config.yaml; a new run logs each reason of a skipped sample once again."""
+    new_run()
     location = cfg.training.run_dir
     if not is_url(location):
         make_directory(location, "training.run_dir")  # a file in the way: one line

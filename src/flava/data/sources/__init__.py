@@ -1,7 +1,7 @@
 """Data sources: one reader per format, used by every command (pretraining, fine-tuning,
 zero-shot, retrieval, linear probe and the shard writer).
 
-Types (`SourceConfig.type`), declared in their backend's module (`base.SourceType`: the fields
+Types (`SourceConfig.type`), declared in their backend's module (`registry.SourceType`: the fields
 the type reads, how it is built and checked) and registered in `factory.TYPES`; a field of
 another type is refused in one line (`factory.check_fields`):
 
@@ -26,35 +26,18 @@ another type is refused in one line (`factory.check_fields`):
 - ``hateful_memes`` (`hateful_memes.py`): the memes' jsonl as a ``records`` source.
 
 `build(cfg, role, image_size, kind, whole)` is the one way every command makes a source.
-Every reader yields `base.Sample`s; images are decoded by `base.decode_image` only, and a sample
-that cannot be used raises `base.BadSample` with one of `base.SKIP_REASONS`.
+Every reader yields `sample.Sample`s; images are decoded by `images.decode_image` only, and a sample
+that cannot be used raises `errors.BadSample` with one of `errors.SKIP_REASONS`.
 """
 
-from flava.data.sources.base import (
-    CAPTION_FIELDS,
-    IMAGE_EXTENSIONS,
+from flava.data.sources.errors import (
     SAMPLE_ERRORS,
     SKIP_REASONS,
     BadSample,
     DataError,
-    IndexedSource,
-    Sample,
-    SampleList,
-    SkipLog,
     SourceError,
-    SourceType,
-    StreamingSource,
     UnreadableShard,
-    decode_image,
-    describe,
-    fetch,
-    fetch_image,
-    image_files,
-    image_format,
-    robust_item,
-    robust_read,
     skip_reason,
-    too_many_skipped,
 )
 from flava.data.sources.factory import (
     SOURCE_TYPES,
@@ -80,6 +63,18 @@ from flava.data.sources.huggingface import (
     load_huggingface,
     row_sample,
 )
+from flava.data.sources.images import (
+    IMAGE_EXTENSIONS,
+    decode_image,
+    fetch,
+    fetch_image,
+    image_files,
+    image_format,
+)
+from flava.data.sources.readers import IndexedSource, SampleList, StreamingSource, describe
+from flava.data.sources.registry import SourceType
+from flava.data.sources.sample import CAPTION_FIELDS, Sample
+from flava.data.sources.skips import SkipLog, robust_item, robust_read, too_many_skipped
 from flava.data.sources.text import TextFiles
 from flava.data.sources.webdataset import (
     TarShards,

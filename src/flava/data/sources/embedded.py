@@ -6,15 +6,10 @@ from typing import Any
 
 import numpy as np
 
-from flava.data.sources.base import (
-    CAPTIONED_IMAGES,
-    LABELLED_IMAGES,
-    IndexedSource,
-    Sample,
-    SampleList,
-    SourceError,
-    SourceType,
-)
+from flava.data.sources.errors import SourceError
+from flava.data.sources.readers import IndexedSource, SampleList
+from flava.data.sources.registry import CAPTIONED_IMAGES, LABELLED_IMAGES, SourceType
+from flava.data.sources.sample import Sample
 
 
 class SceneSource(IndexedSource):

@@ -1,7 +1,7 @@
 """One factory for every source type: `build(cfg, role)`, `check(cfg)` and `check_fields(cfg)`
 from a `SourceConfig`.
 
-Each backend module declares its types (`base.SourceType`: the fields it reads, how it is
+Each backend module declares its types (`registry.SourceType`: the fields it reads, how it is
 built and checked) next to its reader; `TYPES` registers them, and nothing else names a type.
 """
 
@@ -12,19 +12,15 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from flava.config import ConfigError, SourceConfig
-from flava.data.sources.base import (
-    COMMON_FIELDS,
-    IndexedSource,
-    SourceError,
-    SourceType,
-    StreamingSource,
-)
 from flava.data.sources.embedded import EMBEDDED
+from flava.data.sources.errors import SourceError
 from flava.data.sources.folders import CAPTIONS, IMAGE_FOLDER, RECORDS
 from flava.data.sources.glue import GLUE
 from flava.data.sources.hateful_memes import HATEFUL_MEMES
 from flava.data.sources.huggingface import HUGGINGFACE
 from flava.data.sources.karpathy import KARPATHY
+from flava.data.sources.readers import IndexedSource, StreamingSource
+from flava.data.sources.registry import COMMON_FIELDS, SourceType
 from flava.data.sources.snli_ve import SNLI_VE
 from flava.data.sources.text import TEXT_FILES
 from flava.data.sources.torchvision_sets import TORCHVISION

@@ -15,21 +15,17 @@ from typing import Any
 
 import numpy as np
 
-from flava.data.sources.base import (
-    CAPTION_FIELDS,
+from flava.data.sources.errors import SourceError
+from flava.data.sources.images import image_files
+from flava.data.sources.readers import IndexedSource
+from flava.data.sources.registry import (
     CAPTIONED_IMAGES,
     LABELLED_IMAGES,
-    IndexedSource,
-    Sample,
-    SourceError,
     SourceType,
     check_path,
-    has_text_field,
-    image_files,
     need_path,
-    set_label,
-    texts_of,
 )
+from flava.data.sources.sample import CAPTION_FIELDS, Sample, has_text_field, set_label, texts_of
 
 
 class ImageFolder(IndexedSource):

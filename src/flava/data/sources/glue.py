@@ -13,12 +13,14 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from flava.config import SourceConfig
-from flava.data.sources.base import IndexedSource, SourceError, SourceType, StreamingSource
+from flava.data.sources.errors import SourceError
 from flava.data.sources.huggingface import (
     HuggingFaceSource,
     check_huggingface,
     require_datasets,
 )
+from flava.data.sources.readers import IndexedSource, StreamingSource
+from flava.data.sources.registry import SourceType
 
 GLUE_TASKS: dict[str, tuple[str, str | None, int]] = {
     # task: (first text column, second text column, outputs; 1 = regression)

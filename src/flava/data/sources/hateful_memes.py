@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from flava.data.sources.base import layout_file, layout_type
 from flava.data.sources.folders import Records
+from flava.data.sources.registry import layout_file, layout_type
 
 MEME_CLASSES = ["not hateful", "hateful"]
 """The names of labels 0 and 1."""

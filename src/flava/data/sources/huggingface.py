@@ -18,18 +18,10 @@ from typing import Any
 
 from PIL import Image
 
-from flava.data.sources.base import (
-    CAPTIONED_IMAGES,
-    LABELLED_IMAGES,
-    IndexedSource,
-    Sample,
-    SourceError,
-    SourceType,
-    StreamingSource,
-    has_text_field,
-    set_label,
-    texts_of,
-)
+from flava.data.sources.errors import SourceError
+from flava.data.sources.readers import IndexedSource, StreamingSource
+from flava.data.sources.registry import CAPTIONED_IMAGES, LABELLED_IMAGES, SourceType
+from flava.data.sources.sample import Sample, has_text_field, set_label, texts_of
 
 log = logging.getLogger("flava.data.sources")
 

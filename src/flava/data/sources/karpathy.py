@@ -11,16 +11,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from flava.data.sources.base import (
-    CAPTIONED_IMAGES,
-    IndexedSource,
-    Sample,
-    SourceError,
-    SourceType,
-    check_path,
-    need_path,
-    texts_of,
-)
+from flava.data.sources.errors import SourceError
+from flava.data.sources.readers import IndexedSource
+from flava.data.sources.registry import CAPTIONED_IMAGES, SourceType, check_path, need_path
+from flava.data.sources.sample import Sample, texts_of
 
 
 class KarpathySplit(IndexedSource):

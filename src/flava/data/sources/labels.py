@@ -13,7 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from flava.data.sources.base import BadSample, label_index
+from flava.data.sources.errors import BadSample
+from flava.data.sources.sample import label_index
 
 LabelSpace = tuple[list[str], Callable[[Any], Any]]
 """(class names, label value -> target)."""

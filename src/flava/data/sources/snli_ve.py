@@ -10,14 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from flava.data.sources.base import (
-    IndexedSource,
-    Sample,
-    SourceError,
-    layout_file,
-    layout_type,
-)
+from flava.data.sources.errors import SourceError
 from flava.data.sources.folders import read_rows
+from flava.data.sources.readers import IndexedSource
+from flava.data.sources.registry import layout_file, layout_type
+from flava.data.sources.sample import Sample
 
 SNLI_VE_LABELS = ["entailment", "neutral", "contradiction"]
 """The gold labels, in label order."""

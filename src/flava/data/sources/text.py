@@ -10,15 +10,10 @@ from typing import IO, Any
 
 import numpy as np
 
-from flava.data.sources.base import (
-    IndexedSource,
-    Sample,
-    SourceError,
-    SourceType,
-    check_path,
-    need_path,
-    texts_of,
-)
+from flava.data.sources.errors import SourceError
+from flava.data.sources.readers import IndexedSource
+from flava.data.sources.registry import SourceType, check_path, need_path
+from flava.data.sources.sample import Sample, texts_of
 
 
 class TextFiles(IndexedSource):

@@ -12,7 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from flava.config import ConfigError
-from flava.data.sources.base import LABELLED_IMAGES, IndexedSource, Sample, SourceError, SourceType
+from flava.data.sources.errors import SourceError
+from flava.data.sources.readers import IndexedSource
+from flava.data.sources.registry import LABELLED_IMAGES, SourceType
+from flava.data.sources.sample import Sample
 
 TORCHVISION_DATASETS = {
     "cifar10": ("CIFAR10", "cifar-10-batches-py"),

@@ -12,13 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from flava.config import ConfigError
-from flava.data.sources.base import (
-    IndexedSource,
-    Sample,
-    SourceError,
-    layout_type,
-    need_exists,
-)
+from flava.data.sources.errors import SourceError
+from flava.data.sources.readers import IndexedSource
+from flava.data.sources.registry import layout_type, need_exists
+from flava.data.sources.sample import Sample
 
 VQA_FILES = ("questions", "annotations", "images")
 """The `files` a VQA source needs: questions (v2_OpenEnded_mscoco_<split>2014_questions.json),

@@ -14,21 +14,11 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from flava.data.sources.base import (
-    CAPTION_FIELDS,
-    CAPTIONED_IMAGES,
-    IMAGE_EXTENSIONS,
-    LABELLED_IMAGES,
-    LISTED_NON_RASTER,
-    Sample,
-    SourceError,
-    SourceType,
-    StreamingSource,
-    UnreadableShard,
-    has_text_field,
-    set_label,
-    texts_of,
-)
+from flava.data.sources.errors import SourceError, UnreadableShard
+from flava.data.sources.images import IMAGE_EXTENSIONS, LISTED_NON_RASTER
+from flava.data.sources.readers import StreamingSource
+from flava.data.sources.registry import CAPTIONED_IMAGES, LABELLED_IMAGES, SourceType
+from flava.data.sources.sample import CAPTION_FIELDS, Sample, has_text_field, set_label, texts_of
 
 log = logging.getLogger("flava.data.sources")
 
