@@ -44,7 +44,7 @@ from flava.data.transforms import image_transform
 from flava.objectives.masking import BlockMaskGenerator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import describe, log, machine_info, write_report  # noqa: E402
+from machine import describe, log, machine_info, write_report
 
 Timed = Callable[[float], int]  # deadline (perf_counter) -> samples processed
 
@@ -105,7 +105,7 @@ class _quiet:
 
     def __enter__(self) -> None:
         self._err = sys.stderr
-        sys.stderr = open(os.devnull, "w")  # noqa: SIM115
+        sys.stderr = open(os.devnull, "w")
 
     def __exit__(self, *exc: object) -> None:
         sys.stderr.close()

@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from machine import (  # noqa: E402
+from machine import (
     describe,
     log,
     machine_info,
@@ -40,7 +40,7 @@ from machine import (  # noqa: E402
     sync,
     write_report,
 )
-from train_step import CLS_ID, PAD_ID, SEP_ID  # noqa: E402
+from train_step import CLS_ID, PAD_ID, SEP_ID
 
 SIDES = ("ours", "transformers")
 

@@ -50,7 +50,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from machine import describe, log, machine_info, report_head, rss_now, rss_peak, write_report  # noqa: E402
+from machine import describe, log, machine_info, report_head, rss_now, rss_peak, write_report
 
 REPO = Path(__file__).resolve().parent.parent
 STRATEGIES = ("fsdp", "ddp")

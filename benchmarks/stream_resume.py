@@ -31,10 +31,10 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import describe, log, machine_info  # noqa: E402
+from machine import describe, log, machine_info
 
-from flava.data.sources import TarShards  # noqa: E402
-from flava.data.streams import Layout, StreamReader  # noqa: E402
+from flava.data.sources import TarShards
+from flava.data.streams import Layout, StreamReader
 
 
 def photographs(count: int, seed: int) -> list[bytes]:
@@ -85,7 +85,7 @@ class Counted(TarShards):
 
     read = 0
 
-    def shard_samples(self, shard: int):  # noqa: ANN201
+    def shard_samples(self, shard: int):
         for sample in super().shard_samples(shard):
             Counted.read += 1
             yield sample

@@ -58,7 +58,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from machine import (  # noqa: E402
+from machine import (
     describe,
     log,
     machine_info,

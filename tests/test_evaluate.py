@@ -181,7 +181,7 @@ def test_a_rerun_skips_finished_tasks(
     ran: list[str] = []
     real = evaluate.run_task
 
-    def spy(task, cfg, out_dir):  # noqa: ANN001, ANN202
+    def spy(task, cfg, out_dir):
         ran.append(task.name)
         return real(task, cfg, out_dir)
 
@@ -200,7 +200,7 @@ def test_a_task_that_raises_is_recorded_and_the_rest_finish(
     root, _, _ = suite_run
     real = evaluate.command_main
 
-    def broken(command: str):  # noqa: ANN202
+    def broken(command: str):
         if command == "retrieval":
             raise RuntimeError("the retrieval command fell over\nsecond line")
         return real(command)

@@ -28,7 +28,7 @@ from flava.model import FlavaForPreTraining, preset
 from flava.model.encoders import ImageEncoder
 from flava.training.factory import build_pretraining_model
 
-from ..training.test_train import SMALL  # noqa: TID252
+from ..training.test_train import SMALL
 
 transformers = pytest.importorskip("transformers")
 

@@ -204,7 +204,7 @@ class _Flaky(http.server.SimpleHTTPRequestHandler):
 
     drops: dict[str, int] = {}
 
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         left = self.drops.get(self.path, 0)
         if left <= 0:
             return super().do_GET()

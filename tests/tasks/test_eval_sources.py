@@ -13,10 +13,10 @@ import pytest
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
-import sample_data  # noqa: E402
+import sample_data
 
-from flava import linear_probe, retrieval, zero_shot  # noqa: E402
-from flava.data.write_shards import main as write_shards  # noqa: E402
+from flava import linear_probe, retrieval, zero_shot
+from flava.data.write_shards import main as write_shards
 
 FAST = ["model.preset=tiny", "run.progress=false", "run.num_workers=0", "run.batch_size=8"]
 PROBE = ["probe.l2_points=3", "probe.max_iter=50"]

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
-import sample_data  # noqa: E402
+import sample_data
 
-from flava import finetune, linear_probe, retrieval, zero_shot  # noqa: E402
+from flava import finetune, linear_probe, retrieval, zero_shot
 
 BAD = {"unsupported_image_format": 1, "zero_byte_image": 1, "truncated_image": 1}
 FAST = ["model.preset=tiny", "run.progress=false", "run.num_workers=0", "run.batch_size=8"]

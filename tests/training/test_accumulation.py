@@ -12,7 +12,7 @@ from flava.data.mixing import _CHUNK, MixedBatches, Stream
 from flava.training import module as module_lib
 from flava.training.data import AccumulationWindows
 
-from .test_train import SMALL  # noqa: TID252
+from .test_train import SMALL
 
 STREAMS = {k: Stream(k, [list(range(10))], [1.0]) for k in ("image", "text", "vl")}
 
@@ -64,7 +64,7 @@ def test_a_run_with_accumulation_normalises_over_each_step(tmp_path, monkeypatch
     windows: list[tuple[int, dict[str, int]]] = []
     real = module_lib.window_of
 
-    def spy(members, *args):  # noqa: ANN001, ANN002, ANN202
+    def spy(members, *args):
         window = real(members, *args)
         windows.append((len(members), dict(window.counts)))
         return window
@@ -92,7 +92,7 @@ def test_a_run_with_contrastive_accumulation_uses_each_window_once(tmp_path, mon
     seen: list[tuple[bool, int, int]] = []  # (embedded here, size, position) per micro-batch
     real = objectives.ContrastiveWindow.embed
 
-    def spy(self, flava):  # noqa: ANN001, ANN202
+    def spy(self, flava):
         seen.append((self.images is None, self.size, self.position))
         return real(self, flava)
 

@@ -18,8 +18,8 @@ from flava.data.sources.errors import BadSample, DataError
 from flava.data.sources.skips import robust_item
 from flava.train import main
 
-from ..data import sample_data  # noqa: TID252
-from .test_train import SMALL  # noqa: TID252
+from ..data import sample_data
+from .test_train import SMALL
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:

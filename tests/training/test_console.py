@@ -16,7 +16,7 @@ from flava.training.console import ParameterSummary, StepLog, StepProgressBar, d
 from flava.training.curves import plot_curves
 from flava.training.logged import loss_trends
 
-from .test_train import SMALL  # noqa: TID252
+from .test_train import SMALL
 
 
 class Toy(L.LightningModule):

@@ -15,7 +15,7 @@ import torch
 from flava.model import FlavaForPreTraining
 from flava.train import main
 
-from .test_train import EVERY_STEP, SMALL  # noqa: TID252
+from .test_train import EVERY_STEP, SMALL
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import torch
 
-from .launch import run_plan  # noqa: TID252
+from .launch import run_plan
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
@@ -148,7 +148,7 @@ def test_retrieval_command_under_torchrun(tmp_path, launched):
 
 
 def _pretraining(extra: list[str]) -> list[str]:
-    from .test_train import SMALL  # noqa: TID252
+    from .test_train import SMALL
 
     return [
         *SMALL,

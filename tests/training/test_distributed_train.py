@@ -10,8 +10,8 @@ import torch
 
 from flava.train import main
 
-from .launch import torchrun  # noqa: TID252
-from .test_train import SMALL  # noqa: TID252
+from .launch import torchrun
+from .test_train import SMALL
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 

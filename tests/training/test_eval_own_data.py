@@ -13,7 +13,7 @@ from flava.data.transforms import image_transform
 from flava.tasks.eval_sets import evaluation_sets, scene_evaluation_set
 from flava.train import main
 
-from ..data import sample_data  # noqa: TID252
+from ..data import sample_data
 
 SMALL = [
     "config=pretraining/demo.yaml",

@@ -14,7 +14,7 @@ from flava.config import ConfigError, RunConfig, load_config, validate
 from flava.train import main
 from flava.training.run import _loggers
 
-from .test_train import SMALL  # noqa: TID252
+from .test_train import SMALL
 
 TWO_STEPS = [
     *SMALL,

@@ -17,7 +17,7 @@ from flava.data.tokenizer import load_tokenizer
 from flava.data.transforms import image_transform
 from flava.objectives.masking import BlockMaskGenerator
 
-from ..data.test_pretraining_data import TextOnlyBuilder, stream_set  # noqa: TID252
+from ..data.test_pretraining_data import TextOnlyBuilder, stream_set
 
 
 def _cfg(*argv: str):

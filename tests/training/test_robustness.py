@@ -10,7 +10,7 @@ import torch
 import flava.objectives.pretraining as pretraining
 from flava.train import main
 
-from .test_train import SMALL  # noqa: TID252
+from .test_train import SMALL
 
 pytestmark = pytest.mark.slow
 

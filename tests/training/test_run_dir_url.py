@@ -15,7 +15,7 @@ from flava.config import ConfigError, RunConfig, load_config, validate
 from flava.model import FlavaForPreTraining
 from flava.train import main
 
-from .test_train import SMALL  # noqa: TID252
+from .test_train import SMALL
 
 pytestmark = pytest.mark.slow
 
@@ -67,7 +67,7 @@ def test_finetuning_into_a_url(memory):
     from flava.finetune import main as finetune
     from flava.tasks.finetuning import load_finetuned
 
-    from ..tasks.test_finetune_run import SMALL as FINETUNE  # noqa: TID252
+    from ..tasks.test_finetune_run import SMALL as FINETUNE
 
     url = "memory://runs/finetune"
     argv = ["config=finetuning/embedded_image.yaml", *FINETUNE, f"training.run_dir={url}"]

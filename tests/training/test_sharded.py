@@ -16,9 +16,9 @@ from flava.config import RunConfig, load_config, validate
 from flava.model import FlavaForPreTraining
 from flava.train import main
 
-from .launch import run_plan, torchrun  # noqa: TID252
-from .run_plan import sgd  # noqa: TID252
-from .test_train import SMALL  # noqa: TID252
+from .launch import run_plan, torchrun
+from .run_plan import sgd
+from .test_train import SMALL
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 STEPS = 6

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from ..data import sample_data  # noqa: TID252
-from .launch import torchrun  # noqa: TID252
-from .test_train import SMALL  # noqa: TID252
+from ..data import sample_data
+from .launch import torchrun
+from .test_train import SMALL
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 

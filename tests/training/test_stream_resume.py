@@ -20,9 +20,9 @@ import torch
 from flava.model import FlavaForPreTraining
 from flava.train import main
 
-from ..data import sample_data  # noqa: TID252
-from .launch import environment, run_plan, torchrun_command  # noqa: TID252
-from .test_train import EVERY_STEP, SMALL  # noqa: TID252
+from ..data import sample_data
+from .launch import environment, run_plan, torchrun_command
+from .test_train import EVERY_STEP, SMALL
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 

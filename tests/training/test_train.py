@@ -136,7 +136,7 @@ def test_a_run_starts_from_a_stage_and_resumes_without_it(tmp_path, monkeypatch)
     built = []
     build = factory.build_pretraining_model
 
-    def spy(mcfg, *args):  # noqa: ANN001, ANN202
+    def spy(mcfg, *args):
         model, kmeans = build(mcfg, *args)
         built.append({k: v.clone() for k, v in model.flava.text_encoder.state_dict().items()})
         return model, kmeans

@@ -15,7 +15,7 @@ import pytest
 from flava.data.write_shards import main as write_shards
 from flava.train import main
 
-from ..data import sample_data  # noqa: TID252
+from ..data import sample_data
 
 SMALL = [
     "config=pretraining/demo.yaml",

@@ -184,7 +184,7 @@ def _add_counts(skips: SkipLog, counts: dict[str, int]) -> None:
             skips.counts[reason] = skips.counts.get(reason, 0) + n
 
 
-def _progress(iterable, enabled: bool, what: str):  # noqa: ANN001, ANN202
+def _progress(iterable, enabled: bool, what: str):
     if not enabled:
         return iterable
     from tqdm import tqdm

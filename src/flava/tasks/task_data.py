@@ -215,10 +215,7 @@ class SceneTask:
 # VQAv2
 
 _NUMBER_WORDS = {
-    w: str(i)
-    for i, w in enumerate(
-        "zero one two three four five six seven eight nine ten".split()  # noqa: SIM905
-    )
+    w: str(i) for i, w in enumerate("zero one two three four five six seven eight nine ten".split())
 } | {"none": "0"}
 _ARTICLES = {"a", "an", "the"}
 _PUNCTUATION = re.compile(r"[;/\[\]\"{}()=+\\_\-><@`,?!*#%^&$|~:]")

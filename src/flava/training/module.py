@@ -130,7 +130,7 @@ class FlavaPretrainingModule(L.LightningModule):
         if self._keys is None:
             folder = Path(self.cfg.training.run_dir) / "samples"
             folder.mkdir(parents=True, exist_ok=True)
-            self._keys = open(folder / f"rank-{self.global_rank}.tsv", "a", encoding="utf-8")  # noqa: SIM115
+            self._keys = open(folder / f"rank-{self.global_rank}.tsv", "a", encoding="utf-8")
         tally = batch.tally
         epochs = tally.epochs or [""] * len(tally.keys)
         for key, epoch in zip(tally.keys, epochs, strict=True):

@@ -45,7 +45,7 @@ class TextFiles(IndexedSource):
         line = index - (int(self.ends[f - 1]) if f else 0)
         handle = self._handles.get(f)
         if handle is None:
-            handle = self._handles[f] = open(self.files[f], "rb")  # noqa: SIM115
+            handle = self._handles[f] = open(self.files[f], "rb")
         handle.seek(int(self.offsets[f][line]))
         text = handle.readline().decode("utf-8", errors="replace").strip()
         texts = _jsonltexts_of(text, self.text_fields) if _is_jsonl(self.files[f]) else [text]
