@@ -107,9 +107,14 @@ def test_train_on_huggingface_saved_and_streamed(data, tmp_path):
 
 
 @pytest.mark.slow
-def test_train_pmd_config_on_a_small_pmd_layout(data, tmp_path, monkeypatch):
-    """pmd.yaml as shipped (nine weighted, resampled vl shard sets, ImageNet, two text corpora),
-    on small shards under PMD_ROOT, with the tiny preset on CPU."""
+def test_train_pmd_config_on_a_small_pmd_layout(data, tmp_path, monkeypatch, openai_encoder):
+    """pmd.yaml as shipped (nine weighted, resampled vl shard sets, ImageNet, two text corpora,
+    DALL-E targets from encoder.pkl where the original release keeps it), on small shards under
+    PMD_ROOT, with the tiny preset on CPU."""
+    hub = tmp_path / "torch" / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    (hub / "encoder.pkl").write_bytes(openai_encoder[0].read_bytes())
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     root = tmp_path / "pmd"
     vl = ["coco", "sbu", "localized_narratives", "cc3m", "visual_genome", "wit", "cc12m"]
     vl += ["red_caps", "yfcc100m"]
