@@ -33,22 +33,17 @@ from __future__ import annotations
 
 import contextlib
 import io
-import itertools
 import json
 import logging
-import multiprocessing
 import os
-import pickle
-import queue
 import sys
 import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from PIL import Image
 
 from flava import config
 from flava.config import (
@@ -61,27 +56,20 @@ from flava.config import (
 from flava.config import describe as describe_keys
 from flava.config.write_shards import from_old_form
 from flava.data.sources import (
-    SAMPLE_ERRORS,
     SKIP_REASONS,
     DataError,
-    Sample,
-    SkipLog,
     SourceError,
     StreamingSource,
     check_fields,
-    decode_image,
     describe,
-    fetch_image,
-    image_format,
     too_many_skipped,
 )
-from flava.data.sources.skips import log_first, new_run
+from flava.data.sources.skips import new_run
 from flava.data.sources.webdataset import MANIFEST
-from flava.data.transforms import to_rgb
+from flava.data.tar_samples import Files, Options, Prepared, prepared
 
 log = logging.getLogger("flava.write_shards")
 
-Files = list[tuple[str, bytes]]  # the tar members of one sample: (name, bytes)
 _TEXT_COLUMNS = ("text", "caption", "captions", "sentences", "sentence")
 
 
@@ -159,160 +147,6 @@ def sample_kind(source: Any) -> str:
     if "image" in kinds and "text" in kinds:
         return "vl"
     return "image" if "image" in kinds else "text"
-
-
-def encode_image(
-    image: bytes | Image.Image | str, quality: int, reencode: bool, max_side: int | None
-) -> tuple[str, bytes]:
-    """(extension, bytes) of an image decoded once to check it (`BadSample` if it cannot be):
-    JPEG / PNG bytes kept, anything else (or asked) JPEG of `quality`."""
-    if isinstance(image, str):
-        image = fetch_image(image)
-    picture = decode_image(image)
-    if isinstance(image, bytes) and not reencode and max_side is None:
-        fmt = image_format(image)
-        if fmt in ("jpg", "png"):
-            return fmt, image
-    picture = to_rgb(picture)
-    if max_side is not None and max(picture.size) > max_side:
-        picture = picture.copy()  # to_rgb may return the caller's own image
-        picture.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
-    out = io.BytesIO()
-    picture.save(out, format="JPEG", quality=quality)
-    return "jpg", out.getvalue()
-
-
-def sample_files(
-    sample: Sample, key: str, quality: int, reencode: bool, max_side: int | None
-) -> list[tuple[str, bytes]]:
-    """The tar members of one sample: image, txt (one caption) or json (several), cls."""
-    files = []
-    if sample.image is not None:
-        ext, data = encode_image(sample.image, quality, reencode, max_side)
-        files.append((f"{key}.{ext}", data))
-    if len(sample.texts) == 1:
-        files.append((f"{key}.txt", sample.texts[0].encode("utf-8")))
-    elif sample.texts:
-        files.append((f"{key}.json", json.dumps({"captions": sample.texts}).encode("utf-8")))
-    if sample.label is not None:
-        files.append((f"{key}.cls", str(sample.label).encode("utf-8")))
-    return files
-
-
-class Options(NamedTuple):
-    """How samples are prepared: what each must hold and how its image is stored."""
-
-    kind: str
-    """What every sample must hold (`sample_kind`)."""
-    quality: int
-    reencode: bool
-    max_side: int | None
-
-
-class Prepared(NamedTuple):
-    """One source sample, prepared: its tar members (None: skipped), its skip counts, and the
-    first example of each reason met in a worker process (for the parent to log)."""
-
-    index: int
-    files: Files | None
-    skipped: dict[str, int]
-    examples: dict[str, str]
-
-
-def prepare_sample(source: Any, index: int, options: Options, skips: SkipLog) -> Prepared:
-    """Sample `index` prepared; one that cannot be used is counted in `skips` by the shared
-    bad-sample policy (`SkipLog`) and handed over with its counts and example."""
-    sample = None
-    try:
-        sample = source.sample(index)
-        sample.require(options.kind)
-        key = f"{index:09d}"
-        files = sample_files(sample, key, options.quality, options.reencode, options.max_side)
-        return Prepared(index, files, {}, {})
-    except SAMPLE_ERRORS as exc:
-        name = f"sample {index}" + (f" ({sample.key})" if sample is not None else "")
-        skips.add(exc, f"{name} of {describe(source)}")
-        return Prepared(index, None, skips.take(), skips.take_examples())
-
-
-_CHUNK = 8
-"""Samples a worker process prepares per task."""
-
-
-def _serve(source: Any, options: Options, tasks: Any, results: Any) -> None:
-    """A worker process: prepare each chunk of indices from `tasks` until None; put (its first
-    index, its prepared samples) on `results`, or (its first index, the exception raised)."""
-    skips = SkipLog()
-    for chunk in iter(tasks.get, None):
-        try:
-            results.put((chunk.start, [prepare_sample(source, i, options, skips) for i in chunk]))
-        except Exception as exc:  # handed to the parent, which raises it
-            try:
-                pickle.dumps(exc)
-            except Exception:
-                exc = RuntimeError(f"{type(exc).__name__}: {exc}")
-            results.put((chunk.start, exc))
-
-
-def _result(results: Any, workers: list[Any]) -> tuple[int, Any]:
-    """The next (first index, result) from `results`; a worker that died fails in one line."""
-    while True:
-        try:
-            return results.get(timeout=1)
-        except queue.Empty:
-            dead = [w.exitcode for w in workers if w.exitcode not in (None, 0)]
-            if dead:
-                raise DataError(
-                    f"a write_shards worker process died (exit code {dead[0]}); "
-                    "run again with fewer processes"
-                ) from None
-
-
-def _in_workers(
-    source: Any, options: Options, indices: range, processes: int
-) -> Iterator[Prepared]:
-    """The prepared samples of `indices`, in order, from `processes` forked worker processes
-    that inherit `source` (a few chunks ahead of the consumer)."""
-    context = multiprocessing.get_context("fork")
-    tasks, results = context.SimpleQueue(), context.Queue()
-    workers = [
-        context.Process(target=_serve, args=(source, options, tasks, results), daemon=True)
-        for _ in range(processes)
-    ]
-    for worker in workers:
-        worker.start()
-    chunks = iter([indices[i : i + _CHUNK] for i in range(0, len(indices), _CHUNK)])
-    done: dict[int, Any] = {}
-    try:
-        for chunk in itertools.islice(chunks, 4 * processes):
-            tasks.put(chunk)
-        for start in range(indices.start, indices.stop, _CHUNK):
-            while start not in done:
-                first, result = _result(results, workers)
-                done[first] = result
-            result = done.pop(start)
-            if isinstance(result, BaseException):
-                raise result
-            tasks.put(next(chunks, None))  # None: one worker may stop
-            yield from result
-    finally:
-        for worker in workers:
-            worker.terminate()
-            worker.join()
-
-
-def _prepared(source: Any, options: Options, indices: range, processes: int) -> Iterator[Prepared]:
-    """The prepared samples of `indices`, in order (in `processes` worker processes where the
-    platform forks); each skip reason met in a worker is logged here, once per run."""
-    if processes <= 1 or "fork" not in multiprocessing.get_all_start_methods():
-        skips = SkipLog()
-        yield from (prepare_sample(source, i, options, skips) for i in indices)
-        return
-    with contextlib.closing(_in_workers(source, options, indices, processes)) as stream:
-        for prepared in stream:
-            for reason, example in prepared.examples.items():
-                log_first(reason, example)
-            yield prepared
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -491,9 +325,9 @@ def write(
         progress(f"{len(shards)} complete shard(s) kept")
     start = shards[-1]["stop"] if shards else 0
     if start < total:
-        stream = _prepared(source, options, range(start, total), processes)
-        with contextlib.closing(stream) as prepared:
-            _fill(prepared, out, prefix, len(shards), shard_size, record)
+        stream = prepared(source, options, range(start, total), processes)
+        with contextlib.closing(stream) as samples:
+            _fill(samples, out, prefix, len(shards), shard_size, record)
     save()
     for name in set(old_names) - {s["name"] for s in shards}:
         (out / name).unlink(missing_ok=True)  # an earlier run's shard past the new last one
