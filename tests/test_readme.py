@@ -49,7 +49,6 @@ UNCHECKED: dict[str, str] = {}
 # Commands that read or write real files: only their arguments are parsed, by their own parser.
 PARSE_ONLY = {
     "flava.convert": "reads a checkpoint and writes another",
-    "flava.data.write_shards": "reads a data folder and writes shards",
 }
 # Commands that only compute (no data, no training): cheap enough to run for real.
 RUN_FOR_REAL = {"flava.plan"}

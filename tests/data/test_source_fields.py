@@ -149,6 +149,8 @@ def test_an_evaluation_suite_task_with_another_types_field_is_refused(tmp_path):
 def test_write_shards_refuses_it(tmp_path):
     from flava.data.write_shards import source_config
 
-    message = _message(lambda: source_config(["type=captions", "path=x", "classes=[a]"]))
+    message = _message(
+        lambda: source_config(None, {"type": "captions", "path": "x", "classes": ["a"]})
+    )
     assert message.startswith("source: `classes` is not a field of type captions")
     assert message.endswith("remove it or use type: image_folder")

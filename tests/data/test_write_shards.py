@@ -215,3 +215,32 @@ def test_messy_class_folder_fails_above_max_skipped_fraction(messy, tmp_path):
     back = read_back(out)
     assert [s.key for s in back] == good
     assert [s.label for s in back] == [folder.sample(int(k)).label for k in good]
+
+
+def test_each_skip_reason_is_logged_once_with_worker_processes(tmp_path, caplog, capsys):
+    """With processes=2 the workers hand their first example of each reason to the parent,
+    which logs it once: one line per reason, naming the reason's first bad sample."""
+    root = sample_data.captions_folder(tmp_path / "bad", count=24)
+    rows = [json.loads(line) for line in (root / "captions.jsonl").read_text().splitlines()]
+    reasons: dict[int, str] = {}
+    for i, row in enumerate(rows):  # bad samples in both workers' chunks (8 samples a task)
+        if i % 5 == 1:
+            row["image"], reasons[i] = f"images/gone_{i}.jpg", "image_unavailable"
+        elif i % 5 == 3:
+            row.pop("captions", None)
+            row["caption"], reasons[i] = " ", "empty_text"
+    (root / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "shards"
+    argv = [f"src={root}", f"dst={out}", "processes=2", "shard_size=4", "max_skipped_fraction=1"]
+    with caplog.at_level("WARNING", logger="flava.data.sources"):
+        assert main(argv) == 0
+    capsys.readouterr()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["skipped"] == dict(Counter(reasons.values()))
+    assert {i for i in reasons if i >= 8} and {i for i in reasons if i < 8}
+    lines = [r.getMessage() for r in caplog.records if r.name == "flava.data.sources"]
+    assert len(lines) == 2, lines
+    for reason in ("image_unavailable", "empty_text"):
+        first = min(i for i, r in reasons.items() if r == reason)
+        (line,) = [m for m in lines if f"[{reason}]" in m]
+        assert line.startswith(f"skipping sample {first} ") and "not logged" in line

@@ -1,12 +1,12 @@
 """Run configuration: one loader (`flava.config.loader`) and one schema module per command.
 
-`pretraining` (`flava.train`), `finetune`, `evaluate`, `zero_shot`, `retrieval` and
-`linear_probe` hold typed dataclasses whose field docstrings are the `--help` text; what more
-than one command has is declared once in `common` (the model section every command uses, with
-one default preset; what every data section holds; prompts; training). Fixed choices are
-`Choice` enums, so the allowed values, the check and the message are one. The schemas import
-nothing from `flava.data`: checks that need the data layer's numbers take them from the entry
-point.
+`pretraining` (`flava.train`), `finetune`, `evaluate`, `zero_shot`, `retrieval`,
+`linear_probe` and `write_shards` hold typed dataclasses whose field docstrings are the
+`--help` text; what more than one command has is declared once in `common` (the model section
+every command uses, with one default preset; what every data section holds; prompts;
+training). Fixed choices are `Choice` enums, so the allowed values, the check and the message
+are one. The schemas import nothing from `flava.data`: checks that need the data layer's
+numbers take them from the entry point.
 """
 
 from flava.config.checks import (
@@ -58,6 +58,7 @@ from flava.config.pretraining import (
     validate,
 )
 from flava.config.retrieval import RetrievalRunConfig, validate_retrieval
+from flava.config.write_shards import WriteShardsConfig, validate_write_shards
 from flava.config.zero_shot import ZeroShotRunConfig, validate_zero_shot
 
 __all__ = [
@@ -89,6 +90,7 @@ __all__ = [
     "SourceDataConfig",
     "TrainableModelConfig",
     "TrainingConfig",
+    "WriteShardsConfig",
     "ZeroShotRunConfig",
     "check_directory",
     "choices",
@@ -106,5 +108,6 @@ __all__ = [
     "validate_finetune",
     "validate_linear_probe",
     "validate_retrieval",
+    "validate_write_shards",
     "validate_zero_shot",
 ]

@@ -1,72 +1,76 @@
-"""`python -m flava.data.write_shards SRC OUT_DIR --shard-size N`: write webdataset tar shards.
+"""`flava-write-shards src=SRC dst=DST shard_size=N`: write webdataset tar shards.
 
 SRC is a data path whose type is detected (a folder with captions.jsonl / captions.csv, an
 image-class folder, text files, a Hugging Face dataset saved with `save_to_disk`), a YAML / JSON
-file holding one `SourceConfig`, the word `embedded`, or `key=value` fields of a `SourceConfig`
-(`type=huggingface path=/data/hf split=validation`). OUT_DIR receives `shards-000000.tar`, ...
-of N good samples each (the last one shorter) and `manifest.json` (shard names, the source
-sample range of each shard, sample counts, skipped samples per reason, the source).
+file holding one `SourceConfig`, or the word `embedded`; instead of src, the source's fields can
+be given as `source.*` keys (`source.type=huggingface source.path=/data/hf
+source.split=validation`). DST receives `shards-000000.tar`, ... of N good samples each (the
+last one shorter) and `manifest.json` (shard names, the source sample range of each shard,
+sample counts, skipped samples per reason, the source). Keys come as `key=value` and from
+`config=FILE`, like every command's; the older form `python -m flava.data.write_shards SRC DST
+--shard-size N --max-side 512` (flags for keys, `type=... path=...` for source.* fields) is read
+as the same keys.
 
-Every image is decoded once to check it; JPEG and PNG are then stored as they are (`--reencode`
-or `--max-side` re-encode them), other images become JPEG of `--quality`. A sample that cannot
+Every image is decoded once to check it; JPEG and PNG are then stored as they are (`reencode`
+or `max_side` re-encode them), other images become JPEG of `quality`. A sample that cannot
 be used (an SVG, empty, truncated or unreadable image, a decompression bomb, a missing file or
 dead URL, no image where the source has images, an empty caption) is skipped and counted under
-its `flava.data.sources.SKIP_REASONS` entry. Shards are written in order, each under a temporary
-name renamed when complete, so a rerun keeps the complete shards and goes on after them.
-Progress goes to stdout. Exit status: 0; 1 when more than `--max-skipped-fraction` (default 0.1)
-of the samples read were skipped (the shards and manifest are still written); 2 for a bad
-source or argument; each failure is one line on stderr.
-Read the result with `{type: webdataset, shards: [OUT_DIR]}`.
+its `flava.data.sources.SKIP_REASONS` entry; each reason is logged once, with its first sample,
+by the main process (worker processes hand theirs over with their counts). Shards are written in
+order, each under a temporary name renamed when complete, so a rerun keeps the complete shards
+and goes on after them. Progress goes to stdout. Exit status: 0; 1 when more than
+`max_skipped_fraction` (default 0.1) of the samples read were skipped (the shards and manifest
+are still written); 2 for a bad source or argument; each failure is one line on stderr.
+Read the result with `{type: webdataset, shards: [DST]}`.
 
 Examples:
+    flava-write-shards src=/data/my_captions dst=/data/shards/mine shard_size=1000
+    flava-write-shards source.type=huggingface source.path=/data/hf_saved dst=out shard_size=5000
     python -m flava.data.write_shards /data/my_captions /data/shards/mine --shard-size 1000
-    python -m flava.data.write_shards type=huggingface path=/data/hf_saved out/ --shard-size 5000
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import functools
 import io
 import json
 import logging
-import multiprocessing
 import os
 import sys
 import tarfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from PIL import Image
 
-from flava.config import ConfigError, SourceConfig
+from flava import config
+from flava.config import (
+    ConfigError,
+    SourceConfig,
+    WriteShardsConfig,
+    load_config,
+    validate_write_shards,
+)
+from flava.config import describe as describe_keys
+from flava.config.write_shards import from_old_form
 from flava.data.sources import (
-    SAMPLE_ERRORS,
     SKIP_REASONS,
-    Sample,
-    SkipLog,
+    DataError,
     SourceError,
     StreamingSource,
     check_fields,
-    decode_image,
     describe,
-    fetch_image,
-    image_format,
     too_many_skipped,
 )
+from flava.data.sources.skips import new_run
 from flava.data.sources.webdataset import MANIFEST
-from flava.data.transforms import to_rgb
+from flava.data.tar_samples import Files, Options, Prepared, prepared
 
 log = logging.getLogger("flava.write_shards")
 
-Files = list[tuple[str, bytes]]  # the tar members of one sample: (name, bytes)
 _TEXT_COLUMNS = ("text", "caption", "captions", "sentences", "sentence")
-_SOURCE: Any = None  # the source being written (inherited by forked worker processes)
-_SKIPS = SkipLog()  # skipped samples of this process, logged sparingly
 
 
 def detect(path: str) -> dict[str, Any]:
@@ -99,30 +103,25 @@ def detect(path: str) -> dict[str, Any]:
     )
 
 
-def source_config(args: Sequence[str]) -> Any:
-    """A validated `SourceConfig` from SRC arguments (path, YAML / JSON file, or key=value)."""
-    fields: dict[str, Any]
-    if len(args) == 1 and args[0] == "embedded":
-        fields = {"type": "embedded"}
-    elif len(args) == 1 and "=" not in args[0]:
-        path = Path(args[0]).expanduser()
+def source_config(src: str | None, fields: Any = None) -> Any:
+    """A validated `SourceConfig`: of `src` (a data path whose type is detected, a YAML / JSON
+    file of one source's fields, or `embedded` with `fields`), else of `fields` (a mapping of
+    its fields)."""
+    if src == "embedded":
+        fields = OmegaConf.merge(fields or {}, {"type": "embedded"})
+    elif src is not None:
+        path = Path(src).expanduser()
         if path.is_file() and path.suffix in (".yaml", ".yml", ".json"):
             try:
-                loaded = OmegaConf.to_container(OmegaConf.load(path))
+                fields = OmegaConf.to_container(OmegaConf.load(path))
             except Exception as exc:
                 raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-            if not isinstance(loaded, dict):
+            if not isinstance(fields, dict):
                 raise ConfigError(f"{path}: expected one source's fields (type: ..., path: ...)")
-            fields = loaded
         else:
-            fields = detect(args[0])
-    else:
-        bad = [a for a in args if "=" not in a]
-        if bad:
-            raise ConfigError(f"source argument {bad[0]!r} is not key=value (e.g. path=/data/x)")
-        fields = OmegaConf.to_container(OmegaConf.from_dotlist(list(args)))  # type: ignore[assignment]
+            fields = detect(src)
     try:
-        cfg = OmegaConf.merge(OmegaConf.structured(SourceConfig), fields)
+        cfg = OmegaConf.merge(OmegaConf.structured(SourceConfig), fields or {})
     except OmegaConfBaseException as exc:
         raise ConfigError(f"source: {str(exc).splitlines()[0]}") from None
     check_fields(cfg, "source")
@@ -148,84 +147,6 @@ def sample_kind(source: Any) -> str:
     if "image" in kinds and "text" in kinds:
         return "vl"
     return "image" if "image" in kinds else "text"
-
-
-def encode_image(
-    image: bytes | Image.Image | str, quality: int, reencode: bool, max_side: int | None
-) -> tuple[str, bytes]:
-    """(extension, bytes) of an image decoded once to check it (`BadSample` if it cannot be):
-    JPEG / PNG bytes kept, anything else (or asked) JPEG of `quality`."""
-    if isinstance(image, str):
-        image = fetch_image(image)
-    picture = decode_image(image)
-    if isinstance(image, bytes) and not reencode and max_side is None:
-        fmt = image_format(image)
-        if fmt in ("jpg", "png"):
-            return fmt, image
-    picture = to_rgb(picture)
-    if max_side is not None and max(picture.size) > max_side:
-        picture = picture.copy()  # to_rgb may return the caller's own image
-        picture.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
-    out = io.BytesIO()
-    picture.save(out, format="JPEG", quality=quality)
-    return "jpg", out.getvalue()
-
-
-def sample_files(
-    sample: Sample, key: str, quality: int, reencode: bool, max_side: int | None
-) -> list[tuple[str, bytes]]:
-    """The tar members of one sample: image, txt (one caption) or json (several), cls."""
-    files = []
-    if sample.image is not None:
-        ext, data = encode_image(sample.image, quality, reencode, max_side)
-        files.append((f"{key}.{ext}", data))
-    if len(sample.texts) == 1:
-        files.append((f"{key}.txt", sample.texts[0].encode("utf-8")))
-    elif sample.texts:
-        files.append((f"{key}.json", json.dumps({"captions": sample.texts}).encode("utf-8")))
-    if sample.label is not None:
-        files.append((f"{key}.cls", str(sample.label).encode("utf-8")))
-    return files
-
-
-def prepare_sample(
-    source: Any, index: int, kind: str, quality: int, reencode: bool, max_side: int | None
-) -> tuple[Files | None, dict[str, int]]:
-    """(tar members, {}) of sample `index`, or (None, {reason: 1}) for a sample that cannot be
-    used (logged and counted by the shared bad-sample policy, `SkipLog`)."""
-    sample = None
-    try:
-        sample = source.sample(index)
-        sample.require(kind)
-        return sample_files(sample, f"{index:09d}", quality, reencode, max_side), {}
-    except SAMPLE_ERRORS as exc:
-        name = f"sample {index}" + (f" ({sample.key})" if sample is not None else "")
-        _SKIPS.add(exc, f"{name} of {describe(source)}")
-        return None, _SKIPS.take()
-
-
-def _prepare_job(
-    options: tuple[str, int, bool, int | None], index: int
-) -> tuple[int, Files | None, dict[str, int]]:
-    return (index, *prepare_sample(_SOURCE, index, *options))
-
-
-@contextlib.contextmanager
-def _preparer(
-    source: Any, options: tuple[str, int, bool, int | None], processes: int
-) -> Iterator[Callable[[range], Iterator[tuple[int, Files | None, dict[str, int]]]]]:
-    """A function from sample indices to their prepared samples, in order (in `processes`)."""
-    global _SOURCE, _SKIPS
-    _SOURCE, _SKIPS = source, SkipLog()
-    job = functools.partial(_prepare_job, options)
-    try:
-        if processes > 1 and "fork" in multiprocessing.get_all_start_methods():
-            with multiprocessing.get_context("fork").Pool(processes) as pool:
-                yield lambda indices: pool.imap(job, indices, chunksize=8)
-        else:
-            yield lambda indices: map(job, indices)
-    finally:
-        _SOURCE = None
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -269,7 +190,7 @@ class _ShardFile:
 
 
 def _fill(
-    prepared: Iterator[tuple[int, Files | None, dict[str, int]]],
+    prepared: Iterator[Prepared],
     out: Path,
     prefix: str,
     number: int,
@@ -279,7 +200,7 @@ def _fill(
     """Write prepared samples into shards `number`, ... of `shard_size` good samples; a full
     shard closes at the next good sample, so bad samples count in the shard before them."""
     shard: _ShardFile | None = None
-    for index, files, skipped in prepared:
+    for index, files, skipped, _ in prepared:
         if shard is not None and files is not None and shard.entry["samples"] >= shard_size:
             record(shard.close())
             shard, number = None, number + 1
@@ -318,7 +239,7 @@ def _resume(out: Path, total: int, shard_size: int) -> tuple[list[dict[str, Any]
         raise ConfigError(
             f"{out} holds shards of another source or shard size ({old.get('source')}: "
             f"{old.get('source_samples', old.get('num_samples'))} samples, shard size "
-            f"{old.get('shard_size')}); use a new OUT_DIR or delete it"
+            f"{old.get('shard_size')}); use a new dst or delete it"
         )
     kept: list[dict[str, Any]] = []
     for entry in old.get("shards", []):
@@ -340,7 +261,7 @@ def _totals(manifest: dict[str, Any], shards: list[dict[str, Any]], total: int) 
 
 
 def _new_manifest(
-    source: Any, fields: dict[str, Any], shard_size: int, options: tuple[Any, ...]
+    source: Any, fields: dict[str, Any], shard_size: int, options: Options
 ) -> dict[str, Any]:
     """The manifest of an empty output (its counts are set by `_totals`)."""
     _, quality, reencode, max_side = options
@@ -374,13 +295,14 @@ def write(
     """Write the good samples of `source` as shards of `shard_size` into `out_dir`, skipping
     and counting bad ones; the manifest."""
     if shard_size < 1:
-        raise ConfigError(f"--shard-size must be >= 1, got {shard_size}")
+        raise ConfigError(f"shard_size must be >= 1, got {shard_size}")
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     total = len(source)
     if total == 0:
         raise SourceError(f"{describe(source)} has no samples")
-    options = (sample_kind(source), quality, reencode, max_side)
+    new_run()  # each skip reason is logged once per run
+    options = Options(sample_kind(source), quality, reencode, max_side)
     manifest = _new_manifest(source, source_fields or {}, shard_size, options)
     shards, old_names = _resume(out, total, shard_size)
     for stale in out.glob(f".{prefix}-*.tar.tmp"):
@@ -403,9 +325,9 @@ def write(
         progress(f"{len(shards)} complete shard(s) kept")
     start = shards[-1]["stop"] if shards else 0
     if start < total:
-        with _preparer(source, options, processes) as prepare:
-            prepared = prepare(range(start, total))
-            _fill(prepared, out, prefix, len(shards), shard_size, record)
+        stream = prepared(source, options, range(start, total), processes)
+        with contextlib.closing(stream) as samples:
+            _fill(samples, out, prefix, len(shards), shard_size, record)
     save()
     for name in set(old_names) - {s["name"] for s in shards}:
         (out / name).unlink(missing_ok=True)  # an earlier run's shard past the new last one
@@ -434,72 +356,54 @@ def skipped_error(manifest: dict[str, Any], limit: float, out_dir: str) -> str |
     reason = too_many_skipped(manifest["skipped"], read, limit, "samples")
     if reason is None:
         return None
-    hint = "fix the data or pass --max-skipped-fraction 1"
+    hint = "fix the data or pass max_skipped_fraction=1 (--max-skipped-fraction 1)"
     return f"{reason}; shards in {out_dir} hold the rest; {hint}"
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m flava.data.write_shards",
-        description=__doc__.split("\n\n")[0] if __doc__ else None,
+class TooManySkipped(Exception):
+    """More than `max_skipped_fraction` of the samples read were skipped (exit status 1)."""
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Write the shards `cfg` (a `WriteShardsConfig`) asks for and print the summary line; the
+    manifest. `TooManySkipped` when too many samples were bad (the shards are written)."""
+    source_cfg = source_config(cfg.src, cfg.source)
+    source = open_source(source_cfg, cfg.role.value, cfg.image_size)
+    defaults = SourceConfig()
+    fields = {
+        k: v
+        for k, v in OmegaConf.to_container(source_cfg).items()  # type: ignore[union-attr]
+        if v != getattr(defaults, k)
+    }
+    options = {k: cfg[k] for k in ("prefix", "quality", "reencode", "max_side", "processes")}
+    manifest = write(
+        source, cfg.dst, cfg.shard_size, **options, source_fields=fields, progress=log.info
     )
-    add = parser.add_argument
-    add("src", nargs="+", help="data path, source YAML/JSON, or key=value fields")
-    add("out_dir", help="output folder (shards + manifest.json)")
-    add("--shard-size", type=int, default=1000, help="good samples per shard")
-    add("--prefix", default="shards", help="shard name prefix")
-    add("--quality", type=int, default=95, help="JPEG quality when encoding")
-    add("--reencode", action="store_true", help="re-encode every image as JPEG")
-    add("--max-side", type=int, default=None, help="downscale longer sides")
-    add("--processes", type=int, default=1, help="processes reading and encoding samples")
-    add("--role", default="train", choices=("train", "val"), help="split role")
-    add("--image-size", type=int, default=224, help="embedded scenes' size")
-    add(
-        "--max-skipped-fraction",
-        type=float,
-        default=0.1,
-        help="exit 1 when more than this fraction of the samples read were skipped as bad",
-    )
-    return parser
+    print(summary(manifest, cfg.dst))
+    error = skipped_error(manifest, cfg.max_skipped_fraction, cfg.dst)
+    if error:
+        raise TooManySkipped(error)
+    return manifest
+
+
+def load(argv: list[str]) -> DictConfig:
+    """The command's config from `argv`: keys (`src=... dst=... shard_size=5000`, `config=FILE`)
+    or the older form (`SRC DST --shard-size 5000`), validated."""
+    return load_config(from_old_form(argv), WriteShardsConfig, validate_write_shards)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit status (1: too many bad samples, 2: bad source/argument)."""
-    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    """Entry point; returns the exit status (1: too many bad samples, 2: bad source/argument).
+    Progress and the skip lines go to stdout, errors to stderr."""
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
-    try:
-        if not 0 <= args.max_skipped_fraction <= 1:
-            raise ConfigError(
-                f"--max-skipped-fraction must be in [0, 1], got {args.max_skipped_fraction}"
-            )
-        cfg = source_config(args.src)
-        source = open_source(cfg, args.role, args.image_size)
-        fields = {
-            k: v
-            for k, v in OmegaConf.to_container(cfg).items()  # type: ignore[union-attr]
-            if v != getattr(SourceConfig(), k)
-        }
-        manifest = write(
-            source,
-            args.out_dir,
-            args.shard_size,
-            args.prefix,
-            args.quality,
-            args.reencode,
-            args.max_side,
-            args.processes,
-            fields,
-            progress=log.info,
-        )
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(summary(manifest, args.out_dir))
-    error = skipped_error(manifest, args.max_skipped_fraction, args.out_dir)
-    if error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0
+    return config.cli_main(  # looked up when called: `flava-write-shards` runs this main too
+        argv,
+        __doc__,
+        lambda: describe_keys(WriteShardsConfig),
+        load,
+        run,
+        stop_errors=(TooManySkipped, DataError),
+    )
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ log = logging.getLogger("flava.data.sources")
 
 _SHARD_HINT = (
     "point shards: at your copy (pmd.yaml reads $PMD_ROOT) or write shards with "
-    "python -m flava.data.write_shards SRC OUT_DIR"
+    "python -m flava.data.write_shards SRC DST"
 )
 
 
