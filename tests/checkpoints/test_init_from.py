@@ -96,13 +96,11 @@ def test_vit_hidden_states_match(tmp_path):
     close(model.flava.image_encoder.pooler(ours.last_hidden_state), ref.pooler_output)
 
 
-@pytest.mark.parametrize(("file", "prefix"), [("model.safetensors", ""), ("x.pth", "backbone.")])
-def test_timm_hidden_states_match(tmp_path, file, prefix):
+def timm_vit() -> torch.nn.Module:
+    """timm's VisionTransformer at the tiny preset's image shape, with its epsilon."""
     timm = pytest.importorskip("timm")
-    from safetensors.torch import save_file
-
     image = TINY.image
-    vit = timm.models.vision_transformer.VisionTransformer(
+    return timm.models.vision_transformer.VisionTransformer(
         img_size=image.image_size,
         patch_size=image.patch_size,
         embed_dim=image.hidden_size,
@@ -110,9 +108,15 @@ def test_timm_hidden_states_match(tmp_path, file, prefix):
         num_heads=image.num_attention_heads,
         mlp_ratio=image.intermediate_size / image.hidden_size,
         num_classes=0,  # as timm's vit_base_patch16_224.dino
-        norm_layer=functools.partial(torch.nn.LayerNorm, eps=TINY.image.layer_norm_eps),
+        norm_layer=functools.partial(torch.nn.LayerNorm, eps=image.layer_norm_eps),
     )
-    randomise(vit)
+
+
+@pytest.mark.parametrize(("file", "prefix"), [("model.safetensors", ""), ("x.pth", "backbone.")])
+def test_timm_hidden_states_match(tmp_path, file, prefix):
+    from safetensors.torch import save_file
+
+    vit = randomise(timm_vit())
     state = {prefix + k: v for k, v in vit.state_dict().items()}  # DINO's own: "backbone."
     (tmp_path / "timm").mkdir()
     if file.endswith(".safetensors"):
@@ -361,19 +365,9 @@ def test_a_training_run_starts_from_the_loaded_encoder(tmp_path, monkeypatch, ca
 def test_timm_head_count_from_its_name_or_the_entry(tmp_path):
     """timm's config.json without model_args: the head count comes from the architecture name
     (vit_small: 6) or the entry's num_heads, and another count than the model's is refused."""
-    timm = pytest.importorskip("timm")
     from safetensors.torch import save_file
 
-    image = TINY.image
-    vit = timm.models.vision_transformer.VisionTransformer(
-        img_size=image.image_size,
-        patch_size=image.patch_size,
-        embed_dim=image.hidden_size,
-        depth=image.num_hidden_layers,
-        num_heads=image.num_attention_heads,
-        mlp_ratio=image.intermediate_size / image.hidden_size,
-        num_classes=0,
-    )
+    vit = timm_vit()
     save_file(vit.state_dict(), str(tmp_path / "model.safetensors"))
     (tmp_path / "config.json").write_text('{"architecture": "vit_small_patch16_224.dino"}')
     with pytest.raises(CheckpointError, match="6 attention heads in the checkpoint but 4"):
