@@ -20,6 +20,7 @@ from flava.config import RunConfig, cli_main, describe, load_config, validate
 from flava.data.scenes import MAX_DISTINCT_SCENES
 from flava.data.sources.errors import DataError
 from flava.data.sources.skips import robust_item
+from flava.objectives.kinds import IMAGE_KINDS, Kind
 from flava.training.curves import plot_curves
 from flava.training.logged import loss_trends, read_logged
 from flava.training.resume import check_resume, resume_for_strategy
@@ -48,13 +49,13 @@ def kmeans_fit_images(data: Any, count: int) -> torch.Tensor:
     import numpy as np
 
     streams = data.streams("train")
-    stream = streams.get("image") or streams.get("vl")
+    stream = streams.get(Kind.image) or streams.get(Kind.vl)
     if stream is None:
         raise ValueError("k-means MIM targets need image or vl training data")
     source = stream.sources[0]
     rng = np.random.default_rng(0)
     picks = rng.choice(len(source), size=min(count, len(source)), replace=False)
-    items = [robust_item(source, int(i), "image", rng) for i in picks]  # bad ones replaced
+    items = [robust_item(source, int(i), Kind.image, rng) for i in picks]  # bad ones replaced
     return data.val_builder.transform.batch([it.image for it in items])["pixel_values"]
 
 
@@ -104,7 +105,7 @@ def run(cfg: Any) -> dict[str, Any]:
 def _needs_kmeans_fit(module: Any, cfg: Any) -> bool:
     """k-means targets not read back with the model, and images to predict them for."""
     kmeans = module.kmeans
-    images = {"image", "vl"} & {str(k) for k in cfg.datasets.selected}
+    images = IMAGE_KINDS & {Kind(k) for k in cfg.datasets.selected}
     return kmeans is not None and not bool(kmeans.fitted) and bool(images)
 
 

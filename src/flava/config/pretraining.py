@@ -23,6 +23,7 @@ from flava.config.common import (
     training_checks,
 )
 from flava.config.common import model_checks as shared_model_checks
+from flava.objectives.kinds import Kind  # the enum lives with the objectives; re-exported here
 
 
 class MimTarget(Choice):
@@ -38,14 +39,6 @@ class Sampling(Choice):
 
     probability = "probability"
     round_robin = "round_robin"
-
-
-class Kind(Choice):
-    """A pretraining data kind: images, texts or image-text pairs."""
-
-    image = "image"
-    text = "text"
-    vl = "vl"
 
 
 @dataclass
@@ -147,7 +140,7 @@ class KindConfig:
     not say)."""
 
 
-WHOLE_WORD_MASKING = {"vl": True, "text": False}
+WHOLE_WORD_MASKING = {Kind.vl: True, Kind.text: False}
 """The original release's whole-word masking per kind: its image-text collator masks whole
 words, its text-only collator single tokens."""
 
@@ -279,7 +272,7 @@ def datasets_checks(d: DictConfig) -> list[Check]:
                 f"datasets.{k}.text_max_length",
                 "must be >= 3",
             )
-            for k in ("text", "vl")
+            for k in (Kind.text.value, Kind.vl.value)
         ],
         (len(d.selected) > 0, "datasets.selected", "must name at least one of image, text, vl"),
     ]

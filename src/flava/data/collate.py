@@ -18,6 +18,7 @@ from PIL import Image
 from flava.data.sources.sample import Sample
 from flava.data.tokenizer import FlavaTokenizer
 from flava.data.transforms import ImageTransform
+from flava.objectives.kinds import IMAGE_KINDS, TEXT_KINDS, Kind
 from flava.objectives.masking import BlockMaskGenerator, mask_tokens
 
 
@@ -93,7 +94,7 @@ class BatchBuilder:
         self,
         texts: Sequence[str],
         generator: torch.Generator | Sequence[torch.Generator],
-        kind: str = "vl",
+        kind: str = Kind.vl,
     ) -> dict[str, torch.Tensor]:
         """input_ids, attention_mask, token_type_ids, input_ids_masked, mlm_labels [B, L]."""
         tok = self.tokenizer(
@@ -129,8 +130,8 @@ class BatchBuilder:
         """The tensors of one batch of `kind` (one generator / rng for the batch, or one per
         item)."""
         batch: dict[str, torch.Tensor] = {}
-        if kind in ("image", "vl"):
-            batch.update(self.images([i.image for i in items], generator, rng, kind == "vl"))
-        if kind in ("text", "vl"):
+        if kind in IMAGE_KINDS:
+            batch.update(self.images([i.image for i in items], generator, rng, kind == Kind.vl))
+        if kind in TEXT_KINDS:
             batch.update(self.texts([i.text for i in items], generator, kind))
         return batch

@@ -45,10 +45,11 @@ from flava.data.sources.errors import SAMPLE_ERRORS, DataError, skip_reason
 from flava.data.sources.readers import describe
 from flava.data.sources.skips import SkipLog, robust_item
 from flava.data.streams import Layout, ReaderKey, StreamReader, is_iterable, warn_shared_shards
+from flava.objectives.kinds import Kind
 
 log = logging.getLogger(__name__)
 
-KINDS = ("image", "text", "vl")
+KINDS = tuple(Kind)  # the order of the draws: image, text, vl
 _CHUNK = 1024
 # Consecutive records that fail to decode after which a stream is declared broken.
 _MAX_FAILURES = 1000

@@ -67,6 +67,7 @@ from flava.data.sources import (
 from flava.data.sources.skips import new_run
 from flava.data.sources.webdataset import MANIFEST
 from flava.data.tar_samples import Files, Options, Prepared, prepared
+from flava.objectives.kinds import Kind
 
 log = logging.getLogger("flava.write_shards")
 
@@ -143,10 +144,10 @@ def open_source(cfg: Any, role: str = "train", image_size: int = 224) -> Any:
 
 def sample_kind(source: Any) -> str:
     """What every sample of `source` must hold: "vl" (image and text), "image" or "text"."""
-    kinds = getattr(source, "kinds", frozenset({"image", "text", "vl"}))
-    if "image" in kinds and "text" in kinds:
-        return "vl"
-    return "image" if "image" in kinds else "text"
+    kinds = getattr(source, "kinds", frozenset(Kind))
+    if Kind.image in kinds and Kind.text in kinds:
+        return Kind.vl
+    return Kind.image if Kind.image in kinds else Kind.text
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:

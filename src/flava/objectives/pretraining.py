@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from flava.model.flava import FlavaForPreTraining
+from flava.objectives.kinds import Kind
 from flava.objectives.losses import (
     IGNORE_INDEX,
     contrastive_loss,
@@ -172,9 +173,9 @@ def masked_counts(kind: str, batch: Batch, itm_labels: torch.Tensor | None) -> d
     Known before the step runs: the masks come with the data, and a vl batch's matched pairs
     (MMM's tokens) from its ITM pairing's labels (None: no masked pair objective).
     """
-    if kind == "image":
+    if kind == Kind.image:
         return {"mim": int(batch["bool_masked_pos"].sum())}
-    if kind == "text":
+    if kind == Kind.text:
         return {"mlm": int((batch["mlm_labels"] != IGNORE_INDEX).sum())}
     if itm_labels is None:
         return {}
@@ -199,7 +200,7 @@ def window_of(
     window = Window({}, len(members))
     for m in members:
         index, labels = int(m["batch_index"]), None
-        if str(m["kind"]) == "vl" and _masked_pairs(weights):
+        if m["kind"] == Kind.vl and _masked_pairs(weights):
             masked_pos = m["bool_masked_pos"]
             pairing = _pairing(masked_pos, weights, negative_probability, generator_of(index))
             window.pairings[index], labels = pairing, pairing[1]
@@ -383,13 +384,13 @@ def pretraining_step(
     micro-batches (`window_of`); None normalises by this batch's own counts. `pairing`: a vl
     batch's ITM pairing drawn with the window (`Window.pairings`).
     """
-    if kind == "image":
+    if kind == Kind.image:
         if targets is None:
             raise ValueError("an image batch needs MIM targets (a codebook or k-means)")
         return image_step(model, batch, targets, weights, window)
-    if kind == "text":
+    if kind == Kind.text:
         return text_step(model, batch, weights, window)
-    if kind == "vl":
+    if kind == Kind.vl:
         return vl_step(
             model,
             batch,

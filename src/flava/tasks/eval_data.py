@@ -32,6 +32,7 @@ from flava.data.sources import (
 from flava.data.sources.labels import label_space
 from flava.data.sources.registry import CAPTIONED_IMAGES, LABELLED_IMAGES
 from flava.data.sources.torchvision_sets import EVALUATED_VALIDATION
+from flava.objectives.kinds import Kind
 from flava.tasks.named_kinds import source_of, split_of
 from flava.tasks.task_data import TaskDataset, source_task
 
@@ -137,7 +138,7 @@ def labelled_images(
     then fail in one line asking for zero_shot.class_names."""
     if like is not None and like.folder_classes:
         entry = OmegaConf.merge(entry, {"classes": list(like.folder_classes)})  # type: ignore[assignment]
-    source = read(d, entry, image_size, "image", command)
+    source = read(d, entry, image_size, Kind.image, command)
     space = like.space if like is not None else _class_space(d, entry, source, command, names)
     data = source_task(source, ("image",), "classification", cap_of(d), space)
     return data, getattr(source, "split", None)
@@ -169,7 +170,7 @@ def _class_space(
 def captioned_images(d: DictConfig, entry: DictConfig, image_size: int) -> tuple[Any, str | None]:
     """(the images of `entry` with all their captions, up to data.size, as retrieval ranks them
     (generated scenes: one of each description); the split the source says it read)."""
-    source = read(d, entry, image_size, "vl", "retrieval")
+    source = read(d, entry, image_size, Kind.vl, "retrieval")
     return source.retrieval_set(cap_of(d)), getattr(source, "split", None)
 
 

@@ -25,6 +25,7 @@ from PIL import Image
 from flava.data.sources import SAMPLE_ERRORS, BadSample, Sample, SkipLog, SourceError
 from flava.data.sources.factory import checked_source
 from flava.data.transforms import ImageTransform
+from flava.objectives.kinds import Kind
 
 log = logging.getLogger("flava")
 # Candidates drawn for an evaluation set of n samples: 4 n + 64, enough to fill it when many
@@ -119,8 +120,8 @@ def retrieval_set(
     captions: list[list[str]] = []
     for i, entry in enumerate(entries):
         quota = -(-(count - len(images)) // (len(entries) - i))  # the rest, shared evenly
-        source = _built(entry, image_size, "vl", i)
-        for image, sample in collect(source, "vl", quota, transform, skips, _where("vl", i)):
+        source = _built(entry, image_size, Kind.vl, i)
+        for image, sample in collect(source, Kind.vl, quota, transform, skips, _where(Kind.vl, i)):
             images.append(image)
             captions.append(list(sample.texts))
     return EvaluationSet(images, captions) if images else None
@@ -169,14 +170,14 @@ def zero_shot_sets(
     for i, entry in enumerate(entries):
         if entry.type == "embedded":  # scenes: the shape classes come with embedded vl data
             continue
-        where = _where("image", i)
-        source = _built(entry, image_size, "image", i)
+        where = _where(Kind.image, i)
+        source = _built(entry, image_size, Kind.image, i)
         found = names_and_templates(source, ev)
         if found is None:
             log.info("%s: no class names (training.evaluation.class_names): no zero-shot", where)
             continue
         names, templates = found
-        got = collect(source, "image", ev.num_samples, transform, skips, where, len(names))
+        got = collect(source, Kind.image, ev.num_samples, transform, skips, where, len(names))
         if got:
             images, labels = [im for im, _ in got], [int(s.label) for _, s in got]
             sets.append(EvaluationSet(images, [], labels, names, templates, name=f"val{i}"))
@@ -190,7 +191,7 @@ def evaluation_sets(
 ) -> tuple[list[EvaluationSet], dict[str, int]]:
     """The evaluation sets of a run and their counts (eval/... keys: sizes, skipped by reason)."""
     ev, d = cfg.training.evaluation, cfg.datasets
-    vl = list(d.vl.val) if "vl" in d.selected else []
+    vl = list(d.vl.val) if Kind.vl in d.selected else []
     if any(e.type == "embedded" for e in vl):  # the demo: held-out scenes, exactly as before
         return [scene_evaluation_set(ev.num_samples, image_size, vl[0].seed)], {}
     skips = SkipLog()
@@ -201,7 +202,7 @@ def evaluation_sets(
         sets.append(pairs)
         counts["eval/samples/retrieval_images"] = len(pairs.images)
         counts["eval/samples/retrieval_captions"] = sum(len(c) for c in pairs.captions)
-    if "image" in d.selected:
+    if Kind.image in d.selected:
         for data in zero_shot_sets(list(d.image.val), ev, image_size, transform, skips):
             suffix = f"/{data.name}" if data.name else ""
             counts[f"eval/samples/zero_shot_images{suffix}"] = len(data.images)

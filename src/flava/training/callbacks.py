@@ -21,6 +21,7 @@ from flava.config.pretraining import kind_text_length
 from flava.data.tokenizer import FlavaTokenizer
 from flava.data.transforms import ImageTransform
 from flava.model.flava import FlavaModel
+from flava.objectives.kinds import Kind
 from flava.tasks.eval_sets import EvaluationSet, evaluation_sets
 from flava.tasks.metrics import recall_at_k, topk_accuracy
 from flava.tasks.retrieval import embed_images, embed_texts
@@ -154,7 +155,7 @@ def build_evaluation(
         tokenizer,
         transform,
         ev.batch_size,
-        kind_text_length(cfg.datasets, "vl"),  # captions' length
+        kind_text_length(cfg.datasets, Kind.vl),  # captions' length
         ev.every_n_steps,
         counts,
     )

@@ -27,6 +27,7 @@ from flava.data.streams import Layout, ReaderKey, elastic_states, is_iterable, s
 from flava.data.tokenizer import load_tokenizer
 from flava.data.transforms import image_transform
 from flava.model.config import FlavaConfig
+from flava.objectives.kinds import Kind
 from flava.objectives.masking import BlockMaskGenerator
 from flava.objectives.pretraining import CONTRASTIVE_INPUTS
 
@@ -91,8 +92,8 @@ class PretrainingData(L.LightningDataModule):
             image.image_size, image.patch_size, num_masking_patches=d.image_mask_patches
         )
         common = dict(image_size=image.image_size, codebook_size=codebook_size)
-        lengths = {k: kind_text_length(d, k) for k in ("text", "vl")}
-        whole_words = {k: kind_whole_word_masking(d, k) for k in ("text", "vl")}
+        lengths = {k: kind_text_length(d, k) for k in (Kind.text, Kind.vl)}
+        whole_words = {k: kind_whole_word_masking(d, k) for k in (Kind.text, Kind.vl)}
         positions = model_config.text.max_position_embeddings
         for kind, length in lengths.items():
             if length > positions:
@@ -302,7 +303,7 @@ class AccumulationWindows:
         while window := list(itertools.islice(batches, self.k)):
             members = [_member(b) for b in window]
             window = [dataclasses.replace(b, window=members) for b in window]
-            if self.contrastive and window[0].kind == "vl":
+            if self.contrastive and window[0].kind == Kind.vl:
                 # the first micro-batch carries every member's pairs (the contrastive window)
                 inputs = [_only(b.tensors, CONTRASTIVE_INPUTS) for b in window]
                 window[0].window_inputs = inputs

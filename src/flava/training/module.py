@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 
 from flava.data.batch import PretrainingBatch
 from flava.model.flava import FlavaForPreTraining
+from flava.objectives.kinds import Kind
 from flava.objectives.pretraining import (
     ContrastiveWindow,
     LossWeights,
@@ -48,7 +49,7 @@ class FlavaPretrainingModule(L.LightningModule):
         self.counter = SkipCounter()  # bad training samples skipped, per reason; samples read
         self.stream_states: dict[ReaderKey, Any] = {}  # position of each iterable-source reader
         self.stopped: tuple[str, str] | None = None  # (checkpoint stem, one-line reason)
-        self._kind = "vl"
+        self._kind = Kind.vl
         self._keys: IO[str] | None = None  # the sample key log (datasets.log_keys)
         self._contrastive: ContrastiveWindow | None = None  # the step's, under accumulation
 
@@ -100,7 +101,7 @@ class FlavaPretrainingModule(L.LightningModule):
         """Under training.contrastive_accumulation: the step's window, at this micro-batch."""
         if batch.window_inputs is not None:  # the first micro-batch of a pair window
             self._contrastive = ContrastiveWindow(batch.window_inputs)
-        if self._contrastive is None or batch.window is None or batch.kind != "vl":
+        if self._contrastive is None or batch.window is None or batch.kind != Kind.vl:
             return None
         indices = [int(m["batch_index"]) for m in batch.window]
         self._contrastive.position = indices.index(batch.index)
@@ -168,7 +169,7 @@ class FlavaPretrainingModule(L.LightningModule):
     def training_step(self, batch: PretrainingBatch, batch_idx: int) -> torch.Tensor:
         self.batches_seen = batch.index + 1
         self._count_data(batch)
-        self._kind = batch.kind  # "image", "text" or "vl"
+        self._kind = Kind(batch.kind)
         generator = self.step_generator(batch.index)
         out = self._step(batch, generator, self.window(batch))
         size = batch.size
@@ -212,7 +213,8 @@ class FlavaPretrainingModule(L.LightningModule):
         self.model.flava.clamp_logit_scale_()  # a loaded scale past the bound starts inside it
 
     def _record_nonfinite(self) -> None:
-        self.nonfinite[self._kind] = self.nonfinite.get(self._kind, 0) + 1
+        kind = self._kind.value  # a plain string: the counts go into checkpoints
+        self.nonfinite[kind] = self.nonfinite.get(kind, 0) + 1
         self.nonfinite_in_row += 1
         log.warning(
             "step %d: non-finite loss or gradient on a %s batch; update skipped",

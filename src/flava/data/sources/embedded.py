@@ -10,13 +10,14 @@ from flava.data.sources.errors import SourceError
 from flava.data.sources.readers import IndexedSource, SampleList
 from flava.data.sources.registry import CAPTIONED_IMAGES, LABELLED_IMAGES, SourceType
 from flava.data.sources.sample import Sample
+from flava.objectives.kinds import IMAGE_KINDS, TEXT_KINDS, Kind
 
 
 class SceneSource(IndexedSource):
     """The embedded generated scenes (flava.data.scenes): images with all their captions and
     a class, the shape of the largest object (`class_names`: the shapes)."""
 
-    kinds = frozenset({"image", "text", "vl"})
+    kinds = frozenset(Kind)
 
     def __init__(self, split: str, size: int, image_size: int, seed: int = 0) -> None:
         from flava.data.scenes import SHAPES, SceneDataset
@@ -45,8 +46,8 @@ class SceneSource(IndexedSource):
         caption = scene.captions[int(rng.integers(len(scene.captions)))]
         return Sample(
             key=str(index),
-            image=scene.image if kind in ("image", "vl") else None,
-            texts=[caption] if kind in ("text", "vl") else [],
+            image=scene.image if kind in IMAGE_KINDS else None,
+            texts=[caption] if kind in TEXT_KINDS else [],
         )
 
     def retrieval_set(self, size: int | None = None) -> IndexedSource:

@@ -26,6 +26,7 @@ from flava.data.sources.registry import (
     need_path,
 )
 from flava.data.sources.sample import CAPTION_FIELDS, Sample, has_text_field, set_label, texts_of
+from flava.objectives.kinds import Kind
 
 
 class ImageFolder(IndexedSource):
@@ -35,7 +36,7 @@ class ImageFolder(IndexedSource):
     by default it is the sorted sub-folder names.
     """
 
-    kinds = frozenset({"image"})
+    kinds = frozenset({Kind.image})
 
     def __init__(self, root: str | os.PathLike, classes: Sequence[str] | None = None) -> None:
         self.root = Path(root).expanduser()
@@ -203,8 +204,8 @@ class Records(IndexedSource):
         has_image = bool(image_field) and image_field in has
         has_text = any(f in has for f in text_fields)
         self.kinds = frozenset(
-            {k for k, ok in (("image", has_image), ("text", has_text)) if ok}
-            | ({"vl"} if has_image and has_text else set())
+            {k for k, ok in ((Kind.image, has_image), (Kind.text, has_text)) if ok}
+            | ({Kind.vl} if has_image and has_text else set())
         )
 
     def __len__(self) -> int:

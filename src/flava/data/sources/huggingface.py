@@ -22,6 +22,7 @@ from flava.data.sources.errors import SourceError
 from flava.data.sources.readers import IndexedSource, StreamingSource
 from flava.data.sources.registry import CAPTIONED_IMAGES, LABELLED_IMAGES, SourceType
 from flava.data.sources.sample import Sample, has_text_field, set_label, texts_of
+from flava.objectives.kinds import Kind
 
 log = logging.getLogger("flava.data.sources")
 
@@ -292,12 +293,12 @@ def _class_names(dataset: Any, column: str) -> list[str] | None:
 
 def _kinds(columns: Sequence[str] | None, cfg: Any) -> frozenset[str]:
     if columns is None:
-        return frozenset({"image", "text", "vl"})
+        return frozenset(Kind)
     has_image = cfg.image_column in columns
     has_text = any(c in columns for c in cfg.text_columns)
-    kinds = {"image"} if has_image else set()
-    kinds |= {"text"} if has_text else set()
-    kinds |= {"vl"} if has_image and has_text else set()
+    kinds = {Kind.image} if has_image else set()
+    kinds |= {Kind.text} if has_text else set()
+    kinds |= {Kind.vl} if has_image and has_text else set()
     return frozenset(kinds)
 
 

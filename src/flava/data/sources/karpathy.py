@@ -15,12 +15,13 @@ from flava.data.sources.errors import SourceError
 from flava.data.sources.readers import IndexedSource
 from flava.data.sources.registry import CAPTIONED_IMAGES, SourceType, check_path, need_path
 from flava.data.sources.sample import Sample, texts_of
+from flava.objectives.kinds import Kind
 
 
 class KarpathySplit(IndexedSource):
     """The images of one split of a Karpathy annotation file, with all their captions."""
 
-    kinds = frozenset({"image", "text", "vl"})
+    kinds = frozenset(Kind)
 
     def __init__(
         self, annotations: str | os.PathLike, image_root: str | os.PathLike, split: str = "test"

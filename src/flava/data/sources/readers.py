@@ -15,6 +15,7 @@ import numpy as np
 
 from flava.data.sources.errors import UnreadableShard
 from flava.data.sources.sample import Sample
+from flava.objectives.kinds import Kind
 
 log = logging.getLogger("flava.data.sources")
 
@@ -22,7 +23,7 @@ log = logging.getLogger("flava.data.sources")
 class IndexedSource:
     """Random-access base: subclasses give `__len__` and `sample(index)`."""
 
-    kinds: frozenset[str] = frozenset({"image", "text", "vl"})
+    kinds: frozenset[str] = frozenset(Kind)
     class_names: list[str] | None = None
     """Names of the integer labels in order, where the data names them (folders, ClassLabel)."""
     numbered_classes: list[str] | None = None
@@ -76,7 +77,7 @@ class SampleList(IndexedSource):
 class StreamingSource:
     """Base of streamed sources: shards of `Sample`s, plus random access to a preview prefix."""
 
-    kinds: frozenset[str] = frozenset({"image", "text", "vl"})
+    kinds: frozenset[str] = frozenset(Kind)
     class_names: list[str] | None = None
 
     def __init__(

@@ -15,6 +15,7 @@ from PIL import Image
 
 from flava.data.sources.errors import BadSample
 from flava.data.sources.images import decode_image
+from flava.objectives.kinds import IMAGE_KINDS, TEXT_KINDS, Kind
 
 CAPTION_FIELDS = ("caption", "captions", "text")
 """Fields read as captions when no other text field is configured."""
@@ -54,21 +55,21 @@ class Sample:
     def kind(self) -> str:
         """ "vl" (image and text), "image" or "text"."""
         if self.image is not None:
-            return "vl" if self.text is not None else "image"
-        return "text"
+            return Kind.vl if self.text is not None else Kind.image
+        return Kind.text
 
     def has(self, kind: str) -> bool:
         """Whether this sample can serve a batch of `kind`."""
-        if kind == "image":
+        if kind == Kind.image:
             return self.image is not None
-        if kind == "text":
+        if kind == Kind.text:
             return bool(self.texts)
         return self.image is not None and bool(self.texts)
 
     def problem(self, kind: str) -> str | None:
         """The skip reason of a sample meant for `kind` but unusable for it, else None."""
-        if self.empty_text and not self.texts and kind in ("text", "vl"):
-            if kind == "text" or self.image is not None:
+        if self.empty_text and not self.texts and kind in TEXT_KINDS:
+            if kind == Kind.text or self.image is not None:
                 return "empty_text"
         if self.bad_label is not None and self.has(kind):
             return "bad_label"
@@ -77,7 +78,7 @@ class Sample:
     def require(self, kind: str) -> None:
         """Raise `BadSample` (missing_image / empty_text) unless the sample can serve `kind`."""
         if not self.has(kind):
-            reason = "missing_image" if self.image is None and kind != "text" else "empty_text"
+            reason = "missing_image" if self.image is None and kind != Kind.text else "empty_text"
             raise BadSample(reason, f"sample {self.key!r} has no {kind} data")
 
     def decoded(self, kind: str, rng: np.random.Generator) -> Sample:
@@ -90,10 +91,10 @@ class Sample:
             raise BadSample(problem, f"sample {self.key!r}: empty or whitespace-only text")
         self.require(kind)
         text = None
-        if kind in ("text", "vl"):
+        if kind in TEXT_KINDS:
             many = len(self.texts) > 1
             text = self.texts[int(rng.integers(len(self.texts)))] if many else self.texts[0]
-        image = decode_image(self.image) if kind in ("image", "vl") else None
+        image = decode_image(self.image) if kind in IMAGE_KINDS else None
         return replace(self, image=image, texts=[] if text is None else [text])
 
 

@@ -15,6 +15,7 @@ from flava.data.sources.folders import read_rows
 from flava.data.sources.readers import IndexedSource
 from flava.data.sources.registry import layout_file, layout_type
 from flava.data.sources.sample import Sample
+from flava.objectives.kinds import Kind
 
 SNLI_VE_LABELS = ["entailment", "neutral", "contradiction"]
 """The gold labels, in label order."""
@@ -24,7 +25,7 @@ _ANNOTATIONS = ("annotations", "snli_ve_train.jsonl", "SNLI-VE file")
 class SnliVe(IndexedSource):
     """The hypotheses of one SNLI-VE split with their Flickr30k images and gold labels."""
 
-    kinds = frozenset({"vl"})
+    kinds = frozenset({Kind.vl})
 
     def __init__(self, root: str | Path | None, files: dict[str, str]) -> None:
         self.path = layout_file(root, files, *_ANNOTATIONS)

@@ -14,12 +14,13 @@ from flava.data.sources.errors import SourceError
 from flava.data.sources.readers import IndexedSource
 from flava.data.sources.registry import SourceType, check_path, need_path
 from flava.data.sources.sample import Sample, texts_of
+from flava.objectives.kinds import Kind
 
 
 class TextFiles(IndexedSource):
     """Text documents: one per non-empty line of .txt files, or JSONL lines with a text field."""
 
-    kinds = frozenset({"text"})
+    kinds = frozenset({Kind.text})
 
     def __init__(self, path: str | os.PathLike, text_fields: Sequence[str] = ("text",)) -> None:
         self.path = str(path)

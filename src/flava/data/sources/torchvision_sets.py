@@ -16,6 +16,7 @@ from flava.data.sources.errors import SourceError
 from flava.data.sources.readers import IndexedSource
 from flava.data.sources.registry import LABELLED_IMAGES, SourceType
 from flava.data.sources.sample import Sample
+from flava.objectives.kinds import Kind
 
 TORCHVISION_DATASETS = {
     "cifar10": ("CIFAR10", "cifar-10-batches-py"),
@@ -105,7 +106,7 @@ class _ReadLabels(Sequence):
 class TorchvisionSet(IndexedSource):
     """One split of a torchvision classification set: (PIL image, class index) samples."""
 
-    kinds = frozenset({"image"})
+    kinds = frozenset({Kind.image})
 
     def __init__(self, name: str, root: str, split: str, download: bool = False) -> None:
         self.name, self.split = name, split

@@ -16,6 +16,7 @@ from flava.data.sources.errors import SourceError
 from flava.data.sources.readers import IndexedSource
 from flava.data.sources.registry import layout_type, need_exists
 from flava.data.sources.sample import Sample
+from flava.objectives.kinds import Kind
 
 VQA_FILES = ("questions", "annotations", "images")
 """The `files` a VQA source needs: questions (v2_OpenEnded_mscoco_<split>2014_questions.json),
@@ -35,7 +36,7 @@ def load_json(path: Path, what: str) -> Any:
 class VqaQuestions(IndexedSource):
     """The questions of one VQAv2 split with their images and human answers."""
 
-    kinds = frozenset({"vl"})
+    kinds = frozenset({Kind.vl})
 
     def __init__(self, root: str | Path | None, files: dict[str, str]) -> None:
         base = Path(root or ".")
