@@ -28,6 +28,7 @@ from typing import Any
 
 from flava.checkpoints import CheckpointError, directory_layout, export_transformers
 from flava.checkpoints.io import safe_torch_load
+from flava.checkpoints.layouts import CONVERT_SPELLINGS, Layout, convert_spelling
 from flava.checkpoints.pretrained import PRETRAINED_KEYS
 from flava.checkpoints.sharded import (
     is_sharded_checkpoint,
@@ -37,31 +38,33 @@ from flava.checkpoints.sharded import (
 )
 from flava.checkpoints.tmm_keys import tmm_prefix
 
-TMM = "torchmultimodal"
-"""The original release's layout (its name in `init_from.LAYOUTS`)."""
+TMM = Layout.torchmultimodal
+"""The original release's layout."""
+SOURCES = [convert_spelling(TMM)]
+"""--from's choices (`layouts.CONVERT_SPELLINGS`)."""
 
 
-def _source_kind(src: str, given: str | None = None) -> tuple[str, str]:
-    """(layout, class name) of SRC (`given`: --from)."""
+def _source_kind(src: str, given: str | None = None) -> tuple[Layout, str]:
+    """(layout, class name) of SRC (`given`: --from, as spelled)."""
     path = Path(src).expanduser()
-    if given == TMM:
+    if given is not None and CONVERT_SPELLINGS[given] is TMM:
         return TMM, "FLAVAForPreTraining"
     if is_sharded_checkpoint(path):
-        return "training", "FlavaForPreTraining"
+        return Layout.training, "FlavaForPreTraining"
     if path.is_file() and path.suffix == ".ckpt":  # ours, or TorchMultimodal's examples'
         data = safe_torch_load(path)
         state = data.get("state_dict") if isinstance(data, dict) else None
         tmm = isinstance(state, dict) and tmm_prefix(state) is not None
-        return (TMM, "FLAVAForPreTraining") if tmm else ("training", "FlavaForPreTraining")
+        return (TMM, "FLAVAForPreTraining") if tmm else (Layout.training, "FlavaForPreTraining")
     if path.is_dir() and not (path / "config.json").exists():
         return TMM, "FLAVAForPreTraining"  # a directory holding the release's .pt
     if not path.exists():
         if src in PRETRAINED_KEYS:
             cls = "ImageCodebook" if "codebook" in src else "FlavaForPreTraining"
-            return "transformers", cls
+            return Layout.transformers, cls
         raise CheckpointError(f"{src}: no such file or directory, and not a pretrained key")
     if path.is_file():
-        return ("openai", "ImageCodebook") if path.suffix == ".pkl" else (TMM, "FLAVAModel")
+        return (Layout.openai, "ImageCodebook") if path.suffix == ".pkl" else (TMM, "FLAVAModel")
     return directory_layout(path)
 
 
@@ -97,14 +100,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("dst", help="output directory (a file for --to ckpt / torchmultimodal)")
     parser.add_argument(
         "--to",
-        choices=["flava", "transformers", "ckpt", TMM],
+        choices=list(CONVERT_SPELLINGS),
         default=None,
         help="target layout (default: the other one; ckpt for a DST ending in .ckpt)",
     )
     parser.add_argument(
         "--from",
         dest="source",
-        choices=[TMM],
+        choices=SOURCES,
         default=None,
         help="source layout, when its keys should not decide (default: told from SRC)",
     )
@@ -141,15 +144,15 @@ def _from_tmm(args: argparse.Namespace) -> tuple[Any, str]:
     return model, type(model).__name__
 
 
-def _write(model: Any, args: argparse.Namespace, target: str, checkpoint: Any) -> None:
+def _write(model: Any, args: argparse.Namespace, target: Layout, checkpoint: Any) -> None:
     """Write `model` to DST in the `target` layout."""
     from flava.model.classifier import FlavaClassifier
 
-    if target == TMM:
+    if target is TMM:
         from flava.checkpoints.torchmultimodal import export_torchmultimodal
 
         export_torchmultimodal(model, args.dst)
-    elif target == "transformers":
+    elif target is Layout.transformers:
         export_transformers(model.flava if isinstance(model, FlavaClassifier) else model, args.dst)
     elif isinstance(model, FlavaClassifier):
         from flava.checkpoints.finetuned import save_finetuned
@@ -168,18 +171,21 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         layout, cls_name = _source_kind(args.src, args.source)
-        default = "transformers" if layout == "flava" else "flava"
-        target = args.to or ("ckpt" if args.dst.endswith(".ckpt") else default)
-        if target == "ckpt":
-            if layout != "training":
+        default = Layout.transformers if layout is Layout.flava else Layout.flava
+        if args.to is not None:
+            target = CONVERT_SPELLINGS[args.to]
+        else:
+            target = Layout.training if args.dst.endswith(".ckpt") else default
+        if target is Layout.training:
+            if layout is not Layout.training:
                 raise CheckpointError(f"{args.src}: --to ckpt needs a pretraining checkpoint")
             write_consolidated(args.src, args.dst)
             print(f"wrote the consolidated pretraining checkpoint {args.dst} from {args.src}")
             return 0
         checkpoint = None
-        if layout == TMM:
+        if layout is TMM:
             model, cls_name = _from_tmm(args)
-        elif layout == "training":
+        elif layout is Layout.training:
             checkpoint = training_checkpoint(args.src)
             model = model_from_training_checkpoint(checkpoint, args.src)
         else:
@@ -189,9 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     n = sum(p.numel() for p in model.parameters())
-    print(
-        f"wrote {cls_name} ({n:,} parameters) from {args.src} ({layout}) to {args.dst} ({target})"
-    )
+    to = convert_spelling(target)
+    print(f"wrote {cls_name} ({n:,} parameters) from {args.src} ({layout}) to {args.dst} ({to})")
     return 0
 
 

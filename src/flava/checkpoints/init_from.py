@@ -42,11 +42,13 @@ from flava.checkpoints.io import (
     load_weights,
     read_json,
 )
+from flava.checkpoints.layouts import INIT_FROM_SPELLINGS, Layout, from_init_spelling, init_spelling
 from flava.checkpoints.pretrained import resolve_hub
 from flava.checkpoints.tmm_keys import state_from_torchmultimodal, tmm_prefix
 from flava.model.flava import FlavaModel
 
-LAYOUTS = ("vit", "timm", "flava_hf", "flava", "torchmultimodal")
+LAYOUTS = tuple(INIT_FROM_SPELLINGS)
+"""`layout:` as an entry spells it (`layouts.INIT_FROM_SPELLINGS`)."""
 ENCODERS = ("image_encoder", "text_encoder", "multimodal_encoder")
 TIMM_LAYER_NORM_EPS = 1e-6
 """timm's ViTs build their LayerNorms with eps 1e-6 (their weights do not say)."""
@@ -98,6 +100,7 @@ class InitReport:
     part: str
     source: str
     layout: str
+    """As `layout:` spells it (LAYOUTS)."""
     filled: list[str] = field(default_factory=list)
     """Model keys set from the checkpoint."""
     unfilled: list[str] = field(default_factory=list)
@@ -147,15 +150,15 @@ def read_source(path: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     return state, config
 
 
-def detect_layout(state: dict[str, torch.Tensor], config: dict[str, Any], where: str) -> str:
-    """One of LAYOUTS, from config.json and the keys (BERTs are refused first)."""
+def detect_layout(state: dict[str, torch.Tensor], config: dict[str, Any], where: str) -> Layout:
+    """The Layout of LAYOUTS, from config.json and the keys (BERTs are refused first)."""
     if "flava_format" in config or any(_OURS.match(k) for k in state):
-        return "flava"
+        return Layout.flava
     if tmm_prefix(state) is not None:
-        return "torchmultimodal"
+        return Layout.torchmultimodal
     if config.get("model_type") == "flava" or any(_HF_FLAVA.match(k) for k in state):
-        return "flava_hf"
-    for layout, pattern in (("vit", _VIT), ("timm", _TIMM)):
+        return Layout.transformers
+    for layout, pattern in ((Layout.vit, _VIT), (Layout.timm, _TIMM)):
         if any(pattern.search(k) for k in state):
             return layout
     first = next(iter(state), "none")
@@ -206,7 +209,7 @@ def _via_transformers(state: dict[str, torch.Tensor], inner: dict[str, str]) -> 
     return _Mapped(mapped, origin)
 
 
-def _prefix(pattern: re.Pattern, state: dict[str, torch.Tensor], layout: str, where: str) -> str:
+def _prefix(pattern: re.Pattern, state: dict[str, torch.Tensor], layout: Layout, where: str) -> str:
     """What the checkpoint puts before the layout's key names ("" for none)."""
     match = next((m for m in map(pattern.match, state) if m), None)
     if match is None:
@@ -219,7 +222,7 @@ def _prefix(pattern: re.Pattern, state: dict[str, torch.Tensor], layout: str, wh
 
 def _map_vit(state: dict[str, torch.Tensor], encoder: str, where: str) -> _Mapped:
     """One transformers encoder (ViTModel, FlavaImageModel...) onto `encoder`."""
-    prefix = _prefix(_VIT, state, "vit", where)  # e.g. "vit." in ViTForImageClassification
+    prefix = _prefix(_VIT, state, Layout.vit, where)  # e.g. "vit." in ViTForImageClassification
     inner = {f"{_HF_NAME[encoder]}.{k[len(prefix) :]}": k for k in state if k.startswith(prefix)}
     return _via_transformers(state, inner)
 
@@ -232,7 +235,7 @@ def _map_flava_hf(state: dict[str, torch.Tensor]) -> _Mapped:
 
 def _map_timm(state: dict[str, torch.Tensor], where: str) -> _Mapped:
     """timm VisionTransformer onto the image encoder (qkv is fused in both)."""
-    prefix = _prefix(_TIMM, state, "timm", where)  # e.g. "backbone." in DINO's own checkpoints
+    prefix = _prefix(_TIMM, state, Layout.timm, where)  # e.g. "backbone." in DINO's own checkpoints
     out, origin = {}, {}
     for key, value in state.items():
         rest = key[len(prefix) :] if key.startswith(prefix) else None
@@ -279,41 +282,41 @@ def _map_tmm(state: dict[str, torch.Tensor], where: str) -> _Mapped:
     return _Mapped(held, tmm.origin)
 
 
-def _map(layout: str, source: _Source, encoder: str | None, part: str, top: set[str]) -> _Mapped:
-    if layout in ("vit", "timm"):
-        if encoder is None or (layout == "timm" and encoder != "image_encoder"):
-            fits = "image_encoder" if layout == "timm" else ", ".join(ENCODERS)
+def _map(layout: Layout, source: _Source, encoder: str | None, part: str, top: set[str]) -> _Mapped:
+    if layout in (Layout.vit, Layout.timm):
+        if encoder is None or (layout is Layout.timm and encoder != "image_encoder"):
+            fits = "image_encoder" if layout is Layout.timm else ", ".join(ENCODERS)
             raise CheckpointError(
                 f"{source.where}: a {layout} checkpoint holds one encoder; part {part!r} must be "
                 f"{fits} or a prefix inside it"
             )
-        if layout == "timm":
+        if layout is Layout.timm:
             return _map_timm(source.state, source.where)
         return _map_vit(source.state, encoder, source.where)
-    if layout == "flava_hf":
+    if layout is Layout.transformers:
         return _map_flava_hf(source.state)
-    if layout == "torchmultimodal":
+    if layout is Layout.torchmultimodal:
         return _map_tmm(source.state, source.where)
     return _map_flava(source.state, top)
 
 
-def _source_setting(config: dict[str, Any], layout: str, encoder: str, key: str) -> Any:
+def _source_setting(config: dict[str, Any], layout: Layout, encoder: str, key: str) -> Any:
     """A setting of the checkpoint's `encoder` (config.json), or None when unknown."""
-    if layout == "timm":
+    if layout is Layout.timm:
         if key == "layer_norm_eps":
             return TIMM_LAYER_NORM_EPS
         heads = (config.get("model_args") or {}).get("num_heads")
         size = _TIMM_SIZE.search(str(config.get("architecture", "")))
         return heads if heads is not None or size is None else TIMM_HEADS[size.group(1)]
-    if layout == "flava_hf":
+    if layout is Layout.transformers:
         config = config.get(f"{_CONFIG_NAME[encoder]}_config") or {}
-    elif layout == "flava":
+    elif layout is Layout.flava:
         config = (config.get("config") or {}).get(_CONFIG_NAME[encoder]) or {}
     return config.get(key)
 
 
 def _check_heads(
-    source: _Source, layout: str, encoder: str, ours: Any, part: str, given: int | None
+    source: _Source, layout: Layout, encoder: str, ours: Any, part: str, given: int | None
 ) -> list[str]:
     """Refuse another head count (`given`: the entry's num_heads, else config.json's); a
     checkpoint that does not say is assumed to have the model's, in a note."""
@@ -387,7 +390,7 @@ def _fit(key: str, value: torch.Tensor, target: torch.Tensor, where: str) -> tup
     )
 
 
-def _eps_note(source: _Source, layout: str, encoder: str | None, model: nn.Module) -> list[str]:
+def _eps_note(source: _Source, layout: Layout, encoder: str | None, model: nn.Module) -> list[str]:
     if encoder is None:
         return []
     theirs = _source_setting(source.config, layout, encoder, "layer_norm_eps")
@@ -414,9 +417,10 @@ def init_from(
     state, config = read_source(path)
     source = _Source(path, state, config)
     _refuse_bert(state, part, path)
-    found = str(layout) if layout else detect_layout(state, config, path)
-    if found not in LAYOUTS:
-        raise CheckpointError(f"{path}: layout {found!r} is not one of {', '.join(LAYOUTS)}")
+    found = from_init_spelling(layout) if layout else detect_layout(state, config, path)
+    if found is None:
+        raise CheckpointError(f"{path}: layout {str(layout)!r} is not one of {', '.join(LAYOUTS)}")
+    spelled = init_spelling(found)
     head_notes: list[str] = []
     if encoder is not None:
         ours = getattr(model.config, _CONFIG_NAME[encoder])
@@ -426,12 +430,12 @@ def init_from(
     chosen = {k: v for k, v in mapped.state.items() if _under(k, prefix)}
     if not chosen:
         raise CheckpointError(
-            f"{path}: nothing in this {found} checkpoint maps onto {part}; check the part, or "
+            f"{path}: nothing in this {spelled} checkpoint maps onto {part}; check the part, or "
             f"give layout: {' | '.join(LAYOUTS)}"
         )
     mine = {k: v for k, v in own.items() if _under(k, prefix)}
     _check_shape(chosen, mine, part, path)
-    report = InitReport(part, path, found, notes=_eps_note(source, found, encoder, model))
+    report = InitReport(part, path, spelled, notes=_eps_note(source, found, encoder, model))
     report.notes += head_notes
     ready = {}
     for key, value in chosen.items():

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from flava.checkpoints.io import CheckpointError
+from flava.checkpoints.layouts import Layout, init_spelling
 from flava.checkpoints.tmm_keys import (
     TmmState,
     config_from_torchmultimodal,
@@ -26,8 +27,6 @@ from flava.checkpoints.tmm_keys import (
 )
 from flava.model.config import FlavaConfig
 
-LAYOUT = "torchmultimodal"
-"""This layout's name in the one vocabulary of layouts (`init_from.LAYOUTS`)."""
 FILE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 """What a TorchMultimodal weight file is called (the release's `.pt`, Lightning's `.ckpt`)."""
 
@@ -63,10 +62,10 @@ def read_torchmultimodal(
             f"{where}: its keys (e.g. {first!r}) are in no layout this reads (ours, "
             "transformers', TorchMultimodal's FLAVA)"
         ) from None
-    if layout != LAYOUT:
+    if layout is not Layout.torchmultimodal:
         raise CheckpointError(
-            f"{where}: a {layout} weight file, not TorchMultimodal's FLAVA; give its directory "
-            "with config.json"
+            f"{where}: a {init_spelling(layout)} weight file, not TorchMultimodal's FLAVA; give "
+            "its directory with config.json"
         )
     tmm = state_from_torchmultimodal(state, str(where))
     return config_from_torchmultimodal(tmm, str(where), num_heads), tmm
