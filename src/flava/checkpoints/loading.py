@@ -84,7 +84,9 @@ def save_pretrained(
     )
 
 
-def _resolve(name_or_path: str | os.PathLike) -> tuple[Path, str | None]:
+def resolve_source(name_or_path: str | os.PathLike) -> tuple[Path, str | None]:
+    """(local path, pretrained key or None) of a path, the codebook key `dalle` or a pretrained
+    key (from the cache, or fetched when the hub answers); else one line."""
     text = os.fspath(name_or_path)
     path = Path(text).expanduser()
     if path.exists():
@@ -95,7 +97,7 @@ def _resolve(name_or_path: str | os.PathLike) -> tuple[Path, str | None]:
         return resolve_pretrained(text), text
     raise CheckpointError(
         f"{text}: no such file or directory, and not a pretrained key "
-        f"(known keys: {', '.join(PRETRAINED_KEYS)})"
+        f"(known keys: {', '.join(PRETRAINED_KEYS)}; codebooks also {DALLE_KEY})"
     )
 
 
@@ -229,7 +231,7 @@ def from_pretrained(
     and left initialised). `codebook` (FlavaForPreTraining only): a codebook source to use
     instead of the one in the checkpoint (directory, encoder.pkl or pretrained key).
     """
-    path, key = _resolve(name_or_path)
+    path, key = resolve_source(name_or_path)
     if cls is ImageCodebook or issubclass(cls, ImageCodebook):
         if key is not None and key in CODEBOOK_FOR_KEY:
             path = resolve_pretrained(CODEBOOK_FOR_KEY[key])

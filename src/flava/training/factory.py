@@ -40,12 +40,8 @@ def mim_target_kind(mcfg: DictConfig) -> str:
 def check_codebook(mcfg: DictConfig) -> None:
     """Before any work: DALL-E targets' codebook weights are at hand (a file or directory, the
     `dalle` key's encoder.pkl, a pretrained key cached or reachable), else one line."""
-    from flava.checkpoints.pretrained import (
-        DALLE_KEY,
-        PRETRAINED_KEYS,
-        resolve_dalle,
-        resolve_pretrained,
-    )
+    from flava.checkpoints.loading import resolve_source
+    from flava.checkpoints.pretrained import DALLE_KEY, PRETRAINED_KEYS
 
     source = mcfg.codebook
     if mim_target_kind(mcfg) != "dalle" or (mcfg.pretrained_model_key and not source):
@@ -55,17 +51,12 @@ def check_codebook(mcfg: DictConfig) -> None:
             "model.mim_target=dalle needs codebook weights: set model.codebook=dalle (OpenAI's "
             "encoder.pkl), a path or flava_image_codebook, or use model.mim_target=kmeans"
         )
-    if Path(source).expanduser().exists():
-        return
-    if source == DALLE_KEY:
-        resolve_dalle()
-    elif source in PRETRAINED_KEYS:
-        resolve_pretrained(source)
-    else:
+    if not Path(source).expanduser().exists() and source not in (DALLE_KEY, *PRETRAINED_KEYS):
         raise CheckpointError(
             f"model.codebook={source}: no such file or directory, and not a codebook key "
             f"({DALLE_KEY}, {', '.join(PRETRAINED_KEYS)}); or use model.mim_target=kmeans"
         )
+    resolve_source(source)  # the cache, encoder.pkl's place or the hub, else one line
 
 
 def preset_config(name: str, image_vocab_size: int, codebook: ImageCodebook | None) -> FlavaConfig:
