@@ -1,9 +1,10 @@
 """`python -m flava.index 'embeddings=[DIR]' out=INDEX [key=value ...]`: a faiss index over
 embedding shards written by flava.embed.
 
-Exact search (flat) for small collections; HNSW or IVF-PQ (compressed) when the collection
-passes index.exact_max vectors or index.memory_budget asks for it; the search parameter is the
-smallest whose recall@10 against exact search on held-out queries reaches index.target_recall.
+Exact search (flat) for small collections; HNSW or IVF (compressed: IVF-SQ8 or IVF-PQ) when
+the collection passes index.exact_max vectors or index.memory_budget asks for it; the search
+parameter is the smallest whose recall@10 against exact search on held-out queries reaches
+index.target_recall.
 Writes INDEX/index.faiss and INDEX/index.json (kind, parameters, recall@10, size in bytes,
 query speed, the shards it holds). Run again with more embedding folders (or a folder with new
 shards) to add them to the index: `'embeddings=[DIR,NEW_DIR]'`.

@@ -83,13 +83,13 @@ def _add(index: Any, collection: Collection, shards: list[ShardRef]) -> None:
 
 
 def _train(index: Any, plan: Plan, collection: Collection, queries: Queries, o: Any) -> None:
-    """Train an IVF-PQ index on a sample of the vectors that are not held-out queries."""
-    if plan.kind != "ivfpq":
+    """Train an IVF index on a sample of the vectors that are not held-out queries."""
+    if plan.kind != "ivf":
         return
     rng = np.random.default_rng(o.seed + 1)
     rest = np.setdiff1d(np.arange(collection.size), queries.ids)
     sample = np.sort(rng.choice(rest, size=min(o.train_size, len(rest)), replace=False))
-    log.info("training ivfpq %s on %d vectors", plan.params, len(sample))
+    log.info("training ivf %s on %d vectors", plan.params, len(sample))
     index.train(collection.gather(sample))
 
 
@@ -129,9 +129,8 @@ def build_index(folders: list[str], out: str | Path, options: Any) -> dict[str, 
     queries = Queries.draw(collection, options.queries, options.seed)
     if found is None:
         budget = parse_bytes(options.memory_budget)
-        plan = indexing.choose(
-            str(options.kind), n, d, budget, options.exact_max, options.train_size
-        )
+        train = min(options.train_size, n - len(queries.ids))
+        plan = indexing.choose(str(options.kind), n, d, budget, options.exact_max, train)
         index, held, added = indexing.new_index(plan, d), 0, "built"
         _train(index, plan, collection, queries, options)
     else:
@@ -162,6 +161,15 @@ def build_index(folders: list[str], out: str | Path, options: Any) -> dict[str, 
         ],
         "faiss": faiss.__version__,
     }
+    info["target_reached"] = info["recall_at_10"] >= options.target_recall
+    if not info["target_reached"]:
+        log.warning(
+            "%s reaches recall@10 %.3f at most, below index.target_recall=%s; a larger "
+            "index.memory_budget (a larger code) or index.kind=hnsw reaches more",
+            plan.kind,
+            info["recall_at_10"],
+            options.target_recall,
+        )
     _write(out, index, info)
     budget = parse_bytes(options.memory_budget)
     if budget is not None and info["size_bytes"] > budget:

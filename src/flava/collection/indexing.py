@@ -3,14 +3,15 @@
 Every index scores by inner product of L2-normalised vectors (cosine similarity), so exact
 search is `IndexFlatIP`. The kind (`index.kind=auto`): flat up to `exact_max` vectors that fit
 `memory_budget`; else HNSW (a graph over the full vectors: fast, more memory than flat) where it
-fits; else IVF-PQ (inverted lists of product-quantised codes: compressed). The structural
-parameters follow from the size and the budget: HNSW's M (largest of 64, 32, 16, 8 that fits;
-32 without a budget), IVF-PQ's lists (about 4 sqrt(n), at least 39 training vectors each) and
-code size (the largest number of bytes per vector that fits the budget; dim/4 without one). The
-search parameter (HNSW's efSearch, IVF's nprobe) is measured: held-out queries (`index.queries`
-vectors of the collection, left out of IVF-PQ's training sample) are searched exactly and by
-the index at growing values, and the smallest value whose recall@10 reaches
-`index.target_recall` is kept (each query's own vector is left out of both lists).
+fits; else IVF (inverted lists of compressed codes). The structural parameters follow from the
+size and the budget: HNSW's M (the largest of 64, 32, 16, 8 that fits; 32 without a budget),
+IVF's lists (about 4 sqrt(n), at least 39 training vectors each) and its code, the largest that
+fits: 8-bit scalar quantisation (SQ8, dim bytes per vector) or product quantisation (PQ, dim/8,
+dim/16 or dim/32 bytes). The search parameter (HNSW's efSearch, IVF's nprobe) is measured:
+held-out queries (`index.queries` vectors of the collection, left out of IVF's training sample)
+are searched exactly and by the index at growing values, and the smallest value whose recall@10
+reaches `index.target_recall` is kept (each query's own vector is left out of both lists); a
+code that cannot reach it keeps the value of its best recall, and index.json says so.
 """
 
 from __future__ import annotations
@@ -28,11 +29,15 @@ from flava.collection.vectors import Collection, exact_neighbours
 K = 10
 """The k of the recall@k that chooses the search parameter and is reported."""
 HNSW_M = (64, 32, 16, 8)
-PQ_SHARES = (2, 4, 8, 16, 32)
-"""IVF-PQ code sizes tried: dim / share bytes per vector (8-bit codes), largest first."""
+PQ_SHARES = (8, 16, 32)
+"""PQ codes tried after SQ8, largest first: dim / share bytes per vector (8-bit codes of
+sub-vectors of `share` dimensions; faiss trains sub-vectors of fewer than 8 dimensions about
+15x slower, measured on 20k vectors of 64 dimensions: 7.9 s for 4, 0.5 s for 8)."""
+IVF_MIN_VECTORS = 1000
+"""Fewest training vectors of an IVF index (a PQ codebook has 256 entries)."""
 IVF_MIN_TRAIN = 39
 """Fewest training vectors per inverted list (faiss warns below it)."""
-SEARCH_PARAMETER = {"hnsw": "efSearch", "ivfpq": "nprobe"}
+SEARCH_PARAMETER = {"hnsw": "efSearch", "ivf": "nprobe"}
 
 
 @dataclass
@@ -40,7 +45,7 @@ class Plan:
     """The index to build: kind, structural parameters and its estimated size."""
 
     kind: str
-    params: dict[str, int] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
     bytes: int = 0
 
 
@@ -55,9 +60,15 @@ def hnsw_bytes(n: int, d: int, m: int) -> int:
     return n * (d * 4 + 2 * m * 4 + 32)
 
 
-def ivfpq_bytes(n: int, d: int, nlist: int, code: int) -> int:
-    """Estimated size of an IVF-PQ index: codes and ids, centroids, PQ codebooks."""
-    return n * (code + 8) + nlist * d * 4 + 256 * d * 4
+def ivf_codes(d: int) -> list[tuple[str, int]]:
+    """(faiss code, bytes per vector) of the IVF codes, largest first."""
+    return [("SQ8", d)] + [(f"PQ{d // s}np", d // s) for s in PQ_SHARES if d % s == 0]
+
+
+def ivf_bytes(n: int, d: int, nlist: int, code: str, per_vector: int) -> int:
+    """Estimated size of an IVF index: codes and ids, centroids, the code's tables."""
+    tables = 256 * d * 4 if code.startswith("PQ") else 2 * d * 4
+    return n * (per_vector + 8) + nlist * d * 4 + tables
 
 
 def nlist_for(n: int, train: int) -> int:
@@ -74,20 +85,20 @@ def plan_hnsw(n: int, d: int, budget: int | None) -> Plan | None:
     return None
 
 
-def plan_ivfpq(n: int, d: int, budget: int | None, train: int) -> Plan | None:
-    """IVF-PQ with the largest code that fits `budget` (dim/4 bytes without one)."""
+def plan_ivf(n: int, d: int, budget: int | None, train: int) -> Plan | None:
+    """IVF with the largest code that fits `budget` (SQ8 without one); None if none fits."""
     nlist = nlist_for(n, train)
-    codes = [d // s for s in PQ_SHARES if d % s == 0 and d // s >= 1]
-    for code in [d // 4] if budget is None and d % 4 == 0 else codes:
-        size = ivfpq_bytes(n, d, nlist, code)
+    for code, per_vector in ivf_codes(d):
+        size = ivf_bytes(n, d, nlist, code, per_vector)
         if budget is None or size <= budget:
-            return Plan("ivfpq", {"nlist": nlist, "m": code, "nbits": 8}, size)
+            params = {"nlist": nlist, "code": code, "bytes_per_vector": per_vector}
+            return Plan("ivf", params, size)
     return None
 
 
 def choose(kind: str, n: int, d: int, budget: int | None, exact_max: int, train: int) -> Plan:
-    """The index for `n` vectors of `d` dimensions (see the module doc); one line when the
-    kind asked for cannot fit the budget."""
+    """The index for `n` vectors of `d` dimensions (see the module doc; `train`: vectors
+    IVF is trained on); one line when the kind asked for cannot fit the budget."""
     from flava.collection.errors import CollectionError
 
     flat = Plan("flat", {}, flat_bytes(n, d))
@@ -99,13 +110,18 @@ def choose(kind: str, n: int, d: int, budget: int | None, exact_max: int, train:
         hnsw = plan_hnsw(n, d, budget)
         if hnsw is not None:
             return hnsw
-    if kind in ("auto", "ivfpq"):
-        ivf = plan_ivfpq(n, d, budget, min(train, n))
-        if ivf is not None:
-            return ivf
+    if kind in ("auto", "ivf") and train < IVF_MIN_VECTORS:
+        raise CollectionError(
+            f"an ivf index trains on at least {IVF_MIN_VECTORS} vectors besides the held-out "
+            f"queries, this collection leaves {train}; use index.kind=flat or hnsw"
+        )
+    ivf = plan_ivf(n, d, budget, train) if kind in ("auto", "ivf") else None
+    if ivf is not None:
+        return ivf
+    smallest = ivf_bytes(n, d, 1, *ivf_codes(d)[-1])
     raise CollectionError(
         f"index.memory_budget={budget} bytes holds no {kind} index of {n} vectors of {d} "
-        f"dimensions (the smallest needs {ivfpq_bytes(n, d, 1, 1)}); raise it"
+        f"dimensions (an ivf index needs at least {smallest}); raise it"
     )
 
 
@@ -120,21 +136,20 @@ def new_index(plan: Plan, d: int) -> Any:
         index = faiss.IndexHNSWFlat(d, plan.params["M"], ip)
         index.hnsw.efConstruction = plan.params["efConstruction"]
         return index
-    p = plan.params
-    return faiss.IndexIVFPQ(faiss.IndexFlatIP(d), d, p["nlist"], p["m"], p["nbits"], ip)
+    return faiss.index_factory(d, f"IVF{plan.params['nlist']},{plan.params['code']}", ip)
 
 
 def set_search(index: Any, kind: str, value: int) -> None:
     """Set the index's search parameter (efSearch / nprobe)."""
     if kind == "hnsw":
         index.hnsw.efSearch = int(value)
-    elif kind == "ivfpq":
+    elif kind == "ivf":
         index.nprobe = int(value)
 
 
 def candidates(kind: str, index: Any) -> list[int]:
     """The search parameter's values tried, smallest first."""
-    if kind == "ivfpq":
+    if kind == "ivf":
         values = [2**i for i in range(int(math.log2(index.nlist)) + 1)]
         return values + ([index.nlist] if values[-1] != index.nlist else [])
     return [2**i for i in range(4, 12)]  # efSearch 16 .. 2048
@@ -161,10 +176,11 @@ class Queries:
 
     @classmethod
     def draw(cls, collection: Collection, count: int, seed: int) -> Queries:
-        """`count` vectors of the collection drawn with `seed`, with their exact neighbours."""
+        """`count` vectors of the collection (at most half of it) drawn with `seed`, with their
+        exact neighbours."""
         rng = np.random.default_rng(seed)
         n = collection.size
-        ids = np.sort(rng.choice(n, size=min(count, n), replace=False))
+        ids = np.sort(rng.choice(n, size=min(count, max(1, n // 2)), replace=False))
         vectors = collection.gather(ids)
         return cls(ids, vectors, exact_neighbours(collection, vectors, K + 1))
 

@@ -15,7 +15,7 @@ class IndexKind(Choice):
 
     auto = "auto"
     flat = "flat"
-    ivfpq = "ivfpq"
+    ivf = "ivf"
     hnsw = "hnsw"
 
 
@@ -32,24 +32,25 @@ class IndexOptions:
     """The kind of index, its memory budget and how its parameters are chosen."""
 
     kind: IndexKind = IndexKind.auto
-    """flat (exact inner product), hnsw (a graph: fast, about flat's memory and more), ivfpq
-    (compressed: inverted lists of product-quantised codes) or auto: flat up to exact_max
-    vectors that fit memory_budget, else hnsw where it fits memory_budget, else ivfpq."""
+    """flat (exact inner product), hnsw (a graph: fast, flat's memory and more), ivf
+    (compressed: inverted lists of 8-bit scalar or product-quantised codes, IVF-SQ8 / IVF-PQ)
+    or auto: flat up to exact_max vectors that fit memory_budget, else hnsw where it fits
+    memory_budget, else ivf."""
     field: IndexField = IndexField.auto
     """image or text embeddings; auto: image where the shards hold them."""
     memory_budget: str | None = None
-    """Most bytes the index may take, e.g. 2GB, 500MB, 1e9 (null: no limit). ivfpq chooses
-    its code size to fit it."""
+    """Most bytes the index may take, e.g. 2GB, 500MB, 1e9 (null: no limit). hnsw chooses its
+    links and ivf its code (SQ8, then PQ of dim/8, dim/16, dim/32 bytes) to fit it."""
     exact_max: int = 200000
     """kind=auto: most vectors searched exactly (flat)."""
     target_recall: float = 0.95
-    """hnsw / ivfpq: the search parameter (efSearch / nprobe) is the smallest whose recall@10
+    """hnsw / ivf: the search parameter (efSearch / nprobe) is the smallest whose recall@10
     against exact search on the held-out queries reaches this."""
     queries: int = 1000
     """Held-out queries (vectors of the collection, left out of training) measuring recall@10
     and query speed."""
     train_size: int = 100000
-    """ivfpq: vectors its coarse quantiser and codebooks are trained on (a random sample)."""
+    """ivf: vectors its lists and code are trained on (a random sample)."""
     rebuild: bool = False
     """Build anew over every shard given, even where out holds an index (by default new
     shards are added to it)."""
