@@ -42,12 +42,13 @@ def read_folder(out: Path) -> tuple[list[dict], dict[str, np.ndarray]]:
 
 def reference(model_dir: Path, rows: list[dict]) -> dict[str, torch.Tensor]:
     """Each row's image and caption embedded one at a time by the model itself."""
+    from flava import from_pretrained
     from flava.data.sources import decode_image
     from flava.data.tokenizer import load_tokenizer
     from flava.data.transforms import image_transform
     from flava.model import FlavaModel
 
-    model = FlavaModel.from_pretrained(model_dir).eval()
+    model = from_pretrained(FlavaModel, model_dir).eval()
     transform = image_transform("eval", image_size=model.config.image.image_size)
     tokenizer = load_tokenizer()
     images, texts = [], []
