@@ -15,6 +15,8 @@ order ("ours-unsorted"), separates the model's speed from the sorting's.
 
 Per precision, ABBA rounds (ours, theirs, theirs, ours), `--rounds` of them; each pass embeds
 `--images` pictures in batches of `--batch-size` and `--texts` captions in batches of 4x that.
+The ratio ours / theirs is the median over rounds of each round's time ratio (both sides ran
+twice in a round, so a load that drifts within a round cancels); items/s is the median pass.
 The pictures and captions are generated scenes (flava.data.scenes): captions of 8 to 30 tokens.
 Reported: items/s (median of the passes), ours/theirs, the cosine of bf16 to fp32 embeddings
 (ours), which names the fastest precision within cosine 0.999 of fp32, and how far each side is
@@ -131,6 +133,15 @@ def abba(fns: dict, modality: str, rounds: int) -> tuple[dict[str, list[float]],
     return times, outputs
 
 
+def round_ratios(times: dict[str, list[float]], side: str) -> list[float]:
+    """transformers' time over `side`'s in each ABBA round (each side ran twice a round, so a
+    load that drifts linearly within a round cancels)."""
+    theirs, mine = times["transformers"], times[side]
+    return [
+        (theirs[i] + theirs[i + 1]) / (mine[i] + mine[i + 1]) for i in range(0, len(mine) - 1, 2)
+    ]
+
+
 def pass_flop(fns: dict, modality: str) -> float:
     """FLOP of one pass of ours (matrix products and attention, as FlopCounterMode counts)."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -156,6 +167,7 @@ def measure(ours: Any, theirs: Any, args: argparse.Namespace, data: tuple) -> di
                 log(f"{precision} {modality}:")
                 times, outputs = abba(fns, modality, args.rounds)
                 rate = {s: counts[modality] / statistics.median(t) for s, t in times.items()}
+                ratios = {s: round_ratios(times, s) for s in times}
                 gap = float((outputs["ours"] - outputs["transformers"]).abs().max())
                 seconds = {s: statistics.median(t) for s, t in times.items()}
                 found[f"{precision}/{modality}"] = {
@@ -163,7 +175,8 @@ def measure(ours: Any, theirs: Any, args: argparse.Namespace, data: tuple) -> di
                     "gflop_per_pass": flop / 1e9,
                     "matmul_peak_gflops": peak,
                     "share_of_peak": {s: flop / t / 1e9 / peak for s, t in seconds.items()},
-                    "ours_over_transformers": rate["ours"] / rate["transformers"],
+                    "ours_over_transformers": statistics.median(ratios["ours"]),
+                    "round_ratios": ratios,
                     "times_s": times,
                     "max_abs_diff_to_transformers": gap,
                     "embeddings": outputs["ours"],
@@ -173,13 +186,15 @@ def measure(ours: Any, theirs: Any, args: argparse.Namespace, data: tuple) -> di
 
 def print_table(found: dict) -> None:
     """The result table, and the cosine of bf16 to fp32 embeddings."""
-    head = f"{'precision/modality':<20}{'side':<16}{'items/s':>10}{'ours/theirs':>13}"
-    print(f"\n{head}{'of peak':>10}")
+    head = f"{'precision/modality':<20}{'side':<16}{'items/s':>10}{'x theirs':>10}"
+    print(f"\n{head}{'(rounds)':>24}{'of peak':>10}")
     for key, row in found.items():
         for side, rate in row["items_per_s"].items():
-            ratio = rate / row["items_per_s"]["transformers"]
+            ratios = row["round_ratios"][side]
+            spread = f"{min(ratios):.2f}-{max(ratios):.2f}"
             share = row["share_of_peak"][side]
-            print(f"{key:<20}{side:<16}{rate:>10.2f}{ratio:>12.3f}x{share:>10.1%}")
+            ratio = statistics.median(ratios)
+            print(f"{key:<20}{side:<16}{rate:>10.2f}{ratio:>9.3f}x{spread:>24}{share:>10.1%}")
     for modality in ("image", "text"):
         if f"bf16/{modality}" in found and f"fp32/{modality}" in found:
             a, b = found[f"bf16/{modality}"]["embeddings"], found[f"fp32/{modality}"]["embeddings"]
