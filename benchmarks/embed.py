@@ -55,6 +55,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=2, help="ABBA rounds per precision (>= 2)")
     p.add_argument("--precisions", default="fp32,bf16")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="also profile one pass per side: time in matrix products and in the rest",
+    )
     p.add_argument("--json", type=Path)
     return p.parse_args(argv)
 
@@ -142,6 +147,31 @@ def round_ratios(times: dict[str, list[float]], side: str) -> list[float]:
     ]
 
 
+PRODUCTS = ("aten::addmm", "aten::mm", "aten::bmm", "aten::baddbmm", "aten::_scaled_dot_product")
+"""Operators counted as matrix products (attention's fused kernels included) in `breakdown`."""
+
+
+def breakdown(fns: dict, modality: str) -> dict[str, dict[str, float]]:
+    """Per side: seconds of one profiled pass in matrix products and in everything else (the
+    operators' own CPU time, torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    out = {}
+    for (m, side), fn in fns.items():
+        if m != modality:
+            continue
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            fn()
+        split = {"products_s": 0.0, "other_s": 0.0}
+        for event in prof.key_averages():
+            where = "products_s" if event.key.startswith(PRODUCTS) else "other_s"
+            split[where] += event.self_cpu_time_total / 1e6
+        out[side] = split
+        products, rest = split["products_s"], split["other_s"]
+        log(f"  {modality} {side}: products {products:.2f} s, the rest {rest:.2f} s")
+    return out
+
+
 def pass_flop(fns: dict, modality: str) -> float:
     """FLOP of one pass of ours (matrix products and attention, as FlopCounterMode counts)."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -170,11 +200,13 @@ def measure(ours: Any, theirs: Any, args: argparse.Namespace, data: tuple) -> di
                 ratios = {s: round_ratios(times, s) for s in times}
                 gap = float((outputs["ours"] - outputs["transformers"]).abs().max())
                 seconds = {s: statistics.median(t) for s, t in times.items()}
+                split = breakdown(fns, modality) if args.breakdown else {}
                 found[f"{precision}/{modality}"] = {
                     "items_per_s": rate,
                     "gflop_per_pass": flop / 1e9,
                     "matmul_peak_gflops": peak,
                     "share_of_peak": {s: flop / t / 1e9 / peak for s, t in seconds.items()},
+                    "breakdown": split,
                     "ours_over_transformers": statistics.median(ratios["ours"]),
                     "round_ratios": ratios,
                     "times_s": times,
