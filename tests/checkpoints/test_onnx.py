@@ -11,13 +11,10 @@ import pytest
 import torch
 
 from flava.checkpoints import CheckpointError, from_pretrained, save_pretrained
+from flava.checkpoints.onnx import OnnxEncoders
 from flava.convert import main as convert
 from flava.model import FlavaForPreTraining, FlavaModel, preset
 from flava.model.codebook import ImageCodebook
-
-pytest.importorskip("onnx")
-pytest.importorskip("onnxruntime")
-from flava.checkpoints.onnx import OnnxEncoders  # noqa: E402
 
 
 def _texts(batch: int, length: int, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:

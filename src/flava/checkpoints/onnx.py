@@ -9,9 +9,9 @@ limit, pad id, projection size, logit scale, opset, the model config).
 
 `OnnxEncoders(directory)` runs them on onnxruntime with the same calls on numpy arrays,
 `encode_image(pixels)` and `encode_text(input_ids, attention_mask)`; its embeddings equal the
-PyTorch model's to 1e-4 (tests/checkpoints/test_onnx.py at tiny shapes, benchmarks/onnx.py at
-flava_full). Preprocessing is the PyTorch side's: `flava.image_transform("eval", image_size)`
-and `flava.load_tokenizer()`.
+PyTorch model's to 1e-4 (tests/checkpoints/test_onnx.py at tiny shapes,
+benchmarks/onnx_vs_pytorch.py at flava_full). Preprocessing is the PyTorch side's:
+`flava.image_transform("eval", image_size)` and `flava.load_tokenizer()`.
 
 The export uses torch's TorchScript-based exporter (`dynamo=False`): the one that works from
 the torch floor (2.6) to 2.14 without onnxscript; it needs the `onnx` package, the runtime
