@@ -21,12 +21,15 @@ order, each under a temporary name renamed when complete, so a rerun keeps the c
 and goes on after them. Progress goes to stdout. Exit status: 0; 1 when more than
 `max_skipped_fraction` (default 0.1) of the samples read were skipped (the shards and manifest
 are still written); 2 for a bad source or argument; each failure is one line on stderr.
-Read the result with `{type: webdataset, shards: [DST]}`.
+Read the result with `{type: webdataset, shards: [DST]}`. `layout=clip_benchmark` writes LAION
+CLIP_benchmark's local `wds/` layout instead (`flava.data.benchmark_layout`: DST/<split>/0.tar,
+..., nshards.txt, the class names and templates or dataset_type.txt).
 
 Examples:
     flava-write-shards src=/data/my_captions dst=/data/shards/mine shard_size=1000
     flava-write-shards source.type=huggingface source.path=/data/hf_saved dst=out shard_size=5000
     python -m flava.data.write_shards /data/my_captions /data/shards/mine --shard-size 1000
+    flava-write-shards src=/data/my_classes dst=/data/bench/mine layout=clip_benchmark
 """
 
 from __future__ import annotations
