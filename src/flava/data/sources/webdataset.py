@@ -172,6 +172,8 @@ def sample_from_files(
                 sample.pair = texts_of(meta[pair_field])[0]
             if label_field in meta:
                 set_label(sample, meta[label_field])
+            read = {*text_fields, *CAPTION_FIELDS, pair_field, label_field}
+            sample.meta = {k: v for k, v in meta.items() if k not in read}
     for ext in ("cls", "cls2", "label"):
         if ext in files:
             set_label(sample, files[ext].decode("utf-8", errors="replace"))
