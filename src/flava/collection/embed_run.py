@@ -19,11 +19,11 @@ import torch
 from omegaconf import OmegaConf
 
 from flava.collection import layout
-from flava.collection.embedding import MODALITY_FIELDS, modality_of, run_units
+from flava.collection.embedding import MODALITY_FIELDS, held_kinds, modality_of, run_units
 from flava.collection.encoder import Encoder, load_model, resolve_precision
 from flava.collection.units import Units
 from flava.config import ConfigError
-from flava.data.sources import DataError, build, check_fields, too_many_skipped
+from flava.data.sources import DataError, build, check_fields, set_fields, too_many_skipped
 from flava.data.sources.skips import skip_metrics
 from flava.tasks.retrieval import process_count_and_rank
 from flava.tasks.run import model_tag, print_table, processes, rank_zero_value, resolve_device
@@ -48,6 +48,14 @@ def _open_source(cfg: Any, image_size: int) -> Any:
         raise type(exc)(f"data.source ({entry.type}): {exc}") from None
 
 
+def source_fields(source: Any) -> dict[str, Any]:
+    """The source's type and the fields it sets (those left at their defaults are not kept)."""
+    entry = OmegaConf.structured(source)
+    values = OmegaConf.to_container(entry, resolve=True)
+    assert isinstance(values, dict)
+    return {k: values[k] for k in ["type", *set_fields(entry)] if k in values}
+
+
 def settings_of(cfg: Any, units: Units, modality: str, precision: str) -> dict[str, Any]:
     """What a resumed run must find unchanged (as the manifest's JSON holds it)."""
     m = cfg.model
@@ -58,7 +66,7 @@ def settings_of(cfg: Any, units: Units, modality: str, precision: str) -> dict[s
             "seed": cfg.embed.seed,
             "tag": model_tag(m, cfg.embed.seed),
         },
-        "source": OmegaConf.to_container(OmegaConf.structured(cfg.data.source), enum_to_str=True),
+        "source": source_fields(cfg.data.source),
         "modality": modality,
         "normalized": bool(cfg.embed.normalize),
         "precision": precision,
@@ -113,7 +121,7 @@ def _embed(cfg: Any, device: torch.device) -> dict[str, Any]:
     if cfg.data.source.type == "embedded":  # scenes are drawn at the model's image size
         model = load_model(m.pretrained_model_key, m.preset, e.seed)
     source = _open_source(cfg, model.config.image.image_size if model is not None else 224)
-    modality = modality_of(str(e.modality), source.kinds)
+    modality = modality_of(str(e.modality), held_kinds(source))
     precision = resolve_precision(str(e.precision), device)
     units = Units.of(source, e.shard_size)
     out = Path(str(cfg.out)).expanduser()

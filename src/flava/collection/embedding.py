@@ -41,6 +41,23 @@ MODALITY_FIELDS = {"image": ("image",), "text": ("text",), "pair": ("image", "te
 """The arrays each modality writes."""
 
 
+def held_kinds(source: Any) -> frozenset[str]:
+    """What a source holds: its `kinds`; a stream (whose type allows any) by its first record."""
+    from flava.data.sources import StreamingSource, UnreadableShard
+
+    kinds = frozenset(str(k) for k in source.kinds)
+    if "vl" in kinds:
+        kinds |= {"image", "text"}
+    if not isinstance(source, StreamingSource) or source.num_shards() == 0:
+        return kinds
+    try:
+        first = next(iter(source.shard_records(0, "any")))[1]
+    except (StopIteration, UnreadableShard, *SAMPLE_ERRORS):
+        return kinds
+    seen = {k for k, ok in (("image", first.image is not None), ("text", first.texts)) if ok}
+    return kinds & frozenset(seen) or kinds
+
+
 def modality_of(setting: str, kinds: frozenset[str]) -> str:
     """The modality embedded: `auto` -> pair when the source holds images and texts, else the
     one it holds; a modality the source cannot give fails in one line."""

@@ -117,13 +117,10 @@ def _existing(out: Path, collection: Collection) -> tuple[Any, dict[str, Any], i
 
 def build_index(folders: list[str], out: str | Path, options: Any) -> dict[str, Any]:
     """Build (or extend) the index of `folders` in `out` per `options` (`IndexOptions`);
-    returns what index.json holds."""
-    import faiss
-
+    returns what index.json holds, with `new_vectors`, `action` and `seconds`."""
     start = time.perf_counter()
     out = Path(out).expanduser()
     collection = Collection.open(folders, str(options.field))
-    settings = collection.manifests[0]["settings"]
     n, d = collection.size, collection.dim
     found = None if options.rebuild else _existing(out, collection)
     queries = Queries.draw(collection, options.queries, options.seed)
@@ -131,26 +128,53 @@ def build_index(folders: list[str], out: str | Path, options: Any) -> dict[str, 
         budget = parse_bytes(options.memory_budget)
         train = min(options.train_size, n - len(queries.ids))
         plan = indexing.choose(str(options.kind), n, d, budget, options.exact_max, train)
-        index, held, added = indexing.new_index(plan, d), 0, "built"
+        index, held, action = indexing.new_index(plan, d), 0, "built"
         _train(index, plan, collection, queries, options)
     else:
-        index, info, held = found
-        plan, added = Plan(info["kind"], info["params"]), "extended"
+        index, old, held = found
+        plan, action = Plan(old["kind"], old["params"]), "extended"
     _add(index, collection, collection.shards[held:])
+    info = _measured(index, plan, collection, queries, options)
+    _write(out, index, info)
+    budget = parse_bytes(options.memory_budget)
+    if budget is not None and info["size_bytes"] > budget:
+        log.warning("the index takes %d bytes, more than index.memory_budget", info["size_bytes"])
+    new = n - _rows(held, collection)
+    log.info("%s %s index: %d vectors (%d new)", action, plan.kind, n, new)
+    return {**info, "new_vectors": new, "action": action, "seconds": time.perf_counter() - start}
+
+
+def _measured(
+    index: Any, plan: Plan, collection: Collection, queries: Queries, options: Any
+) -> dict[str, Any]:
+    """Tune the search parameter; what index.json holds (its size is added when written)."""
+    import faiss
+
     value, sweep = indexing.tune(index, plan.kind, queries, options.target_recall)
     _, result = index.search(queries.vectors, indexing.K + 1)
-    info = {
+    recall = round(indexing.recall_at_k(result, queries.truth, queries.ids), 4)
+    if recall < options.target_recall:
+        log.warning(
+            "%s reaches recall@10 %.3f at most, below index.target_recall=%s; a larger "
+            "index.memory_budget (a larger code) or index.kind=hnsw reaches more",
+            plan.kind,
+            recall,
+            options.target_recall,
+        )
+    settings = collection.manifests[0]["settings"]
+    return {
         "format": FORMAT,
         "kind": plan.kind,
         "params": plan.params,
         "search": {indexing.SEARCH_PARAMETER[plan.kind]: value} if value is not None else {},
         "sweep": sweep,
-        "recall_at_10": round(indexing.recall_at_k(result, queries.truth, queries.ids), 4),
+        "recall_at_10": recall,
         "target_recall": options.target_recall,
+        "target_reached": recall >= options.target_recall,
         "queries": len(queries.ids),
         **indexing.speed(index, queries.vectors),
         "field": collection.field,
-        "dim": d,
+        "dim": collection.dim,
         "vectors": int(index.ntotal),
         "metric": "cosine (inner product of L2-normalised vectors)",
         "model": settings["model"],
@@ -161,22 +185,6 @@ def build_index(folders: list[str], out: str | Path, options: Any) -> dict[str, 
         ],
         "faiss": faiss.__version__,
     }
-    info["target_reached"] = info["recall_at_10"] >= options.target_recall
-    if not info["target_reached"]:
-        log.warning(
-            "%s reaches recall@10 %.3f at most, below index.target_recall=%s; a larger "
-            "index.memory_budget (a larger code) or index.kind=hnsw reaches more",
-            plan.kind,
-            info["recall_at_10"],
-            options.target_recall,
-        )
-    _write(out, index, info)
-    budget = parse_bytes(options.memory_budget)
-    if budget is not None and info["size_bytes"] > budget:
-        log.warning("the index takes %d bytes, more than index.memory_budget", info["size_bytes"])
-    new = n - _rows(held, collection)
-    log.info("%s %s index: %d vectors (%d new)", added, plan.kind, n, new)
-    return {**info, "new_vectors": new, "action": added, "seconds": time.perf_counter() - start}
 
 
 def _rows(shards: int, collection: Collection) -> int:
