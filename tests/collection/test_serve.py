@@ -289,7 +289,10 @@ def test_queries_run_off_the_event_loop_and_a_full_queue_is_a_503(messy, monkeyp
         busy, body = get_json(text_url(url, "a rocket"))
         worker.join(30)
     assert status == 200 and thumb == 200 and waited < 1.0  # answered while the query ran
-    assert busy == 503 and "the server is busy with 1 queries; try again" in body["error"]
+    assert (
+        busy == 503
+        and "the server is busy (1 queries running or waiting); try again" in body["error"]
+    )
     assert first[0][0] == 200
 
 
@@ -310,6 +313,7 @@ def test_the_command_refuses_a_missing_index_or_a_taken_port(messy, tmp_path, ca
     assert "max_upload='lots' is invalid" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a process of its own: imports torch and loads the model (10-20 s)
 def test_the_command_serves_until_interrupted(messy, tmp_path):
     import signal
     import socket

@@ -151,6 +151,11 @@ def test_mistakes_show_one_sentence_and_the_page_goes_on(page, tmp_path):
     wait(browser, "document.getElementById('error').textContent.includes('not an image')")
     message = error_text(browser)
     assert message.startswith("the query is not an image that can be read") and "\n" not in message
+    too_large = tmp_path / "huge.png"  # the served limit is 64 KB
+    too_large.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(5_000_000))
+    browser.find_element("id", "picture").send_keys(str(too_large))
+    wait(browser, "document.getElementById('error').textContent.includes('limit')")
+    assert error_text(browser).startswith("the upload is larger than this server's limit of 64 KB")
     box.clear()
     box.send_keys("a cup of coffee", Keys.ENTER)
     wait(browser, "document.getElementById('error').hidden")

@@ -112,7 +112,9 @@ class Workers:
         """`call()` in a worker thread; `Refused` (503) when the queue is full."""
         if self.taken >= self.most:
             raise Refused(
-                503, f"the server is busy with {self.taken} queries; try again in a moment"
+                503,
+                f"the server is busy ({self.taken} queries running or waiting); try again in "
+                "a moment",
             )
         self.taken += 1
         try:
@@ -256,7 +258,9 @@ def _routes(app: FastAPI, service: SearchService, settings: ServeRunConfig) -> N
 
 def create_app(service: SearchService, settings: ServeRunConfig) -> FastAPI:
     """The app serving `service` with the limits of `settings`."""
-    app = FastAPI(title="flava search", docs_url="/api/docs", redoc_url=None)
+    app = FastAPI(  # no interactive docs: they load scripts from a CDN; the schema is served
+        title="flava search", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json"
+    )
     app.state.service = service
     _handlers(app)
     _routes(app, service, settings)
