@@ -20,11 +20,12 @@ WDS_SHARDS, WDS_PER_SHARD = 4, 3
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A seeded tiny FlavaModel saved with save_pretrained (read by model.pretrained_model_key)."""
+    from flava import save_pretrained
     from flava.model import FlavaModel, preset
 
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("tiny_model")
-    FlavaModel(preset("tiny")).save_pretrained(folder)
+    save_pretrained(FlavaModel(preset("tiny")), folder)
     return folder
 
 

@@ -42,12 +42,13 @@ def read_folder(out: Path) -> tuple[list[dict], dict[str, np.ndarray]]:
 
 def reference(model_dir: Path, rows: list[dict]) -> dict[str, torch.Tensor]:
     """Each row's image and caption embedded one at a time by the model itself."""
+    from flava import from_pretrained
     from flava.data.sources import decode_image
     from flava.data.tokenizer import load_tokenizer
     from flava.data.transforms import image_transform
     from flava.model import FlavaModel
 
-    model = FlavaModel.from_pretrained(model_dir).eval()
+    model = from_pretrained(FlavaModel, model_dir).eval()
     transform = image_transform("eval", image_size=model.config.image.image_size)
     tokenizer = load_tokenizer()
     images, texts = [], []
@@ -112,6 +113,26 @@ def test_webdataset_shards_one_output_shard_each_with_metadata(tiny_model, wds, 
     assert meta == {"id": 4, "photographer": "p1", "shard": str(wds / "part-001.tar")}
     assert rows[4]["caption"] == sample_data.captions_of(4)[0]
     assert rows[4]["path"] is None  # inside a tar: the shard is in the metadata
+
+
+def test_class_folder_embeds_images_with_their_class(tiny_model, tmp_path):
+    folder = sample_data.messy_class_folder(tmp_path / "classes")
+    out = tmp_path / "emb"
+    source = ["data.source.type=image_folder", f"data.source.path={folder}"]
+    assert main(embed_args(tiny_model, out, *source, "data.max_skipped_fraction=0.5")) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["fields"] == ["image"] and manifest["settings"]["modality"] == "image"
+    assert manifest["skipped"] == {
+        "truncated_image": 1,
+        "unsupported_image_format": 1,
+        "zero_byte_image": 1,
+    }
+    rows, arrays = read_folder(out)
+    assert len(rows) == 12 and arrays["image"].shape == (12, 128) and set(arrays) == {"image"}
+    classes = sorted({p.parent.name for p in folder.rglob("*.*")})
+    for row in rows:
+        assert Path(row["path"]) == folder / row["key"] and row["captions"] == []
+        assert json.loads(row["metadata"]) == {"label": classes.index(row["key"].split("/")[0])}
 
 
 def test_crashed_run_resumes_and_embeds_every_record_once(

@@ -130,15 +130,16 @@ def _embed(cfg: Any, device: torch.device) -> dict[str, Any]:
     if model is None:
         model = load_model(m.pretrained_model_key, m.preset, e.seed)
     encoder = Encoder(model, device, precision, cfg.data.text_max_length, e.normalize)
-    log.info(
-        "embedding %s (%s, %d shards, %d written) with %s in %s",
-        source.describe(),
-        modality,
-        units.count,
-        len(done),
-        m.pretrained_model_key or m.preset,
-        precision,
-    )
+    if process_count_and_rank()[1] == 0:
+        log.info(
+            "embedding %s (%s, %d shards, %d written) with %s in %s",
+            source.describe(),
+            modality,
+            units.count,
+            len(done),
+            m.pretrained_model_key or m.preset,
+            precision,
+        )
     seconds = run_units(encoder, units, done, out, e, modality)
     rank_zero_value(None)  # every process has written its shards
     summary = _on_rank_zero(lambda: finish(out, settings, units.count, encoder.dim))

@@ -154,9 +154,11 @@ class UnitEmbedder:
             if pending is not None:
                 images += self._finish(*pending, rows, skips)
             pending = ahead
-        texts = self.encoder.texts([c[0] for c in rows.captions], 4 * self.batch_size)
+        found: dict[str, list[torch.Tensor]] = {"image": images, "text": []}
+        if "text" in self.fields:  # every row kept has a caption then
+            captions = [c[0] for c in rows.captions]
+            found["text"].append(self.encoder.texts(captions, 4 * self.batch_size))
         dim = self.encoder.dim
-        found = {"image": images, "text": [texts]}
         for name in self.fields:
             parts = found[name]
             rows.arrays[name] = _float16(torch.cat(parts) if parts else torch.empty(0, dim))

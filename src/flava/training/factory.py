@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 
 from flava.checkpoints.init_from import format_init_reports, init_from
 from flava.checkpoints.io import KMEANS_FILE, CheckpointError, load_kmeans
+from flava.checkpoints.loading import from_pretrained
 from flava.config import ConfigError
 from flava.model.codebook import ImageCodebook
 from flava.model.config import FlavaConfig
@@ -173,7 +174,7 @@ def _build_preset(mcfg: DictConfig, target: str) -> FlavaForPreTraining:
         config = preset_config(mcfg.preset, mcfg.kmeans_codes, None)
         return FlavaForPreTraining(config, codebook=None)
     check_codebook(mcfg)
-    codebook = ImageCodebook.from_pretrained(mcfg.codebook)
+    codebook = from_pretrained(ImageCodebook, mcfg.codebook)
     config = preset_config(mcfg.preset, codebook.config.vocab_size, codebook)
     return FlavaForPreTraining(config, codebook=codebook)
 
@@ -181,7 +182,7 @@ def _build_preset(mcfg: DictConfig, target: str) -> FlavaForPreTraining:
 def _load_pretrained(mcfg: DictConfig, target: str) -> tuple[FlavaForPreTraining, str]:
     """The pretrained model and its MIM target kind (k-means when it has no codebook)."""
     key = mcfg.pretrained_model_key
-    model = FlavaForPreTraining.from_pretrained(key, codebook=mcfg.codebook)
+    model = from_pretrained(FlavaForPreTraining, key, codebook=mcfg.codebook)
     if target == "dalle" and model.codebook is None:
         log.warning("no codebook weights with %s: using k-means MIM targets", key)
         target = "kmeans"
