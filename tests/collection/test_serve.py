@@ -70,6 +70,8 @@ def test_health_names_the_collection_and_its_model(server, messy, tiny_model):
     assert status == 200 and b'id="results"' in page and "text/html" in headers["content-type"]
     for name in ("app.js", "app.css"):
         assert call(f"{server}/static/{name}")[0] == 200
+    _, schema = get_json(f"{server}/api/openapi.json")
+    assert {"/api/search", "/api/search/image", "/api/health"} <= set(schema["paths"])
 
 
 def test_text_queries_answer_what_the_library_answers(server, messy):
