@@ -83,7 +83,7 @@ def photograph(url: str, query: str, out: Path, profile: Path) -> None:
     for flag in (
         "--headless --no-sandbox --disable-gpu --disable-quic --no-first-run "
         "--disable-background-networking --disable-component-update --disable-sync "
-        "--disable-dev-shm-usage --window-size=1100,760 --force-device-scale-factor=1"
+        "--disable-dev-shm-usage --window-size=1100,900 --force-device-scale-factor=1"
     ).split() + [f"--user-data-dir={profile}"]:
         options.add_argument(flag)
     browser = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
