@@ -369,9 +369,11 @@ class SourceConfig:
     timeout: float = 5.0
     """Seconds to wait for a remote dataset or shard before failing."""
     retries: int = 3
-    """Remote shards (http, pipe:, fsspec): times a shard is reopened after a read error, with
-    back-off (1, 2, 4 ... s), continuing at the sample it stopped at; then the rest of the shard
-    is skipped and counted (data/skipped/shard_unreadable)."""
+    """Remote shards (http, pipe:, fsspec such as s3://): times in a row a shard is reopened after
+    a failed read, at the byte it had reached (no record read twice or skipped), before the rest
+    of it is skipped and counted (data/skipped/shard_unreadable)."""
+    retry_backoff: float = 1.0
+    """Seconds before the first reopening of a remote shard, doubled at each further one."""
 
 
 @dataclass
