@@ -228,6 +228,18 @@ class TrainingConfig:
     """Run directory: config.yaml, metrics.json, logs, checkpoints, model/, curves.png. A local
     folder, or an fsspec URL (s3://bucket/run, gs://..., with s3fs / gcsfs installed): files are
     written there directly, the model folder uploaded once written (not with strategy fsdp)."""
+    upload_retries: int = 4
+    """A run_dir at a URL: times an upload (a checkpoint, model/) is tried again after a
+    failure, with back-off; a checkpoint whose upload still fails leaves the last good one in
+    place (the run goes on; its local copy is kept and named), model/ stops the run (exit 1)."""
+    upload_backoff: float = 2.0
+    """Seconds before the first retry of an upload, doubled at each further one."""
+    upload_wait: float = 7200.0
+    """A run_dir at a URL: seconds the other processes wait for rank 0 to finish its uploads
+    (after training, and at the end: model/, the report). Checkpoints during training are
+    written locally and uploaded in the background: no process waits for the store then."""
+    process_group_timeout: float = 1800.0
+    """Seconds a process waits for the others in a collective (ddp, fsdp) before failing."""
     loggers: list[LoggerName] = field(
         default_factory=lambda: [LoggerName.csv, LoggerName.tensorboard]
     )
@@ -410,6 +422,10 @@ def training_checks(t: DictConfig) -> list[Check]:
             "must be >= 1",
         ),
         (t.compile in (True, False, "auto"), "training.compile", "must be true, false or auto"),
+        (t.upload_retries >= 0, "training.upload_retries", "must be >= 0"),
+        (t.upload_backoff >= 0, "training.upload_backoff", "must be >= 0"),
+        (t.upload_wait > 0, "training.upload_wait", "must be > 0"),
+        (t.process_group_timeout > 0, "training.process_group_timeout", "must be > 0"),
         *run_dir_checks(t),
         *logger_checks(t),
     ]

@@ -38,16 +38,19 @@ def prepare_run_dir(cfg: DictConfig) -> RunDir:
     return run_dir
 
 
-def _strategy(name: str) -> Any:
-    """Lightning strategy by name; DDP tolerates the parameters a batch kind leaves unused."""
+def _strategy(name: str, timeout: float) -> Any:
+    """Lightning strategy by name; DDP tolerates the parameters a batch kind leaves unused;
+    `timeout`: seconds a collective waits for the other processes."""
+    from datetime import timedelta
+
     if name == "ddp":
         from lightning.pytorch.strategies import DDPStrategy
 
-        return DDPStrategy(find_unused_parameters=True)
+        return DDPStrategy(find_unused_parameters=True, timeout=timedelta(seconds=timeout))
     if name == "fsdp":  # FSDP2 (fully_shard) per layer, through Lightning, on CPU and GPU
         from flava.training.sharding import ShardedStrategy
 
-        return ShardedStrategy()
+        return ShardedStrategy(timeout=timedelta(seconds=timeout))
     return name
 
 
@@ -107,14 +110,16 @@ def build_trainer(cfg: DictConfig, run_dir: RunDir, callbacks: list[L.Callback])
     from flava.training.kernels import kernel_callbacks
     from flava.training.logged import keep_earlier_logs
     from flava.training.precision import lightning_precision, target_device
+    from flava.training.uploads import checkpoint_plugins
 
     lc = cfg.training.lightning
     ck = cfg.training.lightning_checkpoint
     if cfg.training.lightning_load_from_checkpoint and int(os.environ.get("RANK", "0")) == 0:
         keep_earlier_logs(run_dir)
     loggers = _loggers(run_dir, cfg.training)
+    dirpath = ck.dirpath or run_dir.url("checkpoints")
     checkpoint = ModelCheckpoint(
-        dirpath=ck.dirpath or run_dir.url("checkpoints"),
+        dirpath=dirpath,
         filename=ck.filename,
         every_n_train_steps=ck.every_n_train_steps,
         save_last=ck.save_last,
@@ -136,7 +141,8 @@ def build_trainer(cfg: DictConfig, run_dir: RunDir, callbacks: list[L.Callback])
         accelerator=accelerator,
         devices=devices,
         num_nodes=lc.num_nodes,
-        strategy=_strategy(lc.strategy),
+        strategy=_strategy(lc.strategy, cfg.training.process_group_timeout),
+        plugins=checkpoint_plugins(dirpath, cfg.training),  # a URL: staged, uploaded behind
         precision=precision,
         gradient_clip_val=lc.gradient_clip_val,
         accumulate_grad_batches=lc.accumulate_grad_batches,
@@ -160,18 +166,6 @@ def build_trainer(cfg: DictConfig, run_dir: RunDir, callbacks: list[L.Callback])
     )
 
 
-def leave_together() -> None:
-    """End a run of several processes together: every process waits here until rank 0 has
-    written the model and the report. A process that left earlier could abort at exit
-    ("terminate called without an active exception": seen in 3 of 3 two-process FSDP2 runs
-    under `torchrun --standalone`), failing a finished run. The process group stays open: a
-    script may start another run in the same processes."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
 def set_host_memory(policy: str, strategy: str, on_cpu: bool) -> None:
     """Apply `training.host_memory` in this process (every process of a run builds a trainer)
     and say in the log what was done."""
@@ -185,9 +179,12 @@ def stop_with_checkpoint(
 ) -> str:
     """Write `checkpoints/<stem>.ckpt` and the counts of a run that stopped early; the one-line
     reason to raise (exit status 1)."""
+    from flava.training.uploads import wait_for_uploads
+
     stem, message = stopped
     path = run_dir.url("checkpoints", f"{stem}.ckpt")
     trainer.save_checkpoint(path)
+    wait_for_uploads(trainer)  # at a URL: uploaded before the processes exit
     if trainer.is_global_zero:
         write_metrics(run_dir, counts)
     return f"{message}; checkpoint written to {path}"
