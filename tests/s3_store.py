@@ -155,10 +155,16 @@ class _Handler(BaseHTTPRequestHandler):
             _reset(self.connection)
             return
         self.send_response(status, reason)
+        dropped = (
+            "transfer-encoding",
+            "connection",
+            *(() if self.command == "HEAD" else ("content-length",)),
+        )
         for name, value in headers:
-            if name.lower() not in ("transfer-encoding", "content-length", "connection"):
+            if name.lower() not in dropped:
                 self.send_header(name, value)
-        self.send_header("Content-Length", str(len(answer)))
+        if self.command != "HEAD":  # HEAD: the object's length, as the server said
+            self.send_header("Content-Length", str(len(answer)))
         self.end_headers()
         if fault is not None and fault.action == "reset" and self.command != "HEAD":
             self.wfile.write(answer[: fault.cut(len(answer))])
@@ -195,6 +201,9 @@ class _ProxyServer(ThreadingHTTPServer):
     def __init__(self, port: int, upstream: int, state: _State) -> None:
         super().__init__(("127.0.0.1", port), _Handler)
         self.upstream, self.state = upstream, state
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that went away (a killed run): nothing to report
 
 
 def _free_port() -> int:
