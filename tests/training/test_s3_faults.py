@@ -58,7 +58,7 @@ def test_a_checkpoint_upload_cut_halfway_keeps_the_last_good_one(store, capsys):
 def test_the_server_restarted_during_a_2_process_run(remote, store, tmp_path):  # noqa: F811
     shards_url, good = remote
     run = f"s3://{store.bucket}/restarted"
-    every = "training.lightning_checkpoint.every_n_train_steps=2"
+    every = "training.lightning_checkpoint.every_n_train_steps=4"
     args = _remote_args(run, shards_url, 12, every, *DDP, "training.upload_backoff=0.5")
     env = environment()
     env.pop("AWS_MAX_ATTEMPTS")  # botocore's own retries as a user has them

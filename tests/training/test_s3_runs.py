@@ -123,3 +123,42 @@ def test_ddp_on_s3_killed_and_resumed_at_2_1_and_3_processes(remote, store, tmp_
         for name in ("config.yaml", "metrics.json", "logs/metrics.csv", "model/config.json"):
             assert fs.exists(f"{run}/{name}"), f"{run}/{name}"
     assert json.loads(fs.cat(f"{one}/metrics.json"))["steps"] == start + 30
+
+
+def test_finetuning_reads_s3_shards_into_s3_and_resumes(store, tmp_path):
+    from flava.checkpoints import load_finetuned
+    from flava.finetune import main as finetune
+    from flava.write_shards import main as write_shards
+
+    from ..data import sample_data
+    from ..tasks.test_own_data import TUNE
+
+    folder = sample_data.class_folder(tmp_path / "classes")
+    assert write_shards([str(folder), str(tmp_path / "shards"), "--shard-size", "4"]) == 0
+    filesystem().put(f"{tmp_path / 'shards'}/", f"{store.bucket}/shards/", recursive=True)
+    base = f"s3://{store.bucket}"
+    argv = [
+        *TUNE,
+        "data.kind=source",
+        "data.source.type=webdataset",
+        f"data.source.shards=['{base}/shards/']",
+        "task.modality=image",
+        "data.val_fraction=0.25",
+        "training.lightning.val_check_interval=2",
+    ]
+    assert (
+        finetune([*argv, f"training.run_dir={base}/straight", "training.lightning.max_steps=4"])
+        == 0
+    )
+    assert finetune([*argv, f"training.run_dir={base}/part", "training.lightning.max_steps=2"]) == 0
+    last = f"training.lightning_load_from_checkpoint={base}/part/checkpoints/last.ckpt"
+    assert (
+        finetune([*argv, f"training.run_dir={base}/part", "training.lightning.max_steps=4", last])
+        == 0
+    )
+    straight, _ = load_finetuned(fetch(f"{base}/straight/model"))
+    resumed, info = load_finetuned(fetch(f"{base}/part/model"))
+    assert info["class_names"] == sorted({p.parent.name for p in folder.rglob("*.*")})  # manifest
+    reference = straight.state_dict()
+    for key, value in resumed.state_dict().items():
+        assert torch.equal(value, reference[key]), key
