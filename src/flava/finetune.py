@@ -289,13 +289,13 @@ def summary(metrics: dict[str, Any], run_dir: RunDir | str) -> str:
 
 
 def _run(cfg: Any) -> object:
-    from flava.checkpoints.io import read_checkpoint
     from flava.training.precision import resolve_precision
+    from flava.training.resume import check_resume
 
     resolve_precision(cfg)  # a precision the hardware lacks fails here, before any work
     resume = cfg.training.lightning_load_from_checkpoint
     if resume:  # missing, or needing more than tensors and plain containers: one line, exit 2
-        read_checkpoint(resume, "training.lightning_load_from_checkpoint")
+        check_resume(resume, "training.lightning_load_from_checkpoint")  # a URL: read a copy
     return run(cfg)
 
 

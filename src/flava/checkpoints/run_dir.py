@@ -177,6 +177,7 @@ def fetch(location: str) -> str:
     fs, path = fsspec.core.url_to_fs(location)
     if isinstance(fs, LocalFileSystem):
         return path
+    fs.invalidate_cache(path)  # a listing cached before the file was written would hide it
     if not fs.exists(path):
         return location  # the caller's check says "no such file"
     rank = os.environ.get("RANK", "0")
