@@ -229,15 +229,15 @@ class TrainingConfig:
     folder, or an fsspec URL (s3://bucket/run, gs://..., with s3fs / gcsfs installed): files are
     written there directly, the model folder uploaded once written (not with strategy fsdp)."""
     upload_retries: int = 4
-    """A run_dir at a URL: times an upload (a checkpoint, model/) is tried again after a
-    failure, with back-off; a checkpoint whose upload still fails leaves the last good one in
-    place (the run goes on; its local copy is kept and named), model/ stops the run (exit 1)."""
+    """Times an upload to a URL run_dir (a checkpoint, model/) is tried again after a failure,
+    with back-off; a checkpoint whose upload still fails leaves the last good one in place (the
+    run goes on; its local copy is kept and named), model/ stops the run (exit 1)."""
     upload_backoff: float = 2.0
     """Seconds before the first retry of an upload, doubled at each further one."""
     upload_wait: float = 7200.0
-    """A run_dir at a URL: seconds the other processes wait for rank 0 to finish its uploads
-    (after training, and at the end: model/, the report). Checkpoints during training are
-    written locally and uploaded in the background: no process waits for the store then."""
+    """Seconds the other processes wait for rank 0 to finish its uploads to a URL run_dir
+    (after training, and at the end with model/ and the report). Checkpoints during training are
+    written locally and uploaded in the background, so no process waits for the store then."""
     process_group_timeout: float = 1800.0
     """Seconds a process waits for the others in a collective (ddp, fsdp) before failing."""
     loggers: list[LoggerName] = field(
