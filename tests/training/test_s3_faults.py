@@ -28,6 +28,7 @@ from .test_train import SMALL
 pytestmark = pytest.mark.slow
 
 FAST_RETRIES = ["training.upload_retries=1", "training.upload_backoff=0.1"]
+QUICK = ["training.evaluation.enabled=false", "training.lightning.limit_val_batches=0"]
 
 
 def _step(url: str) -> int:
@@ -39,7 +40,13 @@ def test_a_checkpoint_upload_cut_halfway_keeps_the_last_good_one(store, capsys):
     # every upload of last.ckpt after the first is reset in the middle of its second part
     part_2 = r"/run/checkpoints/last\.ckpt\?.*partNumber=2(&|$)"
     store.fault("PUT", part_2, "reset_upload", times=-1, skip=1)
-    argv = [*SMALL, f"training.run_dir={run}", "training.lightning.max_steps=4", *FAST_RETRIES]
+    argv = [
+        *SMALL,
+        f"training.run_dir={run}",
+        "training.lightning.max_steps=4",
+        *FAST_RETRIES,
+        *QUICK,
+    ]
     every = "training.lightning_checkpoint.every_n_train_steps=2"
     assert main([*argv, every, "training.lightning_checkpoint.save_top_k=-1"]) == 1
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
@@ -93,7 +100,7 @@ def test_no_rank_times_out_while_rank_0_uploads_to_a_slow_store(store, tmp_path)
         *SMALL,
         f"training.run_dir={run}",
         "training.lightning.max_steps=2",
-        "training.evaluation.enabled=false",
+        *QUICK,
         "training.process_group_timeout=8",
         "training.upload_wait=600",
         *DDP,

@@ -93,7 +93,7 @@ def test_ddp_on_s3_killed_and_resumed_at_2_1_and_3_processes(remote, store, tmp_
     base = f"s3://{store.bucket}"
     every = "training.lightning_checkpoint.every_n_train_steps=3"
     killed_run = f"{base}/killed"
-    args = _remote_args(killed_run, shards_url, 8, every)
+    args = _remote_args(killed_run, shards_url, 8, every)  # killed at its step 3
     killed = _killed(args, killed_run, 3, tmp_path / "killed.log")
     state = torch.load(fetch(killed), map_location="cpu", weights_only=False)
     start = state["PretrainingData"]["start_batch"]
@@ -101,8 +101,8 @@ def test_ddp_on_s3_killed_and_resumed_at_2_1_and_3_processes(remote, store, tmp_
     # one launch: the run never killed, then the killed one resumed, both with 2 processes
     straight, resumed = f"{base}/straight", f"training.lightning_load_from_checkpoint={killed}"
     plan = [
-        _remote_args(straight, shards_url, 8, *DDP),
-        _remote_args(killed_run, shards_url, 8, resumed, *DDP),
+        _remote_args(straight, shards_url, 6, *DDP),
+        _remote_args(killed_run, shards_url, 6, resumed, *DDP),
     ]
     run_plan(2, [{"args": args} for args in plan], tmp_path / "plan")
     weights, reference = _weights(killed_run), _weights(straight)
