@@ -5,7 +5,6 @@ shard that keeps failing. Reads resume from the byte they reached: every record 
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 
 import numpy as np
@@ -124,8 +123,3 @@ def test_a_shard_that_keeps_failing_is_skipped_and_counted(bucket, store, caplog
     assert len(keys) == len(set(keys)) == 2 * PER_SHARD + 2  # the first chunk's records, once
     assert f"pairs-{bad:03d}.tar failed after 2 samples" in caplog.text
     assert "ConnectionResetError" in caplog.text and "2 tries at byte 1048576" in caplog.text
-
-
-def test_the_endpoint_is_the_standard_setting(store):
-    """What the user sets to reach an S3-compatible store: AWS_ENDPOINT_URL (botocore)."""
-    assert os.environ["AWS_ENDPOINT_URL"] == store.endpoint
