@@ -17,6 +17,7 @@ from flava.checkpoints.run_dir import RunDir, is_url
 from flava.config import ConfigError, make_directory, to_yaml
 from flava.config.common import LOGGER_INSTALLS, mlflow_uri
 from flava.data.sources.skips import new_run
+from flava.training.uploads import checkpoint_plugins
 
 log = logging.getLogger("flava")
 
@@ -110,10 +111,8 @@ def build_trainer(cfg: DictConfig, run_dir: RunDir, callbacks: list[L.Callback])
     from flava.training.kernels import kernel_callbacks
     from flava.training.logged import keep_earlier_logs
     from flava.training.precision import lightning_precision, target_device
-    from flava.training.uploads import checkpoint_plugins
 
-    lc = cfg.training.lightning
-    ck = cfg.training.lightning_checkpoint
+    lc, ck = cfg.training.lightning, cfg.training.lightning_checkpoint
     if cfg.training.lightning_load_from_checkpoint and int(os.environ.get("RANK", "0")) == 0:
         keep_earlier_logs(run_dir)
     loggers = _loggers(run_dir, cfg.training)
