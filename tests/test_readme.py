@@ -49,6 +49,7 @@ UNCHECKED: dict[str, str] = {}
 # Commands that read or write real files: only their arguments are parsed, by their own parser.
 PARSE_ONLY = {
     "flava.convert": "reads a checkpoint and writes another",
+    "flava.clip_benchmark": "CLIP_benchmark's own command line: evaluates a model on a dataset",
 }
 # Commands that only compute (no data, no training): cheap enough to run for real.
 RUN_FOR_REAL = {"flava.plan"}
