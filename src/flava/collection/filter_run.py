@@ -64,6 +64,8 @@ def embed_eval_sets(cfg: Any, manifest: dict[str, Any], out: Path) -> np.ndarray
             modality="image", normalize=s["normalized"], precision=s["precision"],
             batch_size=cfg.batch_size, device=cfg.device, seed=s["model"]["seed"], progress=False,
         )  # fmt: skip
+        if "runtime" in s:  # embedded on onnxruntime: the same export
+            options.runtime, options.onnx_dir = "onnx", s["runtime"]["onnx_dir"]
         data = SourceDataConfig(source=entry, text_max_length=s["text_max_length"])
         folder = out / "eval_embeddings" / str(i)
         try:
