@@ -173,3 +173,28 @@ def test_an_image_only_folder_or_a_missing_one_is_refused(tiny_model, tmp_path, 
     assert filter_main([f"embeddings={tmp_path / 'none'}", f"out={tmp_path / 'o'}"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "run flava.embed" in err
+
+
+@pytest.mark.slow
+def test_pretraining_trains_on_the_filtered_shards(embedded, planted, tmp_path):
+    from flava.train import main as train
+
+    from ..training.test_train import SMALL
+
+    out = tmp_path / "kept"
+    report = _filter(embedded, out, "filter.duplicate_threshold=0.995", "filter.shard_size=4")
+    assert len(report["shards"]) == -(-report["written"] // 4) >= 3
+    run = tmp_path / "run"
+    args = [
+        *SMALL,
+        f"training.run_dir={run}",
+        "training.lightning.max_steps=2",
+        "training.lightning.limit_val_batches=0",
+        "training.evaluation.enabled=false",
+        "datasets.selected=[vl]",
+        f"datasets.vl.train=[{{type: webdataset, shards: [{out}]}}]",
+        "model.kmeans_images=8",
+    ]
+    assert train(args) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["data/samples_read"] >= 8 and metrics["data/skipped_fraction"] == 0
