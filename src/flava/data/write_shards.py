@@ -199,7 +199,7 @@ def shard_name(prefix: str, number: int) -> str:
     return f"{prefix}-{number:06d}.tar" if prefix else f"{number}.tar"
 
 
-def _fill(
+def fill_shards(
     prepared: Iterator[Prepared],
     out: Path,
     prefix: str,
@@ -259,7 +259,7 @@ def _resume(out: Path, total: int, shard_size: int) -> tuple[list[dict[str, Any]
     return kept, [entry["name"] for entry in old.get("shards", [])]
 
 
-def _totals(manifest: dict[str, Any], shards: list[dict[str, Any]], total: int) -> None:
+def set_totals(manifest: dict[str, Any], shards: list[dict[str, Any]], total: int) -> None:
     """Set the manifest's shard list, sample and skip counts, and whether it is complete."""
     skipped = {r: sum(s["skipped"].get(r, 0) for s in shards) for r in SKIP_REASONS}
     manifest["num_samples"] = sum(s["samples"] for s in shards)
@@ -273,7 +273,7 @@ def _totals(manifest: dict[str, Any], shards: list[dict[str, Any]], total: int) 
 def _new_manifest(
     source: Any, fields: dict[str, Any], shard_size: int, options: Options
 ) -> dict[str, Any]:
-    """The manifest of an empty output (its counts are set by `_totals`)."""
+    """The manifest of an empty output (its counts are set by `set_totals`)."""
     _, quality, reencode, max_side, _ = options
     manifest: dict[str, Any] = {
         "format": "webdataset",
@@ -321,7 +321,7 @@ def write(
         stale.unlink()  # a partial shard of an interrupted run
 
     def save() -> None:
-        _totals(manifest, shards, total)
+        set_totals(manifest, shards, total)
         tmp = out / f".{MANIFEST}.tmp"
         tmp.write_text(json.dumps(manifest, indent=2))
         os.replace(tmp, out / MANIFEST)
@@ -339,7 +339,7 @@ def write(
     if start < total:
         stream = prepared(source, options, range(start, total), processes)
         with contextlib.closing(stream) as samples:
-            _fill(samples, out, prefix, len(shards), shard_size, record)
+            fill_shards(samples, out, prefix, len(shards), shard_size, record)
     save()
     for name in set(old_names) - {s["name"] for s in shards}:
         (out / name).unlink(missing_ok=True)  # an earlier run's shard past the new last one
