@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 
 from flava.collection import layout
 from flava.collection.embedding import MODALITY_FIELDS, held_kinds, modality_of, run_units
-from flava.collection.encoder import Encoder, load_model, resolve_precision
+from flava.collection.encoder import Encoder, OnnxEncoder, load_model, resolve_precision
 from flava.collection.units import Units
 from flava.config import ConfigError
 from flava.data.sources import DataError, build, check_fields, set_fields, too_many_skipped
@@ -73,6 +73,8 @@ def settings_of(cfg: Any, units: Units, modality: str, precision: str) -> dict[s
         "text_max_length": cfg.data.text_max_length,
         **units.identity(),
     }
+    if str(cfg.embed.runtime) == "onnx":  # absent for PyTorch: older folders resume
+        settings["runtime"] = {"onnx_dir": str(Path(str(cfg.embed.onnx_dir)).expanduser())}
     return json.loads(json.dumps(settings, default=str))
 
 
@@ -122,14 +124,18 @@ def _embed(cfg: Any, device: torch.device) -> dict[str, Any]:
         model = load_model(m.pretrained_model_key, m.preset, e.seed)
     source = _open_source(cfg, model.config.image.image_size if model is not None else 224)
     modality = modality_of(str(e.modality), held_kinds(source))
-    precision = resolve_precision(str(e.precision), device)
+    onnx = str(e.runtime) == "onnx"
+    precision = "fp32" if onnx else resolve_precision(str(e.precision), device)
     units = Units.of(source, e.shard_size)
     out = Path(str(cfg.out)).expanduser()
     settings = settings_of(cfg, units, modality, precision)
     done = _on_rank_zero(lambda: open_folder(out, settings, units.count))
-    if model is None:
-        model = load_model(m.pretrained_model_key, m.preset, e.seed)
-    encoder = Encoder(model, device, precision, cfg.data.text_max_length, e.normalize)
+    if onnx:
+        encoder: Encoder = OnnxEncoder(str(e.onnx_dir), cfg.data.text_max_length, e.normalize)
+    else:
+        if model is None:
+            model = load_model(m.pretrained_model_key, m.preset, e.seed)
+        encoder = Encoder(model, device, precision, cfg.data.text_max_length, e.normalize)
     if process_count_and_rank()[1] == 0:
         log.info(
             "embedding %s (%s, %d shards, %d written) with %s in %s",
@@ -138,7 +144,7 @@ def _embed(cfg: Any, device: torch.device) -> dict[str, Any]:
             units.count,
             len(done),
             m.pretrained_model_key or m.preset,
-            precision,
+            f"{precision} on onnxruntime" if onnx else precision,
         )
     seconds = run_units(encoder, units, done, out, e, modality)
     rank_zero_value(None)  # every process has written its shards

@@ -89,8 +89,15 @@ class Encoder:
         """[B, 3, S, S] pixels -> embeddings [B, P]."""
         if len(pixels) == 0:
             return torch.empty(0, self.dim)
-        x = pixels.to(self.device, self.dtype, non_blocking=True)
-        return self._out(self.model.encode_image(x))  # [B, P]
+        return self._out(self.encode_image(pixels))  # [B, P]
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The model's projected CLS of [B, 3, S, S] pixels [B, P] (not normalised)."""
+        return self.model.encode_image(pixels.to(self.device, self.dtype, non_blocking=True))
+
+    def encode_text(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The model's projected CLS of [B, L] token ids and padding mask [B, P]."""
+        return self.model.encode_text(ids.to(self.device), mask.to(self.device))
 
     @torch.inference_mode()
     def texts(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
@@ -105,10 +112,7 @@ class Encoder:
         out = torch.empty(len(texts), self.dim)
         for chunk in order.split(batch_size):
             n = int(lengths[chunk].max())
-            emb = self.model.encode_text(
-                ids[chunk, :n].to(self.device), mask[chunk, :n].to(self.device)
-            )
-            out[chunk] = self._out(emb)  # [b, P]
+            out[chunk] = self._out(self.encode_text(ids[chunk, :n], mask[chunk, :n]))  # [b, P]
         return out
 
     def image_query(self, image: Image.Image) -> torch.Tensor:
@@ -118,6 +122,52 @@ class Encoder:
     def text_query(self, text: str) -> torch.Tensor:
         """One text's embedding [P]."""
         return self.texts([text])[0]
+
+
+class OnnxEncoder(Encoder):
+    """The same embeddings from the ONNX export of the model (`flava.checkpoints.onnx`) on
+    onnxruntime, in fp32: `embed.runtime=onnx`."""
+
+    def __init__(
+        self,
+        directory: str,
+        text_max_length: int = 77,
+        normalize: bool = True,
+        providers: list[str] | None = None,
+    ) -> None:
+        from flava.checkpoints import CheckpointError
+        from flava.checkpoints.onnx import OnnxEncoders
+        from flava.data.tokenizer import load_tokenizer
+        from flava.data.transforms import image_transform
+
+        try:
+            self.onnx = OnnxEncoders(directory, providers)
+        except (CheckpointError, OSError) as exc:
+            if "not installed" in str(exc):
+                raise ConfigError(f"embed.runtime=onnx: {exc}") from None
+            raise ConfigError(
+                f"embed.onnx_dir={directory}: {str(exc).splitlines()[0]}; write it with "
+                "python -m flava.convert MODEL DIR --to onnx"
+            ) from None
+        if text_max_length > self.onnx.max_length:
+            raise ConfigError(
+                f"text_max_length={text_max_length} is more than the text encoder's "
+                f"{self.onnx.max_length} positions; set data.text_max_length <= "
+                f"{self.onnx.max_length}"
+            )
+        self.device, self.precision, self.dtype = torch.device("cpu"), "fp32", torch.float32
+        self.text_max_length, self.normalize = text_max_length, normalize
+        self.image_size, self.dim = self.onnx.image_size, self.onnx.projection_dim
+        self.transform = image_transform("eval", image_size=self.image_size)
+        self.tokenizer = load_tokenizer()
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """onnxruntime's image embeddings [B, P]."""
+        return torch.from_numpy(self.onnx.encode_image(pixels.numpy()))
+
+    def encode_text(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """onnxruntime's text embeddings [B, P]."""
+        return torch.from_numpy(self.onnx.encode_text(ids.numpy(), mask.numpy()))
 
 
 def load_model(pretrained_model_key: str | None, preset: str, seed: int = 0) -> Any:

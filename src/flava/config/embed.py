@@ -28,6 +28,13 @@ class EmbedPrecision(Choice):
     bf16 = "bf16"
 
 
+class Runtime(Choice):
+    """What computes the embeddings."""
+
+    pytorch = "pytorch"
+    onnx = "onnx"
+
+
 @dataclass
 class EmbedOptions:
     """What is embedded, how, and in what pieces."""
@@ -55,6 +62,12 @@ class EmbedOptions:
     """Seed of random initialisation (presets without weights)."""
     progress: bool = True
     """Show a progress bar (records/s, time left) on rank 0."""
+    runtime: Runtime = Runtime.pytorch
+    """pytorch, or onnx: the ONNX export in embed.onnx_dir on onnxruntime (CPU, fp32; needs the
+    onnx extra). The model section still names the model (the manifest and flava.search use
+    it): give the model the export was written from."""
+    onnx_dir: str | None = None
+    """embed.runtime=onnx: the folder `python -m flava.convert MODEL DIR --to onnx` wrote."""
 
 
 @dataclass
@@ -79,5 +92,16 @@ def validate_embed(cfg: DictConfig) -> None:
         (e.shard_size >= 1, "embed.shard_size", "must be >= 1"),
         (e.batch_size >= 1, "embed.batch_size", "must be >= 1"),
         (e.num_workers >= 0, "embed.num_workers", "must be >= 0"),
+        (
+            str(e.runtime) != "onnx" or bool(e.onnx_dir),
+            "embed.onnx_dir",
+            "give the ONNX export's folder with embed.runtime=onnx (python -m flava.convert "
+            "MODEL DIR --to onnx writes it)",
+        ),
+        (
+            str(e.runtime) != "onnx" or str(e.precision) != "bf16",
+            "embed.precision",
+            "embed.runtime=onnx computes in fp32: use embed.precision=auto or fp32",
+        ),
     ]
     fail_checks(cfg, checks)

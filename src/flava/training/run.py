@@ -17,6 +17,7 @@ from flava.checkpoints.run_dir import RunDir, is_url
 from flava.config import ConfigError, make_directory, to_yaml
 from flava.config.common import LOGGER_INSTALLS, mlflow_uri
 from flava.data.sources.skips import new_run
+from flava.training.uploads import checkpoint_plugins
 
 log = logging.getLogger("flava")
 
@@ -38,16 +39,19 @@ def prepare_run_dir(cfg: DictConfig) -> RunDir:
     return run_dir
 
 
-def _strategy(name: str) -> Any:
-    """Lightning strategy by name; DDP tolerates the parameters a batch kind leaves unused."""
+def _strategy(name: str, timeout: float) -> Any:
+    """Lightning strategy by name; DDP tolerates the parameters a batch kind leaves unused;
+    `timeout`: seconds a collective waits for the other processes."""
+    from datetime import timedelta
+
     if name == "ddp":
         from lightning.pytorch.strategies import DDPStrategy
 
-        return DDPStrategy(find_unused_parameters=True)
+        return DDPStrategy(find_unused_parameters=True, timeout=timedelta(seconds=timeout))
     if name == "fsdp":  # FSDP2 (fully_shard) per layer, through Lightning, on CPU and GPU
         from flava.training.sharding import ShardedStrategy
 
-        return ShardedStrategy()
+        return ShardedStrategy(timeout=timedelta(seconds=timeout))
     return name
 
 
@@ -108,13 +112,13 @@ def build_trainer(cfg: DictConfig, run_dir: RunDir, callbacks: list[L.Callback])
     from flava.training.logged import keep_earlier_logs
     from flava.training.precision import lightning_precision, target_device
 
-    lc = cfg.training.lightning
-    ck = cfg.training.lightning_checkpoint
+    lc, ck = cfg.training.lightning, cfg.training.lightning_checkpoint
     if cfg.training.lightning_load_from_checkpoint and int(os.environ.get("RANK", "0")) == 0:
         keep_earlier_logs(run_dir)
     loggers = _loggers(run_dir, cfg.training)
+    dirpath = ck.dirpath or run_dir.url("checkpoints")
     checkpoint = ModelCheckpoint(
-        dirpath=ck.dirpath or run_dir.url("checkpoints"),
+        dirpath=dirpath,
         filename=ck.filename,
         every_n_train_steps=ck.every_n_train_steps,
         save_last=ck.save_last,
@@ -136,7 +140,8 @@ def build_trainer(cfg: DictConfig, run_dir: RunDir, callbacks: list[L.Callback])
         accelerator=accelerator,
         devices=devices,
         num_nodes=lc.num_nodes,
-        strategy=_strategy(lc.strategy),
+        strategy=_strategy(lc.strategy, cfg.training.process_group_timeout),
+        plugins=checkpoint_plugins(dirpath, cfg.training),  # a URL: staged, uploaded behind
         precision=precision,
         gradient_clip_val=lc.gradient_clip_val,
         accumulate_grad_batches=lc.accumulate_grad_batches,
@@ -160,18 +165,6 @@ def build_trainer(cfg: DictConfig, run_dir: RunDir, callbacks: list[L.Callback])
     )
 
 
-def leave_together() -> None:
-    """End a run of several processes together: every process waits here until rank 0 has
-    written the model and the report. A process that left earlier could abort at exit
-    ("terminate called without an active exception": seen in 3 of 3 two-process FSDP2 runs
-    under `torchrun --standalone`), failing a finished run. The process group stays open: a
-    script may start another run in the same processes."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
 def set_host_memory(policy: str, strategy: str, on_cpu: bool) -> None:
     """Apply `training.host_memory` in this process (every process of a run builds a trainer)
     and say in the log what was done."""
@@ -185,9 +178,12 @@ def stop_with_checkpoint(
 ) -> str:
     """Write `checkpoints/<stem>.ckpt` and the counts of a run that stopped early; the one-line
     reason to raise (exit status 1)."""
+    from flava.training.uploads import wait_for_uploads
+
     stem, message = stopped
     path = run_dir.url("checkpoints", f"{stem}.ckpt")
     trainer.save_checkpoint(path)
+    wait_for_uploads(trainer)  # at a URL: uploaded before the processes exit
     if trainer.is_global_zero:
         write_metrics(run_dir, counts)
     return f"{message}; checkpoint written to {path}"
