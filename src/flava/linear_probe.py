@@ -28,6 +28,7 @@ Writes <run.run_dir>/metrics.json. Keys: `python -m flava.linear_probe --help`.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import time
@@ -132,13 +133,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     check_skipped(cfg, {"classes": len(classes)}, skips, read)
     dtype = torch.float64 if p.dtype == "float64" else torch.float32
     grid = l2_grid(p.l2_min, p.l2_max, p.l2_points)
-    result = sweep_and_fit(*sets, len(classes), grid, p.max_iter, dtype, device)
+    train, val, test = sets
+    result = sweep_and_fit(train, val, test, len(classes), grid, p.max_iter, dtype, device)
     metrics = probe_metrics(cfg, result, sets, len(classes))
     metrics["seconds"] = round(time.perf_counter() - start, 1)
     metrics.update(skip_metrics(skips.counts, read))
     run_dir = save_results(cfg.run.run_dir, cfg, metrics)
     print_table(f"linear probe ({cfg.data.kind}, {p.features}) -> {run_dir}", metrics)
     return metrics
+
+
+def _image_at(dataset: Any, indices: list[int], i: int) -> Any:
+    """The image of the `i`-th of a split's examples (`indices` into `dataset`)."""
+    return dataset[indices[i]].image
 
 
 def split_features(
@@ -158,7 +165,7 @@ def split_features(
     for dataset, indices in splits:
         x, kept = image_features(
             model,
-            lambda i, ds=dataset, idx=indices: ds[idx[i]].image,
+            functools.partial(_image_at, dataset, indices),
             len(indices),
             transform,
             cfg.probe.features,

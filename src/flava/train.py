@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -83,7 +84,7 @@ def run(cfg: Any) -> dict[str, Any]:
         resume = resume_for_strategy(resume, t.lightning.strategy, module, run_dir)
     metrics: dict[str, Any] = {}
     if not resume:  # (a resumed run restores the fitted k-means codebook)
-        if _needs_kmeans_fit(module, cfg):  # fitted before the "before" validation
+        if module.kmeans is not None and _needs_kmeans_fit(module, cfg):  # before "before" val
             images = kmeans_fit_images(data, cfg.model.kmeans_images)
             fit_kmeans(module.kmeans, images, t.seed, cfg.model.kmeans_images)
         before = trainer.validate(module, datamodule=data, verbose=False)
@@ -189,7 +190,7 @@ def _counts(module: Any) -> dict[str, Any]:
     return counts
 
 
-def _merge(results: list[dict[str, float]]) -> dict[str, float]:
+def _merge(results: Sequence[Mapping[str, float]]) -> dict[str, float]:
     out: dict[str, float] = {}
     for r in results:
         out.update({k: float(v) for k, v in r.items()})

@@ -179,7 +179,9 @@ def zero_shot_sets(
         names, templates = found
         got = collect(source, Kind.image, ev.num_samples, transform, skips, where, len(names))
         if got:
-            images, labels = [im for im, _ in got], [int(s.label) for _, s in got]
+            # (collect keeps samples of one of the classes only: each has its label)
+            images = [im for im, s in got if s.label is not None]
+            labels = [s.label for _, s in got if s.label is not None]
             sets.append(EvaluationSet(images, [], labels, names, templates, name=f"val{i}"))
     if len(sets) == 1:
         sets[0].name = ""

@@ -48,7 +48,7 @@ def processes(device: torch.device) -> Iterator[torch.device]:
         yield device
         return
     if device.type == "cuda":
-        if device.index is None:
+        if str(device) == "cuda":  # no index given (torch's stubs type `index` as int)
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")

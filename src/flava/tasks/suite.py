@@ -178,7 +178,8 @@ def average_rows(results: Sequence[TaskResult]) -> list[list[str]]:
             over = f"{ran} task{'' if ran == 1 else 's'}" + (
                 f"; missing: {', '.join(left)}" if left else ""
             )
-        diff = None if ours[group] is None else ours[group] - PAPER_AVERAGES[group]
+        average = ours[group]
+        diff = None if average is None else average - PAPER_AVERAGES[group]
         rows.append(
             [
                 f"average {group}",

@@ -89,8 +89,12 @@ class ZeroShotEvaluation(L.Callback):
         self.history: list[dict[str, float]] = []
 
     def _evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
+        from flava.training.module import FlavaPretrainingModule
         from flava.training.sharding import gathered
 
+        if not isinstance(pl_module, FlavaPretrainingModule):
+            name = type(pl_module).__name__
+            raise TypeError(f"zero-shot evaluation needs a FlavaPretrainingModule, not {name}")
         metrics: dict[str, float] = {}
         for data in self.sets:
             with gathered(pl_module):  # projections of a sharded root, outside its forward

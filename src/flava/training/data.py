@@ -91,7 +91,6 @@ class PretrainingData(L.LightningDataModule):
         masker = BlockMaskGenerator.for_image(
             image.image_size, image.patch_size, num_masking_patches=d.image_mask_patches
         )
-        common = dict(image_size=image.image_size, codebook_size=codebook_size)
         lengths = {k: kind_text_length(d, k) for k in (Kind.text, Kind.vl)}
         whole_words = {k: kind_whole_word_masking(d, k) for k in (Kind.text, Kind.vl)}
         positions = model_config.text.max_position_embeddings
@@ -108,7 +107,9 @@ class PretrainingData(L.LightningDataModule):
                 )
         self.train_builder = BatchBuilder(
             self.tokenizer,
-            image_transform("pretrain", scale=tuple(d.crop_scale), **common),
+            image_transform(
+                "pretrain", image.image_size, codebook_size, (d.crop_scale[0], d.crop_scale[1])
+            ),
             masker,
             lengths,
             d.mlm_probability,
@@ -116,16 +117,16 @@ class PretrainingData(L.LightningDataModule):
         )
         self.val_builder = BatchBuilder(
             self.tokenizer,
-            image_transform("eval", **common),
+            image_transform("eval", image.image_size, codebook_size),
             masker,
             lengths,
             d.mlm_probability,
             whole_words,
         )
-        self._streams: dict[str, dict[str, Stream]] = {}
+        self._streams: dict[str, dict[Kind, Stream]] = {}
         check_sources(cfg)  # unreachable data fails here, before any data is read
 
-    def streams(self, role: str) -> dict[str, Stream]:
+    def streams(self, role: str) -> dict[Kind, Stream]:
         """The configured streams per kind for "train" or "val" (built once)."""
         if role not in self._streams:
             d = self.cfg.datasets
@@ -151,7 +152,7 @@ class PretrainingData(L.LightningDataModule):
             return 0, 1
         return trainer.global_rank, trainer.world_size
 
-    def train_dataloader(self) -> torch.utils.data.DataLoader:
+    def train_dataloader(self) -> torch.utils.data.DataLoader | AccumulationWindows:
         t, d = self.cfg.training, self.cfg.datasets
         rank, world = self._rank()
         dataset = MixedBatches(

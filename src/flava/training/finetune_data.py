@@ -53,7 +53,7 @@ class Collator:
             return FinetuneBatch({}, torch.empty(0), tally=tally)
         inputs: dict[str, torch.Tensor] = {}
         if self.modality in ("image", "multimodal"):
-            views = self.transform.batch([e.image for e in examples], generator=generator)
+            views = self.transform.batch([e.decoded_image for e in examples], generator=generator)
             inputs["pixel_values"] = views["pixel_values"]
         if self.modality in ("text", "multimodal"):
             texts = [e.text or "" for e in examples]

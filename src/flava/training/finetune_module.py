@@ -4,7 +4,7 @@ Its data is `flava.training.finetune_data`."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
@@ -17,6 +17,9 @@ from flava.model.classifier import FlavaClassifier
 from flava.tasks.metrics import TaskMetrics
 from flava.training.counts import SkipCounter
 from flava.training.optim import adamw_with_schedule, check_multipliers, clip_gradients
+
+if TYPE_CHECKING:
+    from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 
 
 def task_loss(logits: torch.Tensor, targets: torch.Tensor, task_type: str) -> torch.Tensor:
@@ -48,6 +51,12 @@ class FinetuneModule(L.LightningModule):
         self.val_skipped: dict[str, int] = {}  # bad validation examples of the last pass
         self._val_pass: dict[str, int] = {}
         self.stopped: tuple[str, str] | None = None  # (checkpoint stem, one-line reason)
+
+    def task_metrics(self, index: int) -> TaskMetrics:
+        """The metrics of validation set `index`."""
+        metrics = self.metrics[index]
+        assert isinstance(metrics, TaskMetrics)  # (nn.ModuleList holds them for the device)
+        return metrics
 
     def _count_data(self, batch: FinetuneBatch) -> None:
         """Add the batch's skipped examples; stop when too large a fraction of them was bad."""
@@ -85,7 +94,7 @@ class FinetuneModule(L.LightningModule):
             return
         logits = self(batch)
         loss = task_loss(logits, targets, self.cfg.task.type)
-        self.metrics[dataloader_idx].update(logits, targets)
+        self.task_metrics(dataloader_idx).update(logits, targets)
         self.log(
             f"{self.prefixes[dataloader_idx]}/loss",
             loss,
@@ -97,7 +106,8 @@ class FinetuneModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self.val_skipped, self._val_pass = self._val_pass, {}
-        for prefix, metrics in zip(self.prefixes, self.metrics, strict=True):
+        for index, prefix in enumerate(self.prefixes):
+            metrics = self.task_metrics(index)
             for name, value in metrics.compute().items():  # synced across processes
                 self.log(f"{prefix}/{name}", value, add_dataloader_idx=False)
             metrics.reset()
@@ -107,7 +117,7 @@ class FinetuneModule(L.LightningModule):
     ) -> None:
         clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         return adamw_with_schedule(
             self.model.named_parameters(), self.cfg.training, self.device, self.trainer.max_steps
         )

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from omegaconf import DictConfig
 
 from flava.config import ConfigError
+
+if TYPE_CHECKING:
+    from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 
 NO_DECAY_SUFFIXES = ("cls_token", "mask_token", "pos_embed")
 
@@ -54,7 +57,8 @@ def decay_groups(
     "all" decays every one; "matrices" skips 1-D tensors (biases, norm weights, the logit
     scale) and names ending in `NO_DECAY_SUFFIXES` (the image / multimodal class tokens, the
     image mask token and position embeddings; the text embeddings are tables, and decayed)."""
-    decay, no_decay = [], []
+    decay: list[tuple[str, torch.nn.Parameter]] = []
+    no_decay: list[tuple[str, torch.nn.Parameter]] = []
     for name, p in named_parameters:
         if not p.requires_grad:
             continue
@@ -112,7 +116,7 @@ def adamw_with_schedule(
     t: DictConfig,
     device: torch.device,
     max_steps: int | None,
-) -> dict[str, Any]:
+) -> OptimizerLRSchedulerConfig:
     """Lightning's `configure_optimizers` answer: AdamW over the trainable parameters (per
     `training.lr_multipliers`) and the per-step learning-rate schedule of `training.*` (length
     `lr_decay_steps` or `max_steps`)."""

@@ -16,6 +16,7 @@ import platform
 import subprocess
 import sys
 from pathlib import Path
+from typing import Literal, get_args
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -25,8 +26,18 @@ from flava.config import PRECISIONS, ConfigError
 log = logging.getLogger("flava")
 
 
-LIGHTNING_NAMES = {"32": "32-true", "64": "64-true", "bf16": "bf16-mixed", "16": "16-mixed"}
-"""Short spellings -> the names Lightning uses (it warns about the short ones)."""
+LightningPrecision = Literal["32-true", "64-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true"]
+"""The names Lightning uses for the precisions a run may take."""
+
+LIGHTNING_NAMES: dict[str, LightningPrecision] = {
+    "32": "32-true",
+    "64": "64-true",
+    "bf16": "bf16-mixed",
+    "16": "16-mixed",
+    **{name: name for name in get_args(LightningPrecision)},
+}
+"""Every spelling of a resolved precision -> the name Lightning uses (it warns about the short
+ones)."""
 
 KEY = "training.lightning.precision"
 
@@ -210,7 +221,6 @@ def resolve_compile(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
-def lightning_precision(lc: DictConfig) -> str:
+def lightning_precision(lc: DictConfig) -> LightningPrecision:
     """The `precision` argument of lightning.Trainer (auto resolved, short names expanded)."""
-    chosen = check_precision(lc)
-    return LIGHTNING_NAMES.get(chosen, chosen)
+    return LIGHTNING_NAMES[check_precision(lc)]

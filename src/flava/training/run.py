@@ -75,7 +75,8 @@ def _loggers(run_dir: RunDir, t: DictConfig) -> list[Any]:
     from lightning.pytorch.utilities import rank_zero_only
 
     names = [str(name) for name in t.loggers]
-    if rank_zero_only.rank != 0:  # only rank 0 logs; the others keep csv for their callbacks
+    rank = getattr(rank_zero_only, "rank", 0)  # Lightning sets it on the function
+    if rank != 0:  # only rank 0 logs; the others keep csv for their callbacks
         names = [name for name in names if name != "mlflow"]
     out = []
     for name in names:

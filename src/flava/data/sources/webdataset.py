@@ -180,10 +180,13 @@ def sample_from_files(
 
 
 def read_tar_samples(
-    stream: IO[bytes], text_fields: Sequence[str] = ("text",), **fields: str | None
+    stream: IO[bytes],
+    text_fields: Sequence[str] = ("text",),
+    pair_field: str | None = None,
+    label_field: str = "label",
 ) -> Iterator[Sample]:
     """Samples of a webdataset tar stream: consecutive members sharing a key form one sample
-    (`fields`: `pair_field`, `label_field` of `sample_from_files`)."""
+    (`pair_field`, `label_field`: as `sample_from_files` reads them)."""
     key: str | None = None
     files: dict[str, bytes] = {}
     with tarfile.open(fileobj=stream, mode="r|*") as tar:
@@ -195,13 +198,13 @@ def read_tar_samples(
                 continue  # no extension, hidden files, __key__-style metadata
             if name_key != key:
                 if key is not None and files:
-                    yield sample_from_files(key, files, text_fields, **fields)
+                    yield sample_from_files(key, files, text_fields, pair_field, label_field)
                 key, files = name_key, {}
             f = tar.extractfile(member)
             if f is not None:
                 files[ext] = f.read()
     if key is not None and files:
-        yield sample_from_files(key, files, text_fields, **fields)
+        yield sample_from_files(key, files, text_fields, pair_field, label_field)
 
 
 class TarShards(StreamingSource):
@@ -245,7 +248,7 @@ class TarShards(StreamingSource):
         self.timeout = timeout
         self.retries = int(retries)
         self.backoff = 1.0  # seconds before the first retry; doubled at each further one
-        self.fields = {"pair_field": pair_field, "label_field": label_field}
+        self.pair_field, self.label_field = pair_field, label_field
 
     def num_shards(self) -> int:
         """Number of tar shards."""
@@ -257,7 +260,9 @@ class TarShards(StreamingSource):
         while True:
             try:
                 with open_shard(url, self.timeout) as stream:
-                    samples = read_tar_samples(stream, self.text_fields, **self.fields)
+                    samples = read_tar_samples(
+                        stream, self.text_fields, self.pair_field, self.label_field
+                    )
                     for i, sample in enumerate(samples):
                         if i >= done:  # after a reopen: the samples read before are passed over
                             done = i + 1
