@@ -35,10 +35,10 @@ import time
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
 
 from flava.config import (
     LinearProbeRunConfig,
+    SourceConfig,
     cli_main,
     describe,
     load_config,
@@ -67,7 +67,9 @@ def _carve(count: int, fraction: float, seed: int) -> tuple[list[int], list[int]
     return sorted(order[held:]), sorted(order[:held])
 
 
-def load_splits(cfg: DictConfig, image_size: int) -> tuple[list[tuple[Any, list[int]]], list[str]]:
+def load_splits(
+    cfg: LinearProbeRunConfig, image_size: int
+) -> tuple[list[tuple[Any, list[int]]], list[str]]:
     """[(dataset, indices)] for train, val, test and the class names, read through the data
     section's source (`flava.tasks.eval_data`).
 
@@ -84,10 +86,11 @@ def load_splits(cfg: DictConfig, image_size: int) -> tuple[list[tuple[Any, list[
         split_of,
         validation_of,
     )
+    from flava.tasks.task_data import TaskDataset
 
     d, p = cfg.data, cfg.probe
 
-    def read(entry: Any, like: Any = None) -> Any:
+    def read(entry: SourceConfig, like: TaskDataset | None = None) -> TaskDataset:
         return labelled_images(d, entry, image_size, "linear_probe", like)[0]
 
     whole = source_of(d, p.train_size)
@@ -112,7 +115,7 @@ def load_splits(cfg: DictConfig, image_size: int) -> tuple[list[tuple[Any, list[
     return [(train, train_idx), (train, val_idx), (test, test_idx)], classes
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
+def run(cfg: LinearProbeRunConfig) -> dict[str, Any]:
     """Probe per `cfg`; returns the metrics written to metrics.json."""
     from flava.data.sources import SkipLog
     from flava.tasks.eval_data import generated, source_of
@@ -149,7 +152,7 @@ def _image_at(dataset: Any, indices: list[int], i: int) -> Any:
 
 
 def split_features(
-    cfg: DictConfig,
+    cfg: LinearProbeRunConfig,
     model: Any,
     splits: list[tuple[Any, list[int]]],
     device: torch.device,
@@ -181,7 +184,10 @@ def split_features(
 
 
 def probe_metrics(
-    cfg: DictConfig, result: Any, sets: list[tuple[torch.Tensor, torch.Tensor]], classes: int
+    cfg: LinearProbeRunConfig,
+    result: Any,
+    sets: list[tuple[torch.Tensor, torch.Tensor]],
+    classes: int,
 ) -> dict[str, Any]:
     """The probe's accuracies, its L2 strength, the majority baseline and the split sizes."""
     (x_train, y_train), (_, y_val), (_, y_test) = sets

@@ -6,10 +6,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from omegaconf import DictConfig
-
 from flava.config.checks import Check, Choice, ConfigError, fail_checks
-from flava.config.common import SourceConfig
+from flava.config.common import SourceConfig, set_fields
 
 
 class Role(Choice):
@@ -56,11 +54,17 @@ class WriteShardsConfig:
     (the shards and manifest are written all the same)."""
 
 
-def validate_write_shards(cfg: DictConfig) -> None:
-    """Value checks of the write_shards command (the source itself is checked when opened)."""
+def output_folder(cfg: WriteShardsConfig) -> str:
+    """`dst`, or one line saying it is not set."""
     if cfg.dst is None:
         raise ConfigError("dst is not set: give the output folder, e.g. dst=/data/shards/mine")
-    given = {k for k, v in cfg.source.items() if v != getattr(SourceConfig(), k)}
+    return cfg.dst
+
+
+def validate_write_shards(cfg: WriteShardsConfig) -> None:
+    """Value checks of the write_shards command (the source itself is checked when opened)."""
+    output_folder(cfg)
+    given = set(set_fields(cfg.source))
     embedded = cfg.src == "embedded" and "type" not in given  # with its size / seed
     if (cfg.src is None and not given) or (cfg.src is not None and given and not embedded):
         raise ConfigError(

@@ -131,18 +131,24 @@ def majority_baseline(
                 counts[max(scores, key=scores.get)] += 1
         if not counts:
             return {}
-        top = counts.most_common(1)[0][0]
-        score = lambda t: float(t.get(top, 0.0))  # noqa: E731
-        name = "vqa_accuracy"
+        top, name = counts.most_common(1)[0][0], "vqa_accuracy"
     else:
         top = Counter(int(train.target(i)) for i in range(n)).most_common(1)[0][0]
-        score = lambda t: float(int(t) == top)  # noqa: E731
         name = "accuracy"
     out = {}
     for prefix, ds in vals:
         if len(ds):
-            out[f"{prefix}/{name}"] = sum(score(ds.target(i)) for i in range(len(ds))) / len(ds)
+            hits = sum(_score(ds.target(i), top, task_type) for i in range(len(ds)))
+            out[f"{prefix}/{name}"] = hits / len(ds)
     return out
+
+
+def _score(target: Any, answer: int, task_type: str) -> float:
+    """What always answering `answer` scores on one example: its soft score (VQA: `target` maps
+    answers to scores), else 1 for the right class."""
+    if task_type == "vqa":
+        return float(target.get(answer, 0.0))
+    return float(int(target) == answer)
 
 
 # ---------------------------------------------------------------------------------------------

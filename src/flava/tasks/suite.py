@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flava.config.evaluate import Group, TaskSpec
+from flava.config.evaluate import EvaluateConfig, Group, TaskSpec
 
 log = logging.getLogger("flava")
 
@@ -122,11 +122,9 @@ def load_result(out: Path, name: str) -> TaskResult | None:
     return result if result.status == "ok" else None
 
 
-def selected_tasks(cfg: Any) -> list[TaskSpec]:
+def selected_tasks(cfg: EvaluateConfig) -> list[TaskSpec]:
     """The suite's tasks as `TaskSpec`s, restricted to `only` when it is set."""
-    from omegaconf import OmegaConf
-
-    tasks = [TaskSpec(**OmegaConf.to_container(t)) for t in cfg.tasks]
+    tasks = list(cfg.tasks)
     if cfg.only:
         wanted = set(cfg.only)
         tasks = [t for t in tasks if t.name in wanted]

@@ -10,13 +10,16 @@ import json
 import re
 from collections.abc import Callable, Sequence
 from importlib import resources
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
 
 from flava.model.flava import FlavaModel
 from flava.tasks.retrieval import embed_texts
+
+if TYPE_CHECKING:
+    from flava.config import ZeroShotRunConfig
 
 
 def imagenet_classnames() -> list[str]:
@@ -62,7 +65,7 @@ def is_imagenet_style(class_dirs: list[str]) -> bool:
 
 
 def class_names_and_templates(
-    cfg: DictConfig, dataset_classes: list[str], kind: str | None = None
+    cfg: ZeroShotRunConfig, dataset_classes: list[str], kind: str | None = None
 ) -> tuple[list[str], list[str]]:
     """`prompts` of a zero-shot command: its zero_shot.class_names / templates; `kind`: the
     source type the classes come from (default cfg.data.kind)."""

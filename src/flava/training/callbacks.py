@@ -15,8 +15,8 @@ from typing import Any
 
 import lightning as L
 import torch
-from omegaconf import DictConfig
 
+from flava.config import RunConfig
 from flava.config.pretraining import kind_text_length
 from flava.data.tokenizer import FlavaTokenizer
 from flava.data.transforms import ImageTransform
@@ -143,7 +143,7 @@ class ZeroShotEvaluation(L.Callback):
 
 
 def build_evaluation(
-    cfg: DictConfig, image_size: int, tokenizer: FlavaTokenizer, transform: ImageTransform
+    cfg: RunConfig, image_size: int, tokenizer: FlavaTokenizer, transform: ImageTransform
 ) -> ZeroShotEvaluation | None:
     """The evaluation callback of a pretraining run, or None when disabled or nothing to use."""
     ev = cfg.training.evaluation

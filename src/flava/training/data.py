@@ -10,9 +10,8 @@ from typing import Any
 
 import lightning as L
 import torch
-from omegaconf import DictConfig
 
-from flava.config import ConfigError
+from flava.config import ConfigError, RunConfig, SourceConfig
 from flava.config.pretraining import kind_text_length, kind_whole_word_masking
 from flava.data.batch import PretrainingBatch
 from flava.data.mixing import (
@@ -34,22 +33,22 @@ from flava.objectives.pretraining import CONTRASTIVE_INPUTS
 log = logging.getLogger("flava")
 
 
-def _where(kind: str, role: str, index: int, entry: DictConfig) -> str:
+def _where(kind: str, role: str, index: int, entry: SourceConfig) -> str:
     name = entry.key or entry.path or (entry.shards[0] if entry.shards else "")
     return f"datasets.{kind}.{role}[{index}] ({entry.type}{' ' + str(name) if name else ''})"
 
 
-def check_source_fields(cfg: DictConfig) -> None:
+def check_source_fields(cfg: RunConfig) -> None:
     """Every dataset entry of every kind sets only fields of its type (one-line SourceError)."""
     from flava.data import sources
 
     for kind in KINDS:
         for role in ("train", "val"):
-            for i, entry in enumerate(cfg.datasets[kind][role]):
+            for i, entry in enumerate(cfg.datasets.of(kind).entries(role)):
                 sources.check_fields(entry, f"datasets.{kind}.{role}[{i}]")
 
 
-def check_sources(cfg: DictConfig) -> None:
+def check_sources(cfg: RunConfig) -> None:
     """Fail within seconds, with one line, if a configured dataset cannot be reached.
 
     First every entry's fields (`check_source_fields`); then every selected kind's train and
@@ -64,7 +63,7 @@ def check_sources(cfg: DictConfig) -> None:
         if kind not in d.selected:
             continue
         for role in ("train", "val"):
-            for i, entry in enumerate(d[kind][role]):
+            for i, entry in enumerate(d.of(kind).entries(role)):
                 try:
                     sources.check(entry)
                 except ConfigError as exc:
@@ -75,7 +74,7 @@ class PretrainingData(L.LightningDataModule):
     """Mixed-kind training batches and fixed validation batches per kind."""
 
     def __init__(
-        self, cfg: DictConfig, model_config: FlavaConfig, codebook_size: int | None
+        self, cfg: RunConfig, model_config: FlavaConfig, codebook_size: int | None
     ) -> None:
         super().__init__()
         self.cfg = cfg
@@ -98,7 +97,7 @@ class PretrainingData(L.LightningDataModule):
             if length > positions:
                 key = (
                     f"datasets.{kind}.text_max_length"
-                    if d[kind].text_max_length
+                    if d.of(kind).text_max_length
                     else "datasets.text_max_length"
                 )
                 raise ConfigError(
@@ -135,7 +134,7 @@ class PretrainingData(L.LightningDataModule):
             for kind in KINDS:
                 if kind not in d.selected:
                     continue
-                entries = d[kind][role]
+                entries = d.of(kind).entries(role)
                 if not entries:
                     continue
                 sources = []

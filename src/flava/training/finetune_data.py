@@ -17,8 +17,8 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from omegaconf import DictConfig
 
+from flava.config import FinetuneConfig
 from flava.data.batch import FinetuneBatch, ReadTally
 from flava.data.order import epoch_order
 from flava.data.sources import SAMPLE_ERRORS, Sample, SkipLog, robust_read, skip_reason
@@ -160,7 +160,7 @@ class FinetuneData(L.LightningDataModule):
 
     def __init__(
         self,
-        cfg: DictConfig,
+        cfg: FinetuneConfig,
         train: Any,
         vals: list[tuple[str, Any]],
         train_collate: Collator,

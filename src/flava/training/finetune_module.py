@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
 from torch import nn
 
+from flava.config import FinetuneConfig
 from flava.data.batch import FinetuneBatch
 from flava.model.classifier import FlavaClassifier
 from flava.tasks.metrics import TaskMetrics
@@ -36,7 +36,7 @@ def task_loss(logits: torch.Tensor, targets: torch.Tensor, task_type: str) -> to
 class FinetuneModule(L.LightningModule):
     """Trains the classifier; validation metrics per split, logged as <prefix>/<metric>."""
 
-    def __init__(self, cfg: DictConfig, model: FlavaClassifier, prefixes: list[str]) -> None:
+    def __init__(self, cfg: FinetuneConfig, model: FlavaClassifier, prefixes: list[str]) -> None:
         super().__init__()
         self.cfg, self.model, self.prefixes = cfg, model, prefixes
         # a prefix naming no parameter fails here, before any work

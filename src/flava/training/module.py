@@ -8,8 +8,8 @@ from typing import IO, TYPE_CHECKING, Any
 
 import lightning as L
 import torch
-from omegaconf import DictConfig
 
+from flava.config import RunConfig
 from flava.data.batch import PretrainingBatch
 from flava.model.flava import FlavaForPreTraining
 from flava.objectives.kinds import Kind
@@ -36,7 +36,7 @@ class FlavaPretrainingModule(L.LightningModule):
     """Runs the pretraining step per batch kind and logs every loss separately."""
 
     def __init__(
-        self, cfg: DictConfig, model: FlavaForPreTraining, kmeans: KMeansCodebook | None
+        self, cfg: RunConfig, model: FlavaForPreTraining, kmeans: KMeansCodebook | None
     ) -> None:
         """`model` and `kmeans` (k-means MIM codebook or None): `build_pretraining_model`'s."""
         super().__init__()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import re
@@ -12,8 +13,9 @@ import time
 import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
+from flava.config import SourceConfig
 from flava.data.sources.errors import SourceError, UnreadableShard
 from flava.data.sources.images import IMAGE_EXTENSIONS, LISTED_NON_RASTER
 from flava.data.sources.readers import StreamingSource
@@ -78,11 +80,12 @@ def expand_shards(patterns: Sequence[str]) -> list[str]:
     return out
 
 
-class _Whole:
+class _Whole(io.RawIOBase):
     """A response body that raises OSError when it ends before its Content-Length (http.client
     ends a cut connection's body quietly, and tar would take the cut for the archive's end)."""
 
     def __init__(self, stream: IO[bytes], length: str | None, url: str) -> None:
+        super().__init__()
         self.stream, self.url, self.read_bytes = stream, url, 0
         self.length = int(length) if length and length.isdigit() else None
 
@@ -95,7 +98,7 @@ class _Whole:
 
 
 @contextlib.contextmanager
-def open_shard(url: str, timeout: float = 5.0) -> Iterator[IO[bytes]]:
+def open_shard(url: str, timeout: float = 5.0) -> Iterator[IO[bytes] | _Whole]:
     """A binary stream of a local path, http(s) URL, `pipe:COMMAND` or fsspec URL; a cut http
     body or a command that exits with an error status raises OSError."""
     if url.startswith("pipe:"):
@@ -115,7 +118,7 @@ def open_shard(url: str, timeout: float = 5.0) -> Iterator[IO[bytes]]:
             raise OSError(f"{url[5:]!r} exited with status {status}")
     elif url.startswith(("http://", "https://")):
         with urllib.request.urlopen(url, timeout=timeout) as response:
-            yield _Whole(response, response.headers.get("Content-Length"), url)  # type: ignore[misc]
+            yield _Whole(response, response.headers.get("Content-Length"), url)
     elif _is_url(url):
         import fsspec
 
@@ -180,7 +183,7 @@ def sample_from_files(
 
 
 def read_tar_samples(
-    stream: IO[bytes],
+    stream: IO[bytes] | _Whole,
     text_fields: Sequence[str] = ("text",),
     pair_field: str | None = None,
     label_field: str = "label",
@@ -284,7 +287,7 @@ class TarShards(StreamingSource):
         return f"webdataset ({len(self.urls)} shards: {self.urls[0]}, ...)"
 
 
-def _patterns(cfg: Any) -> list[str]:
+def _patterns(cfg: SourceConfig) -> list[str]:
     """The configured shard patterns (`shards`, else `path`)."""
     return list(cfg.shards) or ([cfg.path] if cfg.path else [])
 
@@ -308,7 +311,7 @@ def manifest_classes(urls: Sequence[str]) -> list[str] | None:
     return [str(c) for c in found[0]]
 
 
-def _build(cfg: Any, role: str, image_size: int) -> TarShards:
+def _build(cfg: SourceConfig, role: str, image_size: int) -> TarShards:
     urls = expand_shards(_patterns(cfg))
     shards = TarShards(
         urls,
@@ -325,7 +328,7 @@ def _build(cfg: Any, role: str, image_size: int) -> TarShards:
     return shards
 
 
-def _check(cfg: Any) -> None:
+def _check(cfg: SourceConfig) -> None:
     patterns = _patterns(cfg)
     if not patterns:
         raise SourceError("webdataset source without shards: set shards: [paths or URLs]")
