@@ -28,8 +28,8 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
+from flava.config import FinetuneConfig
 from flava.config.evaluate import Command, EvaluateConfig, TaskSpec, validate_suite
 from flava.tasks.suite import (
     TaskResult,
@@ -61,9 +61,9 @@ def command_main(command: str) -> Callable[[list[str]], int]:
     return main
 
 
-def finetune_config(argv: list[str]) -> Any:
+def finetune_config(argv: list[str]) -> FinetuneConfig:
     """The fine-tuning command's validated config for this dotlist (through its own loader)."""
-    from flava.config import FinetuneConfig, load_config
+    from flava.config import load_config
     from flava.tasks.finetuning import validate_config
 
     return load_config(argv, FinetuneConfig, validate_config)
