@@ -26,7 +26,13 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flava.checkpoints import CheckpointError, directory_layout, export_transformers
+from flava.checkpoints import (
+    CheckpointError,
+    directory_layout,
+    export_transformers,
+    from_pretrained,
+    save_pretrained,
+)
 from flava.checkpoints.io import safe_torch_load
 from flava.checkpoints.layouts import CONVERT_SPELLINGS, Layout, convert_spelling
 from flava.checkpoints.pretrained import PRETRAINED_KEYS
@@ -166,7 +172,7 @@ def _write(model: Any, args: argparse.Namespace, target: Layout, checkpoint: Any
         extra = {"task": Path(args.src).stem, "type": "classification"}
         save_finetuned(model, args.dst, {**extra, "class_names": [str(i) for i in range(n)]})
     else:
-        model.save_pretrained(args.dst)
+        save_pretrained(model, args.dst)
         if checkpoint is not None:
             _save_kmeans(checkpoint["state_dict"], Path(args.dst))
 
@@ -194,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             checkpoint = training_checkpoint(args.src)
             model = model_from_training_checkpoint(checkpoint, args.src)
         else:
-            model = _class(cls_name).from_pretrained(args.src)
+            model = from_pretrained(_class(cls_name), args.src)
         _write(model, args, target, checkpoint)
     except CheckpointError as exc:
         print(f"error: {exc}", file=sys.stderr)

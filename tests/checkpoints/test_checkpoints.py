@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from flava.checkpoints import CheckpointError, from_pretrained
+from flava.checkpoints import CheckpointError, from_pretrained, save_pretrained
 from flava.convert import main as convert_main
 from flava.model import PRESET_NAMES, FlavaForPreTraining, FlavaModel, preset
 
@@ -54,7 +54,7 @@ def test_pretrained_key_offline_fails_fast(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     start = time.perf_counter()
     with pytest.raises(CheckpointError) as info:
-        FlavaModel.from_pretrained("flava_full")
+        from_pretrained(FlavaModel, "flava_full")
     assert time.perf_counter() - start < 10
     message = str(info.value)
     assert "\n" not in message
@@ -68,12 +68,12 @@ def test_missing_and_corrupt_checkpoints(tmp_path):
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="not valid JSON"):
-        FlavaModel.from_pretrained(tmp_path / "bad")
+        from_pretrained(FlavaModel, tmp_path / "bad")
     model = FlavaModel(preset("tiny"))
-    model.save_pretrained(tmp_path / "ok")
+    save_pretrained(model, tmp_path / "ok")
     (tmp_path / "ok" / "model.safetensors").write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="safetensors"):
-        FlavaModel.from_pretrained(tmp_path / "ok")
+        from_pretrained(FlavaModel, tmp_path / "ok")
 
 
 def test_malicious_pytorch_bin_is_refused(tmp_path):
@@ -89,12 +89,12 @@ def test_malicious_pytorch_bin_is_refused(tmp_path):
     d = tmp_path / "evil"
     d.mkdir()
     model = FlavaModel(preset("tiny"))
-    model.save_pretrained(tmp_path / "ours")
+    save_pretrained(model, tmp_path / "ours")
     config = json.loads((tmp_path / "ours" / "config.json").read_text())
     (d / "config.json").write_text(json.dumps(config))
     torch.save({"weights": Evil()}, d / "pytorch_model.bin", pickle_module=pickle)
     with pytest.raises(CheckpointError, match="refused to unpickle") as info:
-        FlavaModel.from_pretrained(d)
+        from_pretrained(FlavaModel, d)
     assert "\n" not in str(info.value)
     assert not marker.exists()
 
@@ -113,7 +113,7 @@ def test_convert_command_both_ways(tmp_path, capsys):
     transformers.FlavaForPreTraining(cfg).save_pretrained(tmp_path / "hf")
     assert convert_main([str(tmp_path / "hf"), str(tmp_path / "ours")]) == 0
     assert "(flava)" in capsys.readouterr().out
-    ours = FlavaForPreTraining.from_pretrained(tmp_path / "ours")
+    ours = from_pretrained(FlavaForPreTraining, tmp_path / "ours")
     assert ours.codebook is not None
     assert convert_main([str(tmp_path / "ours"), str(tmp_path / "back")]) == 0
     back, info = transformers.FlavaForPreTraining.from_pretrained(

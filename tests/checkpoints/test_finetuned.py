@@ -8,7 +8,13 @@ import json
 import pytest
 import torch
 
-from flava.checkpoints import CheckpointError, export_transformers, load_finetuned, save_finetuned
+from flava.checkpoints import (
+    CheckpointError,
+    export_transformers,
+    load_finetuned,
+    save_finetuned,
+    save_pretrained,
+)
 from flava.checkpoints.finetuned import checkpoint_image_size
 from flava.model import FlavaModel, preset
 from flava.model.classifier import FlavaClassifier
@@ -63,7 +69,7 @@ def test_not_a_directory(tmp_path):
 
 def test_checkpoint_image_size_in_both_layouts(tmp_path):
     model = FlavaModel(preset("tiny"))
-    model.save_pretrained(tmp_path / "ours")
+    save_pretrained(model, tmp_path / "ours")
     export_transformers(model, tmp_path / "hf")
     size = preset("tiny").image.image_size
     assert checkpoint_image_size(tmp_path / "ours") == size

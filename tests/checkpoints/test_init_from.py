@@ -164,7 +164,7 @@ def test_another_source_epsilon_is_noted_and_kept(tmp_path):
 def test_the_start_up_table_names_filled_unfilled_and_unused(tmp_path, caplog):
     vit = vit_model()
     vit.save_pretrained(tmp_path / "vit")
-    FlavaForPreTraining(TINY, codebook=None).save_pretrained(tmp_path / "run" / "model")
+    save_pretrained(FlavaForPreTraining(TINY, codebook=None), tmp_path / "run" / "model")
     entries = (
         f"[{{part: image_encoder, path: {tmp_path / 'vit'}}}, "
         f"{{part: text_encoder, path: {tmp_path / 'run'}}}]"
@@ -384,7 +384,7 @@ def _kmeans_run(folder, codes: int = 16, with_codebook: bool = True):
     from flava.objectives.targets import KMeansCodebook
 
     config = dataclasses.replace(TINY, image=dataclasses.replace(TINY.image, vocab_size=codes))
-    randomise(FlavaForPreTraining(config, codebook=None)).save_pretrained(folder / "model")
+    save_pretrained(randomise(FlavaForPreTraining(config, codebook=None)), folder / "model")
     kmeans = KMeansCodebook(codes, TINY.image.patch_size)
     kmeans.fit(torch.rand(8, 3, 32, 32), seed=0)
     if with_codebook:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from flava import finetune, train
-from flava.checkpoints import CheckpointError
+from flava.checkpoints import CheckpointError, from_pretrained, save_pretrained
 from flava.checkpoints.io import read_checkpoint
 from flava.model import FlavaModel, preset
 
@@ -119,7 +119,7 @@ def test_read_checkpoint_refuses_and_accepts(evil_ckpt, marker, tmp_path):
 def evil_weights(tmp_path: Path, marker: Path) -> Path:
     """A transformers-style directory whose pytorch_model.bin would run `touch marker`."""
     ours = tmp_path / "ours"
-    FlavaModel(preset("tiny")).save_pretrained(ours)
+    save_pretrained(FlavaModel(preset("tiny")), ours)
     evil = tmp_path / "evil"
     evil.mkdir()
     (evil / "config.json").write_text((ours / "config.json").read_text())
@@ -129,7 +129,7 @@ def evil_weights(tmp_path: Path, marker: Path) -> Path:
 
 def test_from_pretrained_refuses_a_malicious_pytorch_model_bin(evil_weights, marker):
     with pytest.raises(CheckpointError) as info:
-        FlavaModel.from_pretrained(evil_weights)
+        from_pretrained(FlavaModel, evil_weights)
     message = str(info.value)
     assert message.startswith(f"{evil_weights / 'pytorch_model.bin'}: refused to unpickle")
     assert "\n" not in message and not marker.exists()

@@ -24,7 +24,7 @@ tmm = pytest.importorskip(
 )
 from torchmultimodal.modules.losses.flava import FLAVAPretrainingLoss  # noqa: E402
 
-from flava.checkpoints import CheckpointError, load_finetuned  # noqa: E402
+from flava.checkpoints import CheckpointError, from_pretrained, load_finetuned, save_pretrained  # noqa: E402
 from flava.checkpoints.init_from import init_from  # noqa: E402
 from flava.checkpoints.torchmultimodal import export_torchmultimodal  # noqa: E402
 from flava.convert import main as convert  # noqa: E402
@@ -107,7 +107,7 @@ def pair(tmp_path_factory) -> tuple[nn.Module, FlavaForPreTraining]:
     theirs = tmm_pretraining()
     src = save(theirs.state_dict(), tmp / "flava_for_pretraining.pt")
     assert convert([str(src), str(tmp / "ours"), "--num-heads", str(HEADS)]) == 0
-    ours = FlavaForPreTraining.from_pretrained(tmp / "ours")
+    ours = from_pretrained(FlavaForPreTraining, tmp / "ours")
     assert ours.codebook is not None
     return theirs, ours.eval()
 
@@ -305,7 +305,7 @@ def test_round_trip_loads_strictly_into_torchmultimodal(pair, tmp_path):
     for key, value in theirs.state_dict().items():
         assert torch.equal(fresh.state_dict()[key], value), key
     # and through the command, from our directory
-    ours.save_pretrained(tmp_path / "ours")
+    save_pretrained(ours, tmp_path / "ours")
     assert (
         convert([str(tmp_path / "ours"), str(tmp_path / "cmd.pt"), "--to", "torchmultimodal"]) == 0
     )
@@ -319,18 +319,18 @@ def test_flava_model_file_lightning_checkpoints_and_init_from(pair, tmp_path):
     theirs, ours = pair
     expected = ours.state_dict()
     encoders = save(theirs.model.state_dict(), tmp_path / "flava_model.pt")
-    model = FlavaModel.from_pretrained(encoders)  # no log-scale in a FLAVAModel: log(1/0.07)
-    in_folder = FlavaModel.from_pretrained(tmp_path).state_dict()  # a directory holding the .pt
+    model = from_pretrained(FlavaModel, encoders)  # no log-scale in a FLAVAModel: log(1/0.07)
+    in_folder = from_pretrained(FlavaModel, tmp_path).state_dict()  # a directory holding the .pt
     assert all(torch.equal(v, in_folder[k]) for k, v in model.state_dict().items())
     for key, value in model.state_dict().items():
         if key != "logit_scale":
             assert torch.equal(value, expected[f"flava.{key}"]), key
     lightning = {"state_dict": {f"model.{k}": v for k, v in theirs.state_dict().items()}}
     ckpt = save({**lightning, "global_step": 7, "epoch": 0}, tmp_path / "epoch=0-step=7.ckpt")
-    again = FlavaForPreTraining.from_pretrained(tmp_path / "epoch=0-step=7.ckpt")
+    again = from_pretrained(FlavaForPreTraining, tmp_path / "epoch=0-step=7.ckpt")
     assert all(torch.equal(v, expected[k]) for k, v in again.state_dict().items())
     assert convert([str(ckpt), str(tmp_path / "from_ckpt")]) == 0
-    assert FlavaForPreTraining.from_pretrained(tmp_path / "from_ckpt").config == ours.config
+    assert from_pretrained(FlavaForPreTraining, tmp_path / "from_ckpt").config == ours.config
     target = FlavaForPreTraining(ours.config, codebook=None)
     report = init_from(target, "text_encoder", str(ckpt))
     assert report.layout == "torchmultimodal" and not report.unfilled
@@ -390,7 +390,7 @@ def test_unsafe_and_unknown_files_are_refused_in_one_line(tmp_path, capsys):
         assert len(err.splitlines()) == 1 and err.startswith("error: ") and str(path) in err
         assert needle in err, err
         with pytest.raises(CheckpointError, match=needle) as info:
-            FlavaModel.from_pretrained(path)
+            from_pretrained(FlavaModel, path)
         assert "\n" not in str(info.value)
     assert not marker.exists()
 
@@ -402,4 +402,4 @@ def test_head_count_must_divide_a_width_not_of_64(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "48 wide" in err and "--num-heads" in err and len(err.strip().splitlines()) == 1
     assert convert([str(path), str(tmp_path / "out"), "--num-heads", "4"]) == 0
-    assert FlavaModel.from_pretrained(tmp_path / "out").config.text.num_attention_heads == 4
+    assert from_pretrained(FlavaModel, tmp_path / "out").config.text.num_attention_heads == 4

@@ -7,7 +7,11 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from flava.checkpoints import export_transformers, from_pretrained  # noqa: E402
+from flava.checkpoints import (  # noqa: E402
+    export_transformers,
+    from_pretrained,
+    save_pretrained,
+)
 from flava.checkpoints.hf_keys import (  # noqa: E402
     flava_config_from_transformers,
     flava_state_from_transformers,
@@ -142,7 +146,7 @@ def test_transformers_directory_round_trip(shape, tmp_path):
     hf = transformers.FlavaForPreTraining(hf_config(*shape)).eval()
     randomise(hf)
     hf.save_pretrained(tmp_path / "hf")
-    ours = FlavaForPreTraining.from_pretrained(tmp_path / "hf").eval()
+    ours = from_pretrained(FlavaForPreTraining, tmp_path / "hf").eval()
     pixels, ids, mask, masked = inputs(shape)
     with torch.no_grad():
         close(
@@ -176,14 +180,14 @@ def test_flava_model_directory_loads_into_both_classes(tmp_path):
     hf = transformers.FlavaModel(hf_config(*SHAPES[0])).eval()
     randomise(hf)
     hf.save_pretrained(tmp_path / "hf")
-    model = FlavaModel.from_pretrained(tmp_path / "hf").eval()
+    model = from_pretrained(FlavaModel, tmp_path / "hf").eval()
     pixels, ids, mask, _ = inputs(SHAPES[0])
     with torch.no_grad():
         close(
             model.encode_text(ids, mask),
             _features(hf.get_text_features(input_ids=ids, attention_mask=mask))[:, 0],
         )
-    pre = FlavaForPreTraining.from_pretrained(tmp_path / "hf")  # heads missing: initialised
+    pre = from_pretrained(FlavaForPreTraining, tmp_path / "hf")  # heads missing: initialised
     assert pre.codebook is None
     export_transformers(model, tmp_path / "back")
     back, info = transformers.FlavaModel.from_pretrained(
@@ -194,9 +198,9 @@ def test_flava_model_directory_loads_into_both_classes(tmp_path):
 
 def test_our_format_round_trip(tmp_path):
     _, ours = build_pair(SHAPES[1])
-    ours.save_pretrained(tmp_path / "ours")
+    save_pretrained(ours, tmp_path / "ours")
     again = from_pretrained(FlavaForPreTraining, tmp_path / "ours")
     for (k, a), (k2, b) in zip(ours.state_dict().items(), again.state_dict().items(), strict=True):
         assert k == k2 and torch.equal(a, b)
-    encoder_only = FlavaModel.from_pretrained(tmp_path / "ours")
+    encoder_only = from_pretrained(FlavaModel, tmp_path / "ours")
     assert torch.equal(encoder_only.logit_scale, ours.flava.logit_scale)

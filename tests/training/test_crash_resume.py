@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from flava.checkpoints import from_pretrained
 from flava.model import FlavaForPreTraining
 from flava.train import main
 
@@ -64,7 +65,7 @@ def _saved_step(run: Path, step: int) -> bool:
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
-    return FlavaForPreTraining.from_pretrained(run / "model").state_dict()
+    return from_pretrained(FlavaForPreTraining, run / "model").state_dict()
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import fsspec
 import pytest
 import torch
 
+from flava.checkpoints import from_pretrained
 from flava.checkpoints.run_dir import RunDir, fetch
 from flava.config import ConfigError, RunConfig, load_config, validate
 from flava.model import FlavaForPreTraining
@@ -28,7 +29,7 @@ def memory():
 
 
 def _weights(location: str) -> dict[str, torch.Tensor]:
-    return FlavaForPreTraining.from_pretrained(fetch(location)).state_dict()
+    return from_pretrained(FlavaForPreTraining, fetch(location)).state_dict()
 
 
 def test_pretraining_into_a_url_equals_a_local_run_and_resumes_there(memory, tmp_path):

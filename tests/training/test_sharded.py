@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from flava.checkpoints import from_pretrained
 from flava.config import RunConfig, load_config, validate
 from flava.model import FlavaForPreTraining
 from flava.train import main
@@ -79,7 +80,7 @@ def _losses(run: Path) -> dict[int, dict[str, float]]:
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
-    return FlavaForPreTraining.from_pretrained(path).state_dict()
+    return from_pretrained(FlavaForPreTraining, path).state_dict()
 
 
 def _max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from flava.checkpoints import from_pretrained
 from flava.model import FlavaForPreTraining
 from flava.train import main
 
@@ -129,7 +130,7 @@ def _audit(first: Path, start: int, second: Path, good: set[str]) -> None:
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
-    return FlavaForPreTraining.from_pretrained(run / "model").state_dict()
+    return from_pretrained(FlavaForPreTraining, run / "model").state_dict()
 
 
 def test_two_processes_two_workers_resume_exactly_and_elastically(shards, tmp_path):

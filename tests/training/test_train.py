@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from flava.checkpoints import from_pretrained
 from flava.model import FlavaForPreTraining
 from flava.train import main
 
@@ -72,8 +73,8 @@ def test_train_resume_and_reload(tmp_path):
         == 0
     )
 
-    a = FlavaForPreTraining.from_pretrained(straight / "model").state_dict()
-    b = FlavaForPreTraining.from_pretrained(resumed / "model").state_dict()
+    a = from_pretrained(FlavaForPreTraining, straight / "model").state_dict()
+    b = from_pretrained(FlavaForPreTraining, resumed / "model").state_dict()
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key  # bit-identical on CPU in fp32
@@ -146,7 +147,7 @@ def test_a_run_starts_from_a_stage_and_resumes_without_it(tmp_path, monkeypatch)
     init = f"model.init_from=[{{part: text_encoder, path: {stage}}}]"
     args = [*SMALL, f"training.run_dir={run}", init]
     assert main([*args, "training.lightning.max_steps=1"]) == 0
-    saved = FlavaForPreTraining.from_pretrained(stage / "model").flava.text_encoder.state_dict()
+    saved = from_pretrained(FlavaForPreTraining, stage / "model").flava.text_encoder.state_dict()
     assert built[0].keys() == saved.keys()
     assert all(torch.equal(built[0][k], saved[k]) for k in saved)
     shutil.rmtree(stage)

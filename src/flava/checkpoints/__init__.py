@@ -4,9 +4,9 @@ OpenAI's `encoder.pkl`, pretrained keys, and a fine-tuned classifier's model/ di
 (`flava.checkpoints.finetuned`). Every layout is one `Layout` member
 (`flava.checkpoints.layouts`, with the table of how users spell them).
 
-Loading is free functions over the model classes (`flava.checkpoints.loading`); importing this
-package installs `save_pretrained` / `from_pretrained` as the model classes' methods of the same
-names (`flava.model.pretrained`), and `import flava` imports it.
+Loading is free functions over the model classes (`flava.checkpoints.loading`), reached as
+`flava.from_pretrained(FlavaModel, "flava_full")` and `flava.save_pretrained(model, directory)`;
+the model classes hold no loading code.
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ from flava.checkpoints.pretrained import (
 from flava.model.codebook import ImageCodebook
 from flava.model.config import CodebookConfig, FlavaConfig
 from flava.model.flava import FlavaForPreTraining, FlavaModel
-from flava.model.pretrained import install_checkpoint_io
 
 __all__ = [
     "CheckpointError",
@@ -67,7 +66,6 @@ __all__ += [  # what this namespace held when the loading code lived here, impor
     "flava_config_to_transformers",
     "flava_state_from_transformers",
     "flava_state_to_transformers",
-    "install_checkpoint_io",
     "load_weights",
     "read_json",
     "resolve_dalle",
@@ -75,5 +73,3 @@ __all__ += [  # what this namespace held when the loading code lived here, impor
     "save_weights",
     "write_json",
 ]
-
-install_checkpoint_io(save_pretrained, from_pretrained)

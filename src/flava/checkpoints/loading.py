@@ -251,12 +251,12 @@ def from_pretrained(
         raise TypeError(f"from_pretrained does not know how to build {cls.__name__}")
     cb_module: ImageCodebook | None = None
     if codebook is not None:
-        cb_module = ImageCodebook.from_pretrained(codebook)
+        cb_module = from_pretrained(ImageCodebook, codebook)
     elif cb_state is not None:
         cb_module = ImageCodebook(config.codebook)
         cb_module.load_state_dict(cb_state, strict=True)
     elif key is not None and key in CODEBOOK_FOR_KEY:
-        cb_module = ImageCodebook.from_pretrained(CODEBOOK_FOR_KEY[key])
+        cb_module = from_pretrained(ImageCodebook, CODEBOOK_FOR_KEY[key])
     if cb_module is not None:
         config.codebook = cb_module.config
     model = cls(config, codebook=cb_module)

@@ -82,10 +82,11 @@ def rank_zero_value(value: Any) -> Any:
 
 def load_flava(mcfg: ModelConfig, seed: int = 0) -> FlavaModel:
     """FlavaModel from model.pretrained_model_key (any from_pretrained source) or a preset."""
+    from flava.checkpoints.loading import from_pretrained
     from flava.model.presets import preset
 
     if mcfg.pretrained_model_key:
-        return FlavaModel.from_pretrained(mcfg.pretrained_model_key)
+        return from_pretrained(FlavaModel, mcfg.pretrained_model_key)
     torch.manual_seed(seed)
     log.info(
         "no weights given: model.preset=%s with random initialisation "

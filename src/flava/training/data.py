@@ -80,9 +80,10 @@ class PretrainingData(L.LightningDataModule):
         self.cfg = cfg
         self.model_config = model_config
         self.codebook_size = codebook_size
-        self.start_batch = 0
+        self.start_batch = 0  # index of the next training batch: the data position
         self.saved: dict[str, Any] = {}  # the data state of the checkpoint resumed from
         self.initial_states: dict[ReaderKey, dict[str, Any]] = {}  # this rank's readers at start
+        self.stream_states: dict[ReaderKey, dict[str, Any]] = {}  # each reader's, as trained
         self._train: MixedBatches | None = None
         d = cfg.datasets
         image = model_config.image
@@ -247,13 +248,21 @@ class PretrainingData(L.LightningDataModule):
                 "; ".join(notes) or "none",
             )
 
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """A training batch on its way to its step moves the data position past it: the next
+        batch's index, and the position its readers reached (carried in the batch, since the
+        readers run in the loader's worker processes)."""
+        if self.trainer is not None and self.trainer.training:
+            self.start_batch = batch.index + 1
+            self.stream_states.update(batch.tally.stream_states)
+        return batch
+
     def state_dict(self) -> dict[str, Any]:
         """The data position (saved in every checkpoint): index of the next training batch,
         every reader's position of every process (gathered: all processes call this together),
         and the samples consumed of each random-access source."""
-        module = self.trainer.lightning_module if self.trainer is not None else None
-        batch = int(getattr(module, "batches_seen", self.start_batch))
-        positions = {**self.initial_states, **getattr(module, "stream_states", {})}
+        batch = self.start_batch
+        positions = {**self.initial_states, **self.stream_states}
         local = {str(key): state for key, state in positions.items()}
         out: dict[str, Any] = {"start_batch": batch, "streams": _gathered(local)}
         if self._train is not None:

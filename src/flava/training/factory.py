@@ -18,6 +18,7 @@ import torch
 
 from flava.checkpoints.init_from import format_init_reports, init_from
 from flava.checkpoints.io import KMEANS_FILE, CheckpointError, load_kmeans
+from flava.checkpoints.loading import from_pretrained
 from flava.config import ConfigError, PretrainingModelConfig
 from flava.config.pretraining import InitFrom
 from flava.model.codebook import ImageCodebook
@@ -171,7 +172,7 @@ def _build_preset(mcfg: PretrainingModelConfig, target: str) -> FlavaForPreTrain
         return FlavaForPreTraining(config, codebook=None)
     check_codebook(mcfg)
     assert mcfg.codebook is not None  # check_codebook refuses DALL-E targets without one
-    codebook = ImageCodebook.from_pretrained(mcfg.codebook)
+    codebook = from_pretrained(ImageCodebook, mcfg.codebook)
     config = preset_config(mcfg.preset, codebook.config.vocab_size, codebook)
     return FlavaForPreTraining(config, codebook=codebook)
 
@@ -180,7 +181,7 @@ def _load_pretrained(
     mcfg: PretrainingModelConfig, key: str, target: str
 ) -> tuple[FlavaForPreTraining, str]:
     """The pretrained model `key` and its MIM target kind (k-means when it has no codebook)."""
-    model = FlavaForPreTraining.from_pretrained(key, codebook=mcfg.codebook)
+    model = from_pretrained(FlavaForPreTraining, key, codebook=mcfg.codebook)
     if target == "dalle" and model.codebook is None:
         log.warning("no codebook weights with %s: using k-means MIM targets", key)
         target = "kmeans"

@@ -200,10 +200,15 @@ class FinetuneData(L.LightningDataModule):
             for _, ds in self.vals
         ]
 
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """A training batch on its way to its step moves the data position past it."""
+        if self.trainer is not None and self.trainer.training:
+            self.start_batch = batch.index + 1
+        return batch
+
     def state_dict(self) -> dict[str, Any]:
         """The data position: index of the next training batch (saved in every checkpoint)."""
-        module = self.trainer.lightning_module if self.trainer is not None else None
-        return {"start_batch": int(getattr(module, "batches_seen", self.start_batch))}
+        return {"start_batch": self.start_batch}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.start_batch = int(state.get("start_batch", 0))

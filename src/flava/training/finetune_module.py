@@ -46,7 +46,6 @@ class FinetuneModule(L.LightningModule):
         self.metrics = nn.ModuleList(
             TaskMetrics(list(k.metrics), k.type, outputs) for _ in prefixes
         )
-        self.batches_seen = 0
         self.counter = SkipCounter()  # bad training examples per reason, examples read
         self.val_skipped: dict[str, int] = {}  # bad validation examples of the last pass
         self._val_pass: dict[str, int] = {}
@@ -78,7 +77,6 @@ class FinetuneModule(L.LightningModule):
         return self.model(**batch.inputs)
 
     def training_step(self, batch: FinetuneBatch, batch_idx: int) -> torch.Tensor:
-        self.batches_seen = batch.index + 1
         self._count_data(batch)
         loss = task_loss(self(batch), batch.targets, self.cfg.task.type)
         self.log("train/loss", loss, on_step=True, prog_bar=True, batch_size=batch.size)

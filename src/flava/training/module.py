@@ -27,8 +27,6 @@ from flava.training.optim import adamw_with_schedule, check_multipliers, clip_gr
 if TYPE_CHECKING:
     from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 
-    from flava.data.streams import ReaderKey
-
 log = logging.getLogger(__name__)
 
 
@@ -45,11 +43,9 @@ class FlavaPretrainingModule(L.LightningModule):
         # a prefix naming no parameter fails here, before any work
         check_multipliers((n for n, _ in model.named_parameters()), cfg.training.lr_multipliers)
         self.weights = LossWeights.from_config(cfg.model.losses)
-        self.batches_seen = 0
         self.nonfinite: dict[str, int] = {}  # skipped steps per batch kind
         self.nonfinite_in_row = 0
         self.counter = SkipCounter()  # bad training samples skipped, per reason; samples read
-        self.stream_states: dict[ReaderKey, Any] = {}  # position of each iterable-source reader
         self.stopped: tuple[str, str] | None = None  # (checkpoint stem, one-line reason)
         self._kind = Kind.vl
         self._keys: IO[str] | None = None  # the sample key log (datasets.log_keys)
@@ -147,7 +143,6 @@ class FlavaPretrainingModule(L.LightningModule):
         if self.cfg.datasets.log_keys:
             self._log_keys(batch)
         self.counter.add(batch.tally.skipped, batch.tally.samples_read, batch.tally.skip_examples)
-        self.stream_states.update(batch.tally.stream_states)
         limit, size = self.cfg.datasets.max_skipped_fraction, self.cfg.training.batch_size
         reason = self.counter.check(self, limit, "datasets.max_skipped_fraction", size)
         if reason is not None:
@@ -171,7 +166,6 @@ class FlavaPretrainingModule(L.LightningModule):
         self.counter.load_state_dict(counters)
 
     def training_step(self, batch: PretrainingBatch, batch_idx: int) -> torch.Tensor:
-        self.batches_seen = batch.index + 1
         self._count_data(batch)
         self._kind = Kind(batch.kind)
         generator = self.step_generator(batch.index)
