@@ -117,8 +117,7 @@ def build_trainer(
     from flava.training.logged import keep_earlier_logs
     from flava.training.precision import lightning_precision, target_device
 
-    lc = cfg.training.lightning
-    ck = cfg.training.lightning_checkpoint
+    lc, ck = cfg.training.lightning, cfg.training.lightning_checkpoint
     if cfg.training.lightning_load_from_checkpoint and int(os.environ.get("RANK", "0")) == 0:
         keep_earlier_logs(run_dir)
     loggers = _loggers(run_dir, cfg.training)
