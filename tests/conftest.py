@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -157,3 +159,33 @@ def openai_encoder(tmp_path: Path) -> tuple[Path, dict[str, torch.Tensor], torch
         for name in [m for m in sys.modules if m == "dall_e" or m.startswith("dall_e.")]:
             del sys.modules[name]
     return path, state, pixels, logits
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-compatible server (moto) behind a fault proxy on a loopback port, for the
+    session; the standard AWS_ENDPOINT_URL and dummy credentials point every client at it."""
+    from .s3_store import ENVIRONMENT, S3Store
+
+    server = S3Store().start()
+    saved = {k: os.environ.get(k) for k in [*ENVIRONMENT, "AWS_ENDPOINT_URL", "AWS_PROFILE"]}
+    os.environ.update({**ENVIRONMENT, "AWS_ENDPOINT_URL": server.endpoint})
+    os.environ.pop("AWS_PROFILE", None)
+    yield server
+    server.stop()
+    for key, value in saved.items():
+        os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+
+
+@pytest.fixture
+def store(s3_server, request):
+    """The S3 server with no faults and a new bucket named after the test (`store.bucket`)."""
+    from .s3_store import filesystem
+
+    s3_server.clear()
+    name = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower())[:40].strip("-")
+    digest = hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:8]
+    s3_server.bucket = f"t-{name}-{digest}"
+    filesystem().mkdir(s3_server.bucket)
+    yield s3_server
+    s3_server.clear()

@@ -1,6 +1,6 @@
-"""Imports between the parts of src/flava run one way: entry points -> training -> tasks -> data
--> config -> objectives, checkpoints, planning -> model (function-level imports counted,
-TYPE_CHECKING ones not)."""
+"""Imports between the parts of src/flava run one way: entry points -> collection -> training ->
+tasks -> data -> config -> objectives, checkpoints, planning -> model (function-level imports
+counted, TYPE_CHECKING ones not)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 ROOT = Path(__file__).parents[1] / "src" / "flava"
 LAYERS = [
     {"entry"},  # train.py, finetune.py, evaluate.py, ..., plan.py, convert.py
+    {"collection"},  # the model at work: embedding shards, index, search (embed.py, ...)
     {"training"},
     {"tasks"},
     {"data"},

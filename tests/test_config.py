@@ -201,10 +201,12 @@ def test_the_config_package_does_not_import_the_data_layer():
 
 def _command_schemas() -> dict[str, type]:
     from flava.config import LinearProbeRunConfig, RetrievalRunConfig, ZeroShotRunConfig
+    from flava.config.embed import EmbedRunConfig
     from flava.config.evaluate import EvaluateConfig
 
     return {
         "train": RunConfig,
+        "embed": EmbedRunConfig,
         "finetune": FinetuneConfig,
         "evaluate": EvaluateConfig,
         "zero_shot": ZeroShotRunConfig,

@@ -43,12 +43,15 @@ SUBSTITUTIONS = {
     # a bucket needs s3fs and credentials; fsspec's in-memory filesystem runs the same checks
     "s3://my-bucket": "memory://my-bucket",
 }
-# Programs whose commands cannot be checked here, each with its reason (none at present: a
-# command the documents show in a code block must be one this file can check, or named here).
-UNCHECKED: dict[str, str] = {}
+# Programs whose commands cannot be checked here, each with its reason (a command the documents
+# show in a code block must be one this file can check, or named here).
+UNCHECKED: dict[str, str] = {
+    "curl": "asks a running flava.serve; tests/collection/test_serve.py sends the same requests",
+}
 # Commands that read or write real files: only their arguments are parsed, by their own parser.
 PARSE_ONLY = {
     "flava.convert": "reads a checkpoint and writes another",
+    "flava.clip_benchmark": "CLIP_benchmark's own command line: evaluates a model on a dataset",
 }
 # Commands that only compute (no data, no training): cheap enough to run for real.
 RUN_FOR_REAL = {"flava.plan"}

@@ -17,6 +17,12 @@ told from their keys (or given with `--from torchmultimodal`) and convert to our
 classifier to a fine-tuned model/ directory); the shapes give the config, `--num-heads` the one
 setting they cannot (default width / 64). `--to torchmultimodal` writes a .pt state dict that
 TorchMultimodal's `FLAVAForPreTraining` (for a FlavaModel: `FLAVAModel`) loads with strict=True.
+
+`--to onnx` writes the image and text encoders with their projections (what `encode_image` /
+`encode_text` return) as ONNX graphs with dynamic batch and text-length axes, from any FLAVA
+source above (a pretraining checkpoint included), and prints how far onnxruntime's embeddings are
+from PyTorch's on a probe batch; `flava.checkpoints.onnx.OnnxEncoders(DST)` runs them. Needs
+`pip install 'flava[onnx]'`.
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ from flava.checkpoints import (
 )
 from flava.checkpoints.io import safe_torch_load
 from flava.checkpoints.layouts import CONVERT_SPELLINGS, Layout, convert_spelling
+from flava.checkpoints.onnx import META_FILE as ONNX_META
+from flava.checkpoints.onnx import require as require_onnx
 from flava.checkpoints.pretrained import PRETRAINED_KEYS
 from flava.checkpoints.sharded import (
     is_sharded_checkpoint,
@@ -57,6 +65,11 @@ SOURCES = [convert_spelling(TMM)]
 def _source_kind(src: str, given: str | None = None) -> tuple[Layout, str]:
     """(layout, class name) of SRC (`given`: --from, as spelled)."""
     path = Path(src).expanduser()
+    if (path / ONNX_META).is_file():
+        raise CheckpointError(
+            f"{src} is an ONNX export, which converts to nothing; convert the checkpoint it was "
+            "exported from"
+        )
     if given is not None and CONVERT_SPELLINGS[given] is TMM:
         return TMM, "FLAVAForPreTraining"
     if is_sharded_checkpoint(path):
@@ -108,7 +121,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "src", help="checkpoint directory or file (.ckpt, TorchMultimodal .pt, encoder.pkl), or key"
     )
-    parser.add_argument("dst", help="output directory (a file for --to ckpt / torchmultimodal)")
+    parser.add_argument(
+        "dst", help="output directory (a file for --to ckpt / torchmultimodal; onnx: a directory)"
+    )
     parser.add_argument(
         "--to",
         choices=list(CONVERT_SPELLINGS),
@@ -159,7 +174,15 @@ def _write(model: Any, args: argparse.Namespace, target: Layout, checkpoint: Any
     """Write `model` to DST in the `target` layout."""
     from flava.model.classifier import FlavaClassifier
 
-    if target is TMM:
+    if target is Layout.onnx:
+        from flava.checkpoints.onnx import export_onnx
+
+        gaps = export_onnx(model, args.dst)
+        print(
+            f"onnxruntime vs PyTorch, max |difference|: {gaps['image']:.1e} (image embeddings),"
+            f" {gaps['text']:.1e} (text embeddings)"
+        )
+    elif target is TMM:
         from flava.checkpoints.torchmultimodal import export_torchmultimodal
 
         export_torchmultimodal(model, args.dst)
@@ -187,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
             target = CONVERT_SPELLINGS[args.to]
         else:
             target = Layout.training if args.dst.endswith(".ckpt") else default
+        if target is Layout.onnx:
+            require_onnx("onnx", "onnxruntime")  # before a model is read
         if target is Layout.training:
             if layout is not Layout.training:
                 raise CheckpointError(f"{args.src}: --to ckpt needs a pretraining checkpoint")

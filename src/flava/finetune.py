@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from flava.checkpoints.finetuned import checkpoint_image_size, save_finetuned
 from flava.checkpoints.run_dir import RunDir, fetch
+from flava.checkpoints.uploads import UploadError
 from flava.config import FinetuneConfig, cli_main, describe, load_config
 from flava.data.sources.errors import DataError
 from flava.model.classifier import FlavaClassifier
@@ -43,6 +44,8 @@ class FinetuneRun:
     run_dir: RunDir
     resume: str | None = None
     """The checkpoint to resume from (a remote one's local copy)."""
+    failed: list[str] = field(default_factory=list)
+    """One-line reasons of checkpoints whose upload to a URL run_dir failed."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,8 +164,10 @@ def fit(r: FinetuneRun) -> dict[str, Any]:
     """Train; returns the data counts (a data-quality stop raises `DataError` with a checkpoint)."""
     from flava.training.counts import SkipCounter
     from flava.training.run import stop_with_checkpoint
+    from flava.training.uploads import wait_for_uploads
 
     r.trainer.fit(r.module, datamodule=r.data, ckpt_path=r.resume)
+    r.failed = wait_for_uploads(r.trainer)  # a run_dir at a URL: its checkpoints uploaded now
     counts = SkipCounter.metrics(r.module.counter.totals(r.module))  # every process calls it
     if r.module.stopped:
         raise DataError(stop_with_checkpoint(r.trainer, r.run_dir, r.module.stopped, counts))
@@ -211,7 +216,8 @@ def report(r: FinetuneRun, metrics: dict[str, Any], seconds: float) -> dict[str,
     extra = {"task": k.name, "type": k.type, "class_names": r.class_names}
     folder = r.run_dir.local("model")
     save_finetuned(module.model, folder, extra)
-    model_dir = r.run_dir.publish(folder, "model")
+    t = r.cfg.training
+    model_dir = r.run_dir.publish(folder, "model", t.upload_retries, t.upload_backoff)
     metrics.update(loss_trends(read_logged(r.run_dir)))
     metrics.update({f"data/val_skipped/{n}": c for n, c in sorted(module.val_skipped.items())})
     metrics.update(
@@ -233,7 +239,8 @@ def report(r: FinetuneRun, metrics: dict[str, Any], seconds: float) -> dict[str,
 def run(cfg: FinetuneConfig) -> dict[str, Any]:
     """Fine-tune per `cfg`; returns the metrics written to metrics.json (rank 0)."""
     from flava.tasks.metrics import majority_baseline
-    from flava.training.run import Timer, leave_together
+    from flava.training.run import Timer
+    from flava.training.uploads import together
 
     timer = Timer()
     r = setup(cfg)
@@ -242,10 +249,13 @@ def run(cfg: FinetuneConfig) -> dict[str, Any]:
     counts = fit(r)
     metrics = validate(r)
     metrics.update({f"baseline/majority/{key}": v for key, v in baseline.items()})
-    if r.trainer.is_global_zero:
-        metrics.update(counts)
-        metrics = report(r, metrics, timer())
-    leave_together()
+    with together(cfg.training.upload_wait):  # the others wait for rank 0's uploads
+        if r.trainer.is_global_zero:
+            metrics.update(counts)
+            metrics = report(r, metrics, timer())
+    if r.failed:  # the run is done; what the store lacks is named, with its local copy
+        extra = f" (and {len(r.failed) - 1} more)" if r.failed[1:] else ""
+        raise UploadError(r.failed[-1] + extra)
     return metrics
 
 
@@ -275,13 +285,13 @@ def summary(metrics: dict[str, Any], run_dir: RunDir | str) -> str:
 
 
 def _run(cfg: FinetuneConfig) -> object:
-    from flava.checkpoints.io import read_checkpoint
     from flava.training.precision import resolve_precision
+    from flava.training.resume import check_resume
 
     resolve_precision(cfg)  # a precision the hardware lacks fails here, before any work
     resume = cfg.training.lightning_load_from_checkpoint
     if resume:  # missing, or needing more than tensors and plain containers: one line, exit 2
-        read_checkpoint(resume, "training.lightning_load_from_checkpoint")
+        check_resume(resume, "training.lightning_load_from_checkpoint")  # a URL: read a copy
     return run(cfg)
 
 
@@ -293,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         lambda: describe(FinetuneConfig),
         lambda a: load_config(a, FinetuneConfig, validate_config),
         _run,
-        stop_errors=(DataError,),
+        stop_errors=(DataError, UploadError),
     )
 
 

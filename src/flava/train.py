@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from flava.checkpoints.run_dir import RunDir
-from flava.config import RunConfig, cli_main, describe, load_config, validate
+from flava.checkpoints.uploads import UploadError
+from flava.config import RunConfig, TrainingConfig, cli_main, describe, load_config, validate
 from flava.data.scenes import MAX_DISTINCT_SCENES
 from flava.data.sources.errors import DataError
 from flava.data.sources.skips import robust_item
@@ -28,7 +29,6 @@ from flava.training.resume import check_resume, resume_for_strategy
 from flava.training.run import (
     Timer,
     build_trainer,
-    leave_together,
     prepare_run_dir,
     stop_with_checkpoint,
     write_metrics,
@@ -73,6 +73,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     from flava.training.factory import build_pretraining_model, fit_kmeans
     from flava.training.module import FlavaPretrainingModule
     from flava.training.sharding import full_model_state
+    from flava.training.uploads import together, wait_for_uploads
 
     timer = Timer()
     t = cfg.training
@@ -94,16 +95,19 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         before = trainer.validate(module, datamodule=data, verbose=False)
         metrics.update(_flatten("before", _merge(before)))
     trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)
+    failed = wait_for_uploads(trainer)  # a run_dir at a URL: its checkpoints uploaded now
     counts = _counts(module)
     if module.stopped:
         raise TrainingStopped(stop_with_checkpoint(trainer, run_dir, module.stopped, counts))
     after = trainer.validate(module, datamodule=data, verbose=False)
     metrics.update(_flatten("after", _merge(after)))
     weights = full_model_state(module.model)  # every process takes part when sharded
-    if trainer.is_global_zero:
-        model_dir = save_model(module, run_dir, weights)
-        metrics = finish_run(metrics, counts, trainer, run_dir, model_dir, evaluation, timer)
-    leave_together()
+    with together(t.upload_wait):  # the others wait for rank 0's uploads, up to upload_wait
+        if trainer.is_global_zero:
+            model_dir = save_model(module, run_dir, weights, t)
+            metrics = finish_run(metrics, counts, trainer, run_dir, model_dir, evaluation, timer)
+    if failed:  # the run is done; what the store lacks is named, with its local copy
+        raise UploadError(failed[-1] + (f" (and {len(failed) - 1} more)" if failed[1:] else ""))
     return metrics
 
 
@@ -143,9 +147,11 @@ def check_weights(key: str | None) -> None:
         resolve_pretrained(key)
 
 
-def save_model(module: FlavaPretrainingModule, run_dir: RunDir, weights: dict[str, Any]) -> str:
-    """Write the trained model (and the fitted k-means codebook) to <run_dir>/model; its
-    location."""
+def save_model(
+    module: FlavaPretrainingModule, run_dir: RunDir, weights: dict[str, Any], t: TrainingConfig
+) -> str:
+    """Write the trained model (and the fitted k-means codebook) to <run_dir>/model (at a URL:
+    written here, then uploaded with training.upload_retries); its location."""
     from flava.checkpoints import save_pretrained
 
     folder = run_dir.local("model")
@@ -154,7 +160,7 @@ def save_model(module: FlavaPretrainingModule, run_dir: RunDir, weights: dict[st
         from flava.checkpoints.io import save_kmeans
 
         save_kmeans(folder, module.kmeans.state_dict())
-    return run_dir.publish(folder, "model")
+    return run_dir.publish(folder, "model", t.upload_retries, t.upload_backoff)
 
 
 def finish_run(
@@ -232,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         lambda: describe(RunConfig),
         lambda a: load_config(a, RunConfig, lambda c: validate(c, MAX_DISTINCT_SCENES)),
         run,
-        stop_errors=(TrainingStopped, DataError),
+        stop_errors=(TrainingStopped, DataError, UploadError),
     )
 
 

@@ -129,16 +129,50 @@ def test_cli_every_source_type(data, tmp_path, capsys):
         (["type=tfrecord", "path=x"], "not known"),
         (["{root}/hf_streamed.yaml"], "streamed"),
         (["--max-skipped-fraction", "2", "embedded"], "must be in [0, 1]"),
+        (["embedded", "layout=clip_benchmark"], "labels and captions: give clip_benchmark.task"),
+        (["embedded", "--layout", "clip_benchmark", "clip_benchmark.split=a/b"], "folder name"),
+        (["embedded", "layout=clip_benchmark", "clip_benchmark.templates=imagenet9"], "imagenet7"),
+        (["type=text_files", "path={root}", "layout=clip_benchmark"], "neither labelled images"),
     ],
 )
 def test_cli_errors_are_one_line(data, tmp_path, capsys, args, needle):
     (tmp_path / "hf_streamed.yaml").write_text(
         f"type: huggingface\npath: {data / 'hf'}\nstreaming: true\n"
     )
+    (tmp_path / "notes.txt").write_text("a document\n")
     argv = [a.format(root=tmp_path) for a in args] + [str(tmp_path / "out")]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and needle in err and len(err.splitlines()) == 1
+
+
+def test_clip_benchmark_layout_of_the_scenes(tmp_path, capsys):
+    from flava.data.scenes import SHAPES, ZERO_SHOT_TEMPLATES, distinct_scenes
+
+    scenes = ["embedded", "source.size=12", "image_size=32", "layout=clip_benchmark"]
+    out = tmp_path / "shapes"
+    task = "clip_benchmark.task=zeroshot_classification"
+    assert main([*scenes, task, "clip_benchmark.split=val", f"dst={out}", "shard_size=5"]) == 0
+    assert "wds/shapes --dataset_root" in capsys.readouterr().out
+    assert sorted(p.name for p in (out / "val").iterdir()) == [
+        *("0.tar", "1.tar", "2.tar"),
+        *("manifest.json", "nshards.txt"),
+    ]
+    assert (out / "val" / "nshards.txt").read_text() == "3\n"
+    assert (out / "classnames.txt").read_text().splitlines() == SHAPES
+    templates = (out / "zeroshot_classification_templates.txt").read_text().splitlines()
+    assert templates == [t.replace("{}", "{c}") for t in ZERO_SHOT_TEMPLATES]
+    labels = [int(v) for k, v in members(out / "val" / "0.tar").items() if k.endswith(".cls")]
+    assert len(labels) == 5 and all(0 <= label < len(SHAPES) for label in labels)
+
+    out = tmp_path / "captions"
+    task = "clip_benchmark.task=zeroshot_retrieval"
+    assert main([*scenes, task, f"dst={out}", "shard_size=100"]) == 0
+    assert (out / "dataset_type.txt").read_text() == "retrieval\n"
+    files = members(out / "test" / "0.tar")
+    expected = distinct_scenes("train", 12, image_size=32, seed=0)  # what retrieval ranks
+    texts = [files[f"{i:09d}.txt"].decode().splitlines() for i in range(len(expected))]
+    assert texts == [list(scene.captions) for scene in expected] and len(texts[0]) > 1
 
 
 @pytest.fixture(scope="module")

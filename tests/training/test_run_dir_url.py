@@ -91,7 +91,6 @@ def test_finetuning_into_a_url(memory):
             ["training.run_dir=memory://run", "training.loggers=[csv,mlflow]"],
             "set training.mlflow_tracking_uri",
         ),
-        (["training.run_dir=memory://run", "datasets.log_keys=true"], "give a local training"),
     ],
 )
 def test_what_a_url_cannot_hold_fails_in_one_line(argv, needle, monkeypatch):

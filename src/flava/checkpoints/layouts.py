@@ -32,6 +32,9 @@ class Layout(StrEnum):
     """OpenAI's DALL-E `encoder.pkl` (an image codebook)."""
     training = "training"
     """One of our pretraining checkpoints (`<run_dir>/checkpoints/*.ckpt`, sharded or one file)."""
+    onnx = "onnx"
+    """The image and text encoders with their projections as ONNX graphs (`image_encoder.onnx`,
+    `text_encoder.onnx`, `onnx.json`: `flava.checkpoints.onnx`); written, never read back."""
 
 
 INIT_FROM_SPELLINGS: dict[str, Layout] = {
@@ -47,6 +50,7 @@ CONVERT_SPELLINGS: dict[str, Layout] = {
     "transformers": Layout.transformers,
     "ckpt": Layout.training,
     "torchmultimodal": Layout.torchmultimodal,
+    "onnx": Layout.onnx,
 }
 """`flava.convert --to` (and `--from`) values -> Layout, in their listed order."""
 

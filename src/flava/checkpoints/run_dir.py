@@ -10,7 +10,9 @@ from) lives in a local scratch folder.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -20,6 +22,8 @@ from typing import IO, Any
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
+
+log = logging.getLogger("flava")
 
 
 def is_url(location: str | os.PathLike) -> bool:
@@ -107,6 +111,32 @@ class RunDir:
         with self.open(name) as f:
             return f.read()
 
+    def log_file(self, name: str) -> IO[str]:
+        """A text file below the run directory opened to append lines: the file itself in a
+        local run directory; at a URL a copy on this machine (in the scratch folder), started
+        from the remote file (or empty), that `sync(name)` uploads."""
+        if not self.remote:
+            path = Path(self._path(name))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return open(path, "a", encoding="utf-8")
+        local = scratch_folder(self.location) / name
+        local.parent.mkdir(parents=True, exist_ok=True)
+        local.unlink(missing_ok=True)  # the remote file is the log so far
+        if self.exists(name):
+            self.fs.get_file(self._path(name), str(local))
+        return open(local, "a", encoding="utf-8")
+
+    def sync(self, name: str) -> None:
+        """Upload the local copy of a `log_file` (a URL run directory; a no-op for a local one);
+        a failure is logged: the next sync sends the whole file again."""
+        local = scratch_folder(self.location) / name
+        if not self.remote or not local.exists():
+            return
+        try:
+            self.fs.put_file(str(local), self._path(name))
+        except Exception as exc:  # a store's errors come in many types
+            log.warning("could not upload %s (%s); it is sent again later", self.url(name), exc)
+
     def glob(self, pattern: str) -> list[str]:
         """Names (relative to the run directory) of the files matching `pattern`."""
         root = self.fs._strip_protocol(self._root).rstrip("/") + "/"
@@ -124,11 +154,19 @@ class RunDir:
         folder.mkdir(parents=True, exist_ok=True)
         return folder
 
-    def publish(self, folder: Path, name: str) -> str:
+    def publish(self, folder: Path, name: str, retries: int = 0, backoff: float = 1.0) -> str:
         """Upload the local folder `folder` (from `local(name)`) to `name` when the run directory
-        is remote; its location in the run directory either way."""
+        is remote, tried again `retries` times after a failure (then `UploadError`, one line
+        naming the local folder, which stays); its location in the run directory either way."""
+        from flava.checkpoints.uploads import UploadError, retrying
+
         if self.remote:
-            self.fs.put(str(folder).rstrip("/") + "/", self._path(name), recursive=True)
+            source, target = str(folder).rstrip("/") + "/", self._path(name)
+            try:
+                put = functools.partial(self.fs.put, source, target, recursive=True)
+                retrying(put, f"upload of {self.url(name)}", retries, backoff)
+            except UploadError as exc:
+                raise UploadError(f"{exc}; the local copy stays at {folder}") from None
         return self.url(name)
 
 
@@ -140,6 +178,7 @@ def fetch(location: str) -> str:
     fs, path = fsspec.core.url_to_fs(location)
     if isinstance(fs, LocalFileSystem):
         return path
+    fs.invalidate_cache(path)  # a listing cached before the file was written would hide it
     if not fs.exists(path):
         return location  # the caller's check says "no such file"
     rank = os.environ.get("RANK", "0")

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from enum import EnumMeta, StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from omegaconf import OmegaConf
+
+T = TypeVar("T")
 
 Check = tuple[bool, str, str]
 """(condition, key, hint): the check passes when the condition holds."""
@@ -49,6 +51,14 @@ def choices(name: str, values: tuple[str, ...], module: str) -> type[Choice]:
     if not issubclass(made, Choice):
         raise TypeError(f"{name} is not a Choice")
     return made
+
+
+def given(value: T | None, message: str) -> T:
+    """`value` of a key that must be set, else `ConfigError(message)` (one line naming the key
+    and how to set it)."""
+    if value is None:
+        raise ConfigError(message)
+    return value
 
 
 def select(cfg: object, key: str) -> Any:

@@ -235,6 +235,18 @@ class TrainingConfig:
     """Run directory: config.yaml, metrics.json, logs, checkpoints, model/, curves.png. A local
     folder, or an fsspec URL (s3://bucket/run, gs://..., with s3fs / gcsfs installed): files are
     written there directly, the model folder uploaded once written (not with strategy fsdp)."""
+    upload_retries: int = 4
+    """Times an upload to a URL run_dir (a checkpoint, model/) is tried again after a failure,
+    with back-off; a checkpoint whose upload still fails leaves the last good one in place (the
+    run goes on; its local copy is kept and named), model/ stops the run (exit 1)."""
+    upload_backoff: float = 2.0
+    """Seconds before the first retry of an upload, doubled at each further one."""
+    upload_wait: float = 7200.0
+    """Seconds the other processes wait for rank 0 to finish its uploads to a URL run_dir
+    (after training, and at the end with model/ and the report). Checkpoints during training are
+    written locally and uploaded in the background, so no process waits for the store then."""
+    process_group_timeout: float = 1800.0
+    """Seconds a process waits for the others in a collective (ddp, fsdp) before failing."""
     loggers: list[LoggerName] = field(
         default_factory=lambda: [LoggerName.csv, LoggerName.tensorboard]
     )
@@ -376,9 +388,11 @@ class SourceConfig:
     timeout: float = 5.0
     """Seconds to wait for a remote dataset or shard before failing."""
     retries: int = 3
-    """Remote shards (http, pipe:, fsspec): times a shard is reopened after a read error, with
-    back-off (1, 2, 4 ... s), continuing at the sample it stopped at; then the rest of the shard
-    is skipped and counted (data/skipped/shard_unreadable)."""
+    """Remote shards (http, pipe:, fsspec such as s3://): times in a row a shard is reopened after
+    a failed read, at the byte it had reached (no record read twice or skipped), before the rest
+    of it is skipped and counted (data/skipped/shard_unreadable)."""
+    retry_backoff: float = 1.0
+    """Seconds before the first reopening of a remote shard, doubled at each further one."""
 
 
 def set_fields(cfg: SourceConfig) -> list[str]:
@@ -423,6 +437,10 @@ def training_checks(t: TrainingConfig) -> list[Check]:
             "must be >= 1",
         ),
         (t.compile in (True, False, "auto"), "training.compile", "must be true, false or auto"),
+        (t.upload_retries >= 0, "training.upload_retries", "must be >= 0"),
+        (t.upload_backoff >= 0, "training.upload_backoff", "must be >= 0"),
+        (t.upload_wait > 0, "training.upload_wait", "must be > 0"),
+        (t.process_group_timeout > 0, "training.process_group_timeout", "must be > 0"),
         *run_dir_checks(t),
         *logger_checks(t),
     ]

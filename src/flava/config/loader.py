@@ -351,6 +351,8 @@ def cli_main(
         print("\n".join(help_lines()))
         return 0
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for chatty in ("botocore", "aiobotocore", "s3fs"):  # e.g. a line per S3 client made
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     try:
         run(load(argv))
     except (ConfigError, CheckpointError) as exc:

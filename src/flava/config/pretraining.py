@@ -188,7 +188,8 @@ class DatasetsConfig(DataSectionConfig):
     """Random resized crop scale range."""
     log_keys: bool = False
     """Write the key of every training sample to RUN_DIR/samples/rank-R.tsv (batch index, kind,
-    key, epoch of a streamed source), to audit what a run read."""
+    key, epoch of a streamed source), to audit what a run read (a URL run_dir receives it with
+    each checkpoint and at the end)."""
 
     def of(self, kind: Kind | str) -> KindConfig:
         """The section of data kind `kind` (datasets.image, datasets.text, datasets.vl)."""
@@ -320,11 +321,6 @@ def validate(cfg: RunConfig, max_scenes: int | None = None) -> None:
             *model_checks(cfg.model),
             *evaluation_checks(t.evaluation, d, max_scenes),
             *datasets_checks(d),
-            (
-                not (d.log_keys and is_url(t.run_dir)),
-                "datasets.log_keys",
-                "writes samples/rank-<k>.tsv to a local folder: give a local training.run_dir",
-            ),
         ],
     )
     if not is_url(t.run_dir):

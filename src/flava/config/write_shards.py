@@ -6,8 +6,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from flava.config.checks import Check, Choice, ConfigError, fail_checks
-from flava.config.common import SourceConfig, set_fields
+from flava.config.checks import Check, Choice, ConfigError, fail_checks, given
+from flava.config.common import PromptConfig, SourceConfig, prompt_checks, set_fields
 
 
 class Role(Choice):
@@ -15,6 +15,39 @@ class Role(Choice):
 
     train = "train"
     val = "val"
+
+
+class ShardLayout(Choice):
+    """How the shards are laid out and named."""
+
+    flava = "flava"
+    """DST/shards-000000.tar, ... + manifest.json (what `type: webdataset` reads)."""
+    clip_benchmark = "clip_benchmark"
+    """LAION CLIP_benchmark's local `wds/` dataset: DST/<split>/0.tar, 1.tar, ... +
+    nshards.txt, and classnames.txt + zeroshot_classification_templates.txt (labelled images)
+    or dataset_type.txt = retrieval (images with captions, all of an image's on its .txt's
+    lines)."""
+
+
+class BenchmarkTask(Choice):
+    """What a CLIP_benchmark dataset is written for (its task names)."""
+
+    auto = "auto"
+    """Labelled images: zeroshot_classification; images with captions: zeroshot_retrieval."""
+    zeroshot_classification = "zeroshot_classification"
+    zeroshot_retrieval = "zeroshot_retrieval"
+
+
+@dataclass
+class ClipBenchmarkOptions(PromptConfig):
+    """layout=clip_benchmark: the split folder, the task, and (classification) the class names
+    and templates written, chosen as `flava.zero_shot` chooses them for the same data."""
+
+    split: str = "test"
+    """The split folder the shards go to (CLIP_benchmark's --split, default test)."""
+    task: BenchmarkTask = BenchmarkTask.auto
+    """zeroshot_classification or zeroshot_retrieval; auto: by what the source holds (needed
+    for a source with both labels and captions, e.g. embedded)."""
 
 
 @dataclass
@@ -52,25 +85,26 @@ class WriteShardsConfig:
     max_skipped_fraction: float = 0.1
     """Exit with status 1 when more than this fraction of the samples read were skipped as bad
     (the shards and manifest are written all the same)."""
+    layout: ShardLayout = ShardLayout.flava
+    """flava (our shards, read with `type: webdataset`) or clip_benchmark (a CLIP_benchmark
+    `wds/` dataset: `--dataset wds/NAME --dataset_root DST`)."""
+    clip_benchmark: ClipBenchmarkOptions = field(default_factory=ClipBenchmarkOptions)
+    """layout=clip_benchmark: split, task, class names and templates."""
 
 
-def output_folder(cfg: WriteShardsConfig) -> str:
-    """`dst`, or one line saying it is not set."""
-    if cfg.dst is None:
-        raise ConfigError("dst is not set: give the output folder, e.g. dst=/data/shards/mine")
-    return cfg.dst
+DST_UNSET = "dst is not set: give the output folder, e.g. dst=/data/shards/mine"
 
 
 def validate_write_shards(cfg: WriteShardsConfig) -> None:
     """Value checks of the write_shards command (the source itself is checked when opened)."""
-    output_folder(cfg)
-    given = set(set_fields(cfg.source))
-    embedded = cfg.src == "embedded" and "type" not in given  # with its size / seed
-    if (cfg.src is None and not given) or (cfg.src is not None and given and not embedded):
+    given(cfg.dst, DST_UNSET)
+    fields = set(set_fields(cfg.source))
+    embedded = cfg.src == "embedded" and "type" not in fields  # with its size / seed
+    if (cfg.src is None and not fields) or (cfg.src is not None and fields and not embedded):
         raise ConfigError(
             "give the source once: src=PATH (a data folder, a source YAML / JSON, or embedded) "
             f"or source.* fields (source.type=... source.path=...); got src={cfg.src!r} and "
-            f"source fields {sorted(given)}"
+            f"source fields {sorted(fields)}"
         )
     checks: list[Check] = [
         (cfg.shard_size >= 1, "shard_size", "must be >= 1"),
@@ -79,6 +113,12 @@ def validate_write_shards(cfg: WriteShardsConfig) -> None:
         (cfg.processes >= 1, "processes", "must be >= 1"),
         (cfg.image_size >= 1, "image_size", "must be >= 1"),
         (0 <= cfg.max_skipped_fraction <= 1, "max_skipped_fraction", "must be in [0, 1]"),
+        (
+            bool(cfg.clip_benchmark.split) and "/" not in cfg.clip_benchmark.split,
+            "clip_benchmark.split",
+            "must be a folder name (e.g. test)",
+        ),
+        *prompt_checks(cfg.clip_benchmark, "clip_benchmark"),
     ]
     fail_checks(cfg, checks)
 
@@ -92,7 +132,11 @@ def _flag(word: str, rest: list[str]) -> str:
     its value, if separate, is taken from the front of `rest`."""
     name, eq, value = word[2:].partition("=")
     key = name.replace("-", "_")
-    if not word.startswith("--") or key not in _KEYS or key in ("src", "dst", "source"):
+    if (
+        not word.startswith("--")
+        or key not in _KEYS
+        or key in ("src", "dst", "source", "clip_benchmark")
+    ):
         raise ConfigError(f"unknown option {word!r}; the keys are listed by --help (key=value)")
     if _KEYS[key].type in (bool, "bool") and not eq:
         return f"{key}=true"

@@ -57,14 +57,23 @@ def encode_image(
 
 
 def sample_files(
-    sample: Sample, key: str, quality: int, reencode: bool, max_side: int | None
+    sample: Sample,
+    key: str,
+    quality: int,
+    reencode: bool,
+    max_side: int | None,
+    caption_lines: bool = False,
 ) -> list[tuple[str, bytes]]:
-    """The tar members of one sample: image, txt (one caption) or json (several), cls."""
+    """The tar members of one sample: image, txt (one caption) or json (several), cls;
+    `caption_lines`: every caption on a line of the txt (a line break inside one: a space)."""
     files = []
     if sample.image is not None:
         ext, data = encode_image(sample.image, quality, reencode, max_side)
         files.append((f"{key}.{ext}", data))
-    if len(sample.texts) == 1:
+    if caption_lines and sample.texts:
+        text = "\n".join(" ".join(t.splitlines()) for t in sample.texts)
+        files.append((f"{key}.txt", text.encode("utf-8")))
+    elif len(sample.texts) == 1:
         files.append((f"{key}.txt", sample.texts[0].encode("utf-8")))
     elif sample.texts:
         files.append((f"{key}.json", json.dumps({"captions": sample.texts}).encode("utf-8")))
@@ -81,6 +90,8 @@ class Options(NamedTuple):
     quality: int
     reencode: bool
     max_side: int | None
+    caption_lines: bool = False
+    """All captions of a sample on the lines of one txt (CLIP_benchmark's retrieval sets)."""
 
 
 class Prepared(NamedTuple):
@@ -101,7 +112,7 @@ def prepare_sample(source: Any, index: int, options: Options, skips: SkipLog) ->
         sample = source.sample(index)
         sample.require(options.kind)
         key = f"{index:09d}"
-        files = sample_files(sample, key, options.quality, options.reencode, options.max_side)
+        files = sample_files(sample, key, *options[1:])
         return Prepared(index, files, {}, {})
     except SAMPLE_ERRORS as exc:
         name = f"sample {index}" + (f" ({sample.key})" if sample is not None else "")

@@ -21,12 +21,15 @@ order, each under a temporary name renamed when complete, so a rerun keeps the c
 and goes on after them. Progress goes to stdout. Exit status: 0; 1 when more than
 `max_skipped_fraction` (default 0.1) of the samples read were skipped (the shards and manifest
 are still written); 2 for a bad source or argument; each failure is one line on stderr.
-Read the result with `{type: webdataset, shards: [DST]}`.
+Read the result with `{type: webdataset, shards: [DST]}`. `layout=clip_benchmark` writes LAION
+CLIP_benchmark's local `wds/` layout instead (`flava.data.benchmark_layout`: DST/<split>/0.tar,
+..., nshards.txt, the class names and templates or dataset_type.txt).
 
 Examples:
     flava-write-shards src=/data/my_captions dst=/data/shards/mine shard_size=1000
     flava-write-shards source.type=huggingface source.path=/data/hf_saved dst=out shard_size=5000
     python -m flava.data.write_shards /data/my_captions /data/shards/mine --shard-size 1000
+    flava-write-shards src=/data/my_classes dst=/data/bench/mine layout=clip_benchmark
 """
 
 from __future__ import annotations
@@ -53,9 +56,11 @@ from flava.config import (
     validate_write_shards,
 )
 from flava.config import describe as describe_keys
+from flava.config.checks import given
 from flava.config.common import set_fields
 from flava.config.loader import from_fields
-from flava.config.write_shards import from_old_form, output_folder
+from flava.config.write_shards import DST_UNSET, ShardLayout, from_old_form
+from flava.data import benchmark_layout
 from flava.data.sources import (
     SKIP_REASONS,
     DataError,
@@ -193,7 +198,12 @@ class _ShardFile:
         return self.entry
 
 
-def _fill(
+def shard_name(prefix: str, number: int) -> str:
+    """`<prefix>-000007.tar`; without a prefix `7.tar` (CLIP_benchmark's naming)."""
+    return f"{prefix}-{number:06d}.tar" if prefix else f"{number}.tar"
+
+
+def fill_shards(
     prepared: Iterator[Prepared],
     out: Path,
     prefix: str,
@@ -209,7 +219,7 @@ def _fill(
             record(shard.close())
             shard, number = None, number + 1
         if shard is None:
-            shard = _ShardFile(out / f"{prefix}-{number:06d}.tar", index)
+            shard = _ShardFile(out / shard_name(prefix, number), index)
         shard.add(index, files, skipped)
     if shard is not None:
         record(shard.close())
@@ -253,7 +263,7 @@ def _resume(out: Path, total: int, shard_size: int) -> tuple[list[dict[str, Any]
     return kept, [entry["name"] for entry in old.get("shards", [])]
 
 
-def _totals(manifest: dict[str, Any], shards: list[dict[str, Any]], total: int) -> None:
+def set_totals(manifest: dict[str, Any], shards: list[dict[str, Any]], total: int) -> None:
     """Set the manifest's shard list, sample and skip counts, and whether it is complete."""
     skipped = {r: sum(s["skipped"].get(r, 0) for s in shards) for r in SKIP_REASONS}
     manifest["num_samples"] = sum(s["samples"] for s in shards)
@@ -267,8 +277,8 @@ def _totals(manifest: dict[str, Any], shards: list[dict[str, Any]], total: int) 
 def _new_manifest(
     source: Any, fields: dict[str, Any], shard_size: int, options: Options
 ) -> dict[str, Any]:
-    """The manifest of an empty output (its counts are set by `_totals`)."""
-    _, quality, reencode, max_side = options
+    """The manifest of an empty output (its counts are set by `set_totals`)."""
+    _, quality, reencode, max_side, _ = options
     manifest: dict[str, Any] = {
         "format": "webdataset",
         "source": describe(source),
@@ -295,9 +305,11 @@ def write(
     processes: int = 1,
     source_fields: dict[str, Any] | None = None,
     progress: Callable[[str], None] | None = None,
+    caption_lines: bool = False,
 ) -> dict[str, Any]:
     """Write the good samples of `source` as shards of `shard_size` into `out_dir`, skipping
-    and counting bad ones; the manifest."""
+    and counting bad ones; the manifest. `caption_lines`: a sample's captions on the lines of
+    one .txt (CLIP_benchmark), not a .json of several."""
     if shard_size < 1:
         raise ConfigError(f"shard_size must be >= 1, got {shard_size}")
     out = Path(out_dir).expanduser()
@@ -306,14 +318,14 @@ def write(
     if total == 0:
         raise SourceError(f"{describe(source)} has no samples")
     new_run()  # each skip reason is logged once per run
-    options = Options(sample_kind(source), quality, reencode, max_side)
+    options = Options(sample_kind(source), quality, reencode, max_side, caption_lines)
     manifest = _new_manifest(source, source_fields or {}, shard_size, options)
     shards, old_names = _resume(out, total, shard_size)
-    for stale in out.glob(f".{prefix}-*.tar.tmp"):
+    for stale in out.glob(f".{prefix}-*.tar.tmp" if prefix else ".[0-9]*.tar.tmp"):
         stale.unlink()  # a partial shard of an interrupted run
 
     def save() -> None:
-        _totals(manifest, shards, total)
+        set_totals(manifest, shards, total)
         tmp = out / f".{MANIFEST}.tmp"
         tmp.write_text(json.dumps(manifest, indent=2))
         os.replace(tmp, out / MANIFEST)
@@ -331,7 +343,7 @@ def write(
     if start < total:
         stream = prepared(source, options, range(start, total), processes)
         with contextlib.closing(stream) as samples:
-            _fill(samples, out, prefix, len(shards), shard_size, record)
+            fill_shards(samples, out, prefix, len(shards), shard_size, record)
     save()
     for name in set(old_names) - {s["name"] for s in shards}:
         (out / name).unlink(missing_ok=True)  # an earlier run's shard past the new last one
@@ -342,12 +354,20 @@ def _reasons(manifest: dict[str, Any]) -> str:
     return ", ".join(f"{reason} {n}" for reason, n in manifest["skipped"].items())
 
 
-def summary(manifest: dict[str, Any], out_dir: str) -> str:
-    """One line: samples and shards written, samples skipped per reason, how to read them."""
+def summary(manifest: dict[str, Any], out_dir: str, benchmark: Any = None) -> str:
+    """One line: samples and shards written, samples skipped per reason, how to read them
+    (`benchmark`: the CLIP_benchmark set written, if that is the layout)."""
     line = f"{manifest['num_samples']} samples in {manifest['num_shards']} shards -> {out_dir}"
     skipped = sum(manifest["skipped"].values())
     if skipped:
         line += f"; {skipped} of {manifest['samples_read']} skipped ({_reasons(manifest)})"
+    if benchmark is not None:
+        root, split = Path(out_dir).parent, Path(out_dir).name
+        return (
+            f"{line} (a CLIP_benchmark {benchmark.task} set: python -m flava.clip_benchmark eval "
+            f"--dataset wds/{root.name} --dataset_root {root} --split {split} "
+            f"--task {benchmark.task} --model_type flava --pretrained MODEL)"
+        )
     return f"{line} (read with {{type: webdataset, shards: [{out_dir}]}})"
 
 
@@ -374,21 +394,30 @@ def run(cfg: WriteShardsConfig) -> dict[str, Any]:
     source_cfg = source_config(cfg.src, cfg.source)
     source = open_source(source_cfg, cfg.role.value, cfg.image_size)
     fields = {name: getattr(source_cfg, name) for name in set_fields(source_cfg)}
-    dst = output_folder(cfg)
+    dst = given(cfg.dst, DST_UNSET)
+    out, chosen, prefix, lines = dst, None, cfg.prefix, False
+    if cfg.layout == ShardLayout.clip_benchmark:
+        where = describe(source)
+        chosen = benchmark_layout.plan(source, source_cfg.type, cfg.clip_benchmark, where)
+        source, out = chosen.source, str(Path(dst) / cfg.clip_benchmark.split)
+        prefix, lines = "", chosen.retrieval
     manifest = write(
         source,
-        dst,
+        out,
         cfg.shard_size,
-        cfg.prefix,
+        prefix,
         cfg.quality,
         cfg.reencode,
         cfg.max_side,
         cfg.processes,
         source_fields=fields,
         progress=log.info,
+        caption_lines=lines,
     )
-    print(summary(manifest, dst))
-    error = skipped_error(manifest, cfg.max_skipped_fraction, dst)
+    if chosen is not None:
+        benchmark_layout.finish(Path(dst).expanduser(), Path(out).expanduser(), manifest, chosen)
+    print(summary(manifest, out, chosen))
+    error = skipped_error(manifest, cfg.max_skipped_fraction, out)
     if error:
         raise TooManySkipped(error)
     return manifest

@@ -179,10 +179,11 @@ class Encoder(nn.Module):
 
 
 def padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
-    """[B, N] of 1/0 -> SDPA boolean mask [B, 1, 1, N], or None when nothing is padded."""
+    """[B, N] of 1/0 -> SDPA boolean mask [B, 1, 1, N], or None when nothing is padded (while
+    traced for ONNX export always the mask: whether anything is padded is the input's to say)."""
     if attention_mask is None:
         return None
     mask = attention_mask.bool()
-    if bool(mask.all()):
+    if not torch.jit.is_tracing() and bool(mask.all()):
         return None
     return mask[:, None, None, :]

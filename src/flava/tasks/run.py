@@ -21,6 +21,7 @@ import torch
 
 from flava.config import ConfigError, ModelConfig, make_directory, to_yaml
 from flava.config.common import EvalCommandConfig
+from flava.data.prompts import read_json_list as read_json_list  # the commands read it here
 from flava.model.flava import FlavaModel
 
 log = logging.getLogger("flava")
@@ -114,20 +115,6 @@ def model_tag(mcfg: ModelConfig, seed: int = 0) -> str:
         )
         return f"{path.resolve()}|{'|'.join(stamps)}"
     return f"key:{key}"
-
-
-def read_json_list(path: str, what: str) -> list[str]:
-    """A JSON list of strings from a file; one-line ConfigError otherwise."""
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise ConfigError(f"{what}: {p} not found")
-    try:
-        data = json.loads(p.read_text())
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{what}: {p} is not valid JSON ({exc.msg})") from None
-    if not isinstance(data, list) or not all(isinstance(x, str) for x in data):
-        raise ConfigError(f"{what}: {p} must hold a JSON list of strings")
-    return data
 
 
 def check_skipped(cfg: EvalCommandConfig, metrics: dict[str, Any], skips: Any, read: int) -> None:

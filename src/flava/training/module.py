@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 import lightning as L
 import torch
 
+from flava.checkpoints.run_dir import RunDir
 from flava.config import RunConfig
 from flava.data.batch import PretrainingBatch
 from flava.model.flava import FlavaForPreTraining
@@ -129,9 +129,7 @@ class FlavaPretrainingModule(L.LightningModule):
     def _log_keys(self, batch: PretrainingBatch) -> None:
         """With datasets.log_keys: one line per sample (batch index, kind, key, epoch)."""
         if self._keys is None:
-            folder = Path(self.cfg.training.run_dir) / "samples"
-            folder.mkdir(parents=True, exist_ok=True)
-            self._keys = open(folder / f"rank-{self.global_rank}.tsv", "a", encoding="utf-8")
+            self._keys = RunDir(self.cfg.training.run_dir).log_file(self._keys_name)
         tally = batch.tally
         epochs: list[int] | list[str] = tally.epochs or [""] * len(tally.keys)
         for key, epoch in zip(tally.keys, epochs, strict=True):
@@ -153,7 +151,21 @@ class FlavaPretrainingModule(L.LightningModule):
         """Skipped samples per reason and samples read, summed over processes (all must call)."""
         return self.counter.totals(self)
 
+    @property
+    def _keys_name(self) -> str:
+        return f"samples/rank-{self.global_rank}.tsv"
+
+    def _sync_keys(self) -> None:
+        """The key log so far to a run directory at a URL (with each checkpoint, at the end)."""
+        if self._keys is not None:
+            self._keys.flush()
+            RunDir(self.cfg.training.run_dir).sync(self._keys_name)
+
+    def on_train_end(self) -> None:
+        self._sync_keys()
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._sync_keys()
         checkpoint["flava_model_config"] = self.model.config.to_dict()  # for flava.convert
         checkpoint["flava_counters"] = {
             "nonfinite": dict(self.nonfinite),

@@ -23,6 +23,7 @@ from flava.config import (
 )
 from flava.config.common import LOGGER_INSTALLS, mlflow_uri
 from flava.data.sources.skips import new_run
+from flava.training.uploads import checkpoint_plugins
 
 log = logging.getLogger("flava")
 
@@ -44,16 +45,19 @@ def prepare_run_dir(cfg: RunConfig | FinetuneConfig) -> RunDir:
     return run_dir
 
 
-def _strategy(name: str) -> Any:
-    """Lightning strategy by name; DDP tolerates the parameters a batch kind leaves unused."""
+def _strategy(name: str, timeout: float) -> Any:
+    """Lightning strategy by name; DDP tolerates the parameters a batch kind leaves unused;
+    `timeout`: seconds a collective waits for the other processes."""
+    from datetime import timedelta
+
     if name == "ddp":
         from lightning.pytorch.strategies import DDPStrategy
 
-        return DDPStrategy(find_unused_parameters=True)
+        return DDPStrategy(find_unused_parameters=True, timeout=timedelta(seconds=timeout))
     if name == "fsdp":  # FSDP2 (fully_shard) per layer, through Lightning, on CPU and GPU
         from flava.training.sharding import ShardedStrategy
 
-        return ShardedStrategy()
+        return ShardedStrategy(timeout=timedelta(seconds=timeout))
     return name
 
 
@@ -121,8 +125,9 @@ def build_trainer(
     if cfg.training.lightning_load_from_checkpoint and int(os.environ.get("RANK", "0")) == 0:
         keep_earlier_logs(run_dir)
     loggers = _loggers(run_dir, cfg.training)
+    dirpath = ck.dirpath or run_dir.url("checkpoints")
     checkpoint = ModelCheckpoint(
-        dirpath=ck.dirpath or run_dir.url("checkpoints"),
+        dirpath=dirpath,
         filename=ck.filename,
         every_n_train_steps=ck.every_n_train_steps,
         save_last=ck.save_last,
@@ -144,7 +149,8 @@ def build_trainer(
         accelerator=accelerator,
         devices=devices,
         num_nodes=lc.num_nodes,
-        strategy=_strategy(lc.strategy),
+        strategy=_strategy(lc.strategy, cfg.training.process_group_timeout),
+        plugins=checkpoint_plugins(dirpath, cfg.training),  # a URL: staged, uploaded behind
         precision=precision,
         gradient_clip_val=lc.gradient_clip_val,
         accumulate_grad_batches=lc.accumulate_grad_batches,
@@ -168,18 +174,6 @@ def build_trainer(
     )
 
 
-def leave_together() -> None:
-    """End a run of several processes together: every process waits here until rank 0 has
-    written the model and the report. A process that left earlier could abort at exit
-    ("terminate called without an active exception": seen in 3 of 3 two-process FSDP2 runs
-    under `torchrun --standalone`), failing a finished run. The process group stays open: a
-    script may start another run in the same processes."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
 def set_host_memory(policy: str, strategy: str, on_cpu: bool) -> None:
     """Apply `training.host_memory` in this process (every process of a run builds a trainer)
     and say in the log what was done."""
@@ -193,9 +187,12 @@ def stop_with_checkpoint(
 ) -> str:
     """Write `checkpoints/<stem>.ckpt` and the counts of a run that stopped early; the one-line
     reason to raise (exit status 1)."""
+    from flava.training.uploads import wait_for_uploads
+
     stem, message = stopped
     path = run_dir.url("checkpoints", f"{stem}.ckpt")
     trainer.save_checkpoint(path)
+    wait_for_uploads(trainer)  # at a URL: uploaded before the processes exit
     if trainer.is_global_zero:
         write_metrics(run_dir, counts)
     return f"{message}; checkpoint written to {path}"

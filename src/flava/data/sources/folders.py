@@ -72,7 +72,8 @@ class ImageFolder(IndexedSource):
         rel = self.files[index]
         data = (self.root / rel).read_bytes()
         label = int(self.label_array[index])
-        return Sample(key=rel, image=data, label=label, raw_label=label)
+        origin = str(self.root / rel)
+        return Sample(key=rel, image=data, label=label, raw_label=label, origin=origin)
 
     def labels(self) -> list[Any]:
         """Class index of every image (no file is read)."""
@@ -230,6 +231,8 @@ class Records(IndexedSource):
         )
         if label_field and row.get(label_field) not in (None, ""):
             set_label(sample, row[label_field])
+        read = {image_field, *text_fields, pair_field, label_field}
+        sample.meta = {k: v for k, v in row.items() if k not in read}
         return sample
 
     def labels(self) -> list[Any]:

@@ -45,6 +45,12 @@ class Sample:
     target: Any = None
     """What a fine-tuning or evaluation task predicts (`flava.tasks.task_data` sets it on decoded
     samples): a class index, a float (regression) or {answer index: soft score} (VQA)."""
+    origin: str | None = None
+    """Where the image's file lives when `image` holds its bytes (image folders), for tables
+    that point at it (`flava.collection`); a path or URL in `image` says it already."""
+    meta: dict[str, Any] = field(default_factory=dict)
+    """The record's other fields as read (a webdataset sample's JSON, a records row's other
+    columns), kept in the embedding tables of `flava.collection`."""
 
     @property
     def text(self) -> str | None:

@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import logging
 import re
-import subprocess
 import tarfile
-import time
-import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from flava.config import SourceConfig
 from flava.data.sources.errors import SourceError, UnreadableShard
 from flava.data.sources.images import IMAGE_EXTENSIONS, LISTED_NON_RASTER
 from flava.data.sources.readers import StreamingSource
 from flava.data.sources.registry import CAPTIONED_IMAGES, LABELLED_IMAGES, SourceType
+from flava.data.sources.remote import CHUNK, ResumingStream, is_url, open_shard
 from flava.data.sources.sample import CAPTION_FIELDS, Sample, has_text_field, set_label, texts_of
 
 log = logging.getLogger("flava.data.sources")
@@ -50,16 +46,15 @@ def expand_braces(pattern: str) -> list[str]:
     return [head + o + t for o in options for t in expand_braces(tail)]
 
 
-def _is_url(text: str) -> bool:
-    return text.startswith("pipe:") or bool(re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", text))
-
-
 def expand_shards(patterns: Sequence[str]) -> list[str]:
     """Shard paths / URLs from patterns: braces, globs, folders of *.tar; missing -> SourceError."""
     out: list[str] = []
     for pattern in patterns:
         for item in expand_braces(str(pattern)):
-            if _is_url(item):
+            if _listed_remote(item):
+                out += _list_remote(item)
+                continue
+            if is_url(item):
                 out.append(item[len("file://") :] if item.startswith("file://") else item)
                 continue
             path = Path(item).expanduser()
@@ -80,53 +75,28 @@ def expand_shards(patterns: Sequence[str]) -> list[str]:
     return out
 
 
-class _Whole(io.RawIOBase):
-    """A response body that raises OSError when it ends before its Content-Length (http.client
-    ends a cut connection's body quietly, and tar would take the cut for the archive's end)."""
-
-    def __init__(self, stream: IO[bytes], length: str | None, url: str) -> None:
-        super().__init__()
-        self.stream, self.url, self.read_bytes = stream, url, 0
-        self.length = int(length) if length and length.isdigit() else None
-
-    def read(self, size: int = -1) -> bytes:
-        data = self.stream.read(size)
-        self.read_bytes += len(data)
-        if not data and size and self.length is not None and self.read_bytes < self.length:
-            raise OSError(f"connection closed after {self.read_bytes} of {self.length} bytes")
-        return data
+def _listed_remote(item: str) -> bool:
+    """An fsspec URL (s3://, gs://, ...) naming a glob or a folder (a trailing /) of shards."""
+    listed = item.endswith("/") or any(c in item for c in "*?[")
+    return listed and is_url(item) and not item.startswith(("pipe:", "http://", "https://"))
 
 
-@contextlib.contextmanager
-def open_shard(url: str, timeout: float = 5.0) -> Iterator[IO[bytes] | _Whole]:
-    """A binary stream of a local path, http(s) URL, `pipe:COMMAND` or fsspec URL; a cut http
-    body or a command that exits with an error status raises OSError."""
-    if url.startswith("pipe:"):
-        proc = subprocess.Popen(url[5:], shell=True, stdout=subprocess.PIPE)
-        assert proc.stdout is not None
-        try:
-            yield proc.stdout
-        except BaseException:
-            proc.kill()
-            raise
+def _list_remote(item: str) -> list[str]:
+    """The shards of an fsspec glob or folder URL, listed on the store, sorted."""
+    import fsspec
+
+    try:
+        fs, path = fsspec.core.url_to_fs(item)
+        protocol = item.split("://", 1)[0]
+        if item.endswith("/"):
+            names = [p for p in fs.ls(path, detail=False) if p.endswith((".tar", ".tar.gz"))]
         else:
-            proc.stdout.read()  # the archive's padding: the command ends as it would alone
-        finally:
-            proc.stdout.close()
-            status = proc.wait()
-        if status > 0:
-            raise OSError(f"{url[5:]!r} exited with status {status}")
-    elif url.startswith(("http://", "https://")):
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            yield _Whole(response, response.headers.get("Content-Length"), url)
-    elif _is_url(url):
-        import fsspec
-
-        with fsspec.open(url, "rb") as f:
-            yield f
-    else:
-        with open(url, "rb") as f:
-            yield f
+            names = list(fs.glob(path))
+    except (OSError, ValueError, ImportError) as exc:
+        raise SourceError(f"cannot list shards at {item} ({exc}); {_SHARD_HINT}") from None
+    if not names:
+        raise SourceError(f"no shards at {item}; {_SHARD_HINT}")
+    return sorted(f"{protocol}://{fs._strip_protocol(n)}" for n in names)
 
 
 def split_member_name(name: str) -> tuple[str, str]:
@@ -175,6 +145,8 @@ def sample_from_files(
                 sample.pair = texts_of(meta[pair_field])[0]
             if label_field in meta:
                 set_label(sample, meta[label_field])
+            read = {*text_fields, *CAPTION_FIELDS, pair_field, label_field}
+            sample.meta = {k: v for k, v in meta.items() if k not in read}
     for ext in ("cls", "cls2", "label"):
         if ext in files:
             set_label(sample, files[ext].decode("utf-8", errors="replace"))
@@ -183,7 +155,7 @@ def sample_from_files(
 
 
 def read_tar_samples(
-    stream: IO[bytes] | _Whole,
+    stream: IO[bytes] | ResumingStream,
     text_fields: Sequence[str] = ("text",),
     pair_field: str | None = None,
     label_field: str = "label",
@@ -226,9 +198,10 @@ class TarShards(StreamingSource):
     Shards are files, folders of ``*.tar``, brace patterns ``shards-{000000..000009}.tar``,
     globs, ``http(s)://`` URLs, ``pipe:COMMAND`` (e.g. ``pipe:aws s3 cp s3://b/x.tar -``) or
     other fsspec URLs. `flava.data.write_shards` writes this layout with a ``manifest.json``.
-    A remote shard (http(s), pipe:, fsspec) that fails mid-read is reopened up to `retries`
-    times with back-off and read on from the sample it stopped at; a shard that still fails (or a
-    local one that is truncated) raises `UnreadableShard`, and the reader skips the rest of it.
+    A remote shard (http(s), pipe:, fsspec) whose read fails is reopened at the byte it reached,
+    after a back-off (`backoff` seconds, doubled at each further failure), and read on
+    (`flava.data.sources.remote`); after `retries` failures in a row without a new byte (or for
+    a local shard that is truncated) it raises `UnreadableShard`, and the reader skips the rest.
     """
 
     def __init__(
@@ -242,6 +215,8 @@ class TarShards(StreamingSource):
         retries: int = 3,
         pair_field: str | None = None,
         label_field: str = "label",
+        backoff: float = 1.0,
+        chunk: int = CHUNK,
     ) -> None:
         super().__init__(shuffle_buffer, resampled, preview_size)
         if not urls:
@@ -250,7 +225,8 @@ class TarShards(StreamingSource):
         self.text_fields = tuple(text_fields)
         self.timeout = timeout
         self.retries = int(retries)
-        self.backoff = 1.0  # seconds before the first retry; doubled at each further one
+        self.backoff = float(backoff)  # seconds before the first retry; doubled at each further
+        self.chunk = int(chunk)  # bytes per read of a remote shard
         self.pair_field, self.label_field = pair_field, label_field
 
     def num_shards(self) -> int:
@@ -258,29 +234,19 @@ class TarShards(StreamingSource):
         return len(self.urls)
 
     def shard_samples(self, shard: int) -> Iterator[Sample]:
-        """Samples of tar `shard` in order; remote shards are retried (see the class doc)."""
-        url, done, failures = self.urls[shard], 0, 0
-        while True:
-            try:
-                with open_shard(url, self.timeout) as stream:
-                    samples = read_tar_samples(
-                        stream, self.text_fields, self.pair_field, self.label_field
-                    )
-                    for i, sample in enumerate(samples):
-                        if i >= done:  # after a reopen: the samples read before are passed over
-                            done = i + 1
-                            yield sample
-                return
-            except (tarfile.TarError, OSError, EOFError) as exc:
-                failures += 1
-                if not _is_url(url) or failures > self.retries:
-                    tries = f" after {failures} tries" if _is_url(url) else ""
-                    raise UnreadableShard(
-                        f"shard {url} failed at sample {done}{tries}: {exc}"
-                    ) from None
-                delay = self.backoff * 2 ** (failures - 1)
-                log.info("shard %s failed at sample %d (%s); retry in %.0fs", url, done, exc, delay)
-                time.sleep(delay)
+        """Samples of tar `shard` in order; a remote one resumes after failures (class doc)."""
+        url, done = self.urls[shard], 0
+        try:
+            with open_shard(url, self.timeout, self.retries, self.backoff, self.chunk) as stream:
+                samples = read_tar_samples(
+                    stream, self.text_fields, self.pair_field, self.label_field
+                )
+                for sample in samples:
+                    done += 1
+                    yield sample
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UnreadableShard(f"shard {url} failed after {done} samples: {why}") from None
 
     def describe(self) -> str:
         """Shard count and the first shard."""
@@ -296,14 +262,28 @@ MANIFEST = "manifest.json"
 """What `flava.data.write_shards` writes beside its shards (counts, source, class names)."""
 
 
+def _read_manifest(folder: str) -> Any:
+    """The manifest.json of a local folder or an fsspec URL folder."""
+    if not is_url(folder):
+        return json.loads((Path(folder) / MANIFEST).read_text())
+    import fsspec
+
+    with fsspec.open(f"{folder}/{MANIFEST}", "rb") as f:
+        return json.loads(f.read())
+
+
 def manifest_classes(urls: Sequence[str]) -> list[str] | None:
-    """The class names of local shards written by `flava.data.write_shards`: the `classes` of
-    the `manifest.json` beside them, when every folder of shards has the same list; else None."""
+    """The class names of shards written by `flava.data.write_shards` (local, or at an fsspec
+    URL): the `classes` of the `manifest.json` beside them, when every folder of shards has the
+    same list; else None."""
     found = []
-    for folder in {Path(u).parent for u in urls if not _is_url(u)}:
+    remote = [u for u in urls if is_url(u) and not u.startswith(("pipe:", "http://", "https://"))]
+    folders = {str(Path(u).parent) for u in urls if not is_url(u)}
+    folders |= {u.rsplit("/", 1)[0] for u in remote}
+    for folder in folders:
         try:
-            classes = json.loads((folder / MANIFEST).read_text()).get("classes")
-        except (OSError, ValueError, AttributeError):
+            classes = _read_manifest(folder).get("classes")
+        except (OSError, ValueError, AttributeError, ImportError):
             return None
         found.append(classes)
     if not found or not found[0] or any(c != found[0] for c in found):
@@ -323,6 +303,7 @@ def _build(cfg: SourceConfig, role: str, image_size: int) -> TarShards:
         retries=cfg.retries,
         pair_field=cfg.text_pair_column,
         label_field=cfg.label_column,
+        backoff=cfg.retry_backoff,
     )
     shards.class_names = manifest_classes(urls)
     return shards
@@ -348,6 +329,7 @@ WEBDATASET = SourceType(
         "preview_size",
         "timeout",
         "retries",
+        "retry_backoff",
     ),
     _build,
     _check,
