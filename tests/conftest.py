@@ -167,6 +167,11 @@ def s3_server():
     session; the standard AWS_ENDPOINT_URL and dummy credentials point every client at it."""
     from .s3_store import ENVIRONMENT, S3Store
 
+    botocore = pytest.importorskip("botocore")
+    if tuple(int(x) for x in botocore.__version__.split(".")[:2]) < (1, 31):
+        pytest.skip(
+            f"botocore {botocore.__version__} ignores AWS_ENDPOINT_URL (1.31 and later read it)"
+        )
     server = S3Store().start()
     saved = {k: os.environ.get(k) for k in [*ENVIRONMENT, "AWS_ENDPOINT_URL", "AWS_PROFILE"]}
     os.environ.update({**ENVIRONMENT, "AWS_ENDPOINT_URL": server.endpoint})
