@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e .
 	touch $@
 
-# ... and the tools of the test suite (pytest, ruff, transformers, datasets, ...).
+# ... and the tools of the test suite and lint (pytest, ruff, mypy, transformers, datasets, ...).
 $(VENV)/.installed-dev: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[dev]'
 	$(PY) -m pip install -q --no-deps torchmultimodal-nightly==2024.4.1 iopath portalocker
@@ -38,6 +38,8 @@ quick: $(VENV)/.installed-dev
 versions:
 	.ci/versions
 
+# ruff (lint and format) on everything; mypy on src/ ([tool.mypy] in pyproject.toml).
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/mypy src

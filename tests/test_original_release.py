@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
 
 from flava.config import ConfigError, SourceConfig
+from flava.config.loader import from_fields
 from flava.data.sources import check
 
 EXTRAS = ("datasets", "transformers", "timm", "sklearn", "skimage", "wandb", "mlflow")
@@ -209,7 +209,7 @@ def test_imagenet_tar_refused_without_extras(stopped):
 
 
 def _entry(**fields: object) -> object:
-    return OmegaConf.merge(OmegaConf.structured(SourceConfig), {"type": "huggingface", **fields})
+    return from_fields(SourceConfig, {"type": "huggingface", **fields})
 
 
 def test_imagenet_tar_only_for_imagenet_hub_entries(monkeypatch, tmp_path: Path):

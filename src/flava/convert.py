@@ -30,7 +30,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flava.checkpoints import (
     CheckpointError,
@@ -51,6 +51,10 @@ from flava.checkpoints.sharded import (
     write_consolidated,
 )
 from flava.checkpoints.tmm_keys import tmm_prefix
+
+if TYPE_CHECKING:
+    from flava.model import FlavaForPreTraining, FlavaModel
+    from flava.model.codebook import ImageCodebook
 
 TMM = Layout.torchmultimodal
 """The original release's layout."""
@@ -87,15 +91,16 @@ def _source_kind(src: str, given: str | None = None) -> tuple[Layout, str]:
     return directory_layout(path)
 
 
-def _class(name: str) -> type:
+def _class(name: str) -> type[FlavaModel | FlavaForPreTraining | ImageCodebook]:
     from flava.model import FlavaForPreTraining, FlavaModel
     from flava.model.codebook import ImageCodebook
 
-    return {
+    classes: dict[str, type[FlavaModel | FlavaForPreTraining | ImageCodebook]] = {
         "FlavaModel": FlavaModel,
         "FlavaForPreTraining": FlavaForPreTraining,
         "ImageCodebook": ImageCodebook,
-    }[name]
+    }
+    return classes[name]
 
 
 def _save_kmeans(state: dict[str, Any], out: Path) -> None:

@@ -25,24 +25,22 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
-
 from flava.config import cli_main, describe, load_config
 from flava.config.embed import EmbedRunConfig, validate_embed
 from flava.data.sources import DataError, check_fields
 
 
-def checks(cfg: DictConfig) -> None:
+def checks(cfg: EmbedRunConfig) -> None:
     """The loader's checks: the schema's values, then the fields data.source sets."""
     validate_embed(cfg)
     check_fields(cfg.data.source, "data.source")
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
+def run(cfg: EmbedRunConfig) -> dict[str, Any]:
     """Embed per `cfg` (under torchrun: in every process); the summary."""
     from flava.collection import embed_collection
 
-    return embed_collection(OmegaConf.to_object(cfg))
+    return embed_collection(cfg)
 
 
 def main(argv: list[str] | None = None) -> int:

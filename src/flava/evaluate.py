@@ -28,8 +28,8 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
+from flava.config import FinetuneConfig
 from flava.config.evaluate import Command, EvaluateConfig, TaskSpec, validate_suite
 from flava.tasks.suite import (
     TaskResult,
@@ -61,9 +61,9 @@ def command_main(command: str) -> Callable[[list[str]], int]:
     return main
 
 
-def finetune_config(argv: list[str]) -> Any:
+def finetune_config(argv: list[str]) -> FinetuneConfig:
     """The fine-tuning command's validated config for this dotlist (through its own loader)."""
-    from flava.config import FinetuneConfig, load_config
+    from flava.config import load_config
     from flava.tasks.finetuning import validate_config
 
     return load_config(argv, FinetuneConfig, validate_config)
@@ -87,7 +87,7 @@ def finetune_scaling(argv: list[str], factor: float, cap: int | None) -> list[st
     return out
 
 
-def task_argv(task: TaskSpec, cfg: Any, run_dir: Path) -> list[str]:
+def task_argv(task: TaskSpec, cfg: EvaluateConfig, run_dir: Path) -> list[str]:
     """The command line of one task: its dotlist, then the model and the run's own settings."""
     root = str(cfg.data.root)
     argv = [format_root(a, root) for a in task.args]
@@ -105,7 +105,7 @@ def _last_error(text: str) -> str:
     return lines[-1][len("error:") :].strip() if lines else ""
 
 
-def run_task(task: TaskSpec, cfg: Any, out: Path) -> TaskResult:
+def run_task(task: TaskSpec, cfg: EvaluateConfig, out: Path) -> TaskResult:
     """Run one task in-process; a failure of any kind becomes the result's one-line detail."""
     result = TaskResult(task.name, task.group, "failed", paper=task.paper)
     absent = missing_paths(task, str(cfg.data.root))
@@ -133,7 +133,7 @@ def run_task(task: TaskSpec, cfg: Any, out: Path) -> TaskResult:
     return result
 
 
-def run_suite(cfg: Any) -> list[TaskResult]:
+def run_suite(cfg: EvaluateConfig) -> list[TaskResult]:
     """Run every task of the suite (skipping finished ones), then write the table."""
     out = Path(str(cfg.run.run_dir))
     tasks = selected_tasks(cfg)
@@ -162,7 +162,7 @@ def run_suite(cfg: Any) -> list[TaskResult]:
 # --------------------------------------------------------------------------- plan
 
 
-def task_flops(task: TaskSpec, cfg: Any) -> float:
+def task_flops(task: TaskSpec, cfg: EvaluateConfig) -> float:
     """Estimated FLOPs of one task from `flava.planning`'s counts (encoding 1x, training 3x)."""
     from flava.model.presets import preset
     from flava.planning import encoder_forward_flops
@@ -182,7 +182,7 @@ def task_flops(task: TaskSpec, cfg: Any) -> float:
     return 3.0 * samples * per[str(fc.task.modality)]
 
 
-def plan_suite(cfg: Any) -> str:
+def plan_suite(cfg: EvaluateConfig) -> str:
     """Tasks, data found and estimated GPU-hours per task and in all, before running anything."""
     tasks = selected_tasks(cfg)
     rate = float(cfg.run.mfu) * float(cfg.run.gpu_tflops) * 1e12
@@ -208,7 +208,7 @@ def plan_suite(cfg: Any) -> str:
     return "\n".join(lines)
 
 
-def _run(cfg: Any) -> object:
+def _run(cfg: EvaluateConfig) -> object:
     if cfg.run.plan:
         print(plan_suite(cfg))
         return None

@@ -23,18 +23,16 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
-
 from flava.config import cli_main, describe, load_config
 from flava.config.filter import FilterRunConfig, validate_filter
 from flava.data.sources import DataError
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
+def run(cfg: FilterRunConfig) -> dict[str, Any]:
     """Filter per `cfg`; the report."""
     from flava.collection.filter_run import filter_collection
 
-    return filter_collection(OmegaConf.to_object(cfg))
+    return filter_collection(cfg)
 
 
 def main(argv: list[str] | None = None) -> int:

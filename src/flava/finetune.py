@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
-
 from flava.checkpoints.finetuned import checkpoint_image_size, save_finetuned
 from flava.checkpoints.run_dir import RunDir, fetch
 from flava.checkpoints.uploads import UploadError
@@ -35,7 +33,7 @@ log = logging.getLogger("flava")
 class FinetuneRun:
     """What set-up builds for one run: the data, the LightningModule and its Trainer."""
 
-    cfg: DictConfig
+    cfg: FinetuneConfig
     train: Any
     vals: list[tuple[str, Any]]
     class_names: list[str]
@@ -54,7 +52,7 @@ class FinetuneRun:
 # set-up
 
 
-def build_classifier(cfg: DictConfig, num_outputs: int, seed: int = 0) -> FlavaClassifier:
+def build_classifier(cfg: FinetuneConfig, num_outputs: int, seed: int = 0) -> FlavaClassifier:
     """The backbone (pretrained or preset, seeded) with a fresh head."""
     m = cfg.model
     flava = load_flava(m, seed)
@@ -67,7 +65,7 @@ def build_classifier(cfg: DictConfig, num_outputs: int, seed: int = 0) -> FlavaC
     )
 
 
-def _image_size(cfg: DictConfig) -> int:
+def _image_size(cfg: FinetuneConfig) -> int:
     """The backbone's image size without building it (our / transformers config.json)."""
     from flava.model.presets import preset
 
@@ -78,32 +76,30 @@ def _image_size(cfg: DictConfig) -> int:
 
 
 def _data_module(
-    cfg: DictConfig, train: Any, vals: list[tuple[str, Any]], outputs: int, image_size: int
+    cfg: FinetuneConfig, train: Any, vals: list[tuple[str, Any]], outputs: int, image_size: int
 ) -> Any:
     """Training batches (augmented when data.augment) and the validation loaders."""
     from flava.data.tokenizer import load_tokenizer
-    from flava.data.transforms import image_transform
+    from flava.data.transforms import ImageTransform, image_transform
     from flava.training.finetune_data import Collator, FinetuneData
 
     d, k = cfg.data, cfg.task
-    collate = dict(
-        modality=k.modality,
-        task_type=k.type,
-        num_outputs=outputs,
-        tokenizer=load_tokenizer(),
-        max_length=d.text_max_length,
-    )
+    tokenizer = load_tokenizer()
+
+    def collator(transform: ImageTransform) -> Collator:
+        return Collator(k.modality, k.type, outputs, tokenizer, transform, d.text_max_length)
+
     eval_tf = image_transform("eval", image_size=image_size)
+    scale = (d.crop_scale[0], d.crop_scale[1])
     train_tf = (
-        image_transform("pretrain", image_size, scale=tuple(d.crop_scale), hflip=d.hflip)
+        image_transform("pretrain", image_size, scale=scale, hflip=d.hflip)
         if d.augment
         else eval_tf
     )
-    train_collate = Collator(transform=train_tf, **collate)
-    return FinetuneData(cfg, train, vals, train_collate, Collator(transform=eval_tf, **collate))
+    return FinetuneData(cfg, train, vals, collator(train_tf), collator(eval_tf))
 
 
-def _best_checkpoint(cfg: DictConfig, run_dir: RunDir) -> Any:
+def _best_checkpoint(cfg: FinetuneConfig, run_dir: RunDir) -> Any:
     """The callback keeping the checkpoint with the best task.monitor value."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -120,12 +116,12 @@ def _best_checkpoint(cfg: DictConfig, run_dir: RunDir) -> Any:
     )
 
 
-def monitor_of(cfg: DictConfig) -> str:
+def monitor_of(cfg: FinetuneConfig) -> str:
     """The validation metric that picks the best checkpoint (task.monitor or the first)."""
     return cfg.task.monitor or cfg.task.metrics[0]
 
 
-def setup(cfg: DictConfig) -> FinetuneRun:
+def setup(cfg: FinetuneConfig) -> FinetuneRun:
     """Datasets (failing fast, before any model), the seeded classifier, data and Trainer."""
     import lightning as L
 
@@ -240,7 +236,7 @@ def report(r: FinetuneRun, metrics: dict[str, Any], seconds: float) -> dict[str,
     return metrics
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
+def run(cfg: FinetuneConfig) -> dict[str, Any]:
     """Fine-tune per `cfg`; returns the metrics written to metrics.json (rank 0)."""
     from flava.tasks.metrics import majority_baseline
     from flava.training.run import Timer
@@ -288,7 +284,7 @@ def summary(metrics: dict[str, Any], run_dir: RunDir | str) -> str:
 # the command
 
 
-def _run(cfg: Any) -> object:
+def _run(cfg: FinetuneConfig) -> object:
     from flava.training.precision import resolve_precision
     from flava.training.resume import check_resume
 

@@ -21,22 +21,21 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
-
 from flava.config import cli_main, describe, load_config
+from flava.config.checks import given
 from flava.config.index import IndexRunConfig, validate_index
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
+def run(cfg: IndexRunConfig) -> dict[str, Any]:
     """Build or extend the index per `cfg`; prints and returns what index.json holds."""
     from flava.collection import build_index
     from flava.tasks.run import print_table
 
-    c = OmegaConf.to_object(cfg)
-    info = build_index(list(c.embeddings), c.out, c.index)  # type: ignore[attr-defined]
+    out = given(cfg.out, "out is not set: give the index folder: out=DIR")
+    info = build_index(list(cfg.embeddings), out, cfg.index)
     shown = {k: v for k, v in info.items() if k not in ("sweep", "shards", "queries")}
     shown.update({f"search/{k}": v for k, v in info["search"].items()})
-    print_table(f"{info['action']} {info['kind']} index -> {c.out}", shown)  # type: ignore[attr-defined]
+    print_table(f"{info['action']} {info['kind']} index -> {out}", shown)
     return info
 
 

@@ -28,16 +28,17 @@ Writes <run.run_dir>/metrics.json. Keys: `python -m flava.linear_probe --help`.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import time
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
 
 from flava.config import (
     LinearProbeRunConfig,
+    SourceConfig,
     cli_main,
     describe,
     load_config,
@@ -66,7 +67,9 @@ def _carve(count: int, fraction: float, seed: int) -> tuple[list[int], list[int]
     return sorted(order[held:]), sorted(order[:held])
 
 
-def load_splits(cfg: DictConfig, image_size: int) -> tuple[list[tuple[Any, list[int]]], list[str]]:
+def load_splits(
+    cfg: LinearProbeRunConfig, image_size: int
+) -> tuple[list[tuple[Any, list[int]]], list[str]]:
     """[(dataset, indices)] for train, val, test and the class names, read through the data
     section's source (`flava.tasks.eval_data`).
 
@@ -83,10 +86,11 @@ def load_splits(cfg: DictConfig, image_size: int) -> tuple[list[tuple[Any, list[
         split_of,
         validation_of,
     )
+    from flava.tasks.task_data import TaskDataset
 
     d, p = cfg.data, cfg.probe
 
-    def read(entry: Any, like: Any = None) -> Any:
+    def read(entry: SourceConfig, like: TaskDataset | None = None) -> TaskDataset:
         return labelled_images(d, entry, image_size, "linear_probe", like)[0]
 
     whole = source_of(d, p.train_size)
@@ -111,7 +115,7 @@ def load_splits(cfg: DictConfig, image_size: int) -> tuple[list[tuple[Any, list[
     return [(train, train_idx), (train, val_idx), (test, test_idx)], classes
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
+def run(cfg: LinearProbeRunConfig) -> dict[str, Any]:
     """Probe per `cfg`; returns the metrics written to metrics.json."""
     from flava.data.sources import SkipLog
     from flava.tasks.eval_data import generated, source_of
@@ -132,7 +136,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     check_skipped(cfg, {"classes": len(classes)}, skips, read)
     dtype = torch.float64 if p.dtype == "float64" else torch.float32
     grid = l2_grid(p.l2_min, p.l2_max, p.l2_points)
-    result = sweep_and_fit(*sets, len(classes), grid, p.max_iter, dtype, device)
+    train, val, test = sets
+    result = sweep_and_fit(train, val, test, len(classes), grid, p.max_iter, dtype, device)
     metrics = probe_metrics(cfg, result, sets, len(classes))
     metrics["seconds"] = round(time.perf_counter() - start, 1)
     metrics.update(skip_metrics(skips.counts, read))
@@ -141,8 +146,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
+def _image_at(dataset: Any, indices: list[int], i: int) -> Any:
+    """The image of the `i`-th of a split's examples (`indices` into `dataset`)."""
+    return dataset[indices[i]].image
+
+
 def split_features(
-    cfg: DictConfig,
+    cfg: LinearProbeRunConfig,
     model: Any,
     splits: list[tuple[Any, list[int]]],
     device: torch.device,
@@ -158,7 +168,7 @@ def split_features(
     for dataset, indices in splits:
         x, kept = image_features(
             model,
-            lambda i, ds=dataset, idx=indices: ds[idx[i]].image,
+            functools.partial(_image_at, dataset, indices),
             len(indices),
             transform,
             cfg.probe.features,
@@ -174,7 +184,10 @@ def split_features(
 
 
 def probe_metrics(
-    cfg: DictConfig, result: Any, sets: list[tuple[torch.Tensor, torch.Tensor]], classes: int
+    cfg: LinearProbeRunConfig,
+    result: Any,
+    sets: list[tuple[torch.Tensor, torch.Tensor]],
+    classes: int,
 ) -> dict[str, Any]:
     """The probe's accuracies, its L2 strength, the majority baseline and the split sizes."""
     (x_train, y_train), (_, y_val), (_, y_test) = sets

@@ -28,6 +28,7 @@ Writes <run.run_dir>/metrics.json. Keys: `python -m flava.retrieval --help`.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -39,10 +40,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 from flava.config import (
     RetrievalRunConfig,
+    SourceConfig,
     cli_main,
     describe,
     load_config,
@@ -69,7 +70,9 @@ CHECKS = validator(partial(validate_retrieval, max_scenes=MAX_DISTINCT_SCENES), 
 """The loader's checks: the schema's values, then the data section's source."""
 
 
-def load_captioned(cfg: DictConfig, entry: DictConfig, image_size: int) -> tuple[Any, str]:
+def load_captioned(
+    cfg: RetrievalRunConfig, entry: SourceConfig, image_size: int
+) -> tuple[Any, str]:
     """(images with all their captions, the split's name) of the data section's source
     `entry` (`flava.tasks.named_kinds.source_of`)."""
     from flava.tasks.eval_data import captioned_images, evaluation_split, read_split
@@ -81,7 +84,7 @@ def load_captioned(cfg: DictConfig, entry: DictConfig, image_size: int) -> tuple
 
 
 def cache_file(
-    cfg: DictConfig, entry: DictConfig, data: Any, split: str, image_size: int
+    cfg: RetrievalRunConfig, entry: SourceConfig, data: Any, split: str, image_size: int
 ) -> Path | None:
     """Where this model + dataset + settings' embeddings are cached (None: caching off)."""
     rc = cfg.retrieval
@@ -95,7 +98,7 @@ def cache_file(
         content.update(str(sample.image if isinstance(sample.image, str) else "").encode())
         content.update(json.dumps(sample.texts).encode())
     d = cfg.data
-    source = OmegaConf.to_container(entry, resolve=True)
+    source = dataclasses.asdict(entry)
     key = json.dumps(
         {
             "model": model,
@@ -124,7 +127,7 @@ def _captioned_image(data: Any, index: int) -> Any:
 
 
 def embeddings(
-    cfg: DictConfig, model: Any, data: Any, device: torch.device, path: Path | None
+    cfg: RetrievalRunConfig, model: Any, data: Any, device: torch.device, path: Path | None
 ) -> dict[str, Any]:
     """Image and caption embeddings, caption -> image, skip counts, whether the cache was used."""
     from flava.data.sources import SkipLog
@@ -170,13 +173,13 @@ def embeddings(
     return {**out, "cached": False}
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
+def run(cfg: RetrievalRunConfig) -> dict[str, Any]:
     """Evaluate per `cfg` (under torchrun: in every process); returns the metrics."""
     with processes(resolve_device(cfg.run.device)) as device:
         return evaluate(cfg, device)
 
 
-def evaluate(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
+def evaluate(cfg: RetrievalRunConfig, device: torch.device) -> dict[str, Any]:
     """The retrieval run on `device`; returns the metrics written to metrics.json."""
     from flava.data.sources import SkipLog
     from flava.tasks.eval_data import generated, source_of

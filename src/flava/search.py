@@ -19,10 +19,9 @@ import json
 import sys
 from typing import Any
 
-from omegaconf import DictConfig
-
 from flava.config import cli_main, describe, load_config
-from flava.config.search import SearchRunConfig, validate_search
+from flava.config.checks import given
+from flava.config.search import INDEX_UNSET, ONE_QUERY, SearchRunConfig, validate_search
 
 
 def table(results: list[Any]) -> str:
@@ -36,15 +35,15 @@ def table(results: list[Any]) -> str:
     return "\n".join(lines)
 
 
-def run(cfg: DictConfig) -> list[Any]:
+def run(cfg: SearchRunConfig) -> list[Any]:
     """Answer the query per `cfg`; prints and returns the results."""
     from flava.collection import Searcher
 
-    searcher = Searcher.open(cfg.index, model=cfg.model, device=cfg.device)
+    searcher = Searcher.open(given(cfg.index, INDEX_UNSET), model=cfg.model, device=cfg.device)
     if cfg.text is not None:
         results = searcher.search_text(cfg.text, cfg.k)
     else:
-        results = searcher.search_image(cfg.image, cfg.k)
+        results = searcher.search_image(given(cfg.image, ONE_QUERY), cfg.k)
     if cfg.format == "jsonl":
         print("\n".join(json.dumps(r.to_dict()) for r in results))
     else:

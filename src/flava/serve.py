@@ -22,9 +22,9 @@ import logging
 import sys
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
-
 from flava.config import ConfigError, cli_main, describe, load_config
+from flava.config.checks import given
+from flava.config.search import INDEX_UNSET
 from flava.config.serve import ServeRunConfig, validate_serve
 
 log = logging.getLogger("flava")
@@ -41,15 +41,15 @@ def build(settings: ServeRunConfig) -> Any:
         ) from None
     from flava.collection.service import SearchService
 
-    service = SearchService.open(settings.index, model=settings.model, device=settings.device)
+    index = given(settings.index, INDEX_UNSET)
+    service = SearchService.open(index, model=settings.model, device=settings.device)
     return create_app(service, settings)
 
 
-def run(cfg: DictConfig) -> None:
-    """Load the index per `cfg` and serve until interrupted."""
+def run(settings: ServeRunConfig) -> None:
+    """Load the index per `settings` and serve until interrupted."""
     import uvicorn
 
-    settings: ServeRunConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     app = build(settings)
     records = app.state.service.searcher().size
     log.info(

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from flava.checkpoints.run_dir import RunDir
 from flava.checkpoints.uploads import UploadError
-from flava.config import RunConfig, cli_main, describe, load_config, validate
+from flava.config import RunConfig, TrainingConfig, cli_main, describe, load_config, validate
 from flava.data.scenes import MAX_DISTINCT_SCENES
 from flava.data.sources.errors import DataError
 from flava.data.sources.skips import robust_item
@@ -33,6 +34,10 @@ from flava.training.run import (
     write_metrics,
 )
 
+if TYPE_CHECKING:  # (Lightning is imported when a run starts)
+    from flava.training.data import PretrainingData
+    from flava.training.module import FlavaPretrainingModule
+
 log = logging.getLogger("flava")
 
 
@@ -44,7 +49,7 @@ def _flatten(prefix: str, values: dict[str, Any]) -> dict[str, Any]:
     return {f"{prefix}/{k}": v for k, v in values.items()}
 
 
-def kmeans_fit_images(data: Any, count: int) -> torch.Tensor:
+def kmeans_fit_images(data: PretrainingData, count: int) -> torch.Tensor:
     """Normalised training images [count, 3, S, S] to fit the k-means MIM codebook on."""
     import numpy as np
 
@@ -56,10 +61,10 @@ def kmeans_fit_images(data: Any, count: int) -> torch.Tensor:
     rng = np.random.default_rng(0)
     picks = rng.choice(len(source), size=min(count, len(source)), replace=False)
     items = [robust_item(source, int(i), Kind.image, rng) for i in picks]  # bad ones replaced
-    return data.val_builder.transform.batch([it.image for it in items])["pixel_values"]
+    return data.val_builder.transform.batch([it.decoded_image for it in items])["pixel_values"]
 
 
-def run(cfg: Any) -> dict[str, Any]:
+def run(cfg: RunConfig) -> dict[str, Any]:
     """Train per `cfg`; returns the metrics written to metrics.json (rank 0)."""
     import lightning as L
 
@@ -84,7 +89,7 @@ def run(cfg: Any) -> dict[str, Any]:
         resume = resume_for_strategy(resume, t.lightning.strategy, module, run_dir)
     metrics: dict[str, Any] = {}
     if not resume:  # (a resumed run restores the fitted k-means codebook)
-        if _needs_kmeans_fit(module, cfg):  # fitted before the "before" validation
+        if module.kmeans is not None and _needs_kmeans_fit(module, cfg):  # before "before" val
             images = kmeans_fit_images(data, cfg.model.kmeans_images)
             fit_kmeans(module.kmeans, images, t.seed, cfg.model.kmeans_images)
         before = trainer.validate(module, datamodule=data, verbose=False)
@@ -106,14 +111,14 @@ def run(cfg: Any) -> dict[str, Any]:
     return metrics
 
 
-def _needs_kmeans_fit(module: Any, cfg: Any) -> bool:
+def _needs_kmeans_fit(module: FlavaPretrainingModule, cfg: RunConfig) -> bool:
     """k-means targets not read back with the model, and images to predict them for."""
     kmeans = module.kmeans
     images = IMAGE_KINDS & {Kind(k) for k in cfg.datasets.selected}
     return kmeans is not None and not bool(kmeans.fitted) and bool(images)
 
 
-def check_before_work(cfg: Any) -> str | None:
+def check_before_work(cfg: RunConfig) -> str | None:
     """Fail in seconds on what would fail later (precision, resume file, data sources, pretrained
     weights); returns the checked resume checkpoint, if any."""
     from flava.training.data import check_sources
@@ -142,7 +147,9 @@ def check_weights(key: str | None) -> None:
         resolve_pretrained(key)
 
 
-def save_model(module: Any, run_dir: RunDir, weights: dict[str, Any], t: Any) -> str:
+def save_model(
+    module: FlavaPretrainingModule, run_dir: RunDir, weights: dict[str, Any], t: TrainingConfig
+) -> str:
     """Write the trained model (and the fitted k-means codebook) to <run_dir>/model (at a URL:
     written here, then uploaded with training.upload_retries); its location."""
     from flava.checkpoints import save_pretrained
@@ -184,7 +191,7 @@ def finish_run(
     return metrics
 
 
-def _counts(module: Any) -> dict[str, Any]:
+def _counts(module: FlavaPretrainingModule) -> dict[str, Any]:
     """Non-finite steps skipped and training samples read / skipped by reason."""
     from flava.training.counts import SkipCounter
 
@@ -193,11 +200,16 @@ def _counts(module: Any) -> dict[str, Any]:
     return counts
 
 
-def _merge(results: list[dict[str, float]]) -> dict[str, float]:
+def _merge(results: Sequence[Mapping[str, float]]) -> dict[str, float]:
     out: dict[str, float] = {}
     for r in results:
         out.update({k: float(v) for k, v in r.items()})
     return out
+
+
+def _cell(value: Any) -> str:
+    """A number of the before / after table, or "-" where there is none."""
+    return f"{value:10.4f}" if isinstance(value, float) else f"{'-':>10}"
 
 
 def summary(metrics: dict[str, Any], run_dir: RunDir | str) -> str:
@@ -209,8 +221,7 @@ def summary(metrics: dict[str, Any], run_dir: RunDir | str) -> str:
     keys = sorted({k.split("/", 1)[1] for k in metrics if k.startswith(("before/", "after/"))})
     for key in keys:
         b, a = metrics.get(f"before/{key}"), metrics.get(f"after/{key}")
-        fmt = lambda v: f"{v:10.4f}" if isinstance(v, float) else f"{'-':>10}"  # noqa: E731
-        lines.append(f"{key:<42}{fmt(b)}{fmt(a)}")
+        lines.append(f"{key:<42}{_cell(b)}{_cell(a)}")
     lines.append(f"{'training (first -> last 10% of its steps)':<42}{'first':>10}{'last':>10}")
     names = [k.removeprefix("train/")[: -len("/first")] for k in metrics if k.endswith("/first")]
     for name in sorted(names, key=lambda n: ("/" not in n, n)):  # <kind>/loss, then objectives

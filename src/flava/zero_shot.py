@@ -37,7 +37,6 @@ import time
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
 
 from flava.config import ZeroShotRunConfig, cli_main, describe, load_config, validate_zero_shot
 from flava.data.sources.errors import DataError
@@ -60,7 +59,7 @@ CHECKS = validator(validate_zero_shot, "zero_shot")
 """The loader's checks: the schema's values, then the data section's source."""
 
 
-def load_data_and_model(cfg: DictConfig, device: torch.device) -> tuple[Any, Any, str, str]:
+def load_data_and_model(cfg: ZeroShotRunConfig, device: torch.device) -> tuple[Any, Any, str, str]:
     """(the labelled split, the model, the split's name, the source type), read through the
     data section's source; external data is opened first, so it fails fast."""
     from flava.tasks.eval_data import (
@@ -92,13 +91,13 @@ def load_data_and_model(cfg: DictConfig, device: torch.device) -> tuple[Any, Any
     return dataset, model, name, entry.type
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
+def run(cfg: ZeroShotRunConfig) -> dict[str, Any]:
     """Evaluate per `cfg` (under torchrun: in every process); returns the metrics."""
     with processes(resolve_device(cfg.run.device)) as device:
         return evaluate(cfg, device)
 
 
-def evaluate(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
+def evaluate(cfg: ZeroShotRunConfig, device: torch.device) -> dict[str, Any]:
     """The zero-shot run on `device`; returns the metrics written to metrics.json."""
     from flava.data.sources import SkipLog
     from flava.data.tokenizer import load_tokenizer

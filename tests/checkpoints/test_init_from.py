@@ -18,7 +18,6 @@ import logging
 import pytest
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 
 from flava.checkpoints import CheckpointError, export_transformers, save_pretrained
 from flava.checkpoints.init_from import LAYOUTS, fold_keys, format_init_reports, init_from
@@ -302,7 +301,7 @@ def test_missing_paths_unknown_parts_and_layouts_fail_in_one_line(tmp_path, monk
 def test_shipped_configs_with_init_from_validate():
     assert set(InitLayout.values()) == set(LAYOUTS)
     pmd = load_config(["config=pretraining/pmd.yaml"], RunConfig, validate)
-    entries = OmegaConf.to_container(pmd.model.init_from)
+    entries = [dataclasses.asdict(e) for e in pmd.model.init_from]
     assert [(e["part"], e["path"]) for e in entries] == [
         ("image_encoder", "facebook/dino-vitb16"),
         ("text_encoder", "runs/unimodal_text/model"),

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from omegaconf import OmegaConf
 
 from flava.embed import main as embed
 from flava.filter import main as filter_main
@@ -88,13 +87,10 @@ def _filter(embedded: Path, out: Path, *extra: str) -> dict:
 
 def _read_back(out: Path) -> list[tuple[bytes | None, list[str]]]:
     """The written shards as the pretraining config's datasets.vl.train reads them."""
-    from flava.config import RunConfig
+    from flava.config import RunConfig, load_config
     from flava.data.sources import build
 
-    cfg = OmegaConf.merge(
-        OmegaConf.structured(RunConfig),
-        OmegaConf.from_dotlist([f"datasets.vl.train=[{{type: webdataset, shards: [{out}]}}]"]),
-    )
+    cfg = load_config([f"datasets.vl.train=[{{type: webdataset, shards: [{out}]}}]"], RunConfig)
     source = build(cfg.datasets.vl.train[0], "train", 224)
     return [
         (s.image, list(s.texts))

@@ -7,15 +7,15 @@ from __future__ import annotations
 import json
 
 import pytest
-from omegaconf import OmegaConf
 from PIL import Image
 
 from flava.config import SourceConfig
+from flava.config.loader import from_fields
 from flava.data import sources
 
 
 def _cfg(**fields):
-    return OmegaConf.merge(OmegaConf.structured(SourceConfig), fields)
+    return from_fields(SourceConfig, fields)
 
 
 def _image(path, colour=(200, 30, 30)):

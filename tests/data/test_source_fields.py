@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
 
 from flava.config import (
     FinetuneConfig,
@@ -17,6 +16,7 @@ from flava.config import (
     validate,
 )
 from flava.config.evaluate import EvaluateConfig, validate_suite
+from flava.config.loader import from_fields
 from flava.data import sources
 from flava.data.scenes import MAX_DISTINCT_SCENES
 from flava.evaluate import finetune_config, run_task, task_argv
@@ -55,15 +55,17 @@ def test_every_shipped_config_sets_only_fields_of_its_source_types(name, tmp_pat
 
 
 def test_fields_the_schema_fills_in_are_not_counted_as_set():
-    filled = OmegaConf.merge(OmegaConf.structured(SourceConfig), {"type": "image_folder"})
+    filled = from_fields(SourceConfig, {"type": "image_folder"})
     assert sources.set_fields(filled) == ["type"]
     # set to their default values by hand: not set either
-    same = OmegaConf.merge(filled, {"shuffle_buffer": 1000, "timeout": 5, "text_columns": ["text"]})
+    same = from_fields(
+        SourceConfig, filled, {"shuffle_buffer": 1000, "timeout": 5, "text_columns": ["text"]}
+    )
     assert sources.set_fields(same) == ["type"]
     sources.check_fields(same, "here")
     assert sources.set_fields(SourceConfig(type="karpathy", path="x.json")) == ["type", "path"]
     for kind in sources.SOURCE_TYPES:  # every type with nothing but its type set
-        sources.check_fields(OmegaConf.merge(filled, {"type": kind}), kind)
+        sources.check_fields(from_fields(SourceConfig, filled, {"type": kind}), kind)
 
 
 def test_every_schema_field_belongs_to_a_type():

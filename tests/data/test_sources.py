@@ -14,9 +14,9 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from flava.config import ConfigError, RunConfig, SourceConfig, load_config, validate
+from flava.config.loader import from_fields
 from flava.data import sources
 from flava.data.mixing import MixedBatches, Stream
 from flava.data.sources import build as build_source
@@ -29,7 +29,7 @@ from . import sample_data
 
 
 def source_cfg(**fields):
-    return OmegaConf.merge(OmegaConf.structured(SourceConfig), fields)
+    return from_fields(SourceConfig, fields)
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from omegaconf import OmegaConf
 
 from flava.config import ConfigError, SourceConfig
+from flava.config.loader import from_fields
 from flava.data import sources
 from flava.data.write_shards import main, write
 
@@ -65,9 +65,7 @@ def test_captions_folder_to_shards_and_back(data, tmp_path, capsys):
 
 
 def test_resume_skips_complete_shards_and_rewrites_a_partial_one(data, tmp_path, monkeypatch):
-    cfg = OmegaConf.merge(
-        OmegaConf.structured(SourceConfig), {"type": "text_files", "path": str(data / "texts")}
-    )
+    cfg = from_fields(SourceConfig, {"type": "text_files", "path": str(data / "texts")})
     source = sources.build(cfg, "train")
     out = tmp_path / "text"
     write(source, out, shard_size=10)  # 24 documents: 10, 10, 4

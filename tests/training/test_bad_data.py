@@ -101,11 +101,9 @@ def test_sample_level_reasons_and_labels():
 
 
 def _cfg():
-    from omegaconf import OmegaConf
-
     from flava.config import SourceConfig
 
-    return OmegaConf.structured(SourceConfig(type="huggingface"))
+    return SourceConfig(type="huggingface")
 
 
 def planted_captions(root: Path, good: int = 24) -> tuple[Path, dict[str, int]]:
@@ -166,11 +164,9 @@ def test_every_planted_reason_is_counted_by_the_pipeline(tmp_path, caplog):
 
 
 def _source(root: Path):
-    from omegaconf import OmegaConf
-
     from flava.config import SourceConfig
 
-    return OmegaConf.structured(SourceConfig(type="captions", path=str(root)))
+    return SourceConfig(type="captions", path=str(root))
 
 
 class _Texts:

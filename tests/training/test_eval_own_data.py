@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from omegaconf import OmegaConf
 
 from flava.config import ConfigError, RunConfig, load_config, validate
 from flava.data.transforms import image_transform
@@ -143,7 +142,7 @@ def test_evaluation_keys_are_checked_before_any_work(messy, tmp_path, capsys):
     assert len(err.splitlines()) == 1
     own = [f"datasets.vl.val=[{{type: captions, path: '{tmp_path}'}}]"]
     cfg = load_config([*base, *own, "training.evaluation.num_samples=5000"], RunConfig, validate)
-    assert OmegaConf.select(cfg, "training.evaluation.num_samples") == 5000
+    assert cfg.training.evaluation.num_samples == 5000
 
 
 def test_retrieval_sets_from_every_source_type_keep_every_caption(tmp_path):

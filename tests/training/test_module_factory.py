@@ -9,7 +9,8 @@ import torch
 from omegaconf import OmegaConf
 
 from flava.checkpoints.io import CheckpointError
-from flava.config import ConfigError
+from flava.config import ConfigError, PretrainingModelConfig
+from flava.config.loader import from_fields
 from flava.objectives.pretraining import LossWeights
 from flava.training.factory import (
     build_pretraining_model,
@@ -29,7 +30,7 @@ def _model_cfg(**overrides):
         "kmeans_codes": 12,
         "kmeans_images": 4,
     }
-    return OmegaConf.create({**base, **overrides})
+    return from_fields(PretrainingModelConfig, {**base, **overrides})
 
 
 @pytest.mark.slow

@@ -4,13 +4,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
 from flava.checkpoints.io import CheckpointError
 from flava.checkpoints.run_dir import RunDir
 from flava.config import ConfigError
 from flava.config.common import TrainingConfig
+from flava.config.loader import from_fields
 from flava.training.optim import adamw_with_schedule, decay_groups, param_groups
 from flava.training.resume import resume_for_strategy
 
@@ -24,11 +24,11 @@ class Toy(nn.Module):
         self.head = nn.Linear(3, 2)
 
 
-def _training(**overrides) -> OmegaConf:
-    t = OmegaConf.structured(TrainingConfig)
+def _training(**overrides) -> TrainingConfig:
     overrides = {"weight_decay_groups": "matrices", **overrides}
-    t.merge_with({"learning_rate": 1e-3, "adam_weight_decay": 0.05, **overrides})
-    return t
+    return from_fields(
+        TrainingConfig, {"learning_rate": 1e-3, "adam_weight_decay": 0.05, **overrides}
+    )
 
 
 def _lrs(groups, base: float) -> dict[str, float]:
@@ -100,7 +100,7 @@ def test_resume_keys_the_optimizer_state_by_name_across_multiplier_groups(tmp_pa
     optimizer.step()
     path = tmp_path / "last.ckpt"
     torch.save({"state_dict": {}, "optimizer_states": [optimizer.state_dict()]}, path)
-    module = SimpleNamespace(model=model, cfg=OmegaConf.create({"training": t}))
+    module = SimpleNamespace(model=model, cfg=SimpleNamespace(training=t))
     converted = torch.load(resume_for_strategy(str(path), "fsdp", module, RunDir(tmp_path)))
     state = converted["optimizer_states"][0]["state"]
     for name, p in model.named_parameters():
@@ -118,14 +118,14 @@ def test_resume_with_other_multiplier_groups_is_refused_in_one_line(tmp_path, st
     optimizer = adamw_with_schedule(model.named_parameters(), saved, torch.device("cpu"), 10)
     path = tmp_path / "last.ckpt"
     torch.save({"state_dict": {}, "optimizer_states": [optimizer["optimizer"].state_dict()]}, path)
-    module = SimpleNamespace(model=model, cfg=OmegaConf.create({"training": _training()}))
+    module = SimpleNamespace(model=model, cfg=SimpleNamespace(training=_training()))
     with pytest.raises(CheckpointError) as refused:
         resume_for_strategy(str(path), strategy, module, RunDir(tmp_path))
     message = str(refused.value)
     assert "\n" not in message and str(path) in message
     assert "groups of [2, 2, 1, 1] parameters, this run's [3, 3]" in message
     assert "training.lr_multipliers and training.weight_decay_groups it was saved" in message
-    same = SimpleNamespace(model=model, cfg=OmegaConf.create({"training": saved}))
+    same = SimpleNamespace(model=model, cfg=SimpleNamespace(training=saved))
     assert resume_for_strategy(str(path), "auto", same, RunDir(tmp_path)) == str(path)
 
 

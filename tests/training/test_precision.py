@@ -10,7 +10,8 @@ from omegaconf import OmegaConf
 
 from flava import finetune, train
 from flava.checkpoints.io import read_checkpoint
-from flava.config import ConfigError, LightningConfig
+from flava.config import ConfigError, LightningConfig, RunConfig
+from flava.config.loader import from_fields
 from flava.training import precision as P
 
 PRETRAIN = [
@@ -53,10 +54,7 @@ def avx2(monkeypatch):
 
 
 def _lc(precision: str, **extra: object):
-    return OmegaConf.merge(
-        OmegaConf.structured(LightningConfig),
-        {"precision": precision, "accelerator": "cpu", **extra},
-    )
+    return from_fields(LightningConfig, {"precision": precision, "accelerator": "cpu", **extra})
 
 
 def _fail_on_work(monkeypatch):
@@ -114,7 +112,7 @@ def test_compile_auto_by_device_precision_and_length(
     chosen, why = P.compile_choice(precision, device, steps)
     assert chosen is compiled and why
     lightning = {"precision": precision, "max_steps": steps}
-    cfg = OmegaConf.create({"training": {"compile": "auto", "lightning": lightning}})
+    cfg = from_fields(RunConfig, {"training": {"compile": "auto", "lightning": lightning}})
     with caplog.at_level("INFO", logger="flava"):
         assert P.resolve_compile(cfg).training.compile is compiled
     assert f"training.compile=auto: {str(compiled).lower()} ({why})" in caplog.text

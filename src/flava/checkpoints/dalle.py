@@ -216,10 +216,12 @@ def _restricted_loads(data: bytes, **kwargs: Any) -> Any:
 
 
 restricted_pickle = types.ModuleType("flava_restricted_pickle", "Restricted pickle for torch.load.")
-restricted_pickle.Unpickler = _RestrictedUnpickler  # type: ignore[attr-defined]
-restricted_pickle.load = _restricted_load  # type: ignore[attr-defined]
-restricted_pickle.loads = _restricted_loads  # type: ignore[attr-defined]
-restricted_pickle.UnpicklingError = pickle.UnpicklingError  # type: ignore[attr-defined]
+restricted_pickle.__dict__.update(
+    Unpickler=_RestrictedUnpickler,
+    load=_restricted_load,
+    loads=_restricted_loads,
+    UnpicklingError=pickle.UnpicklingError,
+)
 
 
 def _collect_tensors(root: _Placeholder) -> dict[str, Tensor]:

@@ -139,6 +139,7 @@ def _locate(path: str) -> Path:
 def read_source(path: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(tensors, config.json or {}) of a directory, weight file, run directory or hub id."""
     local = _locate(path)
+    config_file: Path | None
     if local.is_dir():
         if not any((local / n).exists() for n in WEIGHT_FILES) and (local / "model").is_dir():
             local = local / "model"  # a run directory: its trained model

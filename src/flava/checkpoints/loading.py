@@ -69,9 +69,11 @@ def save_pretrained(
     if isinstance(module, ImageCodebook):
         config: dict[str, Any] = module.config.__dict__.copy()
         has_codebook = True
-    else:
-        config = module.config.to_dict()  # type: ignore[union-attr]
+    elif isinstance(module, FlavaModel | FlavaForPreTraining):
+        config = module.config.to_dict()
         has_codebook = getattr(module, "codebook", None) is not None
+    else:
+        raise TypeError(f"save_pretrained does not know how to save {_class_name(module)}")
     save_weights(out / "model.safetensors", module.state_dict() if state is None else state)
     write_json(
         out / "config.json",
@@ -148,9 +150,9 @@ def load_flava_state(
         config = FlavaConfig.from_dict(raw["config"])
         if raw.get("class") == "FlavaModel":
             state = {f"flava.{k}": v for k, v in state.items()}
-        codebook = {k[len("codebook.") :]: v for k, v in state.items() if k.startswith("codebook.")}
+        own = {k[len("codebook.") :]: v for k, v in state.items() if k.startswith("codebook.")}
         state = {k: v for k, v in state.items() if not k.startswith("codebook.")}
-        return config, state, codebook or None, []
+        return config, state, own or None, []
     if raw.get("model_type") == _CODEBOOK_TYPE:
         raise CheckpointError(f"{directory}: holds an image codebook, not a FLAVA model")
     config = flava_config_from_transformers(raw)
@@ -235,9 +237,9 @@ def from_pretrained(
     if cls is ImageCodebook or issubclass(cls, ImageCodebook):
         if key is not None and key in CODEBOOK_FOR_KEY:
             path = resolve_pretrained(CODEBOOK_FOR_KEY[key])
-        config, state = _load_codebook(path)
-        model = cls(config)
-        model.load_state_dict(state, strict=True)
+        cb_config, cb_weights = _load_codebook(path)
+        model = cls(cb_config)
+        model.load_state_dict(cb_weights, strict=True)
         return model
     config, state, cb_state, unplaced = _load_any(path)
     if issubclass(cls, FlavaModel):

@@ -100,7 +100,9 @@ def probe_inputs(config: Any, batch: int = 2, seed: int = 0) -> dict[str, torch.
     return {"pixel_values": pixels, "input_ids": ids * mask, "attention_mask": mask}
 
 
-def _export(tower: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path, names: list[str]):
+def _export(
+    tower: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path, names: list[str]
+) -> None:
     """Trace `tower` on `inputs` into `path` with a dynamic batch axis (text: and length)."""
     axes: dict[str, dict[int, str]] = {n: {0: "batch"} for n in [*names, OUTPUT]}
     if names == TEXT_INPUTS:
@@ -162,7 +164,11 @@ def export_onnx(model: nn.Module, directory: str | os.PathLike) -> dict[str, flo
         flava.train(was_training)
     write_json(out / META_FILE, _metadata(flava))
     encoders = OnnxEncoders(out)
-    got = {"image": encoders.encode_image(pixels[0]), "text": encoders.encode_text(*texts)}
+    ids, mask = (t.numpy() for t in texts)
+    got = {
+        "image": encoders.encode_image(pixels[0].numpy()),
+        "text": encoders.encode_text(ids, mask),
+    }
     return {k: float(np.abs(got[k] - expected[k].numpy()).max()) for k in got}
 
 

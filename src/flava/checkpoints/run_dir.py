@@ -10,6 +10,7 @@ from) lives in a local scratch folder.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -162,7 +163,7 @@ class RunDir:
         if self.remote:
             source, target = str(folder).rstrip("/") + "/", self._path(name)
             try:
-                put = lambda: self.fs.put(source, target, recursive=True)  # noqa: E731
+                put = functools.partial(self.fs.put, source, target, recursive=True)
                 retrying(put, f"upload of {self.url(name)}", retries, backoff)
             except UploadError as exc:
                 raise UploadError(f"{exc}; the local copy stays at {folder}") from None

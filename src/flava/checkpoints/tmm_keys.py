@@ -42,7 +42,7 @@ TMM_LOGIT_SCALE = math.log(1 / 0.07)
 
 _ENCODERS = {"image_encoder": "image_encoder", "text_encoder": "text_encoder"}
 _ENCODERS["mm_encoder"] = "multimodal_encoder"
-_PROJECTIONS = ("image_projection", "text_projection", "image_to_mm_projection")
+_PROJECTIONS: tuple[str, ...] = ("image_projection", "text_projection", "image_to_mm_projection")
 _PROJECTIONS += ("text_to_mm_projection",)
 _ENCODER_KEYS = {  # ours (after "<encoder>.") -> theirs, for every encoder that has it
     "cls_token": "embeddings.cls_token",
@@ -185,8 +185,8 @@ def state_from_torchmultimodal(state: dict[str, torch.Tensor], where: str) -> Tm
     out = TmmState("FLAVAModel", where)
     qkv: dict[str, dict[str, tuple[str, torch.Tensor]]] = {}
     for key, value in state.items():
-        rest = key[len(prefix) :] if key.startswith(prefix) else None
-        name = None if rest is None else rest.split(".", 1)[0]
+        rest = key[len(prefix) :] if key.startswith(prefix) else ""
+        name = rest.split(".", 1)[0] if rest else None
         if name in _ENCODERS and _map_encoder(out, key, name, rest.split(".", 1)[1], value, qkv):
             continue
         if name in _PROJECTIONS and rest.count(".") == 1:

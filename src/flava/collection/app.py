@@ -38,6 +38,7 @@ from starlette.exceptions import HTTPException
 
 from flava.collection.errors import CollectionError, QueryError
 from flava.collection.service import SearchService
+from flava.config.checks import given
 from flava.config.index import parse_bytes
 from flava.config.serve import ServeRunConfig
 
@@ -265,6 +266,6 @@ def create_app(service: SearchService, settings: ServeRunConfig) -> FastAPI:
     _handlers(app)
     _routes(app, service, settings)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    limit = parse_bytes(settings.max_upload)
-    app.add_middleware(BodyLimit, limit=limit)  # type: ignore[arg-type]
+    limit = given(parse_bytes(settings.max_upload), "max_upload: give a size, e.g. 10MB")
+    app.add_middleware(BodyLimit, limit=limit)
     return app

@@ -10,20 +10,29 @@ folder whose manifest names other settings stops with one line naming the first 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
 
 from flava.collection import layout
 from flava.collection.embedding import MODALITY_FIELDS, held_kinds, modality_of, run_units
 from flava.collection.encoder import Encoder, OnnxEncoder, load_model, resolve_precision
 from flava.collection.units import Units
-from flava.config import ConfigError
-from flava.data.sources import DataError, build, check_fields, set_fields, too_many_skipped
+from flava.config import ConfigError, SourceConfig
+from flava.config.embed import EmbedRunConfig
+from flava.data.sources import (
+    DataError,
+    IndexedSource,
+    StreamingSource,
+    build,
+    check_fields,
+    set_fields,
+    too_many_skipped,
+)
 from flava.data.sources.skips import skip_metrics
 from flava.tasks.retrieval import process_count_and_rank
 from flava.tasks.run import model_tag, print_table, processes, rank_zero_value, resolve_device
@@ -31,16 +40,16 @@ from flava.tasks.run import model_tag, print_table, processes, rank_zero_value, 
 log = logging.getLogger("flava")
 
 
-def embed_collection(cfg: Any) -> dict[str, Any]:
+def embed_collection(cfg: EmbedRunConfig) -> dict[str, Any]:
     """Embed per `cfg` (an `EmbedRunConfig`; under torchrun: in every process); returns the
     summary rank 0 printed (shards, rows, records read, skips)."""
     with processes(resolve_device(cfg.embed.device)) as device:
         return _embed(cfg, device)
 
 
-def _open_source(cfg: Any, image_size: int) -> Any:
+def _open_source(cfg: EmbedRunConfig, image_size: int) -> IndexedSource | StreamingSource:
     """The source of data.source, for reading whole; a failure names data.source."""
-    entry = OmegaConf.structured(cfg.data.source)
+    entry = cfg.data.source
     check_fields(entry, "data.source")
     try:
         return build(entry, "train", image_size)
@@ -48,15 +57,13 @@ def _open_source(cfg: Any, image_size: int) -> Any:
         raise type(exc)(f"data.source ({entry.type}): {exc}") from None
 
 
-def source_fields(source: Any) -> dict[str, Any]:
+def source_fields(source: SourceConfig) -> dict[str, Any]:
     """The source's type and the fields it sets (those left at their defaults are not kept)."""
-    entry = OmegaConf.structured(source)
-    values = OmegaConf.to_container(entry, resolve=True)
-    assert isinstance(values, dict)
-    return {k: values[k] for k in ["type", *set_fields(entry)] if k in values}
+    values = dataclasses.asdict(source)
+    return {k: values[k] for k in ["type", *set_fields(source)] if k in values}
 
 
-def settings_of(cfg: Any, units: Units, modality: str, precision: str) -> dict[str, Any]:
+def settings_of(cfg: EmbedRunConfig, units: Units, modality: str, precision: str) -> dict[str, Any]:
     """What a resumed run must find unchanged (as the manifest's JSON holds it)."""
     m = cfg.model
     settings = {
@@ -116,7 +123,7 @@ def _on_rank_zero(fn: Any) -> Any:
     return state["value"]
 
 
-def _embed(cfg: Any, device: torch.device) -> dict[str, Any]:
+def _embed(cfg: EmbedRunConfig, device: torch.device) -> dict[str, Any]:
     """The run on `device` (see the module doc)."""
     m, e = cfg.model, cfg.embed
     model = None
@@ -161,7 +168,8 @@ def _embed(cfg: Any, device: torch.device) -> dict[str, Any]:
 
 def finish(out: Path, settings: dict[str, Any], count: int, dim: int) -> dict[str, Any]:
     """Write the manifest from every shard's counts; the run's summary."""
-    shards, skipped = [], {}
+    shards: list[dict[str, Any]] = []
+    skipped: dict[str, int] = {}
     for unit in layout.written_units(out):
         stats = layout.shard_stats(out, layout.shard_name(unit))
         shards.append({"name": layout.shard_name(unit), **stats})

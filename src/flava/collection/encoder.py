@@ -173,9 +173,8 @@ class OnnxEncoder(Encoder):
 def load_model(pretrained_model_key: str | None, preset: str, seed: int = 0) -> Any:
     """The FlavaModel of a model section (`flava.tasks.run.load_flava`: from_pretrained, or the
     preset seeded with `seed`)."""
-    from types import SimpleNamespace
-
+    from flava.config import ModelConfig
     from flava.tasks.run import load_flava
 
-    section = SimpleNamespace(pretrained_model_key=pretrained_model_key, preset=preset)
+    section = ModelConfig(preset=preset, pretrained_model_key=pretrained_model_key)
     return load_flava(section, seed)

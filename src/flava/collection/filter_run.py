@@ -17,18 +17,19 @@ import json
 import logging
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import OmegaConf
 
 from flava.collection import layout
 from flava.collection.filter import KEPT, REASONS, Decisions, Pairs, decide, load_pairs
 from flava.collection.units import Units, read_or_skip
 from flava.collection.vectors import Collection
 from flava.config import ConfigError
+from flava.config.filter import FilterOptions, FilterRunConfig
+from flava.config.loader import from_fields
 from flava.data.sources import SAMPLE_ERRORS, SkipLog, build, check_fields
 from flava.data.tar_samples import Prepared, sample_files
 from flava.data.write_shards import MANIFEST, fill_shards, set_totals
@@ -48,24 +49,25 @@ def open_pairs(embeddings: str) -> tuple[Path, dict[str, Any]]:
     return folder, manifest
 
 
-def embed_eval_sets(cfg: Any, manifest: dict[str, Any], out: Path) -> np.ndarray:
+def embed_eval_sets(cfg: FilterRunConfig, manifest: dict[str, Any], out: Path) -> np.ndarray:
     """Image embeddings [M, P] of every evaluation set, by the collection's model."""
     from flava.collection.embed_run import embed_collection
     from flava.config.common import ModelConfig, SourceDataConfig
-    from flava.config.embed import EmbedOptions, EmbedRunConfig
+    from flava.config.embed import EmbedOptions, EmbedPrecision, EmbedRunConfig, Modality, Runtime
 
     s = manifest["settings"]
-    folders = []
+    folders: list[str | Path] = []
     for i, entry in enumerate(cfg.eval_sets):
         model = ModelConfig(pretrained_model_key=s["model"]["pretrained_model_key"])
         if s["model"]["preset"]:
             model.preset = s["model"]["preset"]
         options = EmbedOptions(
-            modality="image", normalize=s["normalized"], precision=s["precision"],
-            batch_size=cfg.batch_size, device=cfg.device, seed=s["model"]["seed"], progress=False,
+            modality=Modality.image, normalize=s["normalized"],
+            precision=EmbedPrecision(s["precision"]), batch_size=cfg.batch_size,
+            device=cfg.device, seed=s["model"]["seed"], progress=False,
         )  # fmt: skip
         if "runtime" in s:  # embedded on onnxruntime: the same export
-            options.runtime, options.onnx_dir = "onnx", s["runtime"]["onnx_dir"]
+            options.runtime, options.onnx_dir = Runtime.onnx, s["runtime"]["onnx_dir"]
         data = SourceDataConfig(source=entry, text_max_length=s["text_max_length"])
         folder = out / "eval_embeddings" / str(i)
         try:
@@ -84,7 +86,7 @@ def reopen_source(manifest: dict[str, Any]) -> Units:
     from flava.config.common import SourceConfig
 
     s = manifest["settings"]
-    entry = OmegaConf.merge(OmegaConf.structured(SourceConfig), s["source"])
+    entry = from_fields(SourceConfig, s["source"])
     check_fields(entry, "the embedding's source")
     try:
         source = build(entry, "train", 224)
@@ -95,7 +97,7 @@ def reopen_source(manifest: dict[str, Any]) -> Units:
 
 def _kept_samples(
     units: Units, pairs: Pairs, kept: np.ndarray, skips: SkipLog
-) -> Iterator[Prepared]:
+) -> Generator[Prepared]:
     """The kept pairs as tar members, in the collection's order; unreadable ones counted."""
     wanted: dict[int, set[str]] = {}
     for i in np.flatnonzero(kept):
@@ -116,7 +118,9 @@ def _kept_samples(
             number += 1
 
 
-def write_kept(manifest: dict[str, Any], pairs: Pairs, kept: np.ndarray, out: Path, options: Any):
+def write_kept(
+    manifest: dict[str, Any], pairs: Pairs, kept: np.ndarray, out: Path, options: FilterOptions
+) -> tuple[dict[str, Any], dict[str, int]]:
     """Write the kept pairs into `out`'s shards and manifest.json; (that manifest, the skips
     met while reading them again)."""
     units, skips = reopen_source(manifest), SkipLog()
@@ -150,7 +154,7 @@ def examples(pairs: Pairs, d: Decisions, count: int, seed: int) -> dict[str, lis
 
 def _example(pairs: Pairs, d: Decisions, i: int) -> dict[str, Any]:
     """One row as the report shows it."""
-    row = {
+    row: dict[str, Any] = {
         "key": pairs.keys[i],
         "shard": layout.shard_name(int(pairs.units[i])),
         "path": pairs.paths[i],
@@ -212,7 +216,7 @@ def open_out(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def filter_collection(cfg: Any) -> dict[str, Any]:
+def filter_collection(cfg: FilterRunConfig) -> dict[str, Any]:
     """Filter per `cfg` (a `FilterRunConfig`); the report written to out/report.json."""
     from flava.tasks.run import print_table
 

@@ -32,7 +32,7 @@ Stamp = tuple[tuple[int, int] | None, ...]
 
 def stamp_of(folder: Path) -> Stamp:
     """The index files' sizes and times, to see whether they changed."""
-    found = []
+    found: list[tuple[int, int] | None] = []
     for name in (INDEX_JSON, INDEX_FILE):
         try:
             st = (folder / name).stat()

@@ -8,7 +8,7 @@ L2-normalised (the index scores by cosine similarity whether the shards are norm
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,7 +50,7 @@ class Collection:
     dim: int
 
     @classmethod
-    def open(cls, folders: list[str | Path], field: str = "auto") -> Collection:
+    def open(cls, folders: Sequence[str | Path], field: str = "auto") -> Collection:
         """The complete embedding folders `folders`; one line when one is missing, unfinished,
         lacks `field` or was embedded by another model than the first."""
         opened = [layout.embedding_folder(f) for f in folders]

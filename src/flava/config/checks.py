@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
+from enum import EnumMeta, StrEnum
 from pathlib import Path
+from typing import Any, TypeVar
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
+
+T = TypeVar("T")
 
 Check = tuple[bool, str, str]
 """(condition, key, hint): the check passes when the condition holds."""
@@ -27,7 +30,8 @@ class Choice(StrEnum):
     def _missing_(cls, value: object) -> Choice | None:
         """Find a member spelled with digits from an integer (`32` -> "32")."""
         if isinstance(value, int) and not isinstance(value, bool):
-            return cls._value2member_map_.get(str(value))  # type: ignore[return-value]
+            member = cls._value2member_map_.get(str(value))
+            return member if isinstance(member, cls) else None
         return None
 
     def __repr__(self) -> str:
@@ -43,15 +47,31 @@ class Choice(StrEnum):
 def choices(name: str, values: tuple[str, ...], module: str) -> type[Choice]:
     """A `Choice` whose members are spelled as `values` (also spellings that are not names,
     such as "32"); `module` is where it is bound under `name`, so that its members pickle."""
-    return Choice(name, [(value, value) for value in values], module=module)  # type: ignore[return-value]
+    made = EnumMeta.__call__(Choice, name, [(value, value) for value in values], module=module)
+    if not issubclass(made, Choice):
+        raise TypeError(f"{name} is not a Choice")
+    return made
 
 
-def fail_checks(cfg: DictConfig, checks: list[Check]) -> None:
-    """Raise ConfigError for the first failed (ok, key, hint) check."""
+def given(value: T | None, message: str) -> T:
+    """`value` of a key that must be set, else `ConfigError(message)` (one line naming the key
+    and how to set it)."""
+    if value is None:
+        raise ConfigError(message)
+    return value
+
+
+def select(cfg: object, key: str) -> Any:
+    """The value at dotted `key` (`a.b`, `a.list[0].c`) of a config's dataclasses, as OmegaConf
+    shows it (None where there is none)."""
+    return OmegaConf.select(OmegaConf.structured(cfg), key)
+
+
+def fail_checks(cfg: object, checks: list[Check]) -> None:
+    """Raise ConfigError for the first failed (ok, key, hint) check of config `cfg`."""
     for ok, key, hint in checks:
         if not ok:
-            value = OmegaConf.select(cfg, key)
-            raise ConfigError(f"{key}={value!r} is invalid: {hint}")
+            raise ConfigError(f"{key}={select(cfg, key)!r} is invalid: {hint}")
 
 
 def check_directory(path: str | Path, key: str) -> None:

@@ -4,13 +4,12 @@ the evaluation commands. Each setting is declared once, here or in one command's
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from omegaconf import DictConfig
+from typing import TYPE_CHECKING, Any, Protocol
 
 from flava.config.checks import Check, Choice, check_directory, choices, fail_checks
 
@@ -68,33 +67,41 @@ class PromptConfig:
     {}.")."""
 
 
-Precision = choices(
-    "Precision",
-    (
-        "auto",
-        "32",
-        "32-true",
-        "64",
-        "64-true",
-        "bf16-mixed",
-        "bf16-true",
-        "bf16",
-        "16-mixed",
-        "16-true",
-        "16",
-    ),
-    __name__,
+PRECISIONS = (
+    "auto",
+    "32",
+    "32-true",
+    "64",
+    "64-true",
+    "bf16-mixed",
+    "bf16-true",
+    "bf16",
+    "16-mixed",
+    "16-true",
+    "16",
 )
-"""training.lightning.precision: Lightning's spellings ("32" and 32 both read as "32")."""
+"""Every accepted value of training.lightning.precision: Lightning's spellings ("32" and 32
+both read as "32")."""
 
-PRECISIONS = Precision.values()
-"""Every accepted value of training.lightning.precision."""
+if TYPE_CHECKING:  # its spellings are not Python names: a checker knows it as a `Choice`
+    Precision = Choice
+else:
+    Precision = choices("Precision", PRECISIONS, __name__)
+"""training.lightning.precision: a member per spelling of `PRECISIONS`."""
 
 
-AttentionKernel = choices("AttentionKernel", ("auto", "sdpa", "explicit"), __name__)
-"""training.attention_kernel: how attention is computed (flava.model.attention)."""
+class AttentionKernel(Choice):
+    """training.attention_kernel: how attention is computed (flava.model.attention)."""
 
-HostMemory = choices("HostMemory", ("auto", "reuse", "return", "system"), __name__)
+    auto = "auto"
+    sdpa = "sdpa"
+    explicit = "explicit"
+
+
+if TYPE_CHECKING:  # "return" is not a Python name: a checker knows it as a `Choice`
+    HostMemory = Choice
+else:
+    HostMemory = choices("HostMemory", ("auto", "reuse", "return", "system"), __name__)
 """training.host_memory: how glibc's malloc serves a CPU step's large tensors
 (flava.training.host_memory)."""
 
@@ -152,7 +159,7 @@ class LightningConfig:
     """Number of nodes (torchrun / SLURM set the rest)."""
     strategy: str = "auto"
     """auto, ddp, fsdp, or another Lightning strategy name."""
-    precision: Precision = Precision["32"]  # type: ignore[valid-type]
+    precision: Precision = Precision("32")
     """auto picks bf16-mixed on GPUs with bf16, 16-mixed on older GPUs, 32 on CPUs without
     native bf16 (the choice is saved in config.yaml). bf16 / fp16 on a CPU without native
     support stop before any work (LayerNorm, softmax and losses stay fp32 under mixed
@@ -299,7 +306,7 @@ class TrainingConfig:
     all k micro-batches of an optimizer step (their embeddings cached, then recomputed with
     gradients), so the contrastive batch is processes x batch_size x k; costs one more forward
     pass of the unimodal encoders per pair batch. Other objectives are unchanged."""
-    attention_kernel: AttentionKernel = AttentionKernel("auto")
+    attention_kernel: AttentionKernel = AttentionKernel.auto
     """sdpa (PyTorch's fused attention), explicit (two matrix products around a softmax), or auto
     (in bf16 / fp16 the faster of the two, measured at the start of the run; in fp32 sdpa). The
     choice is logged and kept in checkpoints (a resumed run keeps it)."""
@@ -388,6 +395,14 @@ class SourceConfig:
     """Seconds before the first reopening of a remote shard, doubled at each further one."""
 
 
+def set_fields(cfg: SourceConfig) -> list[str]:
+    """The fields of a `SourceConfig` whose values differ from the schema's defaults, in the
+    schema's order (a value the schema fills in is not counted as set)."""
+    defaults = SourceConfig()
+    names = [f.name for f in dataclasses.fields(SourceConfig)]
+    return [n for n in names if getattr(cfg, n) != getattr(defaults, n)]
+
+
 @dataclass
 class SourceDataConfig(DataSectionConfig):
     """A data section that reads any source with data.kind=source (fine-tuning, evaluation)."""
@@ -398,7 +413,7 @@ class SourceDataConfig(DataSectionConfig):
     its own fields (path, split, image_column, text_columns, label_column, ...; docs/data.md)."""
 
 
-def training_checks(t: DictConfig) -> list[Check]:
+def training_checks(t: TrainingConfig) -> list[Check]:
     """Value checks of the shared TrainingConfig section (choices are checked by their type)."""
     return [
         (t.learning_rate > 0, "training.learning_rate", "must be > 0"),
@@ -407,7 +422,7 @@ def training_checks(t: DictConfig) -> list[Check]:
         (t.warmup_steps >= 0, "training.warmup_steps", "must be >= 0"),
         (t.adam_weight_decay >= 0, "training.adam_weight_decay", "must be >= 0"),
         (
-            all(float(m) > 0 for m in (t.get("lr_multipliers") or {}).values()),
+            all(float(m) > 0 for m in t.lr_multipliers.values()),
             "training.lr_multipliers",
             "every multiplier must be > 0",
         ),
@@ -431,7 +446,7 @@ def training_checks(t: DictConfig) -> list[Check]:
     ]
 
 
-def run_dir_checks(t: DictConfig) -> list[Check]:
+def run_dir_checks(t: TrainingConfig) -> list[Check]:
     """A run directory on an fsspec URL: a filesystem this machine can open, and nothing that
     needs it to be a local folder."""
     from flava.checkpoints.run_dir import is_url, url_problem
@@ -457,20 +472,21 @@ def run_dir_checks(t: DictConfig) -> list[Check]:
     ]
 
 
-def mlflow_uri(t: DictConfig) -> str:
+def mlflow_uri(t: TrainingConfig) -> str:
     """Where the mlflow logger writes: training.mlflow_tracking_uri, else MLFLOW_TRACKING_URI,
     else the local database <run_dir>/mlflow.db."""
     local = f"sqlite:///{(Path(t.run_dir) / 'mlflow.db').resolve()}"
     return t.mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or local
 
 
-def missing_module(logger: str, t: DictConfig) -> str | None:
+def missing_module(logger: str, t: TrainingConfig) -> str | None:
     """The first module logger `logger` needs that cannot be found (nothing is imported)."""
-    needs: list[tuple[str, ...]] = {  # each entry: modules of which any one will do
+    packages: dict[str, list[tuple[str, ...]]] = {  # each entry: modules of which any will do
         "tensorboard": [("tensorboard", "tensorboardX")],
         "wandb": [("wandb",)],
         "mlflow": [("mlflow",)],
-    }.get(logger, [])
+    }
+    needs = packages.get(logger, [])
     if logger == "mlflow" and mlflow_uri(t).split(":")[0].split("+")[0] in MLFLOW_DATABASES:
         needs += [("sqlalchemy",), ("alembic",)]  # not in mlflow-skinny
     for modules in needs:
@@ -479,7 +495,7 @@ def missing_module(logger: str, t: DictConfig) -> str | None:
     return None
 
 
-def logger_checks(t: DictConfig) -> list[Check]:
+def logger_checks(t: TrainingConfig) -> list[Check]:
     """Checks of training.loggers: csv kept, each once, every package installed."""
     names = [str(name) for name in t.loggers]
     missing = next(((n, m) for n in names if (m := missing_module(n, t)) is not None), None)
@@ -579,7 +595,7 @@ RENAMED_EVAL_KEYS = {"run.text_max_length": "data.text_max_length"}
 """Old spellings the evaluation commands still read, each with the key it now is."""
 
 
-def model_checks(m: DictConfig) -> list[Check]:
+def model_checks(m: ModelConfig) -> list[Check]:
     """Value checks of the keys every command's model section has."""
     from flava.model.presets import PRESET_NAMES
 
@@ -588,7 +604,7 @@ def model_checks(m: DictConfig) -> list[Check]:
     ]
 
 
-def data_section_checks(d: DictConfig, section: str) -> list[Check]:
+def data_section_checks(d: DataSectionConfig, section: str) -> list[Check]:
     """Value checks of the keys every data section has (`section`: datasets or data)."""
     return [
         (d.text_max_length >= 3, f"{section}.text_max_length", "must be >= 3"),
@@ -600,7 +616,7 @@ def data_section_checks(d: DictConfig, section: str) -> list[Check]:
     ]
 
 
-def prompt_checks(p: DictConfig | PromptConfig, section: str) -> list[Check]:
+def prompt_checks(p: PromptConfig, section: str) -> list[Check]:
     """Value checks of class names and templates (`section`: where they are)."""
     sets = ", ".join(TEMPLATE_SETS)
     return [
@@ -617,7 +633,20 @@ def prompt_checks(p: DictConfig | PromptConfig, section: str) -> list[Check]:
     ]
 
 
-def eval_checks(cfg: DictConfig) -> list[Check]:
+class EvalCommandConfig(Protocol):
+    """What every evaluation command's schema holds (zero_shot, retrieval, linear_probe)."""
+
+    @property
+    def run(self) -> RunOptions: ...
+
+    @property
+    def model(self) -> ModelConfig: ...
+
+    @property
+    def data(self) -> EvalDataConfig: ...
+
+
+def eval_checks(cfg: EvalCommandConfig) -> list[Check]:
     """Value checks of the sections every evaluation command has."""
     r = cfg.run
     return [
@@ -630,13 +659,13 @@ def eval_checks(cfg: DictConfig) -> list[Check]:
     ]
 
 
-def source_kind_checks(d: DictConfig) -> list[Check]:
+def source_kind_checks(d: EvalDataConfig) -> list[Check]:
     """With data.kind=source the named kinds' keys are not read: each set one is refused,
     naming the data.source field that says it."""
     defaults = EvalDataConfig()
     return [
         (
-            d.kind != "source" or d[key] == getattr(defaults, key),
+            d.kind != "source" or getattr(d, key) == getattr(defaults, key),
             f"data.{key}",
             f"it is not read with data.kind=source; set data.source.{field} instead",
         )
@@ -644,7 +673,7 @@ def source_kind_checks(d: DictConfig) -> list[Check]:
     ]
 
 
-def fail_eval_checks(cfg: DictConfig, checks: list[Check]) -> None:
+def fail_eval_checks(cfg: EvalCommandConfig, checks: list[Check]) -> None:
     """Raise for the first failed check; then the run directory (results come at the end)."""
     fail_checks(cfg, checks)
     check_directory(cfg.run.run_dir, "run.run_dir")

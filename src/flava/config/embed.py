@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from omegaconf import DictConfig
-
 from flava.config.checks import Check, Choice, fail_checks
 from flava.config.common import ModelConfig, SourceDataConfig, data_section_checks, model_checks
 
@@ -82,7 +80,7 @@ class EmbedRunConfig:
     embed: EmbedOptions = field(default_factory=EmbedOptions)
 
 
-def validate_embed(cfg: DictConfig) -> None:
+def validate_embed(cfg: EmbedRunConfig) -> None:
     """Value checks of the embed command (the source is checked when opened)."""
     e = cfg.embed
     checks: list[Check] = [

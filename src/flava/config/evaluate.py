@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from omegaconf import DictConfig
-
 from flava.config.checks import Choice, ConfigError, check_directory, fail_checks
 from flava.config.common import ModelConfig, model_checks
 
@@ -106,7 +104,7 @@ class EvaluateConfig:
     """Run only these tasks, by name (empty: all)."""
 
 
-def validate_suite(cfg: DictConfig) -> None:
+def validate_suite(cfg: EvaluateConfig) -> None:
     """One-line errors for a suite that cannot run: no tasks, repeated names, unknown `only`."""
     if not cfg.tasks:
         raise ConfigError("the suite has no tasks: give config=evaluation/paper.yaml or your own")

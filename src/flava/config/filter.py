@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from omegaconf import DictConfig
-
 from flava.config.checks import Check, fail_checks
 from flava.config.common import SourceConfig
 
@@ -59,7 +57,7 @@ def _unit_interval(value: float | None) -> bool:
     return value is None or -1.0 <= value <= 1.0
 
 
-def validate_filter(cfg: DictConfig) -> None:
+def validate_filter(cfg: FilterRunConfig) -> None:
     """Value checks of the filter command (the folders and sources are checked when opened)."""
     f = cfg.filter
     checks: list[Check] = [

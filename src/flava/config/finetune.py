@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from omegaconf import DictConfig
-
 from flava.config.checks import Check, Choice, fail_checks
 from flava.config.common import (
     CheckpointConfig,
@@ -202,7 +200,7 @@ class FinetuneConfig:
     data: FinetuneDataConfig = field(default_factory=FinetuneDataConfig)
 
 
-def model_checks(m: DictConfig) -> list[Check]:
+def model_checks(m: FinetuneModelConfig) -> list[Check]:
     """Value checks of the model section (its shared keys, the head)."""
     from flava.model.config import ACTIVATIONS
 
@@ -214,7 +212,7 @@ def model_checks(m: DictConfig) -> list[Check]:
     ]
 
 
-def task_checks(k: DictConfig) -> list[Check]:
+def task_checks(k: TaskConfig) -> list[Check]:
     """Value checks of the task section: metrics that fit the task type, the monitor."""
     metrics = [str(m) for m in k.metrics]
     regression = k.type == TaskType.regression
@@ -248,7 +246,7 @@ def task_checks(k: DictConfig) -> list[Check]:
     ]
 
 
-def data_checks(d: DictConfig) -> list[Check]:
+def data_checks(d: FinetuneDataConfig) -> list[Check]:
     """Value checks of the data section."""
     return [
         *data_section_checks(d, "data"),
@@ -263,7 +261,7 @@ def data_checks(d: DictConfig) -> list[Check]:
     ]
 
 
-def validate_finetune(cfg: DictConfig) -> None:
+def validate_finetune(cfg: FinetuneConfig) -> None:
     """Value checks that types alone cannot express."""
     checks = [
         *training_checks(cfg.training),

@@ -5,8 +5,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from omegaconf import DictConfig
-
 from flava.config.checks import Check, Choice, ConfigError, fail_checks
 
 
@@ -91,7 +89,7 @@ def _size_ok(text: str | None) -> bool:
         return False
 
 
-def validate_index(cfg: DictConfig) -> None:
+def validate_index(cfg: IndexRunConfig) -> None:
     """Value checks of the index command (the shards are read when it runs)."""
     if not cfg.embeddings:
         raise ConfigError(

@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from omegaconf import DictConfig
-
 from flava.config.checks import Choice
 from flava.config.common import (
     RENAMED_EVAL_KEYS,
@@ -80,7 +78,7 @@ class LinearProbeRunConfig:
     """Old spellings still read (each moved to its new key, with a warning)."""
 
 
-def validate_linear_probe(cfg: DictConfig) -> None:
+def validate_linear_probe(cfg: LinearProbeRunConfig) -> None:
     """Value checks of the linear_probe command."""
     p = cfg.probe
     checks = eval_checks(cfg)

@@ -3,7 +3,11 @@
 `load_config(argv, schema, check)` takes the arguments users of the original release type:
 `config=flava/configs/pretraining/debug.yaml training.lightning.max_steps=1000`. Unknown keys,
 wrong types, values outside a field's choices and values `check` refuses fail with one line
-naming the key and what is allowed (`ConfigError`, exit status 2 from `cli_main`). A key that
+naming the key and what is allowed (`ConfigError`, exit status 2 from `cli_main`). The run code
+gets the schema's own dataclasses (`OmegaConf.to_object` of the merged config, interpolations
+resolved), so a type checker follows each key from YAML to layer; OmegaConf stays here, where
+configs are merged, checked and written (`to_yaml`: what config.yaml keeps). `from_fields`
+builds one section (e.g. a `SourceConfig`) from plain fields with the same checks. A key that
 moved is still read under its old spelling when the schema lists it in `renamed_keys` (old ->
 new): it is moved to the new key with a one-line warning, and config.yaml keeps only the new
 one. `describe` lists every key with its type, default and the docstring written under its
@@ -21,11 +25,11 @@ import re
 import sys
 import textwrap
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from enum import Enum
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -33,6 +37,8 @@ from omegaconf.errors import OmegaConfBaseException
 from flava.config.checks import ConfigError
 
 log = logging.getLogger("flava")
+
+T = TypeVar("T")
 
 _CHOICE_ERROR = re.compile(r"Invalid value '(.*)', expected one of \[(.*)\]")
 
@@ -137,10 +143,9 @@ def _dotlist_item(item: str) -> DictConfig:
         ) from None
 
 
-def load_config(
-    argv: list[str], schema: type, check: Callable[[DictConfig], None] | None = None
-) -> DictConfig:
-    """Merge `schema` <- YAML files (config=...) <- dotlist overrides; then `check(cfg)`."""
+def load_config(argv: list[str], schema: type[T], check: Callable[[T], None] | None = None) -> T:
+    """Merge `schema` <- YAML files (config=...) <- dotlist overrides into the schema's
+    dataclasses; then `check(cfg)`."""
     file_args = [a for a in argv if a.startswith("config=")]
     overrides = [a for a in argv if not a.startswith("config=")]
     for item in overrides:
@@ -166,12 +171,40 @@ def load_config(
                 ) from None
     except OmegaConfBaseException as exc:
         raise ConfigError(_one_line(exc)) from None
+    cfg = _as_object(merged, schema)
     if check is not None:
-        check(merged)
-    return merged  # type: ignore[return-value]
+        check(cfg)
+    return cfg
 
 
-def to_yaml(cfg: DictConfig) -> str:
+def _as_object(merged: DictConfig, schema: type[T]) -> T:
+    """The schema's dataclasses of a merged config (interpolations resolved: one line when one
+    cannot be)."""
+    try:
+        cfg = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(_one_line(exc)) from None
+    if not isinstance(cfg, schema):
+        raise TypeError(f"the config is a {type(cfg).__name__}, not a {schema.__name__}")
+    return cfg
+
+
+def from_fields(schema: type[T], *fields: Mapping[str, Any] | object, where: str = "") -> T:
+    """A `schema` dataclass from its defaults merged with each of `fields` in turn (mappings of
+    field values, or dataclasses of the schema), checked as the loader checks a file: an
+    unknown field or a value of the wrong type fails in one line (`ConfigError`; `where`: the
+    section named before OmegaConf's message instead of the loader's wording)."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), *fields)
+    except OmegaConfBaseException as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ConfigError(f"{where}: {first}" if where else _one_line(exc)) from None
+    if not isinstance(merged, DictConfig):
+        raise TypeError(f"{schema.__name__} is not a dataclass")
+    return _as_object(merged, schema)
+
+
+def to_yaml(cfg: object) -> str:
     """The resolved config as YAML (what the run directory keeps; choices as typed)."""
     return OmegaConf.to_yaml(cfg, resolve=True)
 
@@ -214,20 +247,32 @@ def _type_name(kind: Any) -> str:
 def _item_class(kind: Any) -> type | None:
     """The dataclass of a list-of-dataclasses field (e.g. list[SourceConfig]), else None."""
     args = typing.get_args(kind)
-    if typing.get_origin(kind) is list and args and dataclasses.is_dataclass(args[0]):
+    if typing.get_origin(kind) is list and args and _is_section(args[0]):
         return args[0]
     return None
+
+
+def _is_section(kind: Any) -> typing.TypeGuard[type]:
+    """Whether a field's type is a dataclass (a nested section, or a list entry's class)."""
+    return isinstance(kind, type) and dataclasses.is_dataclass(kind)
+
+
+def _plain(value: object) -> dict[str, Any]:
+    """A dataclass's fields as plain values (choices by their spelling)."""
+    out = OmegaConf.to_container(OmegaConf.structured(value), enum_to_str=True)
+    if not isinstance(out, dict):
+        raise TypeError(f"{type(value).__name__} is not a dataclass")
+    return {str(k): v for k, v in out.items()}
 
 
 def _default_text(value: Any, item: type | None = None) -> str:
     """A default as --help shows it: null / true / false as in YAML, strings quoted; entries
     of a list of dataclasses show only the fields that differ from the entry's defaults."""
     if item is not None:
-        base = OmegaConf.to_container(OmegaConf.structured(item()), enum_to_str=True)
-        rows = [OmegaConf.to_container(OmegaConf.structured(v), enum_to_str=True) for v in value]
-        value = [{k: v for k, v in row.items() if v != base[k]} for row in rows]  # type: ignore[union-attr]
+        base = _plain(item())
+        value = [{k: v for k, v in _plain(row).items() if v != base[k]} for row in value]
     elif dataclasses.is_dataclass(value):
-        value = OmegaConf.to_container(OmegaConf.structured(value), enum_to_str=True)
+        value = _plain(value)
     elif isinstance(value, list):
         value = [v.value if isinstance(v, Enum) else v for v in value]
     if isinstance(value, Enum):
@@ -251,7 +296,7 @@ def _describe(schema: type, prefix: str, defaults: Any, items: dict[type, str]) 
     lines = []
     for f in dataclasses.fields(schema):
         kind, value, key = hints[f.name], getattr(defaults, f.name), f"{prefix}{f.name}"
-        if dataclasses.is_dataclass(kind):
+        if _is_section(kind):
             heading = (inspect.getdoc(kind) or "").splitlines()[0]
             lines += [f"  {key}.*  ({heading})", *_describe(kind, f"{key}.", value, items)]
             continue

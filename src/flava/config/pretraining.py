@@ -9,8 +9,6 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from omegaconf import DictConfig
-
 from flava.config.checks import Check, Choice, check_directory, fail_checks
 from flava.config.common import (
     DataSectionConfig,
@@ -139,22 +137,26 @@ class KindConfig:
     captions of pairs (vl) yes, text-only batches no (TorchMultimodal's FLAVA; the paper does
     not say)."""
 
+    def entries(self, role: str) -> list[SourceConfig]:
+        """The datasets of `role` ("train" or "val")."""
+        return self.train if role == "train" else self.val
+
 
 WHOLE_WORD_MASKING = {Kind.vl: True, Kind.text: False}
 """The original release's whole-word masking per kind: its image-text collator masks whole
 words, its text-only collator single tokens."""
 
 
-def kind_text_length(d: DictConfig, kind: str) -> int:
+def kind_text_length(d: DatasetsConfig, kind: Kind) -> int:
     """Tokens per text of data kind `kind`: datasets.<kind>.text_max_length, else
     datasets.text_max_length."""
-    return int(d[kind].text_max_length or d.text_max_length)
+    return int(d.of(kind).text_max_length or d.text_max_length)
 
 
-def kind_whole_word_masking(d: DictConfig, kind: str) -> bool:
+def kind_whole_word_masking(d: DatasetsConfig, kind: Kind) -> bool:
     """Whether kind `kind` masks whole words: datasets.<kind>.whole_word_masking, else
     datasets.whole_word_masking, else `WHOLE_WORD_MASKING`."""
-    for value in (d[kind].get("whole_word_masking"), d.get("whole_word_masking")):
+    for value in (d.of(kind).whole_word_masking, d.whole_word_masking):
         if value is not None:
             return bool(value)
     return WHOLE_WORD_MASKING[kind]
@@ -189,6 +191,10 @@ class DatasetsConfig(DataSectionConfig):
     key, epoch of a streamed source), to audit what a run read (a URL run_dir receives it with
     each checkpoint and at the end)."""
 
+    def of(self, kind: Kind | str) -> KindConfig:
+        """The section of data kind `kind` (datasets.image, datasets.text, datasets.vl)."""
+        return {Kind.image: self.image, Kind.text: self.text, Kind.vl: self.vl}[Kind(kind)]
+
 
 @dataclass
 class RunConfig:
@@ -200,12 +206,12 @@ class RunConfig:
 
 
 def evaluation_checks(
-    ev: EvaluationConfig | DictConfig, d: DictConfig, max_scenes: int | None = None
+    ev: EvaluationConfig, d: DatasetsConfig, max_scenes: int | None = None
 ) -> list[Check]:
     """Value checks of training.evaluation; `max_scenes` caps num_samples for embedded vl
     validation data (the entry point passes the scene generator's number of distinct scenes)."""
     embedded = max_scenes is not None and any(s.type == "embedded" for s in d.vl.val)
-    most = max_scenes if embedded else sys.maxsize
+    most = max_scenes if max_scenes is not None and embedded else sys.maxsize
     return [
         (
             1 <= ev.num_samples <= most,
@@ -222,7 +228,7 @@ def evaluation_checks(
     ]
 
 
-def model_checks(m: DictConfig) -> list[Check]:
+def model_checks(m: PretrainingModelConfig) -> list[Check]:
     """Value checks of the model section (its shared keys, k-means, losses, init_from)."""
     weights = [name for name in LossConfig.__dataclass_fields__ if name.endswith("_weight")]
     return [
@@ -233,7 +239,10 @@ def model_checks(m: DictConfig) -> list[Check]:
             "model.losses.itm_negative_probability",
             "must be in [0, 1)",
         ),
-        *[(m.losses[name] >= 0, f"model.losses.{name}", "must be >= 0") for name in weights],
+        *[
+            (getattr(m.losses, name) >= 0, f"model.losses.{name}", "must be >= 0")
+            for name in weights
+        ],
         *init_from_checks(m.init_from),
     ]
 
@@ -254,7 +263,7 @@ def init_from_checks(entries: list[InitFrom]) -> list[Check]:
                 "must name a directory, file or hub id",
             ),
             (
-                entry.get("num_heads") is None or entry.num_heads >= 1,
+                entry.num_heads is None or entry.num_heads >= 1,
                 f"model.init_from[{i}].num_heads",
                 "must be >= 1 or null",
             ),
@@ -262,24 +271,26 @@ def init_from_checks(entries: list[InitFrom]) -> list[Check]:
     return checks
 
 
-def datasets_checks(d: DictConfig) -> list[Check]:
+def datasets_checks(d: DatasetsConfig) -> list[Check]:
     """Value checks of the datasets section."""
     checks = [
         *data_section_checks(d, "datasets"),
         (0 < d.mlm_probability < 1, "datasets.mlm_probability", "must be in (0, 1)"),
         *[
             (
-                d[k].text_max_length is None or d[k].text_max_length >= 3,
+                length is None or length >= 3,
                 f"datasets.{k}.text_max_length",
                 "must be >= 3",
             )
-            for k in (Kind.text.value, Kind.vl.value)
+            for k in (Kind.text, Kind.vl)
+            for length in [d.of(k).text_max_length]
         ],
         (len(d.selected) > 0, "datasets.selected", "must name at least one of image, text, vl"),
     ]
     if d.sampling == Sampling.probability and d.probabilities:
         probs = {str(k): d.probabilities.get(k) for k in d.selected}
         missing = [k for k, p in probs.items() if p is None]
+        given = [p for p in probs.values() if p is not None]
         checks.append(
             (
                 not missing,
@@ -290,7 +301,7 @@ def datasets_checks(d: DictConfig) -> list[Check]:
         )
         checks.append(
             (
-                bool(missing) or (all(p >= 0 for p in probs.values()) and sum(probs.values()) > 0),
+                bool(missing) or (all(p >= 0 for p in given) and sum(given) > 0),
                 "datasets.probabilities",
                 f"need non-negative weights with a positive sum, got {probs}",
             )
@@ -298,7 +309,7 @@ def datasets_checks(d: DictConfig) -> list[Check]:
     return checks
 
 
-def validate(cfg: DictConfig, max_scenes: int | None = None) -> None:
+def validate(cfg: RunConfig, max_scenes: int | None = None) -> None:
     """Value checks that types alone cannot express (`max_scenes`: see `evaluation_checks`)."""
     from flava.checkpoints.run_dir import is_url
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from omegaconf import DictConfig
-
 from flava.config.checks import Check, Choice
 from flava.config.common import (
     RENAMED_EVAL_KEYS,
@@ -36,6 +34,8 @@ EMBEDDED_RETRIEVAL_SIZE = 512
 class RetrievalDataConfig(EvalDataConfig):
     """Where the images and their captions come from."""
 
+    # Retrieval's own kinds replace the inherited field in place (the keys keep their order,
+    # OmegaConf checks this enum); a checker sees an override of another enum type.
     kind: RetrievalDataKind = RetrievalDataKind.embedded  # type: ignore[assignment]
     """source (data.source: any source type with captioned images), embedded (generated
     scenes), a Karpathy split (coco, flickr30k) or a captions folder. The named kinds are read
@@ -66,7 +66,7 @@ class RetrievalRunConfig:
     """Old spellings still read (each moved to its new key, with a warning)."""
 
 
-def validate_retrieval(cfg: DictConfig, max_scenes: int | None = None) -> None:
+def validate_retrieval(cfg: RetrievalRunConfig, max_scenes: int | None = None) -> None:
     """Value checks of the retrieval command; `max_scenes` (the scene generator's number of
     distinct scenes, passed by the entry point) caps an embedded set's size."""
     checks = eval_checks(cfg)
@@ -76,7 +76,7 @@ def validate_retrieval(cfg: DictConfig, max_scenes: int | None = None) -> None:
     fail_eval_checks(cfg, checks)
 
 
-def _scene_count_check(d: DictConfig, max_scenes: int) -> Check:
+def _scene_count_check(d: RetrievalDataConfig, max_scenes: int) -> Check:
     """Embedded retrieval sets (data.kind=embedded, or a data.source of type embedded) hold at
     most `max_scenes` distinct scenes: data.size (kind=source: the smaller of data.size and
     data.source.size)."""

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from omegaconf import DictConfig
-
-from flava.config.checks import Check, Choice, ConfigError, fail_checks
+from flava.config.checks import Check, Choice, ConfigError, fail_checks, given
 
 
 class OutputFormat(Choice):
@@ -38,11 +36,15 @@ class SearchRunConfig:
     """auto (cuda when available), cpu, cuda, cuda:1 ..."""
 
 
-def validate_search(cfg: DictConfig) -> None:
+INDEX_UNSET = "index is not set: give the folder flava.index wrote, index=DIR"
+"""The one line of flava.search and flava.serve without an index."""
+ONE_QUERY = "give one query: text='a red bus' or image=photo.jpg"
+
+
+def validate_search(cfg: SearchRunConfig) -> None:
     """Value checks of the search command (the index is opened when it runs)."""
-    if cfg.index is None:
-        raise ConfigError("index is not set: give the folder flava.index wrote, index=DIR")
+    given(cfg.index, INDEX_UNSET)
     if (cfg.text is None) == (cfg.image is None):
-        raise ConfigError("give one query: text='a red bus' or image=photo.jpg")
+        raise ConfigError(ONE_QUERY)
     checks: list[Check] = [(cfg.k >= 1, "k", "must be >= 1")]
     fail_checks(cfg, checks)

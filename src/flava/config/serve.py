@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from omegaconf import DictConfig
-
-from flava.config.checks import Check, ConfigError, fail_checks
+from flava.config.checks import Check, fail_checks, given
 from flava.config.index import parse_bytes
+from flava.config.search import INDEX_UNSET
 
 
 @dataclass
@@ -44,10 +43,9 @@ class ServeRunConfig:
     """Log one line per request (uvicorn's access log)."""
 
 
-def validate_serve(cfg: DictConfig) -> None:
+def validate_serve(cfg: ServeRunConfig) -> None:
     """Value checks of the serve command (the index is opened when it runs)."""
-    if cfg.index is None:
-        raise ConfigError("index is not set: give the folder flava.index wrote, index=DIR")
+    given(cfg.index, INDEX_UNSET)
     try:
         upload = parse_bytes(cfg.max_upload)
     except ValueError:

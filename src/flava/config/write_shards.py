@@ -6,10 +6,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from omegaconf import DictConfig
-
-from flava.config.checks import Check, Choice, ConfigError, fail_checks
-from flava.config.common import PromptConfig, SourceConfig, prompt_checks
+from flava.config.checks import Check, Choice, ConfigError, fail_checks, given
+from flava.config.common import PromptConfig, SourceConfig, prompt_checks, set_fields
 
 
 class Role(Choice):
@@ -94,17 +92,19 @@ class WriteShardsConfig:
     """layout=clip_benchmark: split, task, class names and templates."""
 
 
-def validate_write_shards(cfg: DictConfig) -> None:
+DST_UNSET = "dst is not set: give the output folder, e.g. dst=/data/shards/mine"
+
+
+def validate_write_shards(cfg: WriteShardsConfig) -> None:
     """Value checks of the write_shards command (the source itself is checked when opened)."""
-    if cfg.dst is None:
-        raise ConfigError("dst is not set: give the output folder, e.g. dst=/data/shards/mine")
-    given = {k for k, v in cfg.source.items() if v != getattr(SourceConfig(), k)}
-    embedded = cfg.src == "embedded" and "type" not in given  # with its size / seed
-    if (cfg.src is None and not given) or (cfg.src is not None and given and not embedded):
+    given(cfg.dst, DST_UNSET)
+    fields = set(set_fields(cfg.source))
+    embedded = cfg.src == "embedded" and "type" not in fields  # with its size / seed
+    if (cfg.src is None and not fields) or (cfg.src is not None and fields and not embedded):
         raise ConfigError(
             "give the source once: src=PATH (a data folder, a source YAML / JSON, or embedded) "
             f"or source.* fields (source.type=... source.path=...); got src={cfg.src!r} and "
-            f"source fields {sorted(given)}"
+            f"source fields {sorted(fields)}"
         )
     checks: list[Check] = [
         (cfg.shard_size >= 1, "shard_size", "must be >= 1"),

@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from omegaconf import DictConfig
-
 from flava.config.common import (
     RENAMED_EVAL_KEYS,
     EvalDataConfig,
@@ -39,7 +37,7 @@ class ZeroShotRunConfig:
     """Old spellings still read (each moved to its new key, with a warning)."""
 
 
-def validate_zero_shot(cfg: DictConfig) -> None:
+def validate_zero_shot(cfg: ZeroShotRunConfig) -> None:
     """Value checks of the zero_shot command."""
     checks = eval_checks(cfg)
     checks += prompt_checks(cfg.zero_shot, "zero_shot")

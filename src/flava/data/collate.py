@@ -54,9 +54,9 @@ class BatchBuilder:
         tokenizer: FlavaTokenizer,
         transform: ImageTransform,
         mask_generator: BlockMaskGenerator,
-        text_max_length: int | Mapping[str, int] = 77,
+        text_max_length: int | Mapping[Kind, int] = 77,
         mlm_probability: float = 0.15,
-        whole_word_masking: bool | Mapping[str, bool] = False,
+        whole_word_masking: bool | Mapping[Kind, bool] = False,
         padding: str = "longest",
     ) -> None:
         if padding not in ("longest", "max_length"):
@@ -67,9 +67,11 @@ class BatchBuilder:
         self.pair_transform = copy.copy(transform)
         self.pair_transform.hflip = False
         self.mask_generator = mask_generator
-        lengths = text_max_length if isinstance(text_max_length, Mapping) else {}
-        self.max_lengths = {str(k): int(v) for k, v in lengths.items()}
-        self.text_max_length = max(self.max_lengths.values()) if lengths else int(text_max_length)
+        if isinstance(text_max_length, Mapping):
+            self.max_lengths = {str(k): int(v) for k, v in text_max_length.items()}
+            self.text_max_length = max(self.max_lengths.values())
+        else:
+            self.max_lengths, self.text_max_length = {}, int(text_max_length)
         self.mlm_probability = mlm_probability
         words = whole_word_masking if isinstance(whole_word_masking, Mapping) else {}
         self.whole_words = {str(k): bool(v) for k, v in words.items()}
@@ -131,7 +133,8 @@ class BatchBuilder:
         item)."""
         batch: dict[str, torch.Tensor] = {}
         if kind in IMAGE_KINDS:
-            batch.update(self.images([i.image for i in items], generator, rng, kind == Kind.vl))
+            images = [i.decoded_image for i in items]
+            batch.update(self.images(images, generator, rng, kind == Kind.vl))
         if kind in TEXT_KINDS:
-            batch.update(self.texts([i.text for i in items], generator, kind))
+            batch.update(self.texts([i.decoded_text for i in items], generator, kind))
         return batch

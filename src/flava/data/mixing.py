@@ -62,7 +62,7 @@ _VAL_DRAWS = 0xE7A1
 class Stream:
     """The datasets of one kind with their sampling weights."""
 
-    kind: str
+    kind: Kind
     sources: list[Any]
     """`IndexedSource`s and / or `StreamingSource`s."""
     weights: list[float]
@@ -73,7 +73,7 @@ class MixedBatches(torch.utils.data.IterableDataset):
 
     def __init__(
         self,
-        streams: dict[str, Stream],
+        streams: dict[Kind, Stream],
         builder: BatchBuilder,
         batch_size: int,
         seed: int = 0,
@@ -149,7 +149,7 @@ class MixedBatches(torch.utils.data.IterableDataset):
                 sources = np.where(kinds == k, pick, sources)
         return kinds, sources
 
-    def kind_of(self, batch_index: int) -> str:
+    def kind_of(self, batch_index: int) -> Kind:
         """Kind of global batch `batch_index` (identical on every process)."""
         kinds, _ = self.plan(batch_index // _CHUNK)
         return self.kinds[int(kinds[batch_index % _CHUNK])]
@@ -187,7 +187,7 @@ class MixedBatches(torch.utils.data.IterableDataset):
                 out[f"{kind}/{key[1]}"] = self.sample_position(key, used)
         return out
 
-    def _indices(self, kind: str, source: int, used: int) -> np.ndarray:
+    def _indices(self, kind: Kind, source: int, used: int) -> np.ndarray:
         """Sample indices of this process for the `used`-th batch drawn from one source."""
         n = len(self.streams[kind].sources[source])
         key = (self.kinds.index(kind), source)
@@ -240,7 +240,7 @@ class MixedBatches(torch.utils.data.IterableDataset):
     def _build(
         self,
         index: int,
-        kind: str,
+        kind: Kind,
         source: int,
         used: int,
         records: StreamReader | None = None,

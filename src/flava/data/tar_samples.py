@@ -13,7 +13,7 @@ import json
 import multiprocessing
 import pickle
 import queue
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import Any, NamedTuple
 
 from PIL import Image
@@ -98,7 +98,7 @@ class Prepared(NamedTuple):
     """One source sample, prepared: its tar members (None: skipped), its skip counts, and the
     first example of each reason met in a worker process (for the parent to log)."""
 
-    index: int
+    sample_index: int
     files: Files | None
     skipped: dict[str, int]
     examples: dict[str, str]
@@ -155,7 +155,7 @@ def _result(results: Any, workers: list[Any]) -> tuple[int, Any]:
 
 def _in_workers(
     source: Any, options: Options, indices: range, processes: int
-) -> Iterator[Prepared]:
+) -> Generator[Prepared]:
     """The prepared samples of `indices`, in order, from `processes` forked worker processes
     that inherit `source` (a few chunks ahead of the consumer)."""
     context = multiprocessing.get_context("fork")
@@ -186,7 +186,7 @@ def _in_workers(
             worker.join()
 
 
-def prepared(source: Any, options: Options, indices: range, processes: int) -> Iterator[Prepared]:
+def prepared(source: Any, options: Options, indices: range, processes: int) -> Generator[Prepared]:
     """The prepared samples of `indices`, in order (in `processes` worker processes where the
     platform forks); each skip reason met in a worker is logged here, once per run."""
     if processes <= 1 or "fork" not in multiprocessing.get_all_start_methods():

@@ -103,7 +103,7 @@ def _build_backend(vocab: Mapping[str, int]) -> Tokenizer:
     return backend
 
 
-def _as_text_list(text: str | Iterable[str], name: str) -> list[str]:
+def _as_text_list(text: object, name: str) -> list[str]:
     """Return ``text`` as a list of strings (a single string gives a list of one)."""
     if isinstance(text, str):
         return [text]

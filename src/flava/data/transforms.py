@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -178,8 +178,10 @@ def _check_size(name: str, value: object) -> int:
 
 def _check_range(name: str, value: object, upper: float | None) -> tuple[float, float]:
     """Return ``value`` as an increasing pair of positive floats (at most ``upper``)."""
+    if not isinstance(value, Iterable):
+        raise ValueError(f"{name} must be a pair of floats, got {value!r}")
     try:
-        lo, hi = (float(v) for v in value)  # type: ignore[union-attr]
+        lo, hi = (float(v) for v in value)
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a pair of floats, got {value!r}") from None
     if not (0.0 < lo <= hi) or (upper is not None and hi > upper) or not math.isfinite(hi):
@@ -290,7 +292,7 @@ class ImageTransform:
             # (x / 255 - mean) / std, in place while the view is still in cache; the same float
             # operations as torchvision's to_dtype(scale=True) + normalize, so the same values
             pixels[i].copy_(view).mul_(1.0 / 255.0).sub_(self._mean).div_(self._std)
-            if codebook is not None:
+            if codebook is not None and side is not None:
                 codebook[i] = lanczos_resize(view, side, side)
         out = {"pixel_values": pixels}
         if codebook is not None:

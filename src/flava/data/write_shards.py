@@ -41,12 +41,11 @@ import logging
 import os
 import sys
 import tarfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import OmegaConf
 
 from flava import config
 from flava.config import (
@@ -57,11 +56,15 @@ from flava.config import (
     validate_write_shards,
 )
 from flava.config import describe as describe_keys
-from flava.config.write_shards import ShardLayout, from_old_form
+from flava.config.checks import given
+from flava.config.common import set_fields
+from flava.config.loader import from_fields
+from flava.config.write_shards import DST_UNSET, ShardLayout, from_old_form
 from flava.data import benchmark_layout
 from flava.data.sources import (
     SKIP_REASONS,
     DataError,
+    IndexedSource,
     SourceError,
     StreamingSource,
     check_fields,
@@ -108,32 +111,33 @@ def detect(path: str) -> dict[str, Any]:
     )
 
 
-def source_config(src: str | None, fields: Any = None) -> Any:
+def source_config(
+    src: str | None, fields: SourceConfig | Mapping[str, Any] | None = None
+) -> SourceConfig:
     """A validated `SourceConfig`: of `src` (a data path whose type is detected, a YAML / JSON
-    file of one source's fields, or `embedded` with `fields`), else of `fields` (a mapping of
-    its fields)."""
+    file of one source's fields, or `embedded` with `fields`), else of `fields` (its fields, or
+    a `SourceConfig`)."""
+    parts: list[SourceConfig | Mapping[str, Any]] = [fields or {}]
     if src == "embedded":
-        fields = OmegaConf.merge(fields or {}, {"type": "embedded"})
+        parts.append({"type": "embedded"})
     elif src is not None:
         path = Path(src).expanduser()
         if path.is_file() and path.suffix in (".yaml", ".yml", ".json"):
             try:
-                fields = OmegaConf.to_container(OmegaConf.load(path))
+                read = OmegaConf.to_container(OmegaConf.load(path))
             except Exception as exc:
                 raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-            if not isinstance(fields, dict):
+            if not isinstance(read, dict):
                 raise ConfigError(f"{path}: expected one source's fields (type: ..., path: ...)")
+            parts = [{str(k): v for k, v in read.items()}]
         else:
-            fields = detect(src)
-    try:
-        cfg = OmegaConf.merge(OmegaConf.structured(SourceConfig), fields or {})
-    except OmegaConfBaseException as exc:
-        raise ConfigError(f"source: {str(exc).splitlines()[0]}") from None
+            parts = [detect(src)]
+    cfg = from_fields(SourceConfig, *parts, where="source")
     check_fields(cfg, "source")
     return cfg
 
 
-def open_source(cfg: Any, role: str = "train", image_size: int = 224) -> Any:
+def open_source(cfg: SourceConfig, role: str = "train", image_size: int = 224) -> IndexedSource:
     """A random-access source with `sample(index)` for `cfg`."""
     from flava.data import sources
 
@@ -384,31 +388,34 @@ class TooManySkipped(Exception):
     """More than `max_skipped_fraction` of the samples read were skipped (exit status 1)."""
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
+def run(cfg: WriteShardsConfig) -> dict[str, Any]:
     """Write the shards `cfg` (a `WriteShardsConfig`) asks for and print the summary line; the
     manifest. `TooManySkipped` when too many samples were bad (the shards are written)."""
     source_cfg = source_config(cfg.src, cfg.source)
     source = open_source(source_cfg, cfg.role.value, cfg.image_size)
-    defaults = SourceConfig()
-    fields = {
-        k: v
-        for k, v in OmegaConf.to_container(source_cfg).items()  # type: ignore[union-attr]
-        if v != getattr(defaults, k)
-    }
-    options = {k: cfg[k] for k in ("prefix", "quality", "reencode", "max_side", "processes")}
-    out, chosen = cfg.dst, None
+    fields = {name: getattr(source_cfg, name) for name in set_fields(source_cfg)}
+    dst = given(cfg.dst, DST_UNSET)
+    out, chosen, prefix, lines = dst, None, cfg.prefix, False
     if cfg.layout == ShardLayout.clip_benchmark:
         where = describe(source)
         chosen = benchmark_layout.plan(source, source_cfg.type, cfg.clip_benchmark, where)
-        source, out = chosen.source, str(Path(cfg.dst) / cfg.clip_benchmark.split)
-        options.update(prefix="", caption_lines=chosen.retrieval)
+        source, out = chosen.source, str(Path(dst) / cfg.clip_benchmark.split)
+        prefix, lines = "", chosen.retrieval
     manifest = write(
-        source, out, cfg.shard_size, **options, source_fields=fields, progress=log.info
+        source,
+        out,
+        cfg.shard_size,
+        prefix,
+        cfg.quality,
+        cfg.reencode,
+        cfg.max_side,
+        cfg.processes,
+        source_fields=fields,
+        progress=log.info,
+        caption_lines=lines,
     )
     if chosen is not None:
-        benchmark_layout.finish(
-            Path(cfg.dst).expanduser(), Path(out).expanduser(), manifest, chosen
-        )
+        benchmark_layout.finish(Path(dst).expanduser(), Path(out).expanduser(), manifest, chosen)
     print(summary(manifest, out, chosen))
     error = skipped_error(manifest, cfg.max_skipped_fraction, out)
     if error:
@@ -416,7 +423,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return manifest
 
 
-def load(argv: list[str]) -> DictConfig:
+def load(argv: list[str]) -> WriteShardsConfig:
     """The command's config from `argv`: keys (`src=... dst=... shard_size=5000`, `config=FILE`)
     or the older form (`SRC DST --shard-size 5000`), validated."""
     return load_config(from_old_form(argv), WriteShardsConfig, validate_write_shards)

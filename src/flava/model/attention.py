@@ -11,6 +11,7 @@ record, or from the default below where nothing was measured.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 
@@ -99,6 +100,6 @@ def choose(
             out = explicit(q, k, v, None, 0.0, False)[0]
         torch.autograd.grad(out, (q, k, v), grad)
 
-    seconds = {name: _time(lambda name=name: run(name), repeats, device) for name in KERNELS}
+    seconds = {name: _time(functools.partial(run, name), repeats, device) for name in KERNELS}
     set_kernel(device.type, dtype, min(seconds, key=seconds.__getitem__))
     return seconds

@@ -7,9 +7,12 @@ classifier lives in `flava.checkpoints.finetuned`.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
+from flava.model.encoders import ImageEncoder, MultimodalEncoder, TextEncoder
 from flava.model.flava import FlavaModel
 from flava.model.transformer import activation
 
@@ -31,7 +34,7 @@ class FlavaClassifier(nn.Module):
         if modality not in ("text", "image", "multimodal"):
             raise ValueError(f"modality must be text, image or multimodal, got {modality!r}")
         self.flava, self.modality, self.pooling = flava, modality, pooling
-        self.settings = dict(
+        self.settings: dict[str, Any] = dict(
             modality=modality,
             num_outputs=num_outputs,
             hidden_size=hidden_size,
@@ -47,20 +50,22 @@ class FlavaClassifier(nn.Module):
             nn.Linear(hidden_size, num_outputs),
         )
         std = flava.config.initializer_range
-        for layer in (self.head[0], self.head[3]):
-            nn.init.normal_(layer.weight, std=std)
-            nn.init.zeros_(layer.bias)
+        for layer in self.head:
+            if isinstance(layer, nn.Linear):
+                nn.init.normal_(layer.weight, std=std)
+                nn.init.zeros_(layer.bias)
         self._freeze_unused()
 
     @property
-    def encoder(self) -> nn.Module:
+    def encoder(self) -> ImageEncoder | TextEncoder | MultimodalEncoder:
         """The encoder whose CLS the head reads."""
         f = self.flava
-        return {
+        encoders: dict[str, ImageEncoder | TextEncoder | MultimodalEncoder] = {
             "text": f.text_encoder,
             "image": f.image_encoder,
             "multimodal": f.multimodal_encoder,
-        }[self.modality]
+        }
+        return encoders[self.modality]
 
     def _freeze_unused(self) -> None:
         """Parameters the task never reaches get no gradient (and no optimiser state)."""

@@ -95,7 +95,8 @@ class ImageCodebook(Pretrained, nn.Module):
             if isinstance(m, nn.Conv2d):
                 fan_in = m.in_channels * m.kernel_size[0] * m.kernel_size[1]
                 nn.init.normal_(m.weight, std=fan_in**-0.5)
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
     def train(self, mode: bool = True) -> ImageCodebook:
         """The codebook is frozen: it stays in eval mode whatever `mode` is."""
@@ -129,10 +130,11 @@ class ImageCodebook(Pretrained, nn.Module):
         codebook's forward is a seventh of a flava_full step, and only argmax ids leave it),
         through `_half_blocks`, channels-last."""
         device = pixels.device.type
-        dtype = compute_dtype(device, self.blocks.input.weight.dtype)
+        own = next(self.blocks.parameters()).dtype  # the encoder's weights'
+        dtype = compute_dtype(device, own)
         with torch.autocast(device_type=device, enabled=False):
             mapped = self.map_pixels(pixels.float()).to(dtype)
-            if dtype == self.blocks.input.weight.dtype:
+            if dtype == own:
                 return self(mapped)
             self._check_input(mapped)
             return self._half_blocks(dtype)(mapped.contiguous(memory_format=torch.channels_last))
@@ -144,7 +146,7 @@ class ImageCodebook(Pretrained, nn.Module):
         stamp = (dtype, tuple((p._version, p.data_ptr()) for p in self.blocks.parameters()))
         cached = self._half_cache.get("blocks")
         if cached is None or cached[0] != stamp:
-            blocks = copy.deepcopy(self.blocks).to(dtype=dtype, memory_format=torch.channels_last)
+            blocks = copy.deepcopy(self.blocks).to(dtype).to(memory_format=torch.channels_last)
             cached = self._half_cache["blocks"] = (stamp, blocks)
         return cached[1]
 

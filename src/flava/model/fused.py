@@ -20,6 +20,7 @@ only as long as one forward.
 
 from __future__ import annotations
 
+import functools
 import weakref
 from typing import Any
 
@@ -50,6 +51,11 @@ _casts: dict[int, tuple[weakref.ref, tuple[int, int, int], torch.Tensor]] = {}
 _generation = [0]  # moved by every optimizer step (fused AdamW leaves version counters alone)
 
 
+def _forget_cast(key: int, _: object) -> None:
+    """Drop the cached cast of a weight that is gone (its weak reference's callback)."""
+    _casts.pop(key, None)
+
+
 def clear_casts(*_: Any) -> None:
     """Forget every weight copy of `cast_once`: weights changed in a way it cannot see (through
     `.data`). Every torch optimizer's step calls this."""
@@ -75,7 +81,7 @@ def cast_once(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     if entry is not None and entry[0]() is weight and entry[1] == stamp and entry[2].dtype == dtype:
         return entry[2]
     copy = weight.detach().to(dtype)
-    _casts[key] = (weakref.ref(weight, lambda _, key=key: _casts.pop(key, None)), stamp, copy)
+    _casts[key] = (weakref.ref(weight, functools.partial(_forget_cast, key)), stamp, copy)
     return copy
 
 
@@ -160,7 +166,7 @@ class _NormLinear(torch.autograd.Function):
             grad_out, normed, weight, used, product_need
         )
         norm_grads: tuple[torch.Tensor | None, ...] = (None, None, None)
-        if any(norm_need):
+        if grad_normed is not None:  # computed when any(norm_need)
             norm_grads = layer_norm_backward(
                 grad_normed, x, ctx.shape, (mean, rstd), norm_weight, norm_bias, norm_need
             )

@@ -69,10 +69,11 @@ def layer_norm_backward(
             grad_out.float(), work, list(shape), mean, rstd, w, b, list(need)
         )
     owners = (x, weight, bias)
-    return tuple(  # type: ignore[return-value]
-        None if g is None or not n else g.to(t.dtype)
+    out = [
+        None if g is None or t is None or not n else g.to(t.dtype)
         for g, n, t in zip(grads, need, owners, strict=True)
-    )
+    ]
+    return out[0], out[1], out[2]
 
 
 class LayerNorm(nn.LayerNorm):

@@ -6,6 +6,8 @@ reached through `from_pretrained` (see `flava.checkpoints`).
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 from flava.model.config import (
     CodebookConfig,
     FlavaConfig,
@@ -15,9 +17,17 @@ from flava.model.config import (
 )
 
 
+class _Shape(TypedDict):
+    """The width of every encoder of a preset."""
+
+    hidden_size: int
+    num_attention_heads: int
+    intermediate_size: int
+
+
 def _scaled(width: int, unimodal_layers: int, multimodal_layers: int) -> FlavaConfig:
     heads = width // 64
-    shape = dict(hidden_size=width, num_attention_heads=heads, intermediate_size=4 * width)
+    shape = _Shape(hidden_size=width, num_attention_heads=heads, intermediate_size=4 * width)
     return FlavaConfig(
         image=ImageEncoderConfig(num_hidden_layers=unimodal_layers, **shape),
         text=TextEncoderConfig(num_hidden_layers=unimodal_layers, **shape),
@@ -27,7 +37,7 @@ def _scaled(width: int, unimodal_layers: int, multimodal_layers: int) -> FlavaCo
 
 
 def _tiny() -> FlavaConfig:
-    shape = dict(hidden_size=128, num_attention_heads=4, intermediate_size=512)
+    shape = _Shape(hidden_size=128, num_attention_heads=4, intermediate_size=512)
     return FlavaConfig(
         image=ImageEncoderConfig(num_hidden_layers=4, image_size=64, patch_size=16, **shape),
         text=TextEncoderConfig(num_hidden_layers=4, max_position_embeddings=128, **shape),

@@ -78,7 +78,9 @@ def _gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     except ImportError:  # torch < 2.13: the differentiable gather under its older name
         from torch.distributed._functional_collectives import all_gather_tensor_autograd as gather
 
-    return gather(x.contiguous(), 0, dist.group.WORLD), dist.get_rank() * x.shape[0]
+    world = dist.group.WORLD
+    assert world is not None  # world_size() > 1: the default group is up
+    return gather(x.contiguous(), 0, world), dist.get_rank() * x.shape[0]
 
 
 def contrastive_loss(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -109,7 +110,7 @@ class BlockMaskGenerator:
         self._fallback_pid = -1
 
     @classmethod
-    def for_image(cls, image_size: int, patch_size: int, **kwargs) -> BlockMaskGenerator:
+    def for_image(cls, image_size: int, patch_size: int, **kwargs: Any) -> BlockMaskGenerator:
         """Build a generator for square ``image_size`` images cut into ``patch_size`` patches."""
         if image_size < 1 or patch_size < 1:
             raise ValueError(
@@ -252,15 +253,14 @@ def mask_tokens(
     _check_mask_args(input_ids, special_tokens_mask, word_ids, probability, vocab_size)
     device = input_ids.device
     rows = _row_generators(generator, input_ids.shape[0])
-    if rows is not None:
-        generator = None
+    one = generator if isinstance(generator, torch.Generator) else None
     eligible = ~special_tokens_mask.to(device=device, dtype=torch.bool)
     if input_ids.numel() == 0:
         return input_ids.clone(), torch.full_like(input_ids, ignore_index)
     if word_ids is not None:
         word_ids = word_ids.to(device=device, dtype=torch.long)
         eligible = eligible & (word_ids >= 0)
-    draws = _TokenDraws(input_ids.shape, device, eligible, generator, rows)
+    draws = _TokenDraws(input_ids.shape, device, eligible, one, rows)
     if word_ids is None:
         selected = _select_tokens(draws, eligible, probability, ensure_one)
     else:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -39,6 +39,23 @@ Batch = dict[str, torch.Tensor]
 TargetFn = Callable[[Batch], torch.Tensor]
 
 
+class LossSettings(Protocol):
+    """The objective weights of a `model.losses` section (`flava.config.LossConfig`)."""
+
+    @property
+    def mim_weight(self) -> float: ...
+    @property
+    def mlm_weight(self) -> float: ...
+    @property
+    def mmm_image_weight(self) -> float: ...
+    @property
+    def mmm_text_weight(self) -> float: ...
+    @property
+    def itm_weight(self) -> float: ...
+    @property
+    def global_contrastive_weight(self) -> float: ...
+
+
 @dataclass
 class LossWeights:
     """Weight of each objective in the total loss (0 skips the objective)."""
@@ -51,7 +68,7 @@ class LossWeights:
     contrastive: float = 1.0
 
     @classmethod
-    def from_config(cls, losses: Any) -> LossWeights:
+    def from_config(cls, losses: LossSettings) -> LossWeights:
         """The weights of a `model.losses` config (its `<objective>_weight` fields)."""
         return cls(
             mim=losses.mim_weight,

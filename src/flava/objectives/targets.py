@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from flava.model.codebook import ImageCodebook
+
 
 def patch_features(pixel_values: torch.Tensor, patch_size: int, pool: int = 4) -> torch.Tensor:
     """[B, 3, H, W] -> [B, N, 3*pool*pool]: each patch average-pooled to pool x pool pixels."""
@@ -26,6 +28,9 @@ def patch_features(pixel_values: torch.Tensor, patch_size: int, pool: int = 4) -
 
 class KMeansCodebook(nn.Module):
     """Nearest-centroid ids of pooled pixel patches; centroids fitted once by k-means."""
+
+    centroids: torch.Tensor  # [num_codes, F] (a buffer)
+    fitted: torch.Tensor  # [] bool (a buffer)
 
     def __init__(self, num_codes: int, patch_size: int, pool: int = 4, channels: int = 3) -> None:
         super().__init__()
@@ -92,7 +97,7 @@ def _kmeans_pp(x: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
 class DalleTargets(nn.Module):
     """MIM targets from a frozen DALL-E codebook on the aligned low-resolution view."""
 
-    def __init__(self, codebook: nn.Module) -> None:
+    def __init__(self, codebook: ImageCodebook) -> None:
         super().__init__()
         self.codebook = codebook
 

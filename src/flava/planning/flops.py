@@ -85,7 +85,9 @@ def flop_counter(display: bool = False) -> Any:
     def forward(q: Any, k: Any, v: Any, *args: Any, out_shape: Any = None, **kw: Any) -> int:
         return sdpa_flop_count(q, k, v)
 
-    def backward(g: Any, q: Any, k: Any, v: Any, *args: Any, out_shape: Any = None, **kw: Any):
+    def backward(
+        g: Any, q: Any, k: Any, v: Any, *args: Any, out_shape: Any = None, **kw: Any
+    ) -> Any:
         return sdpa_backward_flop_count(g, q, k, v)
 
     aten = torch.ops.aten

@@ -75,9 +75,9 @@ def activation_bytes(
     cb = config.codebook
     side = DOWNSAMPLE * i.grid_size
     out["codebook_transient"] = 4 * b * cb.hidden_size * side * side * 4
-    kept = out["layers"] + out["other"] + heads + out.get("recomputed_layer", 0)
+    held = out["layers"] + out["other"] + heads + out.get("recomputed_layer", 0)
     # The codebook's targets are computed before any encoder runs (objectives.pretraining).
-    out["total"] = max(kept + out["transient"], out["codebook_transient"])
+    out["total"] = max(held + out["transient"], out["codebook_transient"])
     return out
 
 
@@ -90,6 +90,10 @@ def memory_per_gpu(
     trainable, codebook = counts["trainable"], counts["codebook"]
     mixed = precision == "bf16-mixed"
     work = 2 if mixed else 4  # bytes of the weights the matrix products read
+    params: float
+    grads: float
+    optimizer: float
+    buffers: float
     if strategy == "ddp":
         params = work * trainable + 4 * codebook
         grads = 4 * trainable

@@ -16,13 +16,14 @@ one (whose size is the number of scenes); a stream is read only that far.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from dataclasses import replace
+from typing import Any, TypeVar
 
-from omegaconf import DictConfig, OmegaConf
-
-from flava.config import ConfigError
+from flava.config import ConfigError, SourceConfig
+from flava.config.common import EvalCommandConfig, EvalDataConfig
 from flava.data.sources import (
     TYPES,
+    IndexedSource,
     SourceError,
     StreamingSource,
     build,
@@ -43,8 +44,10 @@ NEEDS = {
 }
 """What each evaluation command reads from its source."""
 
+C = TypeVar("C", bound=EvalCommandConfig)
 
-def check_data(cfg: DictConfig, command: str) -> None:
+
+def check_data(cfg: EvalCommandConfig, command: str) -> None:
     """The evaluation loaders' data checks, before any work (one line each): data.source sets
     only fields of its type, the section translates into a source, and that source's type
     holds what `command` reads."""
@@ -59,17 +62,17 @@ def check_data(cfg: DictConfig, command: str) -> None:
         )
 
 
-def validator(validate: Callable[[DictConfig], None], command: str) -> Callable[[DictConfig], None]:
+def validator(validate: Callable[[C], None], command: str) -> Callable[[C], None]:
     """An evaluation command's loader checks: its schema's `validate`, then `check_data`."""
 
-    def checks(cfg: DictConfig) -> None:
+    def checks(cfg: C) -> None:
         validate(cfg)
         check_data(cfg, command)
 
     return checks
 
 
-def validation_of(entry: DictConfig, split: str | None) -> DictConfig | None:
+def validation_of(entry: SourceConfig, split: str | None) -> SourceConfig | None:
     """The validation split `split` of `entry`, or None when it is carved out of the training
     split: the data has no such split, or it is a torchvision set other than RenderedSST2 (whose
     validation data the paper's probes hold out of train)."""
@@ -78,7 +81,7 @@ def validation_of(entry: DictConfig, split: str | None) -> DictConfig | None:
     return split_of(entry, split)
 
 
-def need_split(d: DictConfig, entry: DictConfig, split: str, key: str) -> DictConfig:
+def need_split(d: EvalDataConfig, entry: SourceConfig, split: str, key: str) -> SourceConfig:
     """`split_of(entry, split)`, or one line saying the data has no such split (`key`: the
     setting that names it)."""
     part = split_of(entry, split)
@@ -87,21 +90,23 @@ def need_split(d: DictConfig, entry: DictConfig, split: str, key: str) -> DictCo
     return part
 
 
-def cap_of(d: DictConfig) -> int | None:
+def cap_of(d: EvalDataConfig) -> int | None:
     """The samples read: data.size, except for embedded scenes (data.size is their number)."""
     return None if d.kind == "embedded" else d.size
 
 
-def _where(d: DictConfig, entry: DictConfig) -> str:
+def _where(d: EvalDataConfig, entry: SourceConfig) -> str:
     """How messages name the data: data.source (type, path) or the named kind."""
-    shards = list(entry.shards) if "shards" in entry else []
+    shards = list(entry.shards)
     place = entry.path or entry.key or (shards[0] if shards else "")
     if d.kind == "source":
         return f"data.source ({entry.type} {place})".replace(" )", ")")
     return f"data.kind={d.kind} ({place})" if place else f"data.kind={d.kind}"
 
 
-def read(d: DictConfig, entry: DictConfig, image_size: int, kind: str, command: str) -> Any:
+def read(
+    d: EvalDataConfig, entry: SourceConfig, image_size: int, kind: str, command: str
+) -> IndexedSource | StreamingSource:
     """The source of `entry` for evaluation, checked to hold `kind` samples ("image" or "vl");
     a stream is read whole, or up to data.size. A data.source failure names data.source."""
     try:
@@ -123,8 +128,8 @@ def read(d: DictConfig, entry: DictConfig, image_size: int, kind: str, command: 
 
 
 def labelled_images(
-    d: DictConfig,
-    entry: DictConfig,
+    d: EvalDataConfig,
+    entry: SourceConfig,
     image_size: int,
     command: str,
     like: TaskDataset | None = None,
@@ -137,7 +142,7 @@ def labelled_images(
     that are class numbers), [] when it needs names and has none: class numbers without names
     then fail in one line asking for zero_shot.class_names."""
     if like is not None and like.folder_classes:
-        entry = OmegaConf.merge(entry, {"classes": list(like.folder_classes)})  # type: ignore[assignment]
+        entry = replace(entry, classes=list(like.folder_classes))
     source = read(d, entry, image_size, Kind.image, command)
     space = like.space if like is not None else _class_space(d, entry, source, command, names)
     data = source_task(source, ("image",), "classification", cap_of(d), space)
@@ -145,7 +150,7 @@ def labelled_images(
 
 
 def _class_space(
-    d: DictConfig, entry: DictConfig, source: Any, command: str, given: list[str] | None
+    d: EvalDataConfig, entry: SourceConfig, source: Any, command: str, given: list[str] | None
 ) -> tuple[list[str], Any]:
     """(class names, label -> class) of a source's labels (class numbers: as many classes as
     the data's or the `given` names); one line when it has none."""
@@ -167,20 +172,22 @@ def _class_space(
     return space
 
 
-def captioned_images(d: DictConfig, entry: DictConfig, image_size: int) -> tuple[Any, str | None]:
+def captioned_images(
+    d: EvalDataConfig, entry: SourceConfig, image_size: int
+) -> tuple[Any, str | None]:
     """(the images of `entry` with all their captions, up to data.size, as retrieval ranks them
     (generated scenes: one of each description); the split the source says it read)."""
     source = read(d, entry, image_size, Kind.vl, "retrieval")
     return source.retrieval_set(cap_of(d)), getattr(source, "split", None)
 
 
-def generated(entry: DictConfig) -> bool:
+def generated(entry: SourceConfig) -> bool:
     """Whether the data is generated at the model's image size (embedded scenes): the model
     is loaded first; other data is opened first, so that a missing file fails fast."""
     return entry.type == "embedded"
 
 
-def evaluation_split(d: DictConfig, default: str | None) -> str | None:
+def evaluation_split(d: EvalDataConfig, default: str | None) -> str | None:
     """The split evaluated: data.source.split with data.kind=source (None: the type's own
     evaluation split, or all of the data), else data.split or the command's `default`."""
     if d.kind == "source":
@@ -188,7 +195,7 @@ def evaluation_split(d: DictConfig, default: str | None) -> str | None:
     return d.split or default
 
 
-def read_split(entry: DictConfig, split: str | None) -> tuple[DictConfig, bool]:
+def read_split(entry: SourceConfig, split: str | None) -> tuple[SourceConfig, bool]:
     """(the entry to read, whether it is split `split`): the split where the data has it, else
     the data as it is."""
     part = split_of(entry, split)

@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
 from PIL import Image
 
+from flava.config import EvaluationConfig, RunConfig, SourceConfig
 from flava.data.sources import SAMPLE_ERRORS, BadSample, Sample, SkipLog, SourceError
 from flava.data.sources.factory import checked_source
 from flava.data.transforms import ImageTransform
@@ -109,7 +109,7 @@ def _check_label(label: int | None, num_classes: int | None) -> None:
 
 
 def retrieval_set(
-    entries: Sequence[DictConfig],
+    entries: Sequence[SourceConfig],
     count: int,
     image_size: int,
     transform: ImageTransform,
@@ -131,7 +131,7 @@ def _where(kind: str, index: int) -> str:
     return f"datasets.{kind}.val[{index}]"
 
 
-def _built(entry: DictConfig, image_size: int, kind: str, index: int) -> Any:
+def _built(entry: SourceConfig, image_size: int, kind: str, index: int) -> Any:
     return checked_source(entry, "val", image_size, kind, f"{_where(kind, index)} ({entry.type})")
 
 
@@ -144,7 +144,7 @@ def dataset_classes(source: Any) -> tuple[list[str], str] | None:
     return (list(names), "huggingface") if names else None
 
 
-def names_and_templates(source: Any, ev: DictConfig) -> tuple[list[str], list[str]] | None:
+def names_and_templates(source: Any, ev: EvaluationConfig) -> tuple[list[str], list[str]] | None:
     """Class names in label order and prompt templates for a labelled image source (`ev`:
     training.evaluation), or None when neither the data nor the settings name its classes."""
     from flava.tasks.run import read_json_list
@@ -159,8 +159,8 @@ def names_and_templates(source: Any, ev: DictConfig) -> tuple[list[str], list[st
 
 
 def zero_shot_sets(
-    entries: Sequence[DictConfig],
-    ev: DictConfig,
+    entries: Sequence[SourceConfig],
+    ev: EvaluationConfig,
     image_size: int,
     transform: ImageTransform,
     skips: SkipLog,
@@ -179,7 +179,9 @@ def zero_shot_sets(
         names, templates = found
         got = collect(source, Kind.image, ev.num_samples, transform, skips, where, len(names))
         if got:
-            images, labels = [im for im, _ in got], [int(s.label) for _, s in got]
+            # (collect keeps samples of one of the classes only: each has its label)
+            images = [im for im, s in got if s.label is not None]
+            labels = [s.label for _, s in got if s.label is not None]
             sets.append(EvaluationSet(images, [], labels, names, templates, name=f"val{i}"))
     if len(sets) == 1:
         sets[0].name = ""
@@ -187,7 +189,7 @@ def zero_shot_sets(
 
 
 def evaluation_sets(
-    cfg: DictConfig, image_size: int, transform: ImageTransform
+    cfg: RunConfig, image_size: int, transform: ImageTransform
 ) -> tuple[list[EvaluationSet], dict[str, int]]:
     """The evaluation sets of a run and their counts (eval/... keys: sizes, skipped by reason)."""
     ev, d = cfg.training.evaluation, cfg.datasets

@@ -13,13 +13,13 @@ run saves its best classifier with `save_finetuned` and `load_finetuned` reads i
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
-from omegaconf import DictConfig
-
 from flava.checkpoints.finetuned import load_finetuned, save_finetuned
-from flava.config import ConfigError, validate_finetune
-from flava.data.sources import build
+from flava.config import ConfigError, FinetuneConfig, SourceConfig, validate_finetune
+from flava.config.finetune import FinetuneDataConfig, SplitConfig
+from flava.data.sources import IndexedSource, StreamingSource, build
 from flava.tasks.named_kinds import source_of
 from flava.tasks.task_data import (
     DatasetUnavailable,
@@ -36,7 +36,7 @@ log = logging.getLogger("flava")
 # data
 
 
-def expected_task(d: DictConfig) -> tuple[str | None, str | None]:
+def expected_task(d: FinetuneDataConfig) -> tuple[str | None, str | None]:
     """(modality, task type) a dataset kind calls for (None: either)."""
     if d.kind == "embedded":
         name = d.name or "image"
@@ -56,7 +56,7 @@ def expected_task(d: DictConfig) -> tuple[str | None, str | None]:
     return "multimodal", "classification"
 
 
-def validate_config(cfg: DictConfig) -> None:
+def validate_config(cfg: FinetuneConfig) -> None:
     """The fine-tuning loader's checks: the schema's values, then `data.source` setting only
     fields of its type (one-line ConfigError)."""
     from flava.data.sources import check_fields
@@ -65,7 +65,7 @@ def validate_config(cfg: DictConfig) -> None:
     check_fields(cfg.data.source, "data.source")
 
 
-def check_task(cfg: DictConfig) -> None:
+def check_task(cfg: FinetuneConfig) -> None:
     """The task section must fit the dataset (one-line ConfigError otherwise)."""
     modality, kind = expected_task(cfg.data)
     what = f"data.kind={cfg.data.kind}" + (f" data.name={cfg.data.name}" if cfg.data.name else "")
@@ -75,7 +75,7 @@ def check_task(cfg: DictConfig) -> None:
         raise ConfigError(f"task.type={cfg.task.type!r} is invalid: {what} needs {kind}")
 
 
-def _split_prefixes(d: DictConfig) -> list[str]:
+def _split_prefixes(d: FinetuneDataConfig) -> list[str]:
     prefixes = ["val"]
     for split in list(d.val)[1:]:
         prefixes.append(f"val_{split.label or split.name}")
@@ -87,7 +87,7 @@ def _split_prefixes(d: DictConfig) -> list[str]:
 NEEDS = {"text": ("text",), "image": ("image",), "multimodal": ("image", "text")}
 
 
-def _entries(d: DictConfig, splits: list[Any]) -> list[DictConfig]:
+def _entries(d: FinetuneDataConfig, splits: list[SplitConfig]) -> list[SourceConfig]:
     """Each split's source config (`flava.tasks.named_kinds.source_of`): data.source with the
     split's name and path, or the named kind's translation."""
     entries = []
@@ -109,7 +109,7 @@ def _entries(d: DictConfig, splits: list[Any]) -> list[DictConfig]:
     return entries
 
 
-def _read(d: DictConfig, entry: DictConfig, n: int) -> Any:
+def _read(d: FinetuneDataConfig, entry: SourceConfig, n: int) -> IndexedSource | StreamingSource:
     """The source of split `n` (a data.source failure names data.source)."""
     try:
         return build(entry, "train" if n == 0 else "val", whole=True)
@@ -119,7 +119,9 @@ def _read(d: DictConfig, entry: DictConfig, n: int) -> Any:
         raise type(exc)(f"data.source ({entry.type} {entry.path or entry.key}): {exc}") from None
 
 
-def _source_sets(cfg: DictConfig, entries: list[DictConfig], splits: list[Any]) -> list[Any]:
+def _source_sets(
+    cfg: FinetuneConfig, entries: list[SourceConfig], splits: list[SplitConfig]
+) -> list[Any]:
     """Each split read through its source; labels by the training split's source type (the
     validation splits use its classes), VQA's answers by the training split's."""
     d, k = cfg.data, cfg.task
@@ -127,7 +129,7 @@ def _source_sets(cfg: DictConfig, entries: list[DictConfig], splits: list[Any]) 
     vocab: list[str] = []
     for n, (entry, split) in enumerate(zip(entries, splits, strict=True)):
         if entry.type == "image_folder" and sets:
-            entry.classes = list(sets[0].folder_classes or [])
+            entry = replace(entry, classes=list(sets[0].folder_classes or []))
         source = _read(d, entry, n)
         if k.type == "vqa":
             vocab = vocab or answer_vocabulary(source.labels(), d.answer_vocab_size)
@@ -138,7 +140,7 @@ def _source_sets(cfg: DictConfig, entries: list[DictConfig], splits: list[Any]) 
     return sets
 
 
-def _carve_validation(cfg: DictConfig, train: Any) -> tuple[Any, Any]:
+def _carve_validation(cfg: FinetuneConfig, train: Any) -> tuple[Any, Any]:
     """(train, val): a seeded share data.val_fraction of the training set held out."""
     import numpy as np
 
@@ -151,7 +153,7 @@ def _carve_validation(cfg: DictConfig, train: Any) -> tuple[Any, Any]:
 
 
 def build_datasets(
-    cfg: DictConfig, image_size: int
+    cfg: FinetuneConfig, image_size: int
 ) -> tuple[Any, list[tuple[str, Any]], list[str], int]:
     """(train set, [(metric prefix, validation set)], class names / answers, outputs)."""
     d = cfg.data
@@ -161,7 +163,10 @@ def build_datasets(
     entries = _entries(d, splits)
     if d.kind == "embedded":  # the scenes' three tasks (image, pair, vqa) on the scenes' split
         task = d.name or "image"
-        sets = [SceneTask(task, e.split, e.size, image_size, e.seed) for e in entries]
+        sets = [
+            SceneTask(task, e.split or s.name, e.size, image_size, e.seed)
+            for e, s in zip(entries, splits, strict=True)
+        ]
     else:
         sets = _source_sets(cfg, entries, splits)
     train, vals = sets[0], sets[1:]

@@ -29,6 +29,8 @@ class VQAAccuracy(torchmetrics.Metric):
 
     higher_is_better = True
     full_state_update = False
+    score: torch.Tensor  # summed soft accuracy (a metric state)
+    total: torch.Tensor  # predictions counted (a metric state)
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -57,6 +59,10 @@ class TaskMetrics(nn.Module):
         self.task_type, self.num_outputs = task_type, num_outputs
         self.metrics = nn.ModuleDict({n: self._build(n) for n in names})
 
+    def _metrics(self) -> list[tuple[str, torchmetrics.Metric]]:
+        """(name, metric) of every metric, in order."""
+        return [(n, m) for n, m in self.metrics.items() if isinstance(m, torchmetrics.Metric)]
+
     def _build(self, name: str) -> torchmetrics.Metric:
         c = self.num_outputs
         binary = c == 2
@@ -82,16 +88,16 @@ class TaskMetrics(nn.Module):
         """Add one batch."""
         logits = logits.float()
         if self.task_type == "regression":
-            for m in self.metrics.values():
+            for _, m in self._metrics():
                 m.update(logits[:, 0], targets.float())
             return
         if self.task_type == "vqa":
-            for m in self.metrics.values():
+            for _, m in self._metrics():
                 m.update(logits, targets.float())
             return
         probs = logits.softmax(dim=-1)
         preds = probs.argmax(dim=-1)
-        for name, m in self.metrics.items():
+        for name, m in self._metrics():
             if name == "accuracy" or (name in ("f1", "mcc") and self.num_outputs != 2):
                 m.update(preds, targets)
             elif name == "auroc" and self.num_outputs != 2:
@@ -101,11 +107,11 @@ class TaskMetrics(nn.Module):
 
     def compute(self) -> dict[str, float]:
         """{metric name: value}."""
-        return {name: float(m.compute()) for name, m in self.metrics.items()}
+        return {name: float(m.compute()) for name, m in self._metrics()}
 
     def reset(self) -> None:
         """Clear the accumulated state."""
-        for m in self.metrics.values():
+        for _, m in self._metrics():
             m.reset()
 
 
@@ -125,18 +131,24 @@ def majority_baseline(
                 counts[max(scores, key=scores.get)] += 1
         if not counts:
             return {}
-        top = counts.most_common(1)[0][0]
-        score = lambda t: float(t.get(top, 0.0))  # noqa: E731
-        name = "vqa_accuracy"
+        top, name = counts.most_common(1)[0][0], "vqa_accuracy"
     else:
         top = Counter(int(train.target(i)) for i in range(n)).most_common(1)[0][0]
-        score = lambda t: float(int(t) == top)  # noqa: E731
         name = "accuracy"
     out = {}
     for prefix, ds in vals:
         if len(ds):
-            out[f"{prefix}/{name}"] = sum(score(ds.target(i)) for i in range(len(ds))) / len(ds)
+            hits = sum(_score(ds.target(i), top, task_type) for i in range(len(ds)))
+            out[f"{prefix}/{name}"] = hits / len(ds)
     return out
+
+
+def _score(target: Any, answer: int, task_type: str) -> float:
+    """What always answering `answer` scores on one example: its soft score (VQA: `target` maps
+    answers to scores), else 1 for the right class."""
+    if task_type == "vqa":
+        return float(target.get(answer, 0.0))
+    return float(int(target) == answer)
 
 
 # ---------------------------------------------------------------------------------------------

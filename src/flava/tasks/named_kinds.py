@@ -23,13 +23,16 @@ that reads it with `data.kind=source` (docs/layout.md).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
-
 from flava.config import ConfigError, SourceConfig
+from flava.config.common import EvalDataConfig
+from flava.config.finetune import FinetuneDataConfig, SplitConfig
+from flava.config.loader import from_fields
 from flava.data.sources import image_files, source_type
 from flava.data.sources.glue import GLUE_TASKS
 from flava.data.sources.registry import need_exists
@@ -41,45 +44,64 @@ KARPATHY_FILES = {"coco": "dataset_coco.json", "flickr30k": "dataset_flickr30k.j
 """The Karpathy annotation file of data.kind=coco / flickr30k under data.root."""
 
 Fields = dict[str, Any]
+DataSection = FinetuneDataConfig | EvalDataConfig
+"""A data section that names its data by a kind (fine-tuning's, the evaluation commands')."""
 
 
-def source_of(d: DictConfig, scenes: int | None = None, split: Any = None) -> DictConfig:
+def source_of(
+    d: DataSection, scenes: int | None = None, split: SplitConfig | None = None
+) -> SourceConfig:
     """The `SourceConfig` a data section names: data.source for data.kind=source, else the
     named kind's translation (see the module doc); `scenes`: the number of embedded scenes
     (default data.size, else 512); `split`: one fine-tuning split (`SplitConfig`: its name,
     files, size, seed, path), None: the whole data. A named kind missing a key it needs fails in one
     line (`ConfigError`)."""
     if d.kind == "source":
-        fields: Any = d.source
+        entry = copy.deepcopy(d.source)  # the run's config stays as it was given
         if split is not None:
-            fields = OmegaConf.merge(fields, {"split": d.source.split or split.name})
+            entry.split = d.source.split or split.name
             if split.path:
-                fields.path, fields.shards = split.path, []
+                entry.path, entry.shards = split.path, []
             if split.files:  # a layout type's files of this split (vqa, snli_ve, ...)
-                fields.files = dict(split.files)
+                entry.files = dict(split.files)
     else:
         fields = TRANSLATIONS[str(d.kind)](d, split, scenes)
         if split is not None and "split" in source_type(fields["type"]).fields:
             fields.setdefault("split", split.name)
-    entry = OmegaConf.merge(OmegaConf.structured(SourceConfig), fields)
+        entry = from_fields(SourceConfig, fields)
     if split is not None and d.kind == "image_folder":
-        entry = split_of(entry, split.name) or entry  # type: ignore[assignment]
-    return entry  # type: ignore[return-value]
+        entry = split_of(entry, split.name) or entry
+    return entry
 
 
-def _embedded(d: DictConfig, split: Any, scenes: int | None) -> Fields:
+def _evaluation(d: DataSection) -> EvalDataConfig:
+    """`d` as an evaluation command's data section (the kinds only they read)."""
+    if not isinstance(d, EvalDataConfig):
+        raise ConfigError(f"data.kind={d.kind} is read by the evaluation commands only")
+    return d
+
+
+def _finetuning(d: DataSection) -> FinetuneDataConfig:
+    """`d` as fine-tuning's data section (the kinds only it reads)."""
+    if not isinstance(d, FinetuneDataConfig):
+        raise ConfigError(f"data.kind={d.kind} is read by flava.finetune only")
+    return d
+
+
+def _embedded(d: DataSection, split: SplitConfig | None, scenes: int | None) -> Fields:
     if split is not None:
         return {"type": "embedded", "size": split.size or EMBEDDED_SIZE, "seed": split.seed}
-    return {"type": "embedded", "size": scenes or d.size or EMBEDDED_SIZE, "seed": d.seed}
+    e = _evaluation(d)
+    return {"type": "embedded", "size": scenes or e.size or EMBEDDED_SIZE, "seed": e.seed}
 
 
-def _image_folder(d: DictConfig, split: Any, scenes: int | None) -> Fields:
+def _image_folder(d: DataSection, split: SplitConfig | None, scenes: int | None) -> Fields:
     if d.root is None:
         raise ConfigError("data.root is required for image_folder data")
     return {"type": "image_folder", "path": d.root}
 
 
-def _torchvision(d: DictConfig, split: Any, scenes: int | None) -> Fields:
+def _torchvision(d: DataSection, split: SplitConfig | None, scenes: int | None) -> Fields:
     if not d.name:
         raise ConfigError("data.name is required for torchvision data (e.g. cifar10)")
     if d.name not in TORCHVISION_DATASETS:
@@ -90,7 +112,8 @@ def _torchvision(d: DictConfig, split: Any, scenes: int | None) -> Fields:
     return {"type": "torchvision", "key": d.name, "path": d.root, "download": d.download}
 
 
-def _glue(d: DictConfig, split: Any, scenes: int | None) -> Fields:
+def _glue(data: DataSection, split: SplitConfig | None, scenes: int | None) -> Fields:
+    d = _finetuning(data)
     if not d.name:
         raise ConfigError("data.name is required for glue data (e.g. mnli)")
     if d.name not in GLUE_TASKS:
@@ -99,22 +122,25 @@ def _glue(d: DictConfig, split: Any, scenes: int | None) -> Fields:
     return {"type": "glue", "key": d.hf_path, "subset": d.name, "cache_dir": d.cache_dir}
 
 
-def _layout(d: DictConfig, split: Any, scenes: int | None) -> Fields:
+def _layout(d: DataSection, split: SplitConfig | None, scenes: int | None) -> Fields:
     files = dict(split.files) if split is not None else {}
     return {"type": str(d.kind), "path": d.root, "files": files}
 
 
-def _captions(d: DictConfig, split: Any, scenes: int | None) -> Fields:
+def _captions(d: DataSection, split: SplitConfig | None, scenes: int | None) -> Fields:
     if not d.root:
         raise ConfigError("data.root is required for captions data (DIR/captions.jsonl)")
     return {"type": "captions", "path": d.root}
 
 
-def _karpathy(d: DictConfig, split: Any, scenes: int | None) -> Fields:
-    kind = str(d.kind)
-    if not (d.root or d.annotations):
+def _karpathy(data: DataSection, split: SplitConfig | None, scenes: int | None) -> Fields:
+    d, kind = _evaluation(data), str(data.kind)
+    if d.root:
+        root = Path(d.root)
+    elif d.annotations:
+        root = Path(d.annotations).parent
+    else:
         raise ConfigError(f"data.root (or data.annotations) is required for {kind} data")
-    root = Path(d.root or Path(d.annotations).parent)
     annotations = Path(d.annotations) if d.annotations else root / KARPATHY_FILES[kind]
     image_root = Path(d.image_root) if d.image_root else root
     if not d.image_root and kind == "flickr30k" and (root / "flickr30k-images").is_dir():
@@ -122,7 +148,7 @@ def _karpathy(d: DictConfig, split: Any, scenes: int | None) -> Fields:
     return {"type": "karpathy", "path": str(annotations), "image_root": str(image_root)}
 
 
-TRANSLATIONS: dict[str, Callable[[DictConfig, Any, int | None], Fields]] = {
+TRANSLATIONS: dict[str, Callable[[DataSection, SplitConfig | None, int | None], Fields]] = {
     "embedded": _embedded,
     "image_folder": _image_folder,
     "torchvision": _torchvision,
@@ -142,18 +168,18 @@ def holds_class_folders(folder: Path) -> bool:
     return any(c.is_dir() and image_files(c) for c in folder.iterdir())
 
 
-def split_of(entry: DictConfig, split: str | None) -> DictConfig | None:
+def split_of(entry: SourceConfig, split: str | None) -> SourceConfig | None:
     """`entry` narrowed to its split `split`, or None when the data has no split of that name
     (read it as it is). An image folder with neither `<path>/<split>` nor class folders of its
     own fails in one line naming `<path>/<split>`."""
     if not split:
         return None
     if "split" in source_type(entry.type).fields:
-        return OmegaConf.merge(entry, {"split": split})  # type: ignore[return-value]
+        return replace(entry, split=split)
     if entry.type == "image_folder" and entry.path:
         folder = Path(entry.path).expanduser()
         if (folder / split).is_dir():
-            return OmegaConf.merge(entry, {"path": str(folder / split)})  # type: ignore[return-value]
+            return replace(entry, path=str(folder / split))
         if not (folder.is_dir() and holds_class_folders(folder)):
             need_exists(folder / split, "image folder")
     return None

@@ -13,7 +13,8 @@ are gathered back in item order, so every process holds what one process would h
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -184,7 +185,10 @@ def _add_counts(skips: SkipLog, counts: dict[str, int]) -> None:
             skips.counts[reason] = skips.counts.get(reason, 0) + n
 
 
-def _progress(iterable, enabled: bool, what: str):
+T = TypeVar("T")
+
+
+def _progress(iterable: Iterable[T], enabled: bool, what: str) -> Iterable[T]:
     if not enabled:
         return iterable
     from tqdm import tqdm

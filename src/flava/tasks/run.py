@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
 
-from flava.config import ConfigError, make_directory, to_yaml
-from flava.data.prompts import read_json_list  # noqa: F401  (the commands read it from here)
+from flava.config import ConfigError, ModelConfig, make_directory, to_yaml
+from flava.config.common import EvalCommandConfig
+from flava.data.prompts import read_json_list as read_json_list  # the commands read it here
+from flava.model.flava import FlavaModel
 
 log = logging.getLogger("flava")
 
@@ -49,7 +50,7 @@ def processes(device: torch.device) -> Iterator[torch.device]:
         yield device
         return
     if device.type == "cuda":
-        if device.index is None:
+        if str(device) == "cuda":  # no index given (torch's stubs type `index` as int)
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
@@ -80,10 +81,9 @@ def rank_zero_value(value: Any) -> Any:
     return box[0]
 
 
-def load_flava(mcfg: Any, seed: int = 0) -> Any:
+def load_flava(mcfg: ModelConfig, seed: int = 0) -> FlavaModel:
     """FlavaModel from model.pretrained_model_key (any from_pretrained source) or a preset."""
     from flava.checkpoints.loading import from_pretrained
-    from flava.model.flava import FlavaModel
     from flava.model.presets import preset
 
     if mcfg.pretrained_model_key:
@@ -97,7 +97,7 @@ def load_flava(mcfg: Any, seed: int = 0) -> Any:
     return FlavaModel(preset(mcfg.preset))
 
 
-def model_tag(mcfg: Any, seed: int = 0) -> str:
+def model_tag(mcfg: ModelConfig, seed: int = 0) -> str:
     """What identifies the weights: the resolved path (with file times) or preset + seed."""
     key = mcfg.pretrained_model_key
     if not key:
@@ -117,7 +117,7 @@ def model_tag(mcfg: Any, seed: int = 0) -> str:
     return f"key:{key}"
 
 
-def check_skipped(cfg: DictConfig, metrics: dict[str, Any], skips: Any, read: int) -> None:
+def check_skipped(cfg: EvalCommandConfig, metrics: dict[str, Any], skips: Any, read: int) -> None:
     """Write metrics.json and stop (DataError, exit 1) when too many samples were bad."""
     from flava.data.sources.errors import DataError
     from flava.data.sources.skips import skip_metrics, too_many_skipped
@@ -129,7 +129,7 @@ def check_skipped(cfg: DictConfig, metrics: dict[str, Any], skips: Any, read: in
         raise DataError(f"{reason}; fix the data or raise data.max_skipped_fraction")
 
 
-def save_results(run_dir: str | Path, cfg: DictConfig, metrics: dict[str, Any]) -> Path:
+def save_results(run_dir: str | Path, cfg: object, metrics: dict[str, Any]) -> Path:
     """config.yaml + metrics.json (sorted keys) in the run directory (rank 0 writes them)."""
     if not is_rank_zero():
         return Path(run_dir)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flava.config.evaluate import Group, TaskSpec
+from flava.config.evaluate import EvaluateConfig, Group, TaskSpec
 
 log = logging.getLogger("flava")
 
@@ -122,11 +122,9 @@ def load_result(out: Path, name: str) -> TaskResult | None:
     return result if result.status == "ok" else None
 
 
-def selected_tasks(cfg: Any) -> list[TaskSpec]:
+def selected_tasks(cfg: EvaluateConfig) -> list[TaskSpec]:
     """The suite's tasks as `TaskSpec`s, restricted to `only` when it is set."""
-    from omegaconf import OmegaConf
-
-    tasks = [TaskSpec(**OmegaConf.to_container(t)) for t in cfg.tasks]
+    tasks = list(cfg.tasks)
     if cfg.only:
         wanted = set(cfg.only)
         tasks = [t for t in tasks if t.name in wanted]
@@ -178,7 +176,8 @@ def average_rows(results: Sequence[TaskResult]) -> list[list[str]]:
             over = f"{ran} task{'' if ran == 1 else 's'}" + (
                 f"; missing: {', '.join(left)}" if left else ""
             )
-        diff = None if ours[group] is None else ours[group] - PAPER_AVERAGES[group]
+        average = ours[group]
+        diff = None if average is None else average - PAPER_AVERAGES[group]
         rows.append(
             [
                 f"average {group}",

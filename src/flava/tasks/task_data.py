@@ -21,15 +21,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from omegaconf import OmegaConf
-
 from flava.config import ConfigError, SourceConfig
+from flava.config.loader import from_fields
 from flava.data import sources
 from flava.data.sources import (
     BadSample,
     IndexedSource,
     Sample,
     SourceError,
+    StreamingSource,
     decode_image,
 )
 from flava.data.sources.labels import LabelSpace, space_of
@@ -81,10 +81,9 @@ class TaskDataset:
         )
 
 
-def read_source(role: str = "train", **fields: Any) -> IndexedSource:
+def read_source(role: str = "train", **fields: Any) -> IndexedSource | StreamingSource:
     """The source of these `SourceConfig` fields, read by index (a streamed one whole)."""
-    cfg = OmegaConf.merge(OmegaConf.structured(SourceConfig), fields)
-    return sources.build(cfg, role, whole=True)  # type: ignore[return-value]
+    return sources.build(from_fields(SourceConfig, fields), role, whole=True)
 
 
 def named_task(
@@ -97,12 +96,12 @@ def named_task(
 
     size = keys.pop("size", None)
     classes = keys.pop("classes", None)
-    d = OmegaConf.merge(OmegaConf.structured(FinetuneDataConfig), {"kind": kind, **keys})
-    entry = source_of(d, split=OmegaConf.structured(SplitConfig(name=split)))  # type: ignore[arg-type]
+    d = from_fields(FinetuneDataConfig, {"kind": kind, **keys})
+    entry = source_of(d, split=SplitConfig(name=split))
     if classes:
-        entry.classes = list(classes)
+        entry = replace(entry, classes=list(classes))
     source = sources.build(entry, "train", whole=True)
-    return source_task(source, needs, task_type, size)  # type: ignore[arg-type]
+    return source_task(source, needs, task_type, size)
 
 
 def glue_dataset(task: str, split: str, size: int | None = None) -> TaskDataset:
@@ -140,7 +139,7 @@ def task_sample(sample: Sample, needs: Sequence[str], to_target: Callable[[Any],
 
 
 def source_task(
-    source: IndexedSource,
+    source: IndexedSource | StreamingSource,
     needs: Sequence[str],
     task_type: str = "classification",
     size: int | None = None,
@@ -245,7 +244,9 @@ def answer_vocabulary(answer_lists: Sequence[Sequence[str]], size: int) -> list[
     return [a for a, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:size]]
 
 
-def vqa_task(source: IndexedSource, vocab: list[str], size: int | None = None) -> TaskDataset:
+def vqa_task(
+    source: IndexedSource | StreamingSource, vocab: list[str], size: int | None = None
+) -> TaskDataset:
     """A VQAv2 split (a `vqa` source) with soft answer scores over `vocab`."""
     index = {a: i for i, a in enumerate(vocab)}
     answers = source.labels()

@@ -8,20 +8,22 @@ class names and templates of a dataset: `flava.data.prompts`.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
 
-from flava.data.prompts import (  # noqa: F401  (their home was here; importable as before)
-    DEFAULT_TEMPLATES,
-    imagenet_classnames,
-    imagenet_templates,
-    is_imagenet_style,
-    prompts,
-)
+# (their home was here: importable from here as before)
+from flava.data.prompts import DEFAULT_TEMPLATES as DEFAULT_TEMPLATES
+from flava.data.prompts import imagenet_classnames as imagenet_classnames
+from flava.data.prompts import imagenet_templates as imagenet_templates
+from flava.data.prompts import is_imagenet_style as is_imagenet_style
+from flava.data.prompts import prompts
 from flava.model.flava import FlavaModel
 from flava.tasks.retrieval import embed_texts
+
+if TYPE_CHECKING:
+    from flava.config import ZeroShotRunConfig
 
 
 @torch.no_grad()
@@ -43,7 +45,7 @@ def class_embeddings(
 
 
 def class_names_and_templates(
-    cfg: DictConfig, dataset_classes: list[str], kind: str | None = None
+    cfg: ZeroShotRunConfig, dataset_classes: list[str], kind: str | None = None
 ) -> tuple[list[str], list[str]]:
     """`prompts` of a zero-shot command: its zero_shot.class_names / templates; `kind`: the
     source type the classes come from (default cfg.data.kind)."""

@@ -15,8 +15,8 @@ from typing import Any
 
 import lightning as L
 import torch
-from omegaconf import DictConfig
 
+from flava.config import RunConfig
 from flava.config.pretraining import kind_text_length
 from flava.data.tokenizer import FlavaTokenizer
 from flava.data.transforms import ImageTransform
@@ -89,8 +89,12 @@ class ZeroShotEvaluation(L.Callback):
         self.history: list[dict[str, float]] = []
 
     def _evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
+        from flava.training.module import FlavaPretrainingModule
         from flava.training.sharding import gathered
 
+        if not isinstance(pl_module, FlavaPretrainingModule):
+            name = type(pl_module).__name__
+            raise TypeError(f"zero-shot evaluation needs a FlavaPretrainingModule, not {name}")
         metrics: dict[str, float] = {}
         for data in self.sets:
             with gathered(pl_module):  # projections of a sharded root, outside its forward
@@ -139,7 +143,7 @@ class ZeroShotEvaluation(L.Callback):
 
 
 def build_evaluation(
-    cfg: DictConfig, image_size: int, tokenizer: FlavaTokenizer, transform: ImageTransform
+    cfg: RunConfig, image_size: int, tokenizer: FlavaTokenizer, transform: ImageTransform
 ) -> ZeroShotEvaluation | None:
     """The evaluation callback of a pretraining run, or None when disabled or nothing to use."""
     ev = cfg.training.evaluation

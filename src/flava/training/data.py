@@ -10,9 +10,8 @@ from typing import Any
 
 import lightning as L
 import torch
-from omegaconf import DictConfig
 
-from flava.config import ConfigError
+from flava.config import ConfigError, RunConfig, SourceConfig
 from flava.config.pretraining import kind_text_length, kind_whole_word_masking
 from flava.data.batch import PretrainingBatch
 from flava.data.mixing import (
@@ -34,22 +33,22 @@ from flava.objectives.pretraining import CONTRASTIVE_INPUTS
 log = logging.getLogger("flava")
 
 
-def _where(kind: str, role: str, index: int, entry: DictConfig) -> str:
+def _where(kind: str, role: str, index: int, entry: SourceConfig) -> str:
     name = entry.key or entry.path or (entry.shards[0] if entry.shards else "")
     return f"datasets.{kind}.{role}[{index}] ({entry.type}{' ' + str(name) if name else ''})"
 
 
-def check_source_fields(cfg: DictConfig) -> None:
+def check_source_fields(cfg: RunConfig) -> None:
     """Every dataset entry of every kind sets only fields of its type (one-line SourceError)."""
     from flava.data import sources
 
     for kind in KINDS:
         for role in ("train", "val"):
-            for i, entry in enumerate(cfg.datasets[kind][role]):
+            for i, entry in enumerate(cfg.datasets.of(kind).entries(role)):
                 sources.check_fields(entry, f"datasets.{kind}.{role}[{i}]")
 
 
-def check_sources(cfg: DictConfig) -> None:
+def check_sources(cfg: RunConfig) -> None:
     """Fail within seconds, with one line, if a configured dataset cannot be reached.
 
     First every entry's fields (`check_source_fields`); then every selected kind's train and
@@ -64,7 +63,7 @@ def check_sources(cfg: DictConfig) -> None:
         if kind not in d.selected:
             continue
         for role in ("train", "val"):
-            for i, entry in enumerate(d[kind][role]):
+            for i, entry in enumerate(d.of(kind).entries(role)):
                 try:
                     sources.check(entry)
                 except ConfigError as exc:
@@ -75,7 +74,7 @@ class PretrainingData(L.LightningDataModule):
     """Mixed-kind training batches and fixed validation batches per kind."""
 
     def __init__(
-        self, cfg: DictConfig, model_config: FlavaConfig, codebook_size: int | None
+        self, cfg: RunConfig, model_config: FlavaConfig, codebook_size: int | None
     ) -> None:
         super().__init__()
         self.cfg = cfg
@@ -92,7 +91,6 @@ class PretrainingData(L.LightningDataModule):
         masker = BlockMaskGenerator.for_image(
             image.image_size, image.patch_size, num_masking_patches=d.image_mask_patches
         )
-        common = dict(image_size=image.image_size, codebook_size=codebook_size)
         lengths = {k: kind_text_length(d, k) for k in (Kind.text, Kind.vl)}
         whole_words = {k: kind_whole_word_masking(d, k) for k in (Kind.text, Kind.vl)}
         positions = model_config.text.max_position_embeddings
@@ -100,7 +98,7 @@ class PretrainingData(L.LightningDataModule):
             if length > positions:
                 key = (
                     f"datasets.{kind}.text_max_length"
-                    if d[kind].text_max_length
+                    if d.of(kind).text_max_length
                     else "datasets.text_max_length"
                 )
                 raise ConfigError(
@@ -109,7 +107,9 @@ class PretrainingData(L.LightningDataModule):
                 )
         self.train_builder = BatchBuilder(
             self.tokenizer,
-            image_transform("pretrain", scale=tuple(d.crop_scale), **common),
+            image_transform(
+                "pretrain", image.image_size, codebook_size, (d.crop_scale[0], d.crop_scale[1])
+            ),
             masker,
             lengths,
             d.mlm_probability,
@@ -117,16 +117,16 @@ class PretrainingData(L.LightningDataModule):
         )
         self.val_builder = BatchBuilder(
             self.tokenizer,
-            image_transform("eval", **common),
+            image_transform("eval", image.image_size, codebook_size),
             masker,
             lengths,
             d.mlm_probability,
             whole_words,
         )
-        self._streams: dict[str, dict[str, Stream]] = {}
+        self._streams: dict[str, dict[Kind, Stream]] = {}
         check_sources(cfg)  # unreachable data fails here, before any data is read
 
-    def streams(self, role: str) -> dict[str, Stream]:
+    def streams(self, role: str) -> dict[Kind, Stream]:
         """The configured streams per kind for "train" or "val" (built once)."""
         if role not in self._streams:
             d = self.cfg.datasets
@@ -135,7 +135,7 @@ class PretrainingData(L.LightningDataModule):
             for kind in KINDS:
                 if kind not in d.selected:
                     continue
-                entries = d[kind][role]
+                entries = d.of(kind).entries(role)
                 if not entries:
                     continue
                 sources = []
@@ -152,7 +152,7 @@ class PretrainingData(L.LightningDataModule):
             return 0, 1
         return trainer.global_rank, trainer.world_size
 
-    def train_dataloader(self) -> torch.utils.data.DataLoader:
+    def train_dataloader(self) -> torch.utils.data.DataLoader | AccumulationWindows:
         t, d = self.cfg.training, self.cfg.datasets
         rank, world = self._rank()
         dataset = MixedBatches(

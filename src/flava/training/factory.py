@@ -13,15 +13,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Any
 
 import torch
-from omegaconf import DictConfig
 
 from flava.checkpoints.init_from import format_init_reports, init_from
 from flava.checkpoints.io import KMEANS_FILE, CheckpointError, load_kmeans
 from flava.checkpoints.loading import from_pretrained
-from flava.config import ConfigError
+from flava.config import ConfigError, PretrainingModelConfig
+from flava.config.pretraining import InitFrom
 from flava.model.codebook import ImageCodebook
 from flava.model.config import FlavaConfig
 from flava.model.flava import FlavaForPreTraining
@@ -31,14 +30,14 @@ from flava.objectives.targets import KMeansCodebook
 log = logging.getLogger(__name__)
 
 
-def mim_target_kind(mcfg: DictConfig) -> str:
+def mim_target_kind(mcfg: PretrainingModelConfig) -> str:
     """ "dalle" or "kmeans" for this model config (auto: dalle when weights are given)."""
     if mcfg.mim_target != "auto":
         return mcfg.mim_target
     return "dalle" if (mcfg.codebook or mcfg.pretrained_model_key) else "kmeans"
 
 
-def check_codebook(mcfg: DictConfig) -> None:
+def check_codebook(mcfg: PretrainingModelConfig) -> None:
     """Before any work: DALL-E targets' codebook weights are at hand (a file or directory, the
     `dalle` key's encoder.pkl, a pretrained key cached or reachable), else one line."""
     from flava.checkpoints.loading import resolve_source
@@ -70,16 +69,16 @@ def preset_config(name: str, image_vocab_size: int, codebook: ImageCodebook | No
 
 
 def build_pretraining_model(
-    mcfg: DictConfig, initialise: bool = True
+    mcfg: PretrainingModelConfig, initialise: bool = True
 ) -> tuple[FlavaForPreTraining, KMeansCodebook | None]:
     """The pretraining model (preset or pretrained) and, for k-means targets, the codebook;
     `initialise=False` (a resumed run, whose checkpoint holds the weights) skips init_from."""
     target = mim_target_kind(mcfg)
     if mcfg.pretrained_model_key:
-        model, target = _load_pretrained(mcfg, target)
+        model, target = _load_pretrained(mcfg, mcfg.pretrained_model_key, target)
     else:
         model = _build_preset(mcfg, target)
-    entries = list(mcfg.get("init_from") or []) if initialise else []
+    entries = list(mcfg.init_from) if initialise else []
     apply_init_from(model, entries)
     if mcfg.activation_checkpointing:
         for enc in (
@@ -111,7 +110,7 @@ def _kmeans_state(path: str) -> dict[str, torch.Tensor] | None:
 
 
 def _image_head_codebooks(
-    entries: list[Any], target: str
+    entries: list[InitFrom], target: str
 ) -> list[tuple[str, dict[str, torch.Tensor]]]:
     """(where, k-means state) of each model.init_from entry that fills an image head: its
     target ids mean patches of its own codebook, so that codebook is loaded with it (k-means
@@ -153,35 +152,35 @@ def _load_kmeans(kmeans: KMeansCodebook, state: dict[str, torch.Tensor] | None, 
     log.info("k-means MIM codebook (%d codes) loaded from %s", codes, where)
 
 
-def apply_init_from(model: FlavaForPreTraining, entries: list[Any]) -> None:
+def apply_init_from(model: FlavaForPreTraining, entries: list[InitFrom]) -> None:
     """Apply `model.init_from` entries in order; log one table of filled / unfilled / unused
     keys (a refusal is one line naming the entry)."""
     reports = []
     for i, entry in enumerate(entries):
         try:
-            reports.append(
-                init_from(model, entry.part, entry.path, entry.layout, entry.get("num_heads"))
-            )
+            reports.append(init_from(model, entry.part, entry.path, entry.layout, entry.num_heads))
         except CheckpointError as exc:
             raise CheckpointError(f"model.init_from[{i}] ({entry.part}): {exc}") from None
     if reports:
         log.info("%s", format_init_reports(reports))
 
 
-def _build_preset(mcfg: DictConfig, target: str) -> FlavaForPreTraining:
+def _build_preset(mcfg: PretrainingModelConfig, target: str) -> FlavaForPreTraining:
     """A randomly initialised preset whose image heads fit its MIM targets."""
     if target == "kmeans":
         config = preset_config(mcfg.preset, mcfg.kmeans_codes, None)
         return FlavaForPreTraining(config, codebook=None)
     check_codebook(mcfg)
+    assert mcfg.codebook is not None  # check_codebook refuses DALL-E targets without one
     codebook = from_pretrained(ImageCodebook, mcfg.codebook)
     config = preset_config(mcfg.preset, codebook.config.vocab_size, codebook)
     return FlavaForPreTraining(config, codebook=codebook)
 
 
-def _load_pretrained(mcfg: DictConfig, target: str) -> tuple[FlavaForPreTraining, str]:
-    """The pretrained model and its MIM target kind (k-means when it has no codebook)."""
-    key = mcfg.pretrained_model_key
+def _load_pretrained(
+    mcfg: PretrainingModelConfig, key: str, target: str
+) -> tuple[FlavaForPreTraining, str]:
+    """The pretrained model `key` and its MIM target kind (k-means when it has no codebook)."""
     model = from_pretrained(FlavaForPreTraining, key, codebook=mcfg.codebook)
     if target == "dalle" and model.codebook is None:
         log.warning("no codebook weights with %s: using k-means MIM targets", key)

@@ -17,8 +17,8 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from omegaconf import DictConfig
 
+from flava.config import FinetuneConfig
 from flava.data.batch import FinetuneBatch, ReadTally
 from flava.data.order import epoch_order
 from flava.data.sources import SAMPLE_ERRORS, Sample, SkipLog, robust_read, skip_reason
@@ -53,7 +53,7 @@ class Collator:
             return FinetuneBatch({}, torch.empty(0), tally=tally)
         inputs: dict[str, torch.Tensor] = {}
         if self.modality in ("image", "multimodal"):
-            views = self.transform.batch([e.image for e in examples], generator=generator)
+            views = self.transform.batch([e.decoded_image for e in examples], generator=generator)
             inputs["pixel_values"] = views["pixel_values"]
         if self.modality in ("text", "multimodal"):
             texts = [e.text or "" for e in examples]
@@ -160,7 +160,7 @@ class FinetuneData(L.LightningDataModule):
 
     def __init__(
         self,
-        cfg: DictConfig,
+        cfg: FinetuneConfig,
         train: Any,
         vals: list[tuple[str, Any]],
         train_collate: Collator,

@@ -4,19 +4,22 @@ Its data is `flava.training.finetune_data`."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
 from torch import nn
 
+from flava.config import FinetuneConfig
 from flava.data.batch import FinetuneBatch
 from flava.model.classifier import FlavaClassifier
 from flava.tasks.metrics import TaskMetrics
 from flava.training.counts import SkipCounter
 from flava.training.optim import adamw_with_schedule, check_multipliers, clip_gradients
+
+if TYPE_CHECKING:
+    from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 
 
 def task_loss(logits: torch.Tensor, targets: torch.Tensor, task_type: str) -> torch.Tensor:
@@ -33,7 +36,7 @@ def task_loss(logits: torch.Tensor, targets: torch.Tensor, task_type: str) -> to
 class FinetuneModule(L.LightningModule):
     """Trains the classifier; validation metrics per split, logged as <prefix>/<metric>."""
 
-    def __init__(self, cfg: DictConfig, model: FlavaClassifier, prefixes: list[str]) -> None:
+    def __init__(self, cfg: FinetuneConfig, model: FlavaClassifier, prefixes: list[str]) -> None:
         super().__init__()
         self.cfg, self.model, self.prefixes = cfg, model, prefixes
         # a prefix naming no parameter fails here, before any work
@@ -47,6 +50,12 @@ class FinetuneModule(L.LightningModule):
         self.val_skipped: dict[str, int] = {}  # bad validation examples of the last pass
         self._val_pass: dict[str, int] = {}
         self.stopped: tuple[str, str] | None = None  # (checkpoint stem, one-line reason)
+
+    def task_metrics(self, index: int) -> TaskMetrics:
+        """The metrics of validation set `index`."""
+        metrics = self.metrics[index]
+        assert isinstance(metrics, TaskMetrics)  # (nn.ModuleList holds them for the device)
+        return metrics
 
     def _count_data(self, batch: FinetuneBatch) -> None:
         """Add the batch's skipped examples; stop when too large a fraction of them was bad."""
@@ -83,7 +92,7 @@ class FinetuneModule(L.LightningModule):
             return
         logits = self(batch)
         loss = task_loss(logits, targets, self.cfg.task.type)
-        self.metrics[dataloader_idx].update(logits, targets)
+        self.task_metrics(dataloader_idx).update(logits, targets)
         self.log(
             f"{self.prefixes[dataloader_idx]}/loss",
             loss,
@@ -95,7 +104,8 @@ class FinetuneModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self.val_skipped, self._val_pass = self._val_pass, {}
-        for prefix, metrics in zip(self.prefixes, self.metrics, strict=True):
+        for index, prefix in enumerate(self.prefixes):
+            metrics = self.task_metrics(index)
             for name, value in metrics.compute().items():  # synced across processes
                 self.log(f"{prefix}/{name}", value, add_dataloader_idx=False)
             metrics.reset()
@@ -105,7 +115,7 @@ class FinetuneModule(L.LightningModule):
     ) -> None:
         clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         return adamw_with_schedule(
             self.model.named_parameters(), self.cfg.training, self.device, self.trainer.max_steps
         )

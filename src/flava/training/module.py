@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import lightning as L
 import torch
-from omegaconf import DictConfig
 
 from flava.checkpoints.run_dir import RunDir
+from flava.config import RunConfig
 from flava.data.batch import PretrainingBatch
 from flava.model.flava import FlavaForPreTraining
 from flava.objectives.kinds import Kind
@@ -24,6 +24,9 @@ from flava.objectives.targets import KMeansCodebook
 from flava.training.counts import SkipCounter
 from flava.training.optim import adamw_with_schedule, check_multipliers, clip_gradients
 
+if TYPE_CHECKING:
+    from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
+
 log = logging.getLogger(__name__)
 
 
@@ -31,7 +34,7 @@ class FlavaPretrainingModule(L.LightningModule):
     """Runs the pretraining step per batch kind and logs every loss separately."""
 
     def __init__(
-        self, cfg: DictConfig, model: FlavaForPreTraining, kmeans: KMeansCodebook | None
+        self, cfg: RunConfig, model: FlavaForPreTraining, kmeans: KMeansCodebook | None
     ) -> None:
         """`model` and `kmeans` (k-means MIM codebook or None): `build_pretraining_model`'s."""
         super().__init__()
@@ -59,6 +62,7 @@ class FlavaPretrainingModule(L.LightningModule):
         """MIM target ids [B, N] for a batch holding images."""
         if self.kmeans is not None:
             return self.kmeans(batch["pixel_values"])
+        assert self.model.codebook is not None  # DALL-E targets: the model holds the codebook
         return self.model.codebook.get_codebook_indices(batch["codebook_pixel_values"])
 
     def configure_model(self) -> None:
@@ -67,6 +71,7 @@ class FlavaPretrainingModule(L.LightningModule):
         from flava.training.sharding import ShardedStrategy, compile_layers, shard
 
         if isinstance(self.trainer.strategy, ShardedStrategy):
+            assert self.device_mesh is not None  # the sharded strategy sets it up
             mesh = self.device_mesh["data_parallel"]
             shard(self, self.model, mesh, self.trainer.precision)
         if self.cfg.training.compile is True:  # flava.train resolves "auto" before the run
@@ -126,7 +131,7 @@ class FlavaPretrainingModule(L.LightningModule):
         if self._keys is None:
             self._keys = RunDir(self.cfg.training.run_dir).log_file(self._keys_name)
         tally = batch.tally
-        epochs = tally.epochs or [""] * len(tally.keys)
+        epochs: list[int] | list[str] = tally.epochs or [""] * len(tally.keys)
         for key, epoch in zip(tally.keys, epochs, strict=True):
             self._keys.write(f"{batch.index}\t{batch.kind}\t{key}\t{epoch}\n")
         self._keys.flush()
@@ -180,12 +185,14 @@ class FlavaPretrainingModule(L.LightningModule):
         size = batch.size
         # the mean over processes of each one's loss is the loss of the global batch
         sync = self.trainer.world_size > 1
-        log = {"on_step": True, "batch_size": size, "sync_dist": sync}
         for name, value in out.items():
             if name != "loss":
-                self.log(f"train/{name}", value.detach(), **log)
-        self.log(f"train/loss_{self._kind}", out["loss"].detach(), **log)
-        self.log("train/loss", out["loss"].detach(), prog_bar=True, **log)
+                self.log(
+                    f"train/{name}", value.detach(), on_step=True, batch_size=size, sync_dist=sync
+                )
+        loss = out["loss"].detach()
+        self.log(f"train/loss_{self._kind}", loss, on_step=True, batch_size=size, sync_dist=sync)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, batch_size=size, sync_dist=sync)
         scale = self.model.flava.logit_scale.detach()
         if hasattr(scale, "full_tensor"):  # sharded (FSDP2): gather the one value
             scale = scale.full_tensor()
@@ -257,7 +264,7 @@ class FlavaPretrainingModule(L.LightningModule):
     ) -> None:
         clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         return adamw_with_schedule(
             self.model.named_parameters(), self.cfg.training, self.device, self.trainer.max_steps
         )

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from omegaconf import DictConfig
 
-from flava.config import ConfigError
+from flava.config import ConfigError, TrainingConfig
+
+if TYPE_CHECKING:
+    from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 
 NO_DECAY_SUFFIXES = ("cls_token", "mask_token", "pos_embed")
 
@@ -54,7 +56,8 @@ def decay_groups(
     "all" decays every one; "matrices" skips 1-D tensors (biases, norm weights, the logit
     scale) and names ending in `NO_DECAY_SUFFIXES` (the image / multimodal class tokens, the
     image mask token and position embeddings; the text embeddings are tables, and decayed)."""
-    decay, no_decay = [], []
+    decay: list[tuple[str, torch.nn.Parameter]] = []
+    no_decay: list[tuple[str, torch.nn.Parameter]] = []
     for name, p in named_parameters:
         if not p.requires_grad:
             continue
@@ -87,12 +90,12 @@ def check_multipliers(names: Iterable[str], multipliers: dict[str, float]) -> No
 
 def param_groups(
     named_parameters: Iterable[tuple[str, torch.nn.Parameter]],
-    t: DictConfig,
+    t: TrainingConfig,
 ) -> list[tuple[dict[str, Any], list[tuple[str, torch.nn.Parameter]]]]:
     """AdamW's parameter groups as (options, named parameters), in the optimizer's order: per
     learning-rate multiplier (1 first, then ascending), the decayed then the undecayed ones."""
     named = list(named_parameters)
-    multipliers = dict(t.get("lr_multipliers") or {})
+    multipliers = dict(t.lr_multipliers)
     check_multipliers((n for n, _ in named), multipliers)
     by_multiplier: dict[float, list[tuple[str, torch.nn.Parameter]]] = {}
     for name, p in named:
@@ -109,10 +112,10 @@ def param_groups(
 
 def adamw_with_schedule(
     named_parameters: Iterable[tuple[str, torch.nn.Parameter]],
-    t: DictConfig,
+    t: TrainingConfig,
     device: torch.device,
     max_steps: int | None,
-) -> dict[str, Any]:
+) -> OptimizerLRSchedulerConfig:
     """Lightning's `configure_optimizers` answer: AdamW over the trainable parameters (per
     `training.lr_multipliers`) and the per-step learning-rate schedule of `training.*` (length
     `lr_decay_steps` or `max_steps`)."""
@@ -120,7 +123,7 @@ def adamw_with_schedule(
     optimizer = torch.optim.AdamW(
         [{"params": [p for _, p in params], **options} for options, params in groups],
         lr=t.learning_rate,
-        betas=tuple(t.adam_betas),
+        betas=(t.adam_betas[0], t.adam_betas[1]),
         eps=t.adam_eps,
         # a fused step unscales fp16 gradients itself: Lightning could not clip them first
         fused=(fused_supported(device) and str(t.lightning.precision) != "16-mixed") or None,

@@ -16,17 +16,28 @@ import platform
 import subprocess
 import sys
 from pathlib import Path
+from typing import Literal, get_args
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 
-from flava.config import PRECISIONS, ConfigError
+from flava.config import PRECISIONS, ConfigError, LightningConfig, Precision, RunConfig
+from flava.config.finetune import FinetuneConfig
 
 log = logging.getLogger("flava")
 
 
-LIGHTNING_NAMES = {"32": "32-true", "64": "64-true", "bf16": "bf16-mixed", "16": "16-mixed"}
-"""Short spellings -> the names Lightning uses (it warns about the short ones)."""
+LightningPrecision = Literal["32-true", "64-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true"]
+"""The names Lightning uses for the precisions a run may take."""
+
+LIGHTNING_NAMES: dict[str, LightningPrecision] = {
+    "32": "32-true",
+    "64": "64-true",
+    "bf16": "bf16-mixed",
+    "16": "16-mixed",
+    **{name: name for name in get_args(LightningPrecision)},
+}
+"""Every spelling of a resolved precision -> the name Lightning uses (it warns about the short
+ones)."""
 
 KEY = "training.lightning.precision"
 
@@ -98,7 +109,7 @@ def cuda_features(strategy: str) -> tuple[str, bool | None]:
     return props.name, props.major >= 8 or bool(torch.version.hip)
 
 
-def target_device(lc: DictConfig) -> str:
+def target_device(lc: LightningConfig) -> str:
     """The device kind the run will train on: cuda, cpu, mps, or another accelerator name."""
     name = "gpu" if lc.gpus is not None else str(lc.accelerator).lower()
     if name in ("auto", "gpu"):
@@ -141,13 +152,13 @@ def _cuda_choice(precision: str, kind: str | None, force: bool, strategy: str) -
     )
 
 
-def check_precision(lc: DictConfig) -> str:
+def check_precision(lc: LightningConfig) -> str:
     """training.lightning.precision with `auto` resolved; ConfigError when it does not fit the
     hardware (unless training.lightning.force_precision)."""
     precision = str(lc.precision)
     if precision not in PRECISIONS:
         raise ConfigError(f"{KEY}={precision!r} is invalid: must be one of {', '.join(PRECISIONS)}")
-    kind, force = low_precision_kind(precision), bool(lc.get("force_precision", False))
+    kind, force = low_precision_kind(precision), bool(lc.force_precision)
     device = target_device(lc)
     if device == "cpu":
         return _cpu_choice(precision, kind, force)
@@ -156,14 +167,14 @@ def check_precision(lc: DictConfig) -> str:
     return "32" if precision == "auto" else precision
 
 
-def resolve_precision(cfg: DictConfig) -> DictConfig:
+def resolve_precision(cfg: RunConfig | FinetuneConfig) -> RunConfig | FinetuneConfig:
     """Check training.lightning.precision against the hardware and write the resolved value
     back (before the run directory's config.yaml is saved); returns `cfg`."""
     lc = cfg.training.lightning
     chosen = check_precision(lc)
     if lc.precision == "auto":
         log.info("%s=auto: %s on %s", KEY, chosen, target_device(lc))
-        OmegaConf.update(lc, "precision", chosen)  # a choice field: assigned by its spelling
+        lc.precision = Precision(chosen)
     return cfg
 
 
@@ -198,7 +209,7 @@ def compile_choice(precision: str, device: str, max_steps: int) -> tuple[bool, s
     return False, f"{kind} without native {kind} units on {device}"
 
 
-def resolve_compile(cfg: DictConfig) -> DictConfig:
+def resolve_compile(cfg: RunConfig) -> RunConfig:
     """Resolve `training.compile=auto` for the run's (resolved) precision, device and length,
     log the choice and write it back (before config.yaml is saved); returns `cfg`."""
     t = cfg.training
@@ -210,7 +221,6 @@ def resolve_compile(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
-def lightning_precision(lc: DictConfig) -> str:
+def lightning_precision(lc: LightningConfig) -> LightningPrecision:
     """The `precision` argument of lightning.Trainer (auto resolved, short names expanded)."""
-    chosen = check_precision(lc)
-    return LIGHTNING_NAMES.get(chosen, chosen)
+    return LIGHTNING_NAMES[check_precision(lc)]

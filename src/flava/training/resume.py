@@ -6,12 +6,14 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import lightning as L
 import torch
 
 from flava.checkpoints.run_dir import RunDir, fetch
+
+if TYPE_CHECKING:
+    from flava.training.module import FlavaPretrainingModule
 
 log = logging.getLogger("flava")
 
@@ -63,7 +65,7 @@ def check_group_layout(path: str, groups: list[tuple[dict, list]]) -> dict[str, 
 
 
 def resume_for_strategy(
-    path: str, strategy: str, module: L.LightningModule, run_dir: RunDir
+    path: str, strategy: str, module: FlavaPretrainingModule, run_dir: RunDir
 ) -> str:
     """`path` in the layout the strategy reads: a sharded checkpoint consolidated into one file
     for DDP / one process; a single file's optimizer state keyed by parameter name for `fsdp`

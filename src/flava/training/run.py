@@ -11,10 +11,16 @@ import time
 from typing import Any
 
 import lightning as L
-from omegaconf import DictConfig
 
 from flava.checkpoints.run_dir import RunDir, is_url
-from flava.config import ConfigError, make_directory, to_yaml
+from flava.config import (
+    ConfigError,
+    FinetuneConfig,
+    RunConfig,
+    TrainingConfig,
+    make_directory,
+    to_yaml,
+)
 from flava.config.common import LOGGER_INSTALLS, mlflow_uri
 from flava.data.sources.skips import new_run
 from flava.training.uploads import checkpoint_plugins
@@ -22,7 +28,7 @@ from flava.training.uploads import checkpoint_plugins
 log = logging.getLogger("flava")
 
 
-def prepare_run_dir(cfg: DictConfig) -> RunDir:
+def prepare_run_dir(cfg: RunConfig | FinetuneConfig) -> RunDir:
     """Create the run directory (a local folder or an fsspec URL) and save the resolved config
     as config.yaml; a new run logs each reason of a skipped sample once again."""
     new_run()
@@ -55,7 +61,7 @@ def _strategy(name: str, timeout: float) -> Any:
     return name
 
 
-def _logger(name: str, run_dir: RunDir, t: DictConfig) -> Any:
+def _logger(name: str, run_dir: RunDir, t: TrainingConfig) -> Any:
     """One Lightning logger of training.loggers: CSV and TensorBoard under <run_dir>/logs, wandb
     under <run_dir>/wandb (a local folder: for a remote run directory, the run's scratch folder
     on this machine), MLflow in training.mlflow_tracking_uri (default <run_dir>/mlflow.db)."""
@@ -72,14 +78,15 @@ def _logger(name: str, run_dir: RunDir, t: DictConfig) -> Any:
     return loggers.MLFlowLogger(t.logger_project, run_dir.name, tracking_uri=mlflow_uri(t))
 
 
-def _loggers(run_dir: RunDir, t: DictConfig) -> list[Any]:
+def _loggers(run_dir: RunDir, t: TrainingConfig) -> list[Any]:
     """The loggers of training.loggers, in its order (their packages were checked when the
     config was loaded; one a version Lightning refuses still fails in one line). MLflow's only
     on rank 0: its client opens the store at once, and the ranks of torchrun start together."""
     from lightning.pytorch.utilities import rank_zero_only
 
     names = [str(name) for name in t.loggers]
-    if rank_zero_only.rank != 0:  # only rank 0 logs; the others keep csv for their callbacks
+    rank = getattr(rank_zero_only, "rank", 0)  # Lightning sets it on the function
+    if rank != 0:  # only rank 0 logs; the others keep csv for their callbacks
         names = [name for name in names if name != "mlflow"]
     out = []
     for name in names:
@@ -103,7 +110,9 @@ def finish_wandb() -> None:
         wandb.finish()
 
 
-def build_trainer(cfg: DictConfig, run_dir: RunDir, callbacks: list[L.Callback]) -> L.Trainer:
+def build_trainer(
+    cfg: RunConfig | FinetuneConfig, run_dir: RunDir, callbacks: list[L.Callback]
+) -> L.Trainer:
     """A Lightning Trainer from training.lightning, with training.loggers' logs, checkpoints."""
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 

@@ -20,11 +20,16 @@ import contextlib
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard, cast
 
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
+
+from flava.model.flava import FlavaForPreTraining
+
+if TYPE_CHECKING:
+    from torch.distributed.fsdp import FSDPModule
 
 
 class ShardedStrategy(ModelParallelStrategy):
@@ -83,10 +88,11 @@ class ShardedStrategy(ModelParallelStrategy):
             return super().load_checkpoint(path, weights_only)
         from flava.checkpoints.io import safe_torch_load
 
-        module = self.model
+        module, lightning = self.model, self.lightning_module
+        assert module is not None and lightning is not None  # Lightning loads after set-up
         state = {"state_dict": get_model_state_dict(module)}
         dcp.load(state, checkpoint_id=path)
-        module.load_state_dict(state["state_dict"], strict=self.lightning_module.strict_loading)
+        module.load_state_dict(state["state_dict"], strict=lightning.strict_loading)
         for index, optimizer in enumerate(self.optimizers):
             key = f"optimizer_{index}"
             optim_state = {key: get_optimizer_state_dict(module, optimizer)}
@@ -99,7 +105,7 @@ class ShardedStrategy(ModelParallelStrategy):
         return safe_torch_load(path / META, str(path / META))
 
 
-def is_sharded(module: nn.Module) -> bool:
+def is_sharded(module: nn.Module) -> TypeGuard[FSDPModule]:
     """Whether `fully_shard` has been applied to `module`."""
     from torch.distributed.fsdp import FSDPModule
 
@@ -116,7 +122,7 @@ def mixed_precision(precision: str) -> Any:
     return MixedPrecisionPolicy(param_dtype=half, reduce_dtype=torch.float32)
 
 
-def shard(root: nn.Module, model: nn.Module, mesh: Any, precision: str) -> None:
+def shard(root: nn.Module, model: FlavaForPreTraining, mesh: Any, precision: str) -> None:
     """Apply `fully_shard` per layer, per encoder, per head, then to `root` (which holds `model`,
     a FlavaForPreTraining, and whose forward runs the step). Idempotent."""
     from torch.distributed.fsdp import fully_shard
@@ -137,7 +143,7 @@ def shard(root: nn.Module, model: nn.Module, mesh: Any, precision: str) -> None:
     fully_shard(root, ignored_params=frozen or None, **options)
 
 
-def layers(model: nn.Module) -> list[nn.Module]:
+def layers(model: FlavaForPreTraining) -> list[nn.Module]:
     """The transformer layers of the three encoders of a FlavaForPreTraining."""
     flava = model.flava
     encoders = (flava.image_encoder, flava.text_encoder, flava.multimodal_encoder)
@@ -152,7 +158,7 @@ without (validation), each at a new token count once. Dynamo's default of 8 was 
 steps of the demo in bf16, after which the layers fell back to eager."""
 
 
-def compile_layers(model: nn.Module) -> None:
+def compile_layers(model: FlavaForPreTraining) -> None:
     """`torch.compile` every transformer layer in place (`Module.compile`: the state-dict keys
     stay as they are). Layers of one shape share their compiled code; idempotent."""
     import torch._dynamo
@@ -186,4 +192,5 @@ def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     if not any(is_sharded(m) for m in model.modules()):
         return {k: v.detach().cpu() for k, v in model.state_dict().items()}
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return get_model_state_dict(model, options=options)
+    # full and offloaded: plain CPU tensors (no DTensor / ShardedTensor values)
+    return cast(dict[str, torch.Tensor], get_model_state_dict(model, options=options))

@@ -62,8 +62,9 @@ def together(wait: float | None = None) -> Iterator[None]:
         yield
         return
     group = None
-    if wait is not None:
-        group = dist.new_group(backend="gloo", timeout=timedelta(seconds=wait))
+    if wait is not None:  # every process is a member: a group, not NON_GROUP_MEMBER
+        made = dist.new_group(backend="gloo", timeout=timedelta(seconds=wait))
+        group = made if isinstance(made, dist.ProcessGroup) else None
     yield
     dist.barrier(group=group)
     if group is not None:

@@ -7,6 +7,9 @@ deterministic per ``(seed, split, index)``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TypeVar
+
 import numpy as np
 
 from flava.data.scenes.attributes import (
@@ -79,7 +82,10 @@ ZERO_SHOT_TEMPLATES: list[str] = [
 NUM_CAPTIONS = 4
 
 
-def pick(rng: np.random.Generator, options: tuple[str, ...] | list[str]) -> str:
+T = TypeVar("T")
+
+
+def pick(rng: np.random.Generator, options: Sequence[T]) -> T:
     """Uniformly choose one of ``options``."""
     return options[int(rng.integers(len(options)))]
 
@@ -213,6 +219,7 @@ def write_question(
         colour, shape = _false_object(rng, objects)
         return f"is there {_article(f'{colour} {shape}')}?", "no"
     # Two objects: relations of "other" relative to "obj".
+    assert relation is not None  # the relation kinds are drawn only for two objects
     index = objects.index(obj)
     other = objects[1 - index]
     rel = relation if index == 1 else INVERSE[relation]  # where other is relative to obj
@@ -258,6 +265,7 @@ def write_statement(
     if kind == "exists":
         colour, shape = (obj.colour, obj.shape) if truth else _false_object(rng, objects)
         return f"there is {_article(f'{colour} {shape}')}", truth
+    assert relation is not None  # the relation kind is drawn only for two objects
     other = objects[1 - index]
     rel = relation if index == 0 else INVERSE[relation]  # where obj is relative to other
     phrase = pick(rng, RELATION_PHRASES[rel if truth else INVERSE[rel]])

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
+from flava.config import SourceConfig
 from flava.data.sources.errors import SourceError
 from flava.data.sources.readers import IndexedSource, SampleList
 from flava.data.sources.registry import CAPTIONED_IMAGES, LABELLED_IMAGES, SourceType
@@ -69,12 +68,12 @@ class SceneSource(IndexedSource):
         return f"embedded scenes ({len(self)})"
 
 
-def _build(cfg: Any, role: str, image_size: int) -> SceneSource:
+def _build(cfg: SourceConfig, role: str, image_size: int) -> SceneSource:
     split = cfg.split or ("train" if role == "train" else "val")
     return SceneSource(split=split, size=cfg.size, image_size=image_size, seed=cfg.seed)
 
 
-def _nothing_to_check(cfg: Any) -> None:
+def _nothing_to_check(cfg: SourceConfig) -> None:
     """The scenes are generated: nothing to reach."""
 
 

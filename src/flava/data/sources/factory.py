@@ -7,11 +7,8 @@ built and checked) next to its reader; `TYPES` registers them, and nothing else 
 
 from __future__ import annotations
 
-from typing import Any
-
-from omegaconf import DictConfig, OmegaConf
-
 from flava.config import ConfigError, SourceConfig
+from flava.config.common import set_fields
 from flava.data.sources.embedded import EMBEDDED
 from flava.data.sources.errors import SourceError
 from flava.data.sources.folders import CAPTIONS, IMAGE_FOLDER, RECORDS
@@ -57,7 +54,11 @@ def source_type(kind: str) -> SourceType:
 
 
 def build(
-    cfg: Any, role: str, image_size: int = 224, kind: str | None = None, whole: bool = False
+    cfg: SourceConfig,
+    role: str,
+    image_size: int = 224,
+    kind: str | None = None,
+    whole: bool = False,
 ) -> IndexedSource | StreamingSource:
     """The one way a source is made: from its `SourceConfig` for the "train" or "val" role.
 
@@ -72,7 +73,9 @@ def build(
     return source
 
 
-def checked_source(entry: DictConfig, role: str, image_size: int, kind: str, where: str) -> Any:
+def checked_source(
+    entry: SourceConfig, role: str, image_size: int, kind: str, where: str
+) -> IndexedSource | StreamingSource:
     """`sources.build` for a stream of `kind`, failing in one line (prefixed by `where`) unless
     it gives `kind` samples."""
     try:
@@ -90,23 +93,12 @@ def unknown_type(kind: str) -> str:
     return f"source type {kind!r} is not known; use one of: {', '.join(SOURCE_TYPES)}"
 
 
-def check(cfg: Any) -> None:
+def check(cfg: SourceConfig) -> None:
     """Cheap reachability checks (no data read): paths, shard lists, the Hub. SourceError."""
     source_type(cfg.type).check(cfg)
 
 
-def set_fields(cfg: Any) -> list[str]:
-    """The fields of a `SourceConfig` whose values differ from the schema's defaults, in the
-    schema's order (a value the structured schema filled in is not counted as set)."""
-    defaults = OmegaConf.to_container(OmegaConf.structured(SourceConfig))
-    if isinstance(cfg, DictConfig):
-        values = OmegaConf.to_container(cfg, resolve=False)
-    else:
-        values = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=False)
-    return [k for k, v in defaults.items() if k in values and values[k] != v]  # type: ignore[union-attr,operator]
-
-
-def check_fields(cfg: Any, where: str) -> None:
+def check_fields(cfg: SourceConfig, where: str) -> None:
     """Refuse, in one line prefixed by `where`, a field that the entry's type does not read
     (e.g. `shards` on an image_folder), naming the types that do."""
     try:

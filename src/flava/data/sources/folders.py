@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from flava.config import SourceConfig
 from flava.data.sources.errors import SourceError
 from flava.data.sources.images import image_files
 from flava.data.sources.readers import IndexedSource
@@ -244,17 +245,17 @@ class Records(IndexedSource):
         return f"records {self.path} ({len(self.rows)} rows)"
 
 
-def _image_folder(cfg: Any, role: str, image_size: int) -> ImageFolder:
+def _image_folder(cfg: SourceConfig, role: str, image_size: int) -> ImageFolder:
     return ImageFolder(need_path(cfg), list(cfg.classes) if cfg.classes else None)
 
 
-def _captions(cfg: Any, role: str, image_size: int) -> CaptionedImages:
+def _captions(cfg: SourceConfig, role: str, image_size: int) -> CaptionedImages:
     return CaptionedImages(
         need_path(cfg), cfg.captions_file, cfg.image_column, list(cfg.text_columns)
     )
 
 
-def _records(cfg: Any, role: str, image_size: int) -> Records:
+def _records(cfg: SourceConfig, role: str, image_size: int) -> Records:
     return Records(
         need_path(cfg),
         cfg.image_column or None,

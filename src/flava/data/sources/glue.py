@@ -7,10 +7,8 @@ each task as saved by `datasets` (`load_dataset("glue", task).save_to_disk(f"{ke
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
-
-from omegaconf import DictConfig, OmegaConf
 
 from flava.config import SourceConfig
 from flava.data.sources.errors import SourceError
@@ -36,24 +34,36 @@ GLUE_TASKS: dict[str, tuple[str, str | None, int]] = {
 }
 
 
-def glue_config(cfg: Any) -> DictConfig:
-    """The `huggingface` `SourceConfig` of a glue one: the task's columns, saved or on the Hub."""
+def glue_task(cfg: SourceConfig) -> str:
+    """The GLUE task of a glue `SourceConfig` (its `subset`), else one line naming the tasks."""
     task = cfg.subset
-    if task not in GLUE_TASKS:
+    if task is None or task not in GLUE_TASKS:
         raise SourceError(f"GLUE task {task!r} is not known; use one of: {', '.join(GLUE_TASKS)}")
+    return task
+
+
+def glue_config(cfg: SourceConfig) -> SourceConfig:
+    """The `huggingface` `SourceConfig` of a glue one: the task's columns, saved or on the Hub."""
+    task = glue_task(cfg)
     a, b, _ = GLUE_TASKS[task]
     hf_path = cfg.key or "glue"
     saved = Path(hf_path).expanduser() / task
-    where = dict(path=str(saved), key="") if saved.is_dir() else dict(key=hf_path, subset=task)
-    fields = dict(type="huggingface", **where, split=cfg.split, text_columns=[a])
-    fields.update(
-        text_pair_column=b, label_column="label", image_column="", cache_dir=cfg.cache_dir
+    columns = SourceConfig(
+        type="huggingface",
+        split=cfg.split,
+        text_columns=[a],
+        text_pair_column=b,
+        label_column="label",
+        image_column="",
+        cache_dir=cfg.cache_dir,
     )
-    return OmegaConf.merge(OmegaConf.structured(SourceConfig), fields)  # type: ignore[return-value]
+    if saved.is_dir():
+        return replace(columns, path=str(saved), key="")
+    return replace(columns, key=hf_path, subset=task)
 
 
-def _build(cfg: Any, role: str, image_size: int) -> IndexedSource | StreamingSource:
-    hf, task = glue_config(cfg), cfg.subset
+def _build(cfg: SourceConfig, role: str, image_size: int) -> IndexedSource | StreamingSource:
+    hf, task = glue_config(cfg), glue_task(cfg)
     require_datasets(f"GLUE {task}")
     try:
         source = HuggingFaceSource.from_config(hf, role)
@@ -69,7 +79,7 @@ def _build(cfg: Any, role: str, image_size: int) -> IndexedSource | StreamingSou
     return source
 
 
-def _check(cfg: Any) -> None:
+def _check(cfg: SourceConfig) -> None:
     check_huggingface(glue_config(cfg))
 
 

@@ -10,6 +10,7 @@ retired `imagenet-1k` loading script) is refused in one line naming the source t
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -18,6 +19,7 @@ from typing import Any
 
 from PIL import Image
 
+from flava.config import SourceConfig
 from flava.data.sources.errors import SourceError
 from flava.data.sources.readers import IndexedSource, StreamingSource
 from flava.data.sources.registry import CAPTIONED_IMAGES, LABELLED_IMAGES, SourceType
@@ -84,7 +86,7 @@ def require_datasets(what: str) -> None:
     """Fail (SourceError, one line) unless the Hugging Face `datasets` package imports; `what`
     names the dataset that needs it."""
     try:
-        import datasets  # noqa: F401
+        importlib.import_module("datasets")
     except ImportError:
         raise SourceError(
             f"{what} needs the Hugging Face datasets package, which is not installed: "
@@ -92,7 +94,7 @@ def require_datasets(what: str) -> None:
         ) from None
 
 
-def refuse_imagenet_tar(cfg: Any) -> None:
+def refuse_imagenet_tar(cfg: SourceConfig) -> None:
     """Refuse the original release's IMAGENET_TAR for an ImageNet Hub entry, in one line.
 
     The original debug config passed it as `data_dir` to the `imagenet-1k` loading script of
@@ -115,11 +117,11 @@ def refuse_imagenet_tar(cfg: Any) -> None:
     )
 
 
-def _hf_name(cfg: Any) -> str:
+def _hf_name(cfg: SourceConfig) -> str:
     return f"{cfg.key}/{cfg.subset}" if cfg.subset else str(cfg.key)
 
 
-def _hf_hint(cfg: Any) -> str:
+def _hf_hint(cfg: SourceConfig) -> str:
     token = ""
     if cfg.gated:
         token = "it is gated: accept its terms on huggingface.co and log in (hf auth login or "
@@ -134,7 +136,7 @@ def _hf_local_key(key: str) -> bool:
     return key in _PACKAGED or Path(key).expanduser().exists()
 
 
-def check_huggingface(cfg: Any) -> bool:
+def check_huggingface(cfg: SourceConfig) -> bool:
     """Fail fast (SourceError) if the dataset cannot be had; True if only the cache can serve it.
 
     Offline (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE) it looks for a cached copy; online it asks
@@ -192,12 +194,12 @@ def check_huggingface(cfg: Any) -> bool:
     return False
 
 
-def _split(cfg: Any, role: str) -> str:
+def _split(cfg: SourceConfig, role: str) -> str:
     split = cfg.split or ("train" if role == "train" else "validation")
     return str(dict(cfg.split_key_mapping).get(split, split))
 
 
-def load_huggingface(cfg: Any, role: str) -> Any:
+def load_huggingface(cfg: SourceConfig, role: str) -> Any:
     """The configured split as a `datasets.Dataset` or `IterableDataset` (streaming)."""
     import datasets
 
@@ -235,7 +237,7 @@ def load_huggingface(cfg: Any, role: str) -> Any:
     return _prepare_columns(ds, cfg)
 
 
-def _prepare_columns(ds: Any, cfg: Any) -> Any:
+def _prepare_columns(ds: Any, cfg: SourceConfig) -> Any:
     """Rename, drop unused columns, keep images encoded (decoded by us, lazily)."""
     import datasets
 
@@ -263,7 +265,7 @@ def _prepare_columns(ds: Any, cfg: Any) -> Any:
     return ds
 
 
-def row_sample(row: dict[str, Any], key: str, cfg: Any) -> Sample:
+def row_sample(row: dict[str, Any], key: str, cfg: SourceConfig) -> Sample:
     """One dataset row as a raw sample (images kept encoded; the label as read)."""
     image = row.get(cfg.image_column)
     if isinstance(image, dict):
@@ -291,7 +293,7 @@ def _class_names(dataset: Any, column: str) -> list[str] | None:
     return list(names) if names else None
 
 
-def _kinds(columns: Sequence[str] | None, cfg: Any) -> frozenset[str]:
+def _kinds(columns: Sequence[str] | None, cfg: SourceConfig) -> frozenset[str]:
     if columns is None:
         return frozenset(Kind)
     has_image = cfg.image_column in columns
@@ -305,7 +307,10 @@ def _kinds(columns: Sequence[str] | None, cfg: Any) -> frozenset[str]:
 class HuggingFaceSource(IndexedSource):
     """A Hugging Face `datasets.Dataset` read by index (rows with empty texts are dropped)."""
 
-    def __init__(self, dataset: Any, cfg: Any, name: str) -> None:
+    split: str | None = None
+    """The split read (set by `from_config`)."""
+
+    def __init__(self, dataset: Any, cfg: SourceConfig, name: str) -> None:
         text_columns = [c for c in cfg.text_columns if c in dataset.column_names]
         if text_columns and cfg.image_column not in dataset.column_names:
 
@@ -320,12 +325,12 @@ class HuggingFaceSource(IndexedSource):
         self.class_names = _class_names(dataset, cfg.label_column)
 
     @classmethod
-    def from_config(cls, cfg: Any, role: str) -> IndexedSource | StreamingSource:
+    def from_config(cls, cfg: SourceConfig, role: str) -> IndexedSource | StreamingSource:
         """The configured dataset: random access, or `HuggingFaceStream` when streaming."""
         ds = load_huggingface(cfg, role)
         name = f"huggingface {_hf_name(cfg) if cfg.key else cfg.path} ({_split(cfg, role)})"
         source = HuggingFaceStream(ds, cfg, name) if cfg.streaming else cls(ds, cfg, name)
-        source.split = _split(cfg, role)  # type: ignore[union-attr]
+        source.split = _split(cfg, role)
         return source
 
     def __len__(self) -> int:
@@ -349,7 +354,10 @@ class HuggingFaceSource(IndexedSource):
 class HuggingFaceStream(StreamingSource):
     """A streamed Hugging Face `IterableDataset`; its data files are the shards."""
 
-    def __init__(self, dataset: Any, cfg: Any, name: str) -> None:
+    split: str | None = None
+    """The split read (set by `HuggingFaceSource.from_config`)."""
+
+    def __init__(self, dataset: Any, cfg: SourceConfig, name: str) -> None:
         super().__init__(cfg.shuffle_buffer, cfg.resampled, cfg.preview_size)
         self.dataset = dataset
         self.cfg = cfg
@@ -373,11 +381,11 @@ class HuggingFaceStream(StreamingSource):
         return f"{self.name}, streamed in {self.num_shards()} shards"
 
 
-def _build(cfg: Any, role: str, image_size: int) -> IndexedSource | StreamingSource:
+def _build(cfg: SourceConfig, role: str, image_size: int) -> IndexedSource | StreamingSource:
     return HuggingFaceSource.from_config(cfg, role)
 
 
-def _check(cfg: Any) -> None:
+def _check(cfg: SourceConfig) -> None:
     check_huggingface(cfg)
 
 

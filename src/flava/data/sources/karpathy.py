@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
 
+from flava.config import SourceConfig
 from flava.data.sources.errors import SourceError
 from flava.data.sources.readers import IndexedSource
 from flava.data.sources.registry import CAPTIONED_IMAGES, SourceType, check_path, need_path
@@ -69,7 +69,7 @@ class KarpathySplit(IndexedSource):
         return f"karpathy {self.path} ({self.split}, {len(self)} images)"
 
 
-def _build(cfg: Any, role: str, image_size: int) -> KarpathySplit:
+def _build(cfg: SourceConfig, role: str, image_size: int) -> KarpathySplit:
     split = cfg.split or ("train" if role == "train" else "test")
     path = Path(need_path(cfg)).expanduser()
     return KarpathySplit(path, cfg.image_root or path.parent, split)

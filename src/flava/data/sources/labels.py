@@ -34,9 +34,9 @@ def label_space(
     if task_type == "regression":
         return [], _number
     present = [v for v in values if v is not None and v != ""]
-    ints = [label_index(v) for v in present]
-    if present and all(i is not None and i >= 0 for i in ints):
-        count = max(max(ints) + 1, len(class_names or []))  # type: ignore[type-var]
+    ints = [i for i in (label_index(v) for v in present) if i is not None and i >= 0]
+    if present and len(ints) == len(present):
+        count = max(max(ints) + 1, len(class_names or []))
         names = list(class_names) if class_names and len(class_names) >= count else None
         names = names or [str(i) for i in range(count)]
         index: dict[Any, int] = {}

@@ -42,7 +42,7 @@ class IndexedSource:
         """Sample `index` decoded for `kind` (`Sample.decoded`)."""
         return self.sample(index).decoded(kind, rng)
 
-    def labels(self) -> list[Any]:
+    def labels(self) -> Sequence[Any]:
         """The label field of every sample, as read (fine-tuning builds its classes from them)."""
         return [self.sample(i).raw_label for i in range(len(self))]
 
@@ -79,6 +79,8 @@ class StreamingSource:
 
     kinds: frozenset[str] = frozenset(Kind)
     class_names: list[str] | None = None
+    numbered_classes: list[str] | None = None
+    """As `IndexedSource.numbered_classes` (GLUE read as a stream)."""
 
     def __init__(
         self, shuffle_buffer: int = 1000, resampled: bool = False, preview_size: int = 1024
@@ -149,7 +151,7 @@ class StreamingSource:
         """Preview sample `index`."""
         return self.preview()[index]
 
-    def labels(self) -> list[Any]:
+    def labels(self) -> Sequence[Any]:
         """The label field of every preview sample, as read."""
         return [s.raw_label for s in self.preview()]
 

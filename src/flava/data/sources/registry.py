@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from flava.config import SourceConfig
 from flava.data.sources.errors import SourceError
 
 COMMON_FIELDS = ("type", "weight")
@@ -45,7 +46,7 @@ class SourceType:
     `CAPTIONED_IMAGES` (a type holding neither, such as text_files, serves none of them)."""
 
 
-def need_path(cfg: Any) -> str:
+def need_path(cfg: SourceConfig) -> str:
     """`cfg.path`, or a `SourceError` saying the type needs one."""
     if not cfg.path:
         raise SourceError(f"{cfg.type} source needs path: (a local folder or file)")
@@ -73,17 +74,17 @@ def layout_type(
     """The type of a published layout under a dataset root (`path`) with its `files`, read by
     `reader(root, files)`; its check: the first file (key, default, what) exists."""
 
-    def build(cfg: Any, role: str, image_size: int) -> Any:
+    def build(cfg: SourceConfig, role: str, image_size: int) -> Any:
         return reader(cfg.path, dict(cfg.files))
 
-    def check(cfg: Any) -> None:
+    def check(cfg: SourceConfig) -> None:
         if first[0] in cfg.files or first[1] is not None:
             layout_file(cfg.path, cfg.files, *first)
 
     return SourceType(name, ("path", "files"), build, check)
 
 
-def check_path(cfg: Any) -> None:
+def check_path(cfg: SourceConfig) -> None:
     """A local source's path exists (a glob pattern is left to the reader)."""
     path = Path(need_path(cfg)).expanduser()
     if not path.exists() and not any(c in str(path) for c in "*?["):

@@ -13,6 +13,7 @@ is read twice or skipped. After `retries` failures in a row without a new byte i
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import re
 import subprocess
@@ -110,7 +111,7 @@ def open_at(url: str, at: int, timeout: float) -> Any:
     return stream
 
 
-class ResumingStream:
+class ResumingStream(io.RawIOBase):
     """A remote shard read in chunks, reopened at the byte it reached after a failed read (see
     the module doc); `resumed` lists the byte offsets it reopened at."""
 
@@ -122,6 +123,7 @@ class ResumingStream:
         backoff: float = 1.0,
         chunk: int = CHUNK,
     ) -> None:
+        super().__init__()
         self.url, self.opener, self.retries, self.backoff = url, opener, retries, backoff
         self.chunk = chunk
         self.position = 0  # bytes of the shard received
@@ -186,12 +188,13 @@ class ResumingStream:
 
     def close(self) -> None:
         self._drop()
+        super().close()
 
 
 @contextlib.contextmanager
 def open_shard(
     url: str, timeout: float = 5.0, retries: int = 0, backoff: float = 1.0, chunk: int = CHUNK
-) -> Iterator[IO[bytes]]:
+) -> Iterator[IO[bytes] | ResumingStream]:
     """A binary stream of a local path, or of a remote shard that resumes after failures
     (`ResumingStream`); a remote one read to its end is read to the end of its bytes."""
     if not is_url(url):
@@ -200,7 +203,7 @@ def open_shard(
         return
     stream = ResumingStream(url, lambda at: open_at(url, at, timeout), retries, backoff, chunk)
     try:
-        yield stream  # type: ignore[misc]
+        yield stream
         stream.finish()
     finally:
         stream.close()

@@ -58,6 +58,21 @@ class Sample:
         return self.texts[0] if self.texts else None
 
     @property
+    def decoded_image(self) -> Image.Image:
+        """The image of a decoded sample; a sample whose image is not decoded fails."""
+        if not isinstance(self.image, Image.Image):
+            kind = type(self.image).__name__
+            raise TypeError(f"sample {self.key!r}: the image is not decoded (a {kind})")
+        return self.image
+
+    @property
+    def decoded_text(self) -> str:
+        """The one text of a sample decoded for a text kind; a sample without text fails."""
+        if self.text is None:
+            raise TypeError(f"sample {self.key!r} holds no text")
+        return self.text
+
+    @property
     def kind(self) -> str:
         """ "vl" (image and text), "image" or "text"."""
         if self.image is not None:

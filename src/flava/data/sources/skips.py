@@ -159,6 +159,9 @@ def robust_item(
     """`source.item(index, kind, rng)` (a decoded `Sample`), bad samples replaced and counted
     (see `robust_read`)."""
     skips = skips if skips is not None else SkipLog()
-    read = lambda i: source.item(i, kind, rng)  # noqa: E731
+
+    def read(i: int) -> Sample:
+        return source.item(i, kind, rng)
+
     name, noun = describe(source), f"{kind} samples"
     return robust_read(read, len(source), index, rng, skips, name, noun)

@@ -10,6 +10,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from flava.config import SourceConfig
 from flava.data.sources.errors import SourceError
 from flava.data.sources.readers import IndexedSource
 from flava.data.sources.registry import SourceType, check_path, need_path
@@ -106,7 +107,7 @@ def _line_offsets(name: str, jsonl_fields: Sequence[str] | None = None) -> np.nd
     return np.asarray(offsets, dtype=np.int64)
 
 
-def _build(cfg: Any, role: str, image_size: int) -> TextFiles:
+def _build(cfg: SourceConfig, role: str, image_size: int) -> TextFiles:
     return TextFiles(need_path(cfg), list(cfg.text_columns))
 
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from flava.config import ConfigError
+from flava.config import ConfigError, SourceConfig
 from flava.data.sources.errors import SourceError
 from flava.data.sources.readers import IndexedSource
 from flava.data.sources.registry import LABELLED_IMAGES, SourceType
@@ -137,7 +137,7 @@ class TorchvisionSet(IndexedSource):
         return f"torchvision {self.name} ({self.split}, {len(self)} images)"
 
 
-def _build(cfg: Any, role: str, image_size: int) -> TorchvisionSet:
+def _build(cfg: SourceConfig, role: str, image_size: int) -> TorchvisionSet:
     if cfg.key not in TORCHVISION_DATASETS:
         raise SourceError(
             f"torchvision set {cfg.key!r} is not known; use one of: "
@@ -149,7 +149,7 @@ def _build(cfg: Any, role: str, image_size: int) -> TorchvisionSet:
     return TorchvisionSet(cfg.key, str(cfg.path), split, cfg.download)
 
 
-def _check(cfg: Any) -> None:
+def _check(cfg: SourceConfig) -> None:
     if cfg.key not in TORCHVISION_DATASETS or not cfg.path:
         _build(cfg, "train", 0)  # the one-line message
 

@@ -10,11 +10,12 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from flava.config import SourceConfig
 from flava.data.sources.errors import SourceError, UnreadableShard
 from flava.data.sources.images import IMAGE_EXTENSIONS, LISTED_NON_RASTER
 from flava.data.sources.readers import StreamingSource
 from flava.data.sources.registry import CAPTIONED_IMAGES, LABELLED_IMAGES, SourceType
-from flava.data.sources.remote import CHUNK, is_url, open_shard
+from flava.data.sources.remote import CHUNK, ResumingStream, is_url, open_shard
 from flava.data.sources.sample import CAPTION_FIELDS, Sample, has_text_field, set_label, texts_of
 
 log = logging.getLogger("flava.data.sources")
@@ -154,10 +155,13 @@ def sample_from_files(
 
 
 def read_tar_samples(
-    stream: IO[bytes], text_fields: Sequence[str] = ("text",), **fields: str | None
+    stream: IO[bytes] | ResumingStream,
+    text_fields: Sequence[str] = ("text",),
+    pair_field: str | None = None,
+    label_field: str = "label",
 ) -> Iterator[Sample]:
     """Samples of a webdataset tar stream: consecutive members sharing a key form one sample
-    (`fields`: `pair_field`, `label_field` of `sample_from_files`)."""
+    (`pair_field`, `label_field`: as `sample_from_files` reads them)."""
     key: str | None = None
     files: dict[str, bytes] = {}
     with tarfile.open(fileobj=stream, mode="r|*") as tar:
@@ -169,13 +173,13 @@ def read_tar_samples(
                 continue  # no extension, hidden files, __key__-style metadata
             if name_key != key:
                 if key is not None and files:
-                    yield sample_from_files(key, files, text_fields, **fields)
+                    yield sample_from_files(key, files, text_fields, pair_field, label_field)
                 key, files = name_key, {}
             f = tar.extractfile(member)
             if f is not None:
                 files[ext] = f.read()
     if key is not None and files:
-        yield sample_from_files(key, files, text_fields, **fields)
+        yield sample_from_files(key, files, text_fields, pair_field, label_field)
 
 
 class TarShards(StreamingSource):
@@ -223,7 +227,7 @@ class TarShards(StreamingSource):
         self.retries = int(retries)
         self.backoff = float(backoff)  # seconds before the first retry; doubled at each further
         self.chunk = int(chunk)  # bytes per read of a remote shard
-        self.fields = {"pair_field": pair_field, "label_field": label_field}
+        self.pair_field, self.label_field = pair_field, label_field
 
     def num_shards(self) -> int:
         """Number of tar shards."""
@@ -234,7 +238,10 @@ class TarShards(StreamingSource):
         url, done = self.urls[shard], 0
         try:
             with open_shard(url, self.timeout, self.retries, self.backoff, self.chunk) as stream:
-                for sample in read_tar_samples(stream, self.text_fields, **self.fields):
+                samples = read_tar_samples(
+                    stream, self.text_fields, self.pair_field, self.label_field
+                )
+                for sample in samples:
                     done += 1
                     yield sample
         except (tarfile.TarError, OSError, EOFError) as exc:
@@ -246,7 +253,7 @@ class TarShards(StreamingSource):
         return f"webdataset ({len(self.urls)} shards: {self.urls[0]}, ...)"
 
 
-def _patterns(cfg: Any) -> list[str]:
+def _patterns(cfg: SourceConfig) -> list[str]:
     """The configured shard patterns (`shards`, else `path`)."""
     return list(cfg.shards) or ([cfg.path] if cfg.path else [])
 
@@ -284,7 +291,7 @@ def manifest_classes(urls: Sequence[str]) -> list[str] | None:
     return [str(c) for c in found[0]]
 
 
-def _build(cfg: Any, role: str, image_size: int) -> TarShards:
+def _build(cfg: SourceConfig, role: str, image_size: int) -> TarShards:
     urls = expand_shards(_patterns(cfg))
     shards = TarShards(
         urls,
@@ -302,7 +309,7 @@ def _build(cfg: Any, role: str, image_size: int) -> TarShards:
     return shards
 
 
-def _check(cfg: Any) -> None:
+def _check(cfg: SourceConfig) -> None:
     patterns = _patterns(cfg)
     if not patterns:
         raise SourceError("webdataset source without shards: set shards: [paths or URLs]")
