@@ -34,6 +34,7 @@ from flava.collection.units import Read, Units, mine, read_or_skip
 from flava.config import ConfigError
 from flava.data.sources import SAMPLE_ERRORS, BadSample, SkipLog, decode_image
 from flava.data.sources.sample import Sample
+from flava.objectives.kinds import Kind
 
 log = logging.getLogger("flava")
 
@@ -46,8 +47,8 @@ def held_kinds(source: Any) -> frozenset[str]:
     from flava.data.sources import StreamingSource, UnreadableShard
 
     kinds = frozenset(str(k) for k in source.kinds)
-    if "vl" in kinds:
-        kinds |= {"image", "text"}
+    if Kind.vl in kinds:
+        kinds |= {Kind.image, Kind.text}
     if not isinstance(source, StreamingSource) or source.num_shards() == 0:
         return kinds
     try:
