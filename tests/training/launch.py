@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).parents[2]
@@ -49,3 +52,56 @@ def run_plan(
     done = torchrun(nproc, runner, str(folder / "plan.json"), timeout=timeout)
     assert json.loads((folder / "codes.json").read_text()) == [0] * len(plan)
     return done
+
+
+def killed_when(nproc: int, *target: str, ready: Callable[[], bool], log: Path) -> None:
+    """Start `nproc` processes of `target` and SIGKILL all of them, with no clean-up, once
+    `ready()` is true (polled); their stderr goes to `log`."""
+    proc = subprocess.Popen(
+        torchrun_command(nproc, *target),
+        env=environment(),
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("w"),
+    )
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline and not ready():
+        time.sleep(0.05)
+    assert proc.poll() is None, f"the run ended before it was killed: {log.read_text()[-3000:]}"
+    kill_tree(proc.pid)
+    proc.wait(timeout=30)
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL `pid` and every process under it. torchrun starts its workers in sessions of
+    their own, so killing its process group leaves them running (and writing); each process
+    of the tree is stopped first, so that none starts another while they are collected."""
+    stopped: set[int] = set()
+    while tree := set(_tree(pid)) - stopped:
+        for p in tree:
+            _signal(p, signal.SIGSTOP)
+        stopped |= tree
+    for p in stopped:
+        _signal(p, signal.SIGKILL)
+
+
+def _tree(pid: int) -> list[int]:
+    """`pid` and its descendants, from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        found.append(p := todo.pop())
+        todo += children.get(p, [])
+    return found
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass

@@ -7,11 +7,6 @@ datasets.log_keys). Fine-tuning reads remote shards into a remote run directory 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import time
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -22,8 +17,8 @@ from flava.checkpoints.run_dir import fetch
 from flava.model import FlavaForPreTraining
 
 from ..s3_store import filesystem
-from .launch import environment, run_plan, torchrun, torchrun_command
-from .test_stream_resume import DDP, _args, _train, shards  # noqa: F401  (shards: a fixture)
+from .launch import killed_when, run_plan, torchrun
+from .test_stream_resume import DDP, _args, _audit, _train, shards  # noqa: F401  (shards: a fixture)
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
@@ -48,40 +43,8 @@ def _killed(args: list[str], run: str, step: int, log: Path) -> str:
     """Start a 2-process run, SIGKILL it once the checkpoint of `step` is on the store; its URL."""
     fs = filesystem()
     target = f"{run}/checkpoints/flava-step={step}.ckpt"
-    proc = subprocess.Popen(
-        torchrun_command(2, "-m", "flava.train", *args, *DDP),
-        env=environment(),
-        stdout=subprocess.DEVNULL,
-        stderr=log.open("w"),
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 300
-    while proc.poll() is None and time.monotonic() < deadline and not fs.exists(target):
-        time.sleep(0.2)
-    assert proc.poll() is None, f"the run ended before it was killed: {log.read_text()[-3000:]}"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
+    killed_when(2, "-m", "flava.train", *args, *DDP, ready=lambda: fs.exists(target), log=log)
     return target
-
-
-def _keys(run: str, before: int | None = None) -> list[tuple[str, str]]:
-    """(key, epoch) of every sample a run's processes logged to the store, of batches before
-    `before`."""
-    fs, out = filesystem(), []
-    for path in sorted(fs.glob(f"{run.removeprefix('s3://')}/samples/rank-*.tsv")):
-        for line in fs.cat(path).decode().splitlines():
-            index, _, key, epoch = line.split("\t")
-            if before is None or int(index) < before:
-                out.append((key, epoch))
-    return out
-
-
-def _audit(first: str, start: int, second: str, good: set[str]) -> None:
-    """Epoch 0 of a run split in two: every good record once, no bad one, none twice."""
-    read = [k for k, e in _keys(first, start) + _keys(second) if e == "0"]
-    twice = [k for k, n in Counter(read).items() if n > 1]
-    assert not twice, f"read twice in epoch 0: {twice}"
-    assert set(read) == good, f"missing: {sorted(good - set(read))}"
 
 
 def _weights(run: str) -> dict[str, torch.Tensor]:

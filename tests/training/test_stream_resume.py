@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import shutil
-import signal
-import subprocess
-import time
 from collections import Counter
 from pathlib import Path
 
+import fsspec
 import pytest
 import torch
 
@@ -22,7 +19,7 @@ from flava.model import FlavaForPreTraining
 from flava.train import main
 
 from ..data import sample_data
-from .launch import environment, run_plan, torchrun_command
+from .launch import killed_when, run_plan
 from .test_train import EVERY_STEP, SMALL
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
@@ -90,38 +87,32 @@ def _train(args: list[str]) -> str:
 def _killed(args: list[str], run: Path, step: int) -> Path:
     """Start a 2-process run, SIGKILL it (all its processes) once a checkpoint of `step` or
     later exists."""
-    proc = subprocess.Popen(
-        torchrun_command(2, "-m", "flava.train", *args, *DDP),
-        env=environment(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 300
     folder = run / "checkpoints"
-    while proc.poll() is None and time.monotonic() < deadline:
+
+    def ready() -> bool:
         found = [p.stem.partition("=")[2] for p in folder.glob("flava-step=*.ckpt")]
-        if any(s.isdigit() and int(s) >= step for s in found):
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
+        return (folder / "last.ckpt").exists() and any(
+            s.isdigit() and int(s) >= step for s in found
+        )
+
+    killed_when(2, "-m", "flava.train", *args, *DDP, ready=ready, log=run.parent / "killed.log")
     return folder / "last.ckpt"
 
 
-def _keys(run: Path, before: int | None = None) -> list[tuple[str, str]]:
-    """(key, epoch) of every sample the run's processes logged, of batches before `before`."""
+def _keys(run: str | Path, before: int | None = None) -> list[tuple[str, str]]:
+    """(key, epoch) of every sample a run's processes logged, of batches before `before`; `run`
+    a folder or a URL (a fresh filesystem: other processes write there too)."""
+    fs, root = fsspec.core.url_to_fs(str(run), skip_instance_cache=True, use_listings_cache=False)
     out = []
-    for path in sorted((run / "samples").glob("rank-*.tsv")):
-        for line in path.read_text().splitlines():
+    for path in sorted(fs.glob(f"{root}/samples/rank-*.tsv")):
+        for line in fs.cat_file(path).decode().splitlines():
             index, _, key, epoch = line.split("\t")
             if before is None or int(index) < before:
                 out.append((key, epoch))
     return out
 
 
-def _audit(first: Path, start: int, second: Path, good: set[str]) -> None:
+def _audit(first: str | Path, start: int, second: str | Path, good: set[str]) -> None:
     """Epoch 0 of a run split in two: every good record once, no bad one, none twice."""
     read = [k for k, e in _keys(first, start) + _keys(second) if e == "0"]
     twice = [k for k, n in Counter(read).items() if n > 1]
