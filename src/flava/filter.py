@@ -13,9 +13,13 @@ Examples:
     python -m flava.filter embeddings=/data/emb out=/data/clean filter.min_score=0.25 \\
         'eval_sets=[{type: image_folder, path: /data/eval/val}]' filter.eval_threshold=0.95
 
-The decisions are made in one process over the stored embeddings (embed across processes with
-torchrun -m flava.embed first); they are the same for the same folder and settings, and the
-report's examples are drawn with filter.seed. Keys: `python -m flava.filter --help`.
+Under torchrun (`torchrun --nproc_per_node N -m flava.filter ...`) the processes share the
+similarity searches (faiss: exact by default, or the index filter.index names), one unit per
+embedding shard, and rank 0 decides and writes; the output is the same at any process count.
+The same command run again resumes an interrupted run (filter.json holds its settings; other
+settings stop in one line) and does nothing for a finished one. The decisions are the same for
+the same folder and settings, and the report's examples are drawn with filter.seed.
+Keys: `python -m flava.filter --help`.
 """
 
 from __future__ import annotations

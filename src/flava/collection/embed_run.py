@@ -109,7 +109,7 @@ def open_folder(out: Path, settings: dict[str, Any], count: int) -> list[int]:
     return layout.written_units(out)
 
 
-def _on_rank_zero(fn: Any) -> Any:
+def on_rank_zero(fn: Any) -> Any:
     """`fn()` on rank 0, its value (or its one-line ConfigError) on every process."""
     state: dict[str, Any] | None = None
     if process_count_and_rank()[1] == 0:
@@ -136,7 +136,7 @@ def _embed(cfg: EmbedRunConfig, device: torch.device) -> dict[str, Any]:
     units = Units.of(source, e.shard_size)
     out = Path(str(cfg.out)).expanduser()
     settings = settings_of(cfg, units, modality, precision)
-    done = _on_rank_zero(lambda: open_folder(out, settings, units.count))
+    done = on_rank_zero(lambda: open_folder(out, settings, units.count))
     if onnx:
         encoder: Encoder = OnnxEncoder(str(e.onnx_dir), cfg.data.text_max_length, e.normalize)
     else:
@@ -155,7 +155,7 @@ def _embed(cfg: EmbedRunConfig, device: torch.device) -> dict[str, Any]:
         )
     seconds = run_units(encoder, units, done, out, e, modality)
     rank_zero_value(None)  # every process has written its shards
-    summary = _on_rank_zero(lambda: finish(out, settings, units.count, encoder.dim))
+    summary = on_rank_zero(lambda: finish(out, settings, units.count, encoder.dim))
     summary["seconds"] = round(seconds, 1)
     print_table(f"embeddings -> {out}", summary)
     reason = too_many_skipped(

@@ -1,14 +1,15 @@
 """The filter's decisions over an embedding folder of image-text pairs (`python -m flava.filter`).
 
 Every row of the folder gets one decision, made in this order, each over the rows the earlier
-ones left: `eval_copy` (its image's cosine to an image of the evaluation sets reaches
+ones left: `eval_copy` (its image's cosine to its nearest image of the evaluation sets reaches
 eval_threshold), `near_duplicate` (its image is in a group of images linked by cosines at least
 duplicate_threshold whose lowest key is another row's), `low_score` (its image-text cosine is
 under min_score, or outside the keep_fraction highest, ties broken by key), else kept. Scores
-are cosines of the stored float16 embeddings read as float32 and L2-normalised, so the same
-folder gives the same decisions on any machine; nothing is drawn at random. Similarities are
-exact: blocks of rows against every row (quadratic in the rows: fine for a few million pairs
-on one process; the embedding, the heavy part, runs across processes in flava.embed).
+are cosines of the stored float16 embeddings read as float32 and L2-normalised; the similarities
+are found by faiss and compared in float64 (`flava.collection.similarity`), so the same folder
+gives the same decisions on any machine and at any process count; nothing is drawn at random.
+The groups are the connected components of the links (a union-find), whose kept row is the one
+of lowest key, whatever order the links come in.
 """
 
 from __future__ import annotations
@@ -26,8 +27,6 @@ from flava.collection.vectors import normalised
 REASONS = ("eval_copy", "near_duplicate", "low_score")
 """Why a pair is dropped, in the order the decisions are made."""
 KEPT = "kept"
-_BLOCK = 2048
-"""Rows compared against every row at once."""
 
 
 @dataclass
@@ -66,17 +65,19 @@ def load_pairs(folder: Path, manifest: dict[str, Any]) -> Pairs:
     return Pairs(keys, unit, captions, paths, image, text)
 
 
-def nearest(queries: np.ndarray, base: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(best cosine [Q], index of the best base row [Q]) of each query (-1 when base is empty)."""
-    best = np.full(len(queries), -np.inf, np.float32)
-    where = np.full(len(queries), -1, np.int64)
-    if len(base) == 0:
-        return best, where
-    for start in range(0, len(queries), _BLOCK):
-        sims = queries[start : start + _BLOCK] @ base.T  # [b, M]
-        where[start : start + len(sims)] = sims.argmax(axis=1)
-        best[start : start + len(sims)] = sims.max(axis=1)
-    return best, where
+def load_images(folder: Path, manifest: dict[str, Any]) -> np.ndarray:
+    """The image embeddings [N, P] of every row, float32, normalised (as `load_pairs`)."""
+    parts = [normalised(layout.read_array(folder, s["name"], "image")) for s in manifest["shards"]]
+    return np.concatenate(parts) if parts else np.empty((0, int(manifest["dim"])), np.float32)
+
+
+@dataclass
+class Matches:
+    """What the similarity searches found (`flava.collection.similarity`)."""
+
+    eval_score: np.ndarray  # [N] float64 cosine to the nearest evaluation image (-inf: none)
+    eval_match: np.ndarray  # [N] that image's number (-1: none)
+    links: np.ndarray  # [L, 2] pairs (i, j), i < j, of images whose cosine reaches the threshold
 
 
 def _root(parent: np.ndarray, i: int) -> int:
@@ -86,20 +87,18 @@ def _root(parent: np.ndarray, i: int) -> int:
     return i
 
 
-def duplicate_leaders(images: np.ndarray, order: np.ndarray, threshold: float) -> np.ndarray:
+def duplicate_leaders(links: np.ndarray, alive: np.ndarray, order: np.ndarray) -> np.ndarray:
     """For each row, the row kept of its group of near-duplicates (itself when alone): groups
-    link rows whose cosine is at least `threshold`; the kept row is the one first in `order`
-    (a rank per row: lower is kept)."""
-    n = len(images)
+    join the `alive` rows by `links` (pairs of rows); the kept row is the one first in `order`
+    (a rank per row: lower is kept). The groups and their kept rows do not depend on the order
+    of the links."""
+    n = len(alive)
     parent = np.arange(n)
-    for start in range(0, n, _BLOCK):
-        sims = images[start : start + _BLOCK] @ images.T  # [b, N]
-        rows, cols = np.nonzero(sims >= threshold)
-        for i, j in zip(rows + start, cols, strict=True):
-            if j > i:
-                a, b = _root(parent, int(i)), _root(parent, int(j))
-                if a != b:  # the root is the row of lowest rank
-                    parent[max(a, b, key=lambda r: order[r])] = min(a, b, key=lambda r: order[r])
+    for i, j in links.tolist():
+        if alive[i] and alive[j]:
+            a, b = _root(parent, i), _root(parent, j)
+            if a != b:  # the root is the row of lowest rank
+                parent[max(a, b, key=lambda r: order[r])] = min(a, b, key=lambda r: order[r])
     return np.array([_root(parent, i) for i in range(n)], dtype=np.int64)
 
 
@@ -109,7 +108,7 @@ class Decisions:
 
     reason: np.ndarray  # [N] str
     duplicate_of: np.ndarray  # [N] the row kept instead (-1: none)
-    eval_score: np.ndarray  # [N] best cosine to an evaluation image (-inf: no sets)
+    eval_score: np.ndarray  # [N] float64 best cosine to an evaluation image (-inf: none)
     eval_match: np.ndarray  # [N] that evaluation image's number (-1: none)
     score_floor: float | None  # the lowest score kept by keep_fraction / min_score
 
@@ -118,23 +117,20 @@ class Decisions:
         return {r: int((self.reason == r).sum()) for r in (KEPT, *REASONS)}
 
 
-def decide(pairs: Pairs, eval_images: np.ndarray, options: Any) -> Decisions:
-    """Each row's decision (see the module doc) under a `FilterOptions`."""
+def decide(pairs: Pairs, matches: Matches, options: Any) -> Decisions:
+    """Each row's decision (see the module doc) under a `FilterOptions`, from what the
+    searches found."""
     n = len(pairs.keys)
     reason = np.full(n, KEPT, dtype=object)
-    eval_score, eval_match = nearest(pairs.image, eval_images)
-    reason[eval_score >= options.eval_threshold] = "eval_copy"
+    reason[matches.eval_score >= options.eval_threshold] = "eval_copy"
     duplicate_of = np.full(n, -1, np.int64)
     rank = np.empty(n, np.int64)
     rank[sorted(range(n), key=lambda i: (pairs.keys[i], i))] = np.arange(n)
     if options.duplicate_threshold is not None:
-        left = np.flatnonzero(reason == KEPT)
-        leaders = left[
-            duplicate_leaders(pairs.image[left], rank[left], options.duplicate_threshold)
-        ]
-        dup = leaders != left
-        reason[left[dup]] = "near_duplicate"
-        duplicate_of[left[dup]] = leaders[dup]
+        leaders = duplicate_leaders(matches.links, reason == KEPT, rank)
+        dup = (leaders != np.arange(n)) & (reason == KEPT)
+        reason[dup] = "near_duplicate"
+        duplicate_of[dup] = leaders[dup]
     scores = pairs.scores
     left = np.flatnonzero(reason == KEPT)
     if options.min_score is not None:
@@ -146,4 +142,4 @@ def decide(pairs: Pairs, eval_images: np.ndarray, options: Any) -> Decisions:
         reason[order[math.ceil(options.keep_fraction * len(left)) :]] = "low_score"
     kept = reason == KEPT
     floor = float(scores[kept].min()) if kept.any() else None
-    return Decisions(reason, duplicate_of, eval_score, eval_match, floor)
+    return Decisions(reason, duplicate_of, matches.eval_score, matches.eval_match, floor)

@@ -24,6 +24,10 @@ class FilterOptions:
     no deduplication."""
     eval_threshold: float = 0.98
     """An image whose cosine to any image of `eval_sets` is at least this is `eval_copy`."""
+    index: str | None = None
+    """An index folder built by flava.index over this embedding folder alone, index.field=image
+    (hnsw or ivf): its range search finds the near-duplicates instead of exact search (for
+    millions of pairs; it may miss some: docs/collection.md). null: exact search (faiss flat)."""
     examples: int = 5
     """Examples of each reason in report.json (drawn with `seed`)."""
     seed: int = 0
@@ -42,7 +46,8 @@ class FilterRunConfig:
     """An embedding folder of pairs written by flava.embed (embed.modality=pair or auto over a
     source of images and texts); its source is read again to write the kept pairs."""
     out: str | None = None
-    """Output folder (new or empty): the shards, report.json, scores.png, decisions.parquet."""
+    """Output folder: the shards, report.json, scores.png, decisions.parquet. New or empty, or
+    one an interrupted run of the same settings left (it goes on from there)."""
     eval_sets: list[SourceConfig] = field(default_factory=list)
     """Evaluation sets to decontaminate against, any source (same fields as data.source); their
     images are embedded with the collection's model into out/eval_embeddings/N."""
