@@ -60,6 +60,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="also profile one pass per side: time in matrix products and in the rest",
     )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="also ours compiled (embed.compile=true): side ours-compiled; warm-up = compiling",
+    )
     p.add_argument("--json", type=Path)
     return p.parse_args(argv)
 
@@ -114,19 +119,33 @@ def sides(ours: Any, theirs: Any, precision: str, args: argparse.Namespace, data
         chunks = [captions[i : i + tb] for i in range(0, len(captions), tb)]
         return torch.cat([encoder.texts(chunk, tb) for chunk in chunks])
 
-    return {
+    fns = {
         ("image", "ours"): lambda: torch.cat([encoder.images(c) for c in pixels.split(b)]),
         ("image", "transformers"): lambda: their_images(theirs, pixels, b, dtype),
         ("text", "ours"): lambda: encoder.texts(captions, tb),
         ("text", "transformers"): lambda: their_texts(theirs, encoder.tokenizer, captions, tb),
         ("text", "ours-unsorted"): unsorted,
     }
+    if args.compile:
+        compiled = Encoder(ours, "cpu", precision, compile=True)
+        fns[("image", "ours-compiled")] = lambda: torch.cat(
+            [compiled.images(c) for c in pixels.split(b)]
+        )
+        fns[("text", "ours-compiled")] = lambda: compiled.texts(captions, tb)
+    return fns
 
 
-def abba(fns: dict, modality: str, rounds: int) -> tuple[dict[str, list[float]], dict]:
-    """Seconds of each pass per side (ABBA rounds after one warm-up pass each); the outputs."""
+def abba(
+    fns: dict, modality: str, rounds: int
+) -> tuple[dict[str, list[float]], dict, dict[str, float]]:
+    """Seconds of each pass per side (ABBA rounds after one warm-up pass each); the outputs;
+    the warm-up passes' seconds (a compiled side compiles in it)."""
     names = [s for (m, s) in fns if m == modality]
-    outputs = {s: fns[(modality, s)]() for s in names}  # warm-up
+    outputs, warmup = {}, {}
+    for side in names:
+        start = time.perf_counter()
+        outputs[side] = fns[(modality, side)]()
+        warmup[side] = time.perf_counter() - start
     times: dict[str, list[float]] = {s: [] for s in names}
     for r in range(rounds):
         order = names + names[::-1]
@@ -135,7 +154,7 @@ def abba(fns: dict, modality: str, rounds: int) -> tuple[dict[str, list[float]],
             fns[(modality, side)]()
             times[side].append(time.perf_counter() - start)
             log(f"  {modality} {side}: {times[side][-1]:.2f} s")
-    return times, outputs
+    return times, outputs, warmup
 
 
 def round_ratios(times: dict[str, list[float]], side: str) -> list[float]:
@@ -195,7 +214,7 @@ def measure(ours: Any, theirs: Any, args: argparse.Namespace, data: tuple) -> di
             for modality in ("image", "text"):
                 flop = pass_flop(fns, modality)
                 log(f"{precision} {modality}:")
-                times, outputs = abba(fns, modality, args.rounds)
+                times, outputs, warmup = abba(fns, modality, args.rounds)
                 rate = {s: counts[modality] / statistics.median(t) for s, t in times.items()}
                 ratios = {s: round_ratios(times, s) for s in times}
                 gap = float((outputs["ours"] - outputs["transformers"]).abs().max())
@@ -211,8 +230,13 @@ def measure(ours: Any, theirs: Any, args: argparse.Namespace, data: tuple) -> di
                     "round_ratios": ratios,
                     "times_s": times,
                     "max_abs_diff_to_transformers": gap,
+                    "warmup_s": warmup,
                     "embeddings": outputs["ours"],
                 }
+                if "ours-compiled" in outputs:
+                    cos = F.cosine_similarity(outputs["ours-compiled"], outputs["ours"], dim=-1)
+                    found[f"{precision}/{modality}"]["compiled_cosine_to_ours"] = float(cos.min())
+                    found[f"{precision}/{modality}"]["compiled"] = outputs["ours-compiled"]
     return found
 
 
@@ -236,6 +260,15 @@ def print_table(found: dict) -> None:
                 "mean": float(cos.mean()),
             }
             print(f"bf16 vs fp32 {modality}: cosine min {cos.min():.5f}, mean {cos.mean():.5f}")
+            if "compiled" in found[f"bf16/{modality}"]:
+                cos = F.cosine_similarity(found[f"bf16/{modality}"]["compiled"], b, dim=-1)
+                found[f"bf16/{modality}"]["compiled_cosine_to_fp32"] = float(cos.min())
+                print(f"bf16 compiled vs fp32 {modality}: cosine min {cos.min():.5f}")
+    for key, row in found.items():
+        if "warmup_s" in row and "ours-compiled" in row["warmup_s"]:
+            w = row["warmup_s"]
+            first = f"{w['ours-compiled']:.1f} s, eager {w['ours']:.1f} s"
+            print(f"{key}: first pass of ours-compiled (compiling) {first}")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -255,7 +288,8 @@ def main(argv: list[str] | None = None) -> dict:
     print_table(found)
     report = report_head("embed.py", argv or sys.argv[1:], args, machine)
     report["results"] = {
-        k: {f: v for f, v in row.items() if f != "embeddings"} for k, row in found.items()
+        k: {f: v for f, v in row.items() if f not in ("embeddings", "compiled")}
+        for k, row in found.items()
     }
     write_report(args.json, report)
     return report

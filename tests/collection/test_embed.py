@@ -64,9 +64,17 @@ def reference(model_dir: Path, rows: list[dict]) -> dict[str, torch.Tensor]:
     }
 
 
-def test_captions_folder_shards_hold_the_models_embeddings(tiny_model, messy_pairs, tmp_path):
+@pytest.mark.parametrize(
+    "compiled", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["eager", "compiled"]
+)
+def test_captions_folder_shards_hold_the_models_embeddings(
+    tiny_model, messy_pairs, tmp_path, compiled
+):
+    """Compiled: TorchInductor, frozen weights; the shards' last batches are padded (9 images in
+    batches of 3 by shards of 4: 3 + 1 rows)."""
     out = tmp_path / "emb"
     args = embed_args(tiny_model, out, *captions_args(messy_pairs), "embed.shard_size=4")
+    args.append(f"embed.compile={str(compiled).lower()}")
     assert main([*args, "data.max_skipped_fraction=0.5"]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["complete"] and manifest["units"] == 4  # 13 records in shards of 4
@@ -186,6 +194,10 @@ def test_a_folder_of_other_settings_or_files_is_refused(tiny_model, messy_pairs,
     [
         ([], "out=None is invalid: give the output folder"),
         (["out=x", "embed.shard_size=0"], "embed.shard_size=0 is invalid: must be >= 1"),
+        (
+            ["out=x", "embed.runtime=onnx", "embed.onnx_dir=x", "embed.compile=true"],
+            "embed.compile=True is invalid: compiles the PyTorch encoders",
+        ),
         (["out=x", "data.source.type=captions", "data.source.shards=[a.tar]"], "`shards` is not"),
         (["out=x", "data.source.type=text_files", "data.source.path=/nowhere"], "not found"),
         (["out=x", "embed.modality=image", "data.source.type=text_files"], "holds only texts"),

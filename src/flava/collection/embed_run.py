@@ -142,7 +142,9 @@ def _embed(cfg: EmbedRunConfig, device: torch.device) -> dict[str, Any]:
     else:
         if model is None:
             model = load_model(m.pretrained_model_key, m.preset, e.seed)
-        encoder = Encoder(model, device, precision, cfg.data.text_max_length, e.normalize)
+        encoder = Encoder(
+            model, device, precision, cfg.data.text_max_length, e.normalize, e.compile
+        )
     if process_count_and_rank()[1] == 0:
         log.info(
             "embedding %s (%s, %d shards, %d written) with %s in %s",

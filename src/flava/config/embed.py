@@ -60,6 +60,10 @@ class EmbedOptions:
     """Seed of random initialisation (presets without weights)."""
     progress: bool = True
     """Show a progress bar (records/s, time left) on rank 0."""
+    compile: bool = False
+    """Compile the encoders with TorchInductor, the weights frozen into the graph (pytorch
+    runtime): about 15 s of compiling per process before the first batch, then faster batches,
+    most of all in bf16 on a CPU (benchmarks/RESULTS.md); worth it for large collections."""
     runtime: Runtime = Runtime.pytorch
     """pytorch, or onnx: the ONNX export in embed.onnx_dir on onnxruntime (CPU, fp32; needs the
     onnx extra). The model section still names the model (the manifest and flava.search use
@@ -100,6 +104,12 @@ def validate_embed(cfg: EmbedRunConfig) -> None:
             str(e.runtime) != "onnx" or str(e.precision) != "bf16",
             "embed.precision",
             "embed.runtime=onnx computes in fp32: use embed.precision=auto or fp32",
+        ),
+        (
+            str(e.runtime) != "onnx" or not e.compile,
+            "embed.compile",
+            "compiles the PyTorch encoders; onnxruntime optimises the export itself: drop "
+            "embed.compile=true with embed.runtime=onnx",
         ),
     ]
     fail_checks(cfg, checks)
