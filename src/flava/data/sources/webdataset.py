@@ -249,6 +249,8 @@ class TarShards(StreamingSource):
     Shards are files, folders of ``*.tar``, brace patterns ``shards-{000000..000009}.tar``,
     globs, ``http(s)://`` URLs, ``pipe:COMMAND`` (e.g. ``pipe:aws s3 cp s3://b/x.tar -``) or
     other fsspec URLs. `flava.data.write_shards` writes this layout with a ``manifest.json``.
+    A sample of an uncompressed shard carries its image member's byte range (`image_range`),
+    which `read_member_at` reads back alone.
     A remote shard (http(s), pipe:, fsspec) whose read fails is reopened at the byte it reached,
     after a back-off (`backoff` seconds, doubled at each further failure), and read on
     (`flava.data.sources.remote`); after `retries` failures in a row without a new byte (or for
