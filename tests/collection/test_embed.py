@@ -118,7 +118,9 @@ def test_webdataset_shards_one_output_shard_each_with_metadata(tiny_model, wds, 
     assert [r["key"] for r in rows] == [f"{i // 3:03d}{i % 3:03d}" for i in range(full + 1)]
     assert set(arrays) == {"image"} and len(arrays["image"]) == full + 1
     meta = json.loads(rows[4]["metadata"])
+    offset, size = meta.pop("image_range")  # where its JPEG lies in the shard
     assert meta == {"id": 4, "photographer": "p1", "shard": str(wds / "part-001.tar")}
+    assert (wds / "part-001.tar").read_bytes()[offset : offset + size][:2] == b"\xff\xd8"
     assert rows[4]["caption"] == sample_data.captions_of(4)[0]
     assert rows[4]["path"] is None  # inside a tar: the shard is in the metadata
 

@@ -87,7 +87,9 @@ def _prepare(sample: Sample, fields: tuple[str, ...], encoder: Encoder) -> torch
 
 
 def _row_of(sample: Sample, where: str) -> tuple[str | None, dict[str, Any]]:
-    """(the image's path or URL, the record's metadata) for the table."""
+    """(the image's path or URL, the record's metadata) for the table; a streamed record's
+    metadata names its input shard (`shard`) and, from an uncompressed tar, where its image's
+    bytes lie there (`image_range`: [offset, size])."""
     path = sample.image if isinstance(sample.image, str) else sample.origin
     meta = dict(sample.meta)
     if sample.raw_label is not None:
@@ -96,6 +98,8 @@ def _row_of(sample: Sample, where: str) -> tuple[str | None, dict[str, Any]]:
         meta["pair"] = sample.pair
     if " sample " in where:  # a streamed record: the input shard it came from
         meta["shard"] = where.rsplit(" sample ", 1)[0]
+        if sample.image_range is not None:  # and where its image lies in an uncompressed tar
+            meta["image_range"] = list(sample.image_range)
     return path, meta
 
 

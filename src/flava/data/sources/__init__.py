@@ -73,7 +73,7 @@ from flava.data.sources.images import (
 )
 from flava.data.sources.readers import IndexedSource, SampleList, StreamingSource, describe
 from flava.data.sources.registry import SourceType
-from flava.data.sources.remote import open_shard
+from flava.data.sources.remote import open_shard, read_range
 from flava.data.sources.sample import CAPTION_FIELDS, Sample
 from flava.data.sources.skips import SkipLog, robust_item, robust_read, too_many_skipped
 from flava.data.sources.text import TextFiles
@@ -81,6 +81,8 @@ from flava.data.sources.webdataset import (
     TarShards,
     expand_braces,
     expand_shards,
+    image_member,
+    read_member_at,
     read_tar_samples,
     sample_from_files,
     split_member_name,
@@ -123,7 +125,10 @@ __all__ = [
     "image_format",
     "load_huggingface",
     "open_shard",
+    "image_member",
     "read_captions",
+    "read_member_at",
+    "read_range",
     "read_rows",
     "read_tar_samples",
     "Records",

@@ -111,6 +111,30 @@ def open_at(url: str, at: int, timeout: float) -> Any:
     return stream
 
 
+def read_range(url: str, start: int, end: int, timeout: float = 5.0) -> bytes:
+    """Bytes `start` to `end` (exclusive) of a shard, fewer where it ends first, in one read: a
+    local file's seek, an http(s) Range request (a server that ignores Range is an OSError,
+    not a whole shard read), an fsspec store's ranged read. A `pipe:` command has no ranges
+    (ValueError); a failure is an OSError (no retries: the caller has another way)."""
+    if url.startswith("pipe:"):
+        raise ValueError(f"{url!r} is a command: its bytes can only be read in order")
+    if not is_url(url):
+        with open(url, "rb") as f:
+            f.seek(start)
+            return f.read(end - start)
+    if url.startswith(("http://", "https://")):
+        headers = {"Range": f"bytes={start}-{end - 1}"}
+        request = urllib.request.Request(url, headers=headers)
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            if response.status != 206:
+                raise OSError(f"{url} answered {response.status} to a Range request")
+            return response.read(end - start)
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(url)
+    return bytes(fs.cat_file(path, start=start, end=end))
+
+
 class ResumingStream(io.RawIOBase):
     """A remote shard read in chunks, reopened at the byte it reached after a failed read (see
     the module doc); `resumed` lists the byte offsets it reopened at."""

@@ -51,6 +51,11 @@ class Sample:
     meta: dict[str, Any] = field(default_factory=dict)
     """The record's other fields as read (a webdataset sample's JSON, a records row's other
     columns), kept in the embedding tables of `flava.collection`."""
+    image_range: tuple[int, int] | None = None
+    """Where the image's bytes lie in the uncompressed tar shard it was read from (webdataset):
+    (offset of the image member's data, its size), the member's 512-byte header just before it;
+    None for other sources and gzipped shards. `flava.collection` keeps it in its tables, so a
+    thumbnail reads that range alone instead of the shard up to the record."""
 
     @property
     def text(self) -> str | None:

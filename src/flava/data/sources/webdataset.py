@@ -6,7 +6,7 @@ import json
 import logging
 import re
 import tarfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -15,7 +15,7 @@ from flava.data.sources.errors import SourceError, UnreadableShard
 from flava.data.sources.images import IMAGE_EXTENSIONS, LISTED_NON_RASTER
 from flava.data.sources.readers import StreamingSource
 from flava.data.sources.registry import CAPTIONED_IMAGES, LABELLED_IMAGES, SourceType
-from flava.data.sources.remote import CHUNK, ResumingStream, is_url, open_shard
+from flava.data.sources.remote import CHUNK, ResumingStream, is_url, open_shard, read_range
 from flava.data.sources.sample import CAPTION_FIELDS, Sample, has_text_field, set_label, texts_of
 
 log = logging.getLogger("flava.data.sources")
@@ -107,6 +107,17 @@ def split_member_name(name: str) -> tuple[str, str]:
     return key, ext.lower() if dot else ""
 
 
+def image_member(extensions: Iterable[str]) -> str | None:
+    """Which member of a webdataset sample is its image, by extension: the first raster image,
+    else the first SVG / PDF / HEIC (decoding names it, and it is counted), else None."""
+    found = list(extensions)
+    for kinds in (IMAGE_EXTENSIONS, LISTED_NON_RASTER):
+        for ext in found:
+            if ext.rsplit(".", 1)[-1] in kinds:
+                return ext
+    return None
+
+
 def sample_from_files(
     key: str,
     files: dict[str, bytes],
@@ -117,15 +128,8 @@ def sample_from_files(
     """A `Sample` from the files of one webdataset sample (extension -> bytes); the `json`
     member may hold the captions, a second text (`pair_field`) and the label (`label_field`)."""
     sample = Sample(key=key)
-    for ext, data in files.items():
-        last = ext.rsplit(".", 1)[-1]
-        if sample.image is None and last in IMAGE_EXTENSIONS:
-            sample.image = data
-    if sample.image is None:  # an SVG / PDF / HEIC member: decoding names it, and it is counted
-        listed = [
-            data for ext, data in files.items() if ext.rsplit(".", 1)[-1] in LISTED_NON_RASTER
-        ]
-        sample.image = listed[0] if listed else None
+    image = image_member(files)
+    sample.image = files[image] if image is not None else None
     if "txt" in files:
         sample.texts = texts_of(files["txt"].decode("utf-8", errors="replace"))
         sample.empty_text = not sample.texts
@@ -161,10 +165,14 @@ def read_tar_samples(
     label_field: str = "label",
 ) -> Iterator[Sample]:
     """Samples of a webdataset tar stream: consecutive members sharing a key form one sample
-    (`pair_field`, `label_field`: as `sample_from_files` reads them)."""
+    (`pair_field`, `label_field`: as `sample_from_files` reads them). In an uncompressed tar
+    each sample's `image_range` says where its image member's bytes lie (a gzipped one's
+    offsets count decompressed bytes, so it gets none)."""
     key: str | None = None
     files: dict[str, bytes] = {}
+    spans: dict[str, tuple[int, int]] = {}
     with tarfile.open(fileobj=stream, mode="r|*") as tar:
+        plain = getattr(tar.fileobj, "comptype", None) == "tar"
         for member in tar:
             if not member.isfile():
                 continue
@@ -173,13 +181,56 @@ def read_tar_samples(
                 continue  # no extension, hidden files, __key__-style metadata
             if name_key != key:
                 if key is not None and files:
-                    yield sample_from_files(key, files, text_fields, pair_field, label_field)
-                key, files = name_key, {}
+                    yield _sample(key, files, spans, text_fields, pair_field, label_field)
+                key, files, spans = name_key, {}, {}
             f = tar.extractfile(member)
             if f is not None:
                 files[ext] = f.read()
+                if plain:
+                    spans[ext] = (member.offset_data, member.size)
     if key is not None and files:
-        yield sample_from_files(key, files, text_fields, pair_field, label_field)
+        yield _sample(key, files, spans, text_fields, pair_field, label_field)
+
+
+def _sample(
+    key: str,
+    files: dict[str, bytes],
+    spans: dict[str, tuple[int, int]],
+    text_fields: Sequence[str],
+    pair_field: str | None,
+    label_field: str,
+) -> Sample:
+    """`sample_from_files`, with the image member's byte range when `spans` holds it."""
+    sample = sample_from_files(key, files, text_fields, pair_field, label_field)
+    image = image_member(files)
+    sample.image_range = spans.get(image) if image is not None else None
+    return sample
+
+
+def read_member_at(
+    url: str, key: str, offset: int, size: int, timeout: float = 5.0
+) -> bytes | None:
+    """The `size` bytes at `offset` of uncompressed tar shard `url` (local, http(s) or fsspec:
+    one ranged read, `read_range`), when the 512-byte header just before them is that of a
+    file of sample `key`, an image by its extension, of that size; else None (the shard was
+    written again, a long name put its own header in between, the shard cannot be read so).
+    What `Sample.image_range` recorded, read back without the rest of the shard."""
+    if offset < tarfile.BLOCKSIZE or size < 0:
+        return None
+    start = offset - tarfile.BLOCKSIZE
+    try:
+        data = read_range(url, start, offset + size, timeout)
+        header = tarfile.TarInfo.frombuf(
+            data[: tarfile.BLOCKSIZE], tarfile.ENCODING, "surrogateescape"
+        )
+    except Exception as exc:  # a transport's errors come in many types; the caller scans
+        log.info("no byte range of %s at %d: %s", url, offset, exc)
+        return None
+    name_key, ext = split_member_name(header.name)
+    fits = header.isfile() and header.size == size and len(data) == offset + size - start
+    if not fits or name_key != key or image_member([ext]) is None:
+        return None
+    return data[tarfile.BLOCKSIZE :]
 
 
 class TarShards(StreamingSource):
@@ -198,6 +249,8 @@ class TarShards(StreamingSource):
     Shards are files, folders of ``*.tar``, brace patterns ``shards-{000000..000009}.tar``,
     globs, ``http(s)://`` URLs, ``pipe:COMMAND`` (e.g. ``pipe:aws s3 cp s3://b/x.tar -``) or
     other fsspec URLs. `flava.data.write_shards` writes this layout with a ``manifest.json``.
+    A sample of an uncompressed shard carries its image member's byte range (`image_range`),
+    which `read_member_at` reads back alone.
     A remote shard (http(s), pipe:, fsspec) whose read fails is reopened at the byte it reached,
     after a back-off (`backoff` seconds, doubled at each further failure), and read on
     (`flava.data.sources.remote`); after `retries` failures in a row without a new byte (or for
