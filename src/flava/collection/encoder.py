@@ -17,7 +17,7 @@ from batch to batch, are compiled for dynamic shapes.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -84,7 +84,7 @@ class Encoder:
         self.compiled = compile
         self._rows = 0  # the image batch the compiled encoder runs (the largest seen)
         if compile:
-            frozen = {"freezing": True}
+            frozen: dict[str, str | int | bool | Callable[..., Any]] = {"freezing": True}
             self._image = torch.compile(model.encode_image, options=frozen, dynamic=False)
             self._text = torch.compile(model.encode_text, options=frozen, dynamic=True)
 
