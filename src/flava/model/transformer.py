@@ -180,10 +180,12 @@ class Encoder(nn.Module):
 
 def padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
     """[B, N] of 1/0 -> SDPA boolean mask [B, 1, 1, N], or None when nothing is padded (while
-    traced for ONNX export always the mask: whether anything is padded is the input's to say)."""
+    traced for ONNX export or compiled always the mask: whether anything is padded is the
+    input's to say, and asking would break the compiled graph)."""
     if attention_mask is None:
         return None
     mask = attention_mask.bool()
-    if not torch.jit.is_tracing() and bool(mask.all()):
+    traced = torch.jit.is_tracing() or torch.compiler.is_compiling()
+    if not traced and bool(mask.all()):
         return None
     return mask[:, None, None, :]
