@@ -6,6 +6,7 @@ import hashlib
 import os
 import re
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -16,6 +17,23 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _temporary_files(tmp_path_factory: pytest.TempPathFactory):
+    """The system's temporary folder, for this process and the processes tests start, is one in
+    pytest's: what runs leave there (the scratch copies of remote run directories, fsspec's
+    half-written files of runs killed mid-save) goes with pytest's folders of earlier runs,
+    not onto the machine's /tmp for good."""
+    folder = tmp_path_factory.mktemp("tmp", numbered=False)
+    before = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"], tempfile.tempdir = str(folder), str(folder)
+    yield
+    tempfile.tempdir = None
+    if before is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = before
 
 
 @pytest.fixture(autouse=True)

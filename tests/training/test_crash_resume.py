@@ -51,7 +51,9 @@ def _args(run: Path, *extra: str) -> list[str]:
 
 # The killed runs are processes of their own, with the thread count of this one: the runs that
 # finish run here (a start-up of their own costs more than their steps), on the same kernels.
-_ENV = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+def _env() -> dict[str, str]:
+    """The environment as it is when a run starts (fixtures set variables)."""
+    return {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
 
 
 def _train(run: Path, *extra: str) -> None:
@@ -78,7 +80,7 @@ def straight(tmp_path_factory) -> dict[str, torch.Tensor]:
 def test_sigkill_mid_run_then_resume_is_bit_identical(tmp_path, straight):
     run = tmp_path / "killed"
     cmd = [sys.executable, "-m", "flava.train", *_args(run, EVERY_STEP)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_ENV)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
     deadline = time.monotonic() + 240
     while not _saved_step(run, 4) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -98,7 +100,7 @@ def test_sigkill_mid_run_then_resume_is_bit_identical(tmp_path, straight):
 def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, straight):
     run = tmp_path / "midwrite"
     cmd = [sys.executable, "-c", _KILL_MID_WRITE, *_args(run, EVERY_STEP)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_ENV)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env())
     assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
     last = run / "checkpoints" / "last.ckpt"
     ckpt = torch.load(last, map_location="cpu", weights_only=False)  # whole, not half-written
